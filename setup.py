@@ -1,0 +1,34 @@
+"""Build hook: compile the LD_PRELOAD library `libaegis_hooks.so` into the package.
+
+It is a plain shared library, not a Python extension module, so the file name is fixed
+(`aegis_mcp/libaegis_hooks.so`) instead of carrying the interpreter's ABI suffix, and it
+links only libc (plus libdl/libpthread on older glibc).
+"""
+
+from glob import glob
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildHooks(build_ext):
+    def get_ext_filename(self, fullname: str) -> str:
+        # Called with the full dotted name or with its last part only, depending on the caller.
+        parts = fullname.split(".")
+        if parts[-1] == "libaegis_hooks":
+            return "/".join([*parts[:-1], "libaegis_hooks.so"])
+        return super().get_ext_filename(fullname)
+
+    def get_export_symbols(self, ext: Extension) -> list[str]:
+        return []  # no PyInit_: this is not a Python module
+
+
+hooks = Extension(
+    "aegis_mcp.libaegis_hooks",
+    sources=sorted(glob("src/aegis_mcp/hooks/*.c")),
+    depends=sorted(glob("src/aegis_mcp/hooks/*.h")),
+    extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11"],
+    extra_link_args=["-ldl", "-lpthread"],
+)
+
+setup(ext_modules=[hooks], cmdclass={"build_ext": BuildHooks})

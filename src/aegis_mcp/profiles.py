@@ -1,0 +1,260 @@
+"""Agent profiles: how to find, start, resume, prompt and inject each agent CLI.
+
+Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex and Gemini CLI. Users add or
+override profiles in the `[agents.<name>]` tables of their config file (see `paths.config_file`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from aegis_mcp.errors import AegisError
+from aegis_mcp.paths import config_file
+
+Injection = Literal["mcp-config", "codex-config", "preload", "none"]
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    name: str
+    command: tuple[str, ...]
+    """Executable (looked up on PATH) and fixed leading arguments."""
+    alternatives: tuple[str, ...] = ()
+    """Other executable names tried, in order, when `command[0]` is not on PATH."""
+    install_hint: str = ""
+    permission_flags: tuple[str, ...] = ()
+    """Added to every start so the agent does not stop to ask for permission."""
+    resume_flags: tuple[str, ...] = ()
+    """Added on restart to resume the last conversation of the working directory."""
+    resume_prefix: tuple[str, ...] = ()
+    """Subcommand words put right after the executable on restart (`codex resume --last`)."""
+    drop_on_resume: tuple[str, ...] = ()
+    """User flags that are dropped on restart because the resume flags replace them."""
+    prompt: str = "positional"
+    """How a restart prompt is passed: `positional`, `option:<flag>`, or `none`."""
+    value_options: tuple[str, ...] = ()
+    """Options that take one value (so that value is not mistaken for the prompt)."""
+    variadic_options: tuple[str, ...] = ()
+    """Options that take every following word up to the next option."""
+    injection: Injection = "none"
+    config_files: tuple[str, ...] = ()
+    """MCP config files the LD_PRELOAD redirect overlays (`~` is the agent's home)."""
+    mcp_servers_key: str = "mcpServers"
+    """The key under which `config_files` list MCP servers."""
+    static_binary: bool = False
+    """Known to be statically linked: LD_PRELOAD hooks cannot see it."""
+    headless_args: tuple[str, ...] = ()
+    """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task."""
+    max_turns_flag: str = ""
+    """The agent's own turn limit flag, when it has one (`--max-turns`)."""
+    refuses_root_flags: tuple[str, ...] = ()
+    """Permission flags the agent refuses when it runs as root."""
+    description: str = ""
+
+    def executable(self) -> str:
+        """The absolute path of the agent's executable, or an AegisError that says how to
+        install it."""
+        for name in (self.command[0], *self.alternatives):
+            found = shutil.which(name) if os.sep not in name else (name if _is_exe(name) else None)
+            if found:
+                return found
+        hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
+        tried = ", ".join((self.command[0], *self.alternatives))
+        raise AegisError(f"{self.name}: executable not found on PATH (looked for {tried}){hint}")
+
+
+def _is_exe(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+_CLAUDE_VALUE_OPTIONS = (
+    "--model", "--fallback-model", "--output-format", "--input-format", "--permission-mode",
+    "--append-system-prompt", "--system-prompt", "--system-prompt-file", "--max-turns",
+    "--session-id", "--settings", "--agents", "--setting-sources", "--max-budget-usd",
+    "--json-schema", "--agent", "--debug-file", "--effort", "--name", "-n",
+)
+_CLAUDE_VARIADIC_OPTIONS = (
+    "--mcp-config", "--allowedTools", "--allowed-tools", "--disallowedTools",
+    "--disallowed-tools", "--add-dir", "--tools", "--betas", "--plugin-dir",
+)
+
+BUILTIN_PROFILES: dict[str, AgentProfile] = {
+    p.name: p
+    for p in (
+        AgentProfile(
+            name="claude",
+            command=("claude",),
+            install_hint="npm install -g @anthropic-ai/claude-code",
+            permission_flags=("--dangerously-skip-permissions",),
+            resume_flags=("--continue",),
+            drop_on_resume=("--continue", "-c", "--resume", "-r", "--fork-session"),
+            value_options=_CLAUDE_VALUE_OPTIONS + ("--resume", "-r"),
+            variadic_options=_CLAUDE_VARIADIC_OPTIONS,
+            injection="mcp-config",
+            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--verbose"),
+            max_turns_flag="--max-turns",
+            refuses_root_flags=("--dangerously-skip-permissions",),
+            description="Claude Code (Anthropic)",
+        ),
+        AgentProfile(
+            name="cursor",
+            command=("cursor-agent",),
+            alternatives=("agent",),
+            install_hint="curl https://cursor.com/install -fsS | bash",
+            permission_flags=("--force",),
+            resume_flags=("--continue",),
+            drop_on_resume=("--continue", "--resume"),
+            value_options=("--model", "--output-format", "--api-key", "-H", "--header",
+                           "--workspace", "--mode", "--sandbox", "--worktree-base", "-n",
+                           "--name"),
+            injection="preload",
+            config_files=(".cursor/mcp.json", "~/.cursor/mcp.json"),
+            headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
+            description="Cursor CLI (cursor-agent)",
+        ),
+        AgentProfile(
+            name="aider",
+            command=("aider",),
+            install_hint="python -m pip install aider-install && aider-install",
+            permission_flags=("--yes-always",),
+            resume_flags=("--restore-chat-history",),
+            drop_on_resume=("--restore-chat-history",),
+            prompt="none",
+            value_options=("--model", "--message", "-m", "--message-file", "-f", "--edit-format",
+                           "--api-key", "--openai-api-key", "--anthropic-api-key",
+                           "--chat-history-file", "--input-history-file", "--config", "-c"),
+            injection="none",
+            headless_args=("--message", "{prompt}", "--no-pretty", "--no-stream"),
+            description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
+        ),
+        AgentProfile(
+            name="codex",
+            command=("codex",),
+            install_hint="npm install -g @openai/codex",
+            permission_flags=("--dangerously-bypass-approvals-and-sandbox",),
+            resume_prefix=("resume", "--last"),
+            value_options=("--model", "-m", "-c", "--config", "--profile", "-p", "--sandbox",
+                           "-s", "--ask-for-approval", "-a", "--cd", "-C", "-i", "--image"),
+            injection="codex-config",
+            static_binary=True,
+            headless_args=("exec", "--json", "{prompt}"),
+            description="OpenAI Codex CLI",
+        ),
+        AgentProfile(
+            name="gemini",
+            command=("gemini",),
+            install_hint="npm install -g @google/gemini-cli",
+            permission_flags=("--yolo",),
+            resume_flags=("--resume", "latest"),
+            drop_on_resume=("--resume", "-r"),
+            value_options=("--model", "-m", "--approval-mode", "--resume", "-r",
+                           "--include-directories", "--output-format", "-o"),
+            injection="preload",
+            config_files=(".gemini/settings.json", "~/.gemini/settings.json"),
+            headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
+            description="Gemini CLI (Google)",
+        ),
+    )
+}
+
+
+def generic_profile(command: list[str]) -> AgentProfile:
+    """A profile for `aegis-mcp -- any-command ...`: no flags added, `.mcp.json` overlaid."""
+    if not command:
+        raise AegisError("no command given after `--`: use `aegis-mcp -- my-agent [args]`", 2)
+    name = Path(command[0]).name
+    return AgentProfile(
+        name=name,
+        command=(command[0],),
+        prompt="none",
+        injection="preload",
+        config_files=(".mcp.json",),
+        description="any command",
+    )
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(AgentProfile)}
+
+
+def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile | None,
+                        source: Path) -> AgentProfile:
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        if key not in _FIELD_TYPES or key == "name":
+            known = ", ".join(k for k in _FIELD_TYPES if k != "name")
+            raise AegisError(f"{source}: [agents.{name}] has unknown key {key!r} (known: {known})")
+        if "tuple" in str(_FIELD_TYPES[key]):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise AegisError(f"{source}: [agents.{name}] {key} must be a list of strings")
+            value = tuple(value)
+        elif key == "static_binary":
+            if not isinstance(value, bool):
+                raise AegisError(f"{source}: [agents.{name}] {key} must be true or false")
+        elif not isinstance(value, str):
+            raise AegisError(f"{source}: [agents.{name}] {key} must be a string")
+        values[key] = value
+    if base is not None:
+        return replace(base, **values)  # type: ignore[arg-type]
+    if "command" not in values or not values["command"]:
+        raise AegisError(f"{source}: [agents.{name}] needs command = [\"executable\", ...]")
+    profile = AgentProfile(name=name, **values)  # type: ignore[arg-type]
+    _check(profile, source)
+    return profile
+
+
+def _check(profile: AgentProfile, source: Path) -> None:
+    if profile.injection not in ("mcp-config", "codex-config", "preload", "none"):
+        raise AegisError(f"{source}: [agents.{profile.name}] injection must be one of "
+                         "mcp-config, codex-config, preload, none")
+    if not (profile.prompt in ("positional", "none") or profile.prompt.startswith("option:")):
+        raise AegisError(f"{source}: [agents.{profile.name}] prompt must be positional, none "
+                         "or option:<flag>")
+
+
+@dataclass
+class Config:
+    profiles: dict[str, AgentProfile] = field(default_factory=lambda: dict(BUILTIN_PROFILES))
+    settings: dict[str, object] = field(default_factory=dict)
+    """Top-level settings other than `[agents]` (read by the pool and netmon)."""
+    source: Path | None = None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """The built-in profiles merged with the user's config file, if it exists."""
+    path = path or config_file()
+    config = Config()
+    if not path.exists():
+        return config
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AegisError(f"cannot read config {path}: {exc}") from None
+    config.source = path
+    agents = data.pop("agents", {})
+    if not isinstance(agents, dict):
+        raise AegisError(f"{path}: `agents` must be a table of [agents.<name>] tables")
+    for name, table in agents.items():
+        if not isinstance(table, dict):
+            raise AegisError(f"{path}: [agents.{name}] must be a table")
+        config.profiles[name] = _profile_from_table(name, table, config.profiles.get(name), path)
+    config.settings = data
+    return config
+
+
+def get_profile(name: str, config: Config | None = None) -> AgentProfile:
+    config = config or load_config()
+    try:
+        return config.profiles[name]
+    except KeyError:
+        known = ", ".join(sorted(config.profiles))
+        raise AegisError(
+            f"unknown agent {name!r} (known: {known}); to run any command: aegis-mcp -- {name} ...",
+            2,
+        ) from None

@@ -1,0 +1,39 @@
+"""`aegis-mcp profiles`: the agent profiles this machine knows and whether each is installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import asdict
+
+from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the profiles as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config()
+    rows = []
+    for name, profile in sorted(config.profiles.items()):
+        exe = next(
+            (shutil.which(n) for n in (profile.command[0], *profile.alternatives) if shutil.which(n)),
+            None,
+        )
+        origin = "built-in" if BUILTIN_PROFILES.get(name) == profile else str(config.source)
+        rows.append({**asdict(profile), "found": exe, "origin": origin})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("agent", "executable", "installed", "resume", "injection", "origin")
+    for row in rows:
+        resume = " ".join([*row["resume_prefix"], *row["resume_flags"]]) or "-"
+        table.add_row(row["name"], " ".join(row["command"]), row["found"] or "no", resume,
+                      row["injection"], row["origin"])
+    Console().print(table)
+    return 0
