@@ -18,10 +18,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config()
     rows = []
     for name, profile in sorted(config.profiles.items()):
-        exe = next(
-            (shutil.which(n) for n in (profile.command[0], *profile.alternatives) if shutil.which(n)),
-            None,
-        )
+        names = (profile.command[0], *profile.alternatives)
+        exe = next((found for n in names if (found := shutil.which(n))), None)
         origin = "built-in" if BUILTIN_PROFILES.get(name) == profile else str(config.source)
         rows.append({**asdict(profile), "found": exe, "origin": origin})
     if args.json:
