@@ -1,0 +1,100 @@
+"""The agent's command line: the first start and every restart.
+
+The user's arguments survive restarts (model, print mode, ...); only the first prompt is
+replaced by the restart prompt, and resume flags the user gave are replaced by the profile's.
+Telling the prompt from option values needs the profile's lists of options that take values.
+"""
+
+from __future__ import annotations
+
+from aegis_mcp.profiles import AgentProfile
+
+
+def _takes_value(profile: AgentProfile, arg: str) -> str:
+    """'one', 'many' or '' for an option word (`--model`, but not `--model=x`)."""
+    if "=" in arg:
+        return ""
+    if arg in profile.variadic_options:
+        return "many"
+    if arg in profile.value_options:
+        return "one"
+    return ""
+
+
+def prompt_index(profile: AgentProfile, args: list[str]) -> int | None:
+    """Index in `args` of the first positional argument (the prompt), if any."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return i + 1 if i + 1 < len(args) else None
+        if arg.startswith("-") and len(arg) > 1:
+            kind = _takes_value(profile, arg)
+            i += 1
+            if kind == "one" and i < len(args):
+                i += 1
+            elif kind == "many":
+                while i < len(args) and not args[i].startswith("-"):
+                    i += 1
+            continue
+        return i
+    return None
+
+
+def _without_resume_flags(profile: AgentProfile, args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if name in profile.drop_on_resume:
+            i += 1
+            # `--resume <id>` takes an id; `--continue` takes none.
+            if "=" not in arg and _takes_value(profile, arg) == "one" and i < len(args) \
+                    and not args[i].startswith("-") and i != prompt_index(profile, args):
+                i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _with_injected(args: list[str], inject_args: list[str]) -> list[str]:
+    """Injected options go last (before a `--`): put first, a variadic option such as
+    `--mcp-config` would swallow the user's prompt."""
+    if "--" in args:
+        i = args.index("--")
+        return [*args[:i], *inject_args, *args[i:]]
+    return [*args, *inject_args]
+
+
+def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
+               inject_args: list[str]) -> list[str]:
+    """The command line of the first start."""
+    flags = [f for f in profile.permission_flags if f not in user_args]
+    return [executable, *profile.command[1:], *flags, *_with_injected(user_args, inject_args)]
+
+
+def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
+                 inject_args: list[str], prompt: str | None, resume: bool = True) -> list[str]:
+    """The command line of a restart: resume flags plus the restart prompt, if any, in place of
+    the user's first prompt. `resume=False` gives a fresh start with the same arguments."""
+    args = _without_resume_flags(profile, user_args) if resume else list(user_args)
+    if prompt is not None and profile.prompt != "none":
+        idx = prompt_index(profile, args)
+        if profile.prompt == "positional":
+            if idx is not None:
+                args[idx] = prompt
+            else:
+                args = [*args, prompt]
+        else:  # option:<flag>
+            flag = profile.prompt.split(":", 1)[1]
+            if flag in args and args.index(flag) + 1 < len(args):
+                args[args.index(flag) + 1] = prompt
+            else:
+                args = [*args, flag, prompt]
+    flags = [f for f in profile.permission_flags if f not in args]
+    prefix = list(profile.resume_prefix) if resume else []
+    resume_flags = list(profile.resume_flags) if resume else []
+    return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
+            *_with_injected(args, inject_args)]

@@ -1,0 +1,101 @@
+"""`aegis-mcp restart` and `aegis-mcp ps`: talk to running supervisors from any terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aegis_mcp import control
+from aegis_mcp.errors import AegisError
+from aegis_mcp.paths import runtime_dir
+
+
+def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "restart":
+        parser.description = (
+            "Restart the agent of a running `aegis-mcp <agent>` supervisor: it stops the agent's "
+            "whole process tree and starts it again resuming the same conversation. Without "
+            "--pid: the supervisor of this agent session (inside one), else the only one running.")
+        parser.add_argument("--pid", type=int, help="the supervisor's pid (see `aegis-mcp ps`)")
+        parser.add_argument("--reason", default="requested from the command line",
+                            help="why, shown in the terminal and in server_status")
+        parser.add_argument("--prompt", help="a prompt the restarted agent starts with")
+        parser.add_argument("--delay", type=float, default=0.0,
+                            help="seconds to wait before stopping the agent (0 to 10)")
+    else:
+        parser.description = "List the aegis-mcp supervisors running for you and their agents."
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def find_supervisor(pid: int | None) -> Path:
+    """The control socket to talk to: --pid, else $AEGIS_CONTROL, else the only live one."""
+    runtime = runtime_dir()
+    if pid is not None:
+        path = control.socket_path(runtime, pid)
+        if not path.exists():
+            raise AegisError(f"no aegis-mcp supervisor with pid {pid} is running for you "
+                             "(see `aegis-mcp ps`)")
+        return path
+    if env := os.environ.get("AEGIS_CONTROL"):
+        return Path(env)
+    live = control.live_sockets(runtime)
+    if not live:
+        raise AegisError("no aegis-mcp supervisor is running for you: start one with "
+                         "`aegis-mcp <agent>`")
+    if len(live) > 1:
+        pids = ", ".join(str(p) for p, _ in live)
+        raise AegisError(f"{len(live)} supervisors are running (pids {pids}): choose one "
+                         "with --pid")
+    return live[0][1]
+
+
+def supervisors() -> list[dict[str, Any]]:
+    rows = []
+    for _pid, path in control.live_sockets(runtime_dir()):
+        try:
+            answer = control.request(path, {"op": "status"}, timeout=2)
+        except AegisError:
+            continue
+        if answer.get("ok"):
+            rows.append(answer["status"])
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.subcommand == "restart":
+        if not 0 <= args.delay <= 10:
+            raise AegisError("--delay must be between 0 and 10 seconds", 2)
+        path = find_supervisor(args.pid)
+        answer = control.request(path, {"op": "restart", "reason": args.reason,
+                                        "prompt": args.prompt, "delay": args.delay})
+        if args.json:
+            print(json.dumps(answer))
+        if not answer.get("ok"):
+            raise AegisError(answer.get("error", "the supervisor refused the restart"))
+        if not args.json:
+            print(answer["message"])
+        return 0
+    rows = supervisors()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no aegis-mcp supervisors running", file=sys.stderr)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("pid", "agent", "agent pid", "restarts", "up", "last restart", "netmon",
+                  "cwd")
+    for row in rows:
+        up = time.strftime("%H:%M:%S", time.gmtime(row["supervisor_uptime_s"]))
+        table.add_row(str(row["supervisor_pid"]), row["agent"], str(row["agent_pid"] or "-"),
+                      str(row["restart_count"]), up, row["last_restart_reason"] or "-",
+                      row["netmon_mode"] or "off", row["cwd"])
+    Console().print(table)
+    return 0

@@ -1,0 +1,110 @@
+"""Giving the wrapped agent aegis-mcp's MCP server, for that process only, changing no file.
+
+By profile, best mechanism first (measured on the real CLIs, see DESIGN.md):
+- `mcp-config`: Claude Code's own `--mcp-config <overlay>` (its .mcp.json read is a raw system
+  call that LD_PRELOAD cannot redirect);
+- `codex-config`: Codex's `-c mcp_servers.aegis-mcp.*` overrides (a static binary);
+- `preload`: agents that read their config through libc (Node, Python): the hooks library
+  redirects read-only opens of the profile's config files to merged overlays;
+- `none`: Aider has no MCP.
+Overlays are written into the private runtime directory at every (re)start, so a changed
+project config is seen by the restarted agent, and are removed when the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aegis_mcp.paths import hooks_library
+from aegis_mcp.profiles import AgentProfile
+
+SERVER_NAME = "aegis-mcp"
+
+
+def server_command() -> list[str]:
+    """How the agent starts aegis-mcp's MCP server: this very interpreter and package, so it
+    does not depend on the agent's PATH."""
+    return [sys.executable, "-m", "aegis_mcp", "--mcp-server"]
+
+
+def server_entry(env: dict[str, str]) -> dict[str, object]:
+    cmd = server_command()
+    return {"type": "stdio", "command": cmd[0], "args": cmd[1:], "env": env}
+
+
+@dataclass
+class Injection:
+    mechanism: str
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for path in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self.files.clear()
+
+
+def _write_private(path: Path, data: object, owner_uid: int | None) -> Path:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    if owner_uid is not None and owner_uid != os.geteuid():
+        os.chown(tmp, owner_uid, -1)
+    os.replace(tmp, path)
+    return path
+
+
+def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, object]:
+    """The project's own config with our server added under `key`; its other servers and
+    settings are kept. A missing or unreadable file counts as empty."""
+    try:
+        data = json.loads(source.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    servers = data.get(key)
+    servers = dict(servers) if isinstance(servers, dict) else {}
+    servers[SERVER_NAME] = entry
+    data[key] = servers
+    return data
+
+
+def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_env: dict[str, str],
+            cwd: Path, home: str, owner_uid: int | None) -> Injection:
+    """Write the overlays for one start of the agent and return the arguments and environment
+    that make the agent see them."""
+    entry = server_entry(server_env)
+    if profile.injection == "mcp-config":
+        path = runtime / f"mcp-overlay-{supervisor_pid}.json"
+        _write_private(path, {"mcpServers": {SERVER_NAME: entry}}, owner_uid)
+        return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path])
+    if profile.injection == "codex-config":
+        cmd = server_command()
+        env_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in server_env.items())
+        args = [
+            "-c", f"mcp_servers.{SERVER_NAME}.command={json.dumps(cmd[0])}",
+            "-c", f"mcp_servers.{SERVER_NAME}.args={json.dumps(cmd[1:])}",
+            "-c", f"mcp_servers.{SERVER_NAME}.env={{ {env_toml} }}",
+        ]
+        return Injection("codex -c mcp_servers override", args)
+    if profile.injection == "preload":
+        redirects, files = [], []
+        for i, name in enumerate(profile.config_files):
+            source = Path(home, name[2:]) if name.startswith("~/") else cwd / name
+            overlay = runtime / f"config-overlay-{supervisor_pid}-{i}.json"
+            _write_private(overlay, _merged(source, profile.mcp_servers_key, entry), owner_uid)
+            redirects.append(f"{os.path.abspath(source)}\t{overlay}")
+            files.append(overlay)
+        env = {"AEGIS_MCP_REDIRECT": "\n".join(redirects), "LD_PRELOAD": str(hooks_library())}
+        return Injection("LD_PRELOAD redirect of " + ", ".join(profile.config_files), env=env,
+                         files=files)
+    return Injection("none (the agent has no MCP support)")

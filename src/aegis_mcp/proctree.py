@@ -1,0 +1,129 @@
+"""Stopping an agent's whole process tree.
+
+The supervisor is a child subreaper (PR_SET_CHILD_SUBREAPER): a process the agent started that
+double-forked away from its parent is re-parented to the supervisor instead of init, so "every
+descendant of the supervisor" is the agent's tree, however it detached. Helpers the supervisor
+starts itself (the netns capture) are excluded by pid.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def reap_children() -> list[tuple[int, int]]:
+    """Reap every child that has ended; (pid, wait status) of each. Stopped children are not
+    reported here (the supervisor's own reaper handles job control)."""
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append((pid, status))
+    return reaped
+
+
+def tree(exclude: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every live, non-zombie descendant of this process, minus `exclude` and their
+    descendants."""
+    skip = set(exclude)
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    alive = []
+    for proc in children:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.pid in skip or any(p.pid in skip for p in proc.parents()):
+                continue
+        except psutil.Error:
+            continue
+        alive.append(proc)
+    return alive
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the pid was not reused
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.AccessDenied:
+            pass  # a setuid child we cannot signal; SIGKILL of its parent still ends it
+
+
+def killpg(pgid: int, sig: int) -> None:
+    """killpg that treats an already-gone group as success (honcho's rule)."""
+    try:
+        os.killpg(pgid, sig)
+    except OSError as exc:
+        if exc.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def stop_tree(
+    agent_pgid: int | None,
+    agent_alive: Callable[[], bool],
+    wait: Callable[[float], None],
+    grace: float,
+    exclude: Iterable[int] = (),
+    log: Callable[[str], None] = lambda _msg: None,
+    first_signal: int = signal.SIGINT,
+) -> None:
+    """SIGINT to the agent's process group (what Ctrl-C does), wait `grace` for the agent; then
+    SIGTERM to every process left in the tree, wait `grace`; then SIGKILL to what is still there.
+
+    `agent_alive()` says whether the agent has been reaped yet; `wait(t)` blocks up to `t`
+    seconds for a child event and reaps (the caller's SIGCHLD handling).
+    """
+    exclude = set(exclude)
+
+    def settle(done: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            wait(min(left, 0.05))
+        return True
+
+    if agent_pgid is not None and agent_alive():
+        killpg(agent_pgid, first_signal)
+        if not settle(lambda: not agent_alive(), grace):
+            log(f"agent still running {grace:g}s after {signal.Signals(first_signal).name}")
+    left = tree(exclude)
+    if left:
+        _signal_all(left, signal.SIGTERM)
+        if agent_pgid is not None:
+            killpg(agent_pgid, signal.SIGTERM)
+        if not settle(lambda: not tree(exclude) and not agent_alive(), grace):
+            log("processes still running after SIGTERM; sending SIGKILL")
+    for _ in range(50):  # new children may appear while we kill; bounded
+        left = tree(exclude)
+        if not left and not agent_alive():
+            return
+        _signal_all(left, signal.SIGKILL)
+        if agent_pgid is not None:
+            killpg(agent_pgid, signal.SIGKILL)
+        settle(lambda: not tree(exclude) and not agent_alive(), 1.0)

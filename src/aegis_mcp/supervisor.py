@@ -1,0 +1,550 @@
+"""The supervisor: runs one agent in the user's terminal and restarts it on request.
+
+Reads like tini's main: resolve the agent and who runs it, become a child subreaper, open the
+control socket, start the agent, then loop on one event at a time (a child changed state, a
+control request, a watched file, a signal) until the agent ends for good. Every way out (the
+agent exits, Ctrl-C of a non-interactive run, SIGTERM or SIGHUP of the supervisor, a restart
+storm) goes through one shutdown path that stops the tree and restores the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from aegis_mcp import __version__, agentargs, control, injection, proctree
+from aegis_mcp.cli import SupervisorOptions
+from aegis_mcp.errors import AegisError
+from aegis_mcp.paths import hooks_library, runtime_dir
+from aegis_mcp.privileges import User, agent_user, check_user_can_run
+from aegis_mcp.profiles import AgentProfile, generic_profile, get_profile, load_config
+from aegis_mcp.terminal import Terminal
+
+# Variables never passed through to the agent: another supervisor's, or an agent session's
+# (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
+_DROPPED_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
+_KEPT_AEGIS_ENV = ("AEGIS_CONFIG", "AEGIS_STATE_DIR", "AEGIS_RUNTIME_DIR",
+                   "AEGIS_NETMON_MAX_BYTES")
+# A resumed agent that fails this soon had nothing to resume (claude --continue exits at once
+# in a directory without a conversation): start it fresh instead.
+RESUME_CHECK_SECONDS = 5.0
+_FORWARDED = (signal.SIGINT, signal.SIGQUIT)
+_SHUTDOWN = (signal.SIGTERM, signal.SIGHUP)
+
+
+def say(message: str) -> None:
+    """One line to the user, on stderr, prefixed like every aegis-mcp message."""
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"aegis-mcp: {message}\r\n" if sys.stderr.isatty() else
+                         f"aegis-mcp: {message}\n")
+        sys.stderr.flush()
+
+
+@dataclass
+class RestartRequest:
+    reason: str
+    prompt: str | None
+    due: float
+
+
+@dataclass
+class AgentRun:
+    """One start of the agent."""
+
+    proc: subprocess.Popen[bytes]
+    argv: list[str]
+    started: float
+    resumed: bool
+    prompt: str | None
+    status: int | None = None  # raw wait status once reaped
+
+
+@dataclass
+class Supervisor:
+    profile: AgentProfile
+    executable: str
+    opts: SupervisorOptions
+    user: User | None = None
+    cwd: Path = field(default_factory=Path.cwd)
+    restart_times: deque[float] = field(default_factory=deque)
+    restart_count: int = 0
+    last_reason: str | None = None
+    last_restart_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+    netmon_mode: str | None = None
+    netmon_log: Path | None = None
+    namespace: Any = None
+    run: AgentRun | None = None
+    pending: RestartRequest | None = None
+    injection: injection.Injection | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        self.pid = os.getpid()
+        owner = self.user.uid if self.user else None
+        self.runtime = runtime_dir() if self.user is None else _user_runtime_dir(self.user)
+        self._resolve_netmon()
+        if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
+            check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
+        proctree.set_child_subreaper()
+        allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
+        self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
+                                             allowed, owner)
+        self.terminal = Terminal.from_stdin()
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, *_FORWARDED, *_SHUTDOWN):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
+        self._signals: deque[int] = deque()
+        self._start_watch()
+
+    def _resolve_netmon(self) -> None:
+        mode = self.opts.netmon
+        if mode is None:
+            return
+        if mode == "auto":
+            mode = "netns" if os.geteuid() == 0 else "preload"
+            say(f"--netmon: using {mode} mode ({'root' if mode == 'netns' else 'not root'})")
+        if mode == "netns":
+            try:
+                from aegis_mcp import netns
+            except ImportError:
+                raise AegisError("--netmon=netns is not available in this build; use "
+                                 "--netmon=preload") from None
+            netns.require_root()
+        elif mode == "preload":
+            if not hooks_library().exists():
+                raise AegisError(f"the hooks library is missing ({hooks_library()}): "
+                                 "reinstall aegis-mcp with `pip install .` (it needs gcc)")
+            try:
+                from aegis_mcp.netmon import is_preload_visible
+            except ImportError:
+                is_preload_visible = None
+            if is_preload_visible is not None and not is_preload_visible(self.executable):
+                raise AegisError(
+                    f"{self.executable} is statically linked: LD_PRELOAD cannot see its "
+                    "connections; use `sudo aegis-mcp ... --netmon=netns` instead"
+                )
+        self.netmon_mode = mode
+        self.netmon_log = self.runtime / f"netmon-{os.getpid()}.jsonl"
+
+    def _needs_preload(self) -> bool:
+        return self.netmon_mode == "preload" or (
+            self.opts.inject_mcp and self.profile.injection == "preload")
+
+    def _start_watch(self) -> None:
+        self._watch_stop = threading.Event()
+        if not self.opts.watch:
+            return
+        for path in self.opts.watch:
+            if not os.path.exists(path):
+                raise AegisError(f"--watch {path}: no such file or directory")
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self._watch_r = r
+        self.selector.register(r, selectors.EVENT_READ, "watch")
+
+        def watch() -> None:
+            from watchfiles import watch as wf_watch
+
+            for changes in wf_watch(*self.opts.watch, stop_event=self._watch_stop,
+                                    debounce=300, step=50, raise_interrupt=False):
+                names = sorted({os.path.relpath(p) for _, p in changes})
+                with contextlib.suppress(OSError):
+                    os.write(w, ("\n".join(names) + "\0").encode())
+
+        threading.Thread(target=watch, name="aegis-watch", daemon=True).start()
+
+    # -- the agent ----------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not (k.startswith("AEGIS_") and k not in _KEPT_AEGIS_ENV)
+               and k not in _DROPPED_ENV}
+        if self.user is not None:
+            for key in [k for k in env if k.startswith("SUDO_")]:
+                del env[key]
+            env.update(self.user.env())
+            xdg = f"/run/user/{self.user.uid}"
+            if os.path.isdir(xdg):
+                env["XDG_RUNTIME_DIR"] = xdg
+            else:
+                env.pop("XDG_RUNTIME_DIR", None)
+            env["AEGIS_RUNTIME_DIR"] = str(self.runtime)
+        server_env = {"AEGIS_CONTROL": str(self.control.path),
+                      "AEGIS_SUPERVISOR_PID": str(self.pid)}
+        env.update(server_env)
+        env["AEGIS_AGENT"] = self.profile.name
+        if self.netmon_log is not None:
+            env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
+            server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
+        if self.injection is not None:
+            self.injection.cleanup()
+        self.injection = None
+        if self.opts.inject_mcp:
+            self.injection = injection.prepare(
+                self.profile, self.runtime, self.pid, server_env, self.cwd,
+                env.get("HOME", str(Path.home())), self.user.uid if self.user else None)
+            env.update(self.injection.env)
+        if self._needs_preload():
+            lib = str(hooks_library())
+            preload = [p for p in os.environ.get("LD_PRELOAD", "").split() if p and p != lib]
+            env["LD_PRELOAD"] = " ".join([lib, *preload])
+        return env
+
+    def _spawn(self, resume: bool, prompt: str | None) -> None:
+        env = self._env()
+        inject_args = self.injection.args if self.injection else []
+        if resume:
+            argv = agentargs.restart_argv(self.profile, self.executable, self.opts.agent_args,
+                                          inject_args, prompt)
+        elif prompt is not None:  # a fresh start after a failed resume keeps the prompt
+            argv = agentargs.restart_argv(self.profile, self.executable, self.opts.agent_args,
+                                          inject_args, prompt, resume=False)
+        else:
+            argv = agentargs.first_argv(self.profile, self.executable, self.opts.agent_args,
+                                        inject_args)
+        kwargs: dict[str, Any] = {}
+        command = argv
+        if self.namespace is not None:
+            user = self.user
+            command = [*self.namespace.exec_prefix(
+                user.uid if user else 0, user.gid if user else 0,
+                list(user.groups) if user else [0]), *argv]
+        elif self.user is not None:
+            kwargs = {"user": self.user.uid, "group": self.user.gid,
+                      "extra_groups": list(self.user.groups)}
+        try:
+            proc = subprocess.Popen(command, env=env, cwd=self.cwd, process_group=0,
+                                    close_fds=True, **kwargs)
+        except OSError as exc:
+            raise AegisError(f"cannot start {argv[0]}: {exc.strerror}",
+                             126 if isinstance(exc, PermissionError) else 127) from None
+        # The child is in its own group before exec; giving it the terminal here, right after,
+        # leaves a window where an early tcsetattr stops it with SIGTTOU: the reaper sees that
+        # stop and continues it (see _child_stopped).
+        self.terminal.give_to(proc.pid)
+        self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt)
+
+    def _agent_alive(self) -> bool:
+        return self.run is not None and self.run.status is None
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.run
+            if run is None or pid != run.proc.pid:
+                continue  # an orphan of the agent's tree, re-parented to us
+            if os.WIFSTOPPED(status):
+                self._child_stopped(os.WSTOPSIG(status))
+                continue
+            run.status = status
+            run.proc.returncode = os.waitstatus_to_exitcode(status)
+
+    def _child_stopped(self, sig: int) -> None:
+        assert self.run is not None
+        pgid = self.run.proc.pid
+        if sig in (signal.SIGTTOU, signal.SIGTTIN) or not self.terminal.interactive:
+            self.terminal.give_to(pgid)
+            proctree.killpg(pgid, signal.SIGCONT)
+            return
+        # Ctrl-Z: the agent stopped; stop ourselves too so the shell sees the job stopped,
+        # and when it continues us (`fg`), hand the terminal back and continue the agent.
+        self.terminal.take_back()
+        os.kill(os.getpid(), signal.SIGSTOP)
+        self.terminal.give_to(pgid)
+        proctree.killpg(pgid, signal.SIGCONT)
+
+    def _wait(self, timeout: float) -> None:
+        """Block up to `timeout` for a signal, keep non-SIGCHLD ones for the loop, reap."""
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_r], [], [], timeout)
+        self._drain_signals()
+        self._reap()
+
+    def _drain_signals(self) -> None:
+        while True:
+            try:
+                data = self._wake_r.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            self._signals.extend(s for s in data if s != signal.SIGCHLD)
+
+    def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.status()}
+        if op == "restart":
+            reason = str(request.get("reason") or "requested")[:500]
+            prompt = request.get("prompt")
+            if prompt is not None and not isinstance(prompt, str):
+                return {"ok": False, "error": "prompt must be a string"}
+            delay = request.get("delay", 0)
+            if not isinstance(delay, int | float) or not 0 <= delay <= 10:
+                return {"ok": False, "error": "delay must be a number of seconds from 0 to 10"}
+            self.pending = RestartRequest(reason, prompt or None, time.monotonic() + delay)
+            note = "" if self.profile.prompt != "none" or not prompt else (
+                f" ({self.profile.name} takes no prompt on restart; the prompt is dropped)")
+            how = " ".join([*self.profile.resume_prefix, *self.profile.resume_flags])
+            return {"ok": True, "message": (
+                f"{self.profile.name} will be stopped and started again"
+                f"{' with ' + how if how else ''} in {delay:g}s (reason: {reason}){note}"),
+                "restart_count": self.restart_count + 1}
+        if op == "ping":
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, ping)"}
+
+    def status(self) -> dict[str, Any]:
+        run = self.run
+        now = time.monotonic()
+        return {
+            "supervisor_pid": self.pid,
+            "supervisor_version": __version__,
+            "supervisor_uptime_s": round(time.time() - self.started_at, 3),
+            "agent": self.profile.name,
+            "agent_pid": run.proc.pid if run and run.status is None else None,
+            "agent_argv": run.argv if run else [],
+            "agent_uptime_s": round(now - run.started, 3) if run and run.status is None
+            else None,
+            "agent_user": self.user.name if self.user else _current_user(),
+            "cwd": str(self.cwd),
+            "restart_count": self.restart_count,
+            "last_restart_reason": self.last_reason,
+            "last_restart_at": self.last_restart_at,
+            "injection": self.injection.mechanism if self.injection else "disabled",
+            "netmon_mode": self.netmon_mode,
+            "netmon_log": str(self.netmon_log) if self.netmon_log else None,
+            "netns": getattr(self.namespace, "name", None),
+            "watch": self.opts.watch,
+            "control_socket": str(self.control.path),
+        }
+
+    # -- restart and shutdown -----------------------------------------------------------------
+
+    def _stop_agent(self, first_signal: int = signal.SIGINT) -> None:
+        run = self.run
+        proctree.stop_tree(
+            run.proc.pid if run else None, self._agent_alive, self._wait,
+            self.opts.restart_grace, exclude=getattr(self.namespace, "helper_pids", ()),
+            log=say, first_signal=first_signal)
+
+    def _restart(self, req: RestartRequest) -> int | None:
+        """Stop the agent and start it again; an exit status when the supervisor must end."""
+        now = time.monotonic()
+        while self.restart_times and now - self.restart_times[0] > 60:
+            self.restart_times.popleft()
+        if len(self.restart_times) >= self.opts.max_restarts_per_minute:
+            self._stop_agent()
+            self.terminal.take_back()
+            self.terminal.restore()
+            say(f"restart storm: more than {self.opts.max_restarts_per_minute} restarts in a "
+                f"minute (last reason: {req.reason}); stopping. Raise --max-restarts if this "
+                "is expected.")
+            return 1
+        self.restart_times.append(now)
+        self._stop_agent()
+        self.terminal.take_back()
+        self.terminal.restore()
+        say(f"restarting {self.profile.name} (reason: {req.reason})")
+        self.restart_count += 1
+        self.last_reason = req.reason
+        self.last_restart_at = time.time()
+        resume = bool(self.profile.resume_flags or self.profile.resume_prefix)
+        self._spawn(resume=resume, prompt=req.prompt)
+        return None
+
+    def _agent_ended(self) -> int | None:
+        """The agent exited on its own: restart when one was asked for, start fresh when a
+        resume failed at once, else the supervisor's exit status (128+N for a signal)."""
+        run = self.run
+        assert run is not None and run.status is not None
+        code = run.proc.returncode
+        exit_status = 128 - code if code < 0 else code
+        if self.pending is not None:
+            req, self.pending = self.pending, None
+            return self._restart(req)
+        quick = time.monotonic() - run.started < RESUME_CHECK_SECONDS
+        if run.resumed and code != 0 and quick:
+            self._stop_agent()
+            self.terminal.take_back()
+            self.terminal.restore()
+            say(f"{self.profile.name} exited at once ({exit_status}) when resuming: no "
+                "conversation to resume? starting a new one")
+            self._spawn(resume=False, prompt=run.prompt)
+            return None
+        self._stop_agent(signal.SIGTERM)  # what the agent left behind (MCP servers, ...)
+        return exit_status
+
+    def _loop(self) -> int:
+        while True:
+            timeout = None
+            if self.pending is not None:
+                timeout = max(0.0, self.pending.due - time.monotonic())
+            for key, _ in self.selector.select(timeout):
+                kind = key.data
+                if kind == "signal":
+                    self._drain_signals()
+                elif kind == "accept":
+                    conn = self.control.accept()
+                    if conn is not None:
+                        self.selector.register(conn, selectors.EVENT_READ, "conn")
+                elif kind == "conn":
+                    conn = key.fileobj
+                    assert isinstance(conn, socket.socket)
+                    fd = conn.fileno()
+                    if self.control.read(conn, self._handle_control):
+                        with contextlib.suppress(KeyError, ValueError):
+                            self.selector.unregister(fd)
+                elif kind == "watch":
+                    changed = _drain_pipe(self._watch_r)
+                    if self.pending is None:
+                        self.pending = RestartRequest(f"files changed: {changed}", None,
+                                                      time.monotonic())
+            self._reap()
+            while self._signals:
+                sig = self._signals.popleft()
+                if sig in _SHUTDOWN:
+                    say(f"received {signal.Signals(sig).name}: stopping {self.profile.name}")
+                    self._stop_agent(sig)
+                    return 128 + sig
+                if sig in _FORWARDED and self._agent_alive():
+                    assert self.run is not None
+                    proctree.killpg(self.run.proc.pid, sig)
+            if not self._agent_alive():
+                result = self._agent_ended()
+                if result is not None:
+                    return result
+                continue
+            if self.pending is not None and time.monotonic() >= self.pending.due:
+                req, self.pending = self.pending, None
+                result = self._restart(req)
+                if result is not None:
+                    return result
+
+    def main(self) -> int:
+        """Set up, start the agent, loop, and always clean up."""
+        self._setup()
+        try:
+            if self.netmon_mode == "netns":
+                from aegis_mcp import netns
+
+                assert self.netmon_log is not None
+                self.namespace = netns.create(self.pid, self.netmon_log)
+            self._spawn(resume=False, prompt=None)
+            return self._loop()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._agent_alive() or proctree.tree(getattr(self.namespace, "helper_pids", ())):
+                self._stop_agent(signal.SIGTERM)
+        self._watch_stop.set()
+        if getattr(self, "terminal", None) is not None:
+            self.terminal.take_back()
+        if self.injection is not None:
+            self.injection.cleanup()
+        if self.namespace is not None:
+            with contextlib.suppress(Exception):
+                self.namespace.teardown()
+        self.control.close()
+        signal.set_wakeup_fd(-1)
+
+
+def _drain_pipe(fd: int) -> str:
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    names = sorted({n for part in data.decode(errors="replace").split("\0") for n in
+                    part.split("\n") if n})
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return shown or "?"
+
+
+def _current_user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _user_runtime_dir(user: User) -> Path:
+    """The runtime directory of the user the agent runs as (the MCP server, running as that
+    user, must reach the control socket), created by root with that user as owner."""
+    if explicit := os.environ.get("AEGIS_RUNTIME_DIR"):
+        path = Path(explicit)
+    elif os.path.isdir(f"/run/user/{user.uid}"):
+        path = Path(f"/run/user/{user.uid}/aegis-mcp")
+    else:
+        import tempfile
+
+        path = Path(tempfile.gettempdir()) / f"aegis-mcp-{user.uid}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if st.st_uid not in (user.uid, 0) or not path.is_dir() or path.is_symlink():
+        raise AegisError(f"{path} is not a private directory of {user.name}; remove it")
+    os.chown(path, user.uid, user.gid)
+    os.chmod(path, 0o700)
+    return path
+
+
+def resolve_agent(opts: SupervisorOptions) -> tuple[AgentProfile, str]:
+    if opts.agent is None:
+        profile = generic_profile(opts.agent_args)
+        command = opts.agent_args[0]
+        found = shutil.which(command)
+        if found is None:
+            raise AegisError(f"{command}: command not found (check the name or give its path)",
+                             127)
+        opts.agent_args = opts.agent_args[1:]
+        return profile, found
+    profile = get_profile(opts.agent, load_config())
+    return profile, profile.executable()
+
+
+def run_supervisor(opts: SupervisorOptions) -> int:
+    """`aegis-mcp [OPTIONS] AGENT [ARGS]`: returns the agent's exit status."""
+    profile, executable = resolve_agent(opts)
+    user = agent_user(opts.keep_root)
+    if user is None and os.geteuid() == 0 and profile.refuses_root_flags:
+        # Claude Code refuses --dangerously-skip-permissions as root (measured): starting it
+        # with the flag would only fail, so start it without and say why.
+        dropped = [f for f in profile.permission_flags if f in profile.refuses_root_flags]
+        profile = replace(profile, permission_flags=tuple(
+            f for f in profile.permission_flags if f not in profile.refuses_root_flags))
+        if dropped:
+            say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without; "
+                "run `sudo aegis-mcp ...` from your own account to keep it")
+    sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user)
+    return sup.main()

@@ -1,0 +1,78 @@
+"""Running `aegis-mcp` with the scripted fake agent in a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+
+from tests.conftest import TESTS, aegis_bin
+
+FAKE_AGENT = TESTS / "agents" / "fake_agent.py"
+
+
+def fake_profile(python: str = sys.executable, script: Path = FAKE_AGENT,
+                 injection: str = "mcp-config") -> str:
+    return f"""
+[agents.fake]
+command = ["{python}", "{script}"]
+install_hint = "it is the test suite's fake agent"
+permission_flags = ["--yolo"]
+resume_flags = ["--continue"]
+drop_on_resume = ["--continue", "-c"]
+value_options = ["--model", "--exit-code", "--behaviour"]
+variadic_options = ["--mcp-config"]
+injection = "{injection}"
+"""
+
+
+@dataclass
+class FakeAgentWorld:
+    root: Path
+    state: Path
+    env: dict[str, str]
+
+    def starts(self) -> list[dict]:
+        path = self.state / "starts.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def wait_starts(self, n: int, timeout: float = 20) -> list[dict]:
+        return wait_for(lambda: (s if len(s := self.starts()) >= n else None), timeout,
+                        f"{n} agent starts")
+
+    def spawn(self, *args: str, timeout: float = 20) -> pexpect.spawn:
+        child = pexpect.spawn(aegis_bin(), list(args), env=self.env, cwd=str(self.root),
+                              timeout=timeout, encoding="utf-8", codec_errors="replace",
+                              dimensions=(40, 120))
+        return child
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    return True
