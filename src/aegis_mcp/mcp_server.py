@@ -1,0 +1,206 @@
+"""`aegis-mcp --mcp-server`: the stdio MCP server the supervisor injects into its agent.
+
+It is what the agent sees of aegis-mcp: a thin front that holds no state of its own (it dies
+and is reborn at every hot-reload). Restart and status go to its supervisor's control socket
+($AEGIS_CONTROL); the pool, netmon and namespace tools are registered by their own modules.
+Tool modules are imported when the server is built, their heavy imports only when a tool runs:
+every hot-reload pays this server's cold start.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from aegis_mcp import __version__
+from aegis_mcp.errors import AegisError
+
+# The agent stops this server by closing its stdin (or SIGTERM); a restart's SIGINT to the
+# agent's process group must not kill it before its answer is out.
+RESTART_DELAY = 0.5
+"""Seconds between the restart tool's answer and the agent's stop, so the answer reaches it."""
+
+TOOL_MODULES = {
+    "aegis_mcp.pool_tools": ("agent_spawn", "agent_list", "agent_status", "agent_await",
+                             "agent_stop", "agent_pool_stats", "agent_file_locks"),
+    "aegis_mcp.netmon_tools": ("netmon_status", "netmon_log"),
+    "aegis_mcp.netns_tools": ("netmon_namespace_list", "netmon_namespace_cleanup"),
+}
+
+NO_SUPERVISOR = (
+    "this MCP server is not running under an aegis-mcp supervisor (no AEGIS_CONTROL), so there "
+    "is no agent to restart: start the agent with `aegis-mcp claude` (or `aegis-mcp <agent>`) "
+    "instead of configuring `aegis-mcp --mcp-server` by hand"
+)
+
+
+class RestartResult(BaseModel):
+    scheduled: bool = Field(description="True: the supervisor accepted the restart")
+    message: str = Field(description="What will happen, in words")
+    restart_count: int = Field(description="The restart count once this restart is done")
+    delay_seconds: float = Field(description="Seconds before the agent is stopped")
+
+
+class ServerStatus(BaseModel):
+    mcp_server_version: str
+    mcp_server_pid: int
+    supervised: bool = Field(description="False when started by hand, outside aegis-mcp")
+    supervisor: dict[str, Any] | None = Field(
+        description="The supervisor's view: pids, agent command line, uptime, restart count "
+        "and last reason, injection mechanism, netmon mode and log")
+
+
+class AegisMCPServer(MCPServer):
+    """MCPServer whose tools may raise AegisError: the SDK hides the text of unexpected
+    exceptions from the client, so an AegisError becomes a ToolError whose message (what is
+    wrong and what to do) reaches the agent as an is_error result."""
+
+    def tool(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        register = super().tool(*args, **kwargs)
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def wrapped_async(*a: Any, **kw: Any) -> Any:
+                    try:
+                        return await fn(*a, **kw)
+                    except AegisError as exc:
+                        raise ToolError(str(exc)) from None
+
+                register(wrapped_async)
+                return fn
+
+            @functools.wraps(fn)
+            def wrapped(*a: Any, **kw: Any) -> Any:
+                try:
+                    return fn(*a, **kw)
+                except AegisError as exc:
+                    raise ToolError(str(exc)) from None
+
+            register(wrapped)
+            return fn
+
+        return decorate
+
+
+def _control() -> str:
+    path = os.environ.get("AEGIS_CONTROL")
+    if not path:
+        raise AegisError(NO_SUPERVISOR)
+    return path
+
+
+def restart(reason: str | None, prompt: str | None) -> RestartResult:
+    from aegis_mcp import control
+
+    answer = control.request(_control(), {
+        "op": "restart", "reason": reason or "requested by the agent", "prompt": prompt,
+        "delay": RESTART_DELAY})
+    if not answer.get("ok"):
+        raise AegisError(answer.get("error", "the supervisor refused the restart"))
+    return RestartResult(scheduled=True, message=answer["message"],
+                         restart_count=answer["restart_count"], delay_seconds=RESTART_DELAY)
+
+
+Reason = Annotated[str | None, Field(
+    max_length=500, description="Why the agent restarts; shown in the terminal and in "
+    "server_status (e.g. 'MCP server updated')")]
+Prompt = Annotated[str | None, Field(
+    max_length=20000, description="A prompt the restarted agent starts with, as its "
+    "command-line prompt (e.g. 'Continue where we left off')")]
+
+RESTART_DOC = (
+    "Restart this coding agent so it reconnects to every MCP server (new or changed servers "
+    "are only seen after a restart). The supervisor stops the agent about half a second after "
+    "this answer and starts it again resuming this same conversation (e.g. claude --continue); "
+    "the optional prompt becomes the resumed agent's first message. Call it after adding or "
+    "changing an MCP server; expect the current turn to end."
+)
+
+
+def _register_core(server: MCPServer) -> None:
+    @server.tool(name="restart_claude", description=RESTART_DOC)
+    def restart_claude(reason: Reason = None, prompt: Prompt = None) -> RestartResult:
+        return restart(reason, prompt)
+
+    @server.tool(name="restart_agent",
+                 description=RESTART_DOC + " (Same tool as restart_claude, for any agent.)")
+    def restart_agent(reason: Reason = None, prompt: Prompt = None) -> RestartResult:
+        return restart(reason, prompt)
+
+    @server.tool(name="server_status")
+    def server_status() -> ServerStatus:
+        """Status of aegis-mcp: the supervisor's pid, the agent's name, pid, command line,
+        uptime, restart count and last restart reason, the MCP injection mechanism, network
+        monitoring mode and log, and this MCP server's version and pid."""
+        from aegis_mcp import control
+
+        path = os.environ.get("AEGIS_CONTROL")
+        supervisor = None
+        if path:
+            answer = control.request(path, {"op": "status"})
+            if not answer.get("ok"):
+                raise AegisError(answer.get("error", "the supervisor refused the status"))
+            supervisor = answer["status"]
+        return ServerStatus(mcp_server_version=__version__, mcp_server_pid=os.getpid(),
+                            supervised=supervisor is not None, supervisor=supervisor)
+
+
+def _register_unavailable(server: MCPServer, names: tuple[str, ...], module: str) -> None:
+    """A tool whose part is not in this build answers with an error, never with fake data."""
+
+    def make(name: str) -> Callable[[], dict[str, Any]]:
+        def unavailable() -> dict[str, Any]:
+            raise AegisError(f"{name} is not available in this build of aegis-mcp "
+                             f"({module} is missing)")
+
+        return unavailable
+
+    for name in names:
+        server.tool(name=name, description=f"Not available in this build ({module}).")(
+            make(name))
+
+
+def build_server() -> MCPServer:
+    server = AegisMCPServer(
+        name="aegis-mcp", version=__version__, log_level="WARNING",
+        instructions=(
+            "aegis-mcp supervises this agent: restart_claude/restart_agent restart it keeping "
+            "the conversation (do it after MCP servers change); agent_* run background agents; "
+            "netmon_* show the network connections this agent made."))
+    _register_core(server)
+    for module, names in TOOL_MODULES.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            _register_unavailable(server, names, module)
+            continue
+        mod.register(server)
+    return server
+
+
+def serve(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: aegis-mcp --mcp-server\n\nRun aegis-mcp's MCP server on stdin/stdout. "
+              "`aegis-mcp <agent>` injects it into the agent it starts; to configure it by hand:\n"
+              '  {"mcpServers": {"aegis-mcp": {"command": "aegis-mcp", "args": ["--mcp-server"]}}}')
+        return 0
+    if argv:
+        print(f"aegis-mcp: --mcp-server takes no arguments (got {' '.join(argv)})",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    build_server().run("stdio")
+    return 0
