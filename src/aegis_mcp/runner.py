@@ -1,0 +1,428 @@
+"""The runner of one background agent: `python -m aegis_mcp.runner --pool-dir DIR --agent ID
+--claim TOKEN`, started detached (own session, stdio on the agent's log) by `Pool.promote`.
+
+It takes over its claimed agent in the store, sets up the git worktree when the agent is
+isolated, starts the agent CLI headless in its own session, copies the agent's output to the
+log, reads its event stream (claude stream-json: turns, and the final `result` event), enforces
+the timeout and, for agents without a turn limit flag, max_iterations; on a stop request
+(SIGTERM from `Pool.stop`) it stops the agent's whole tree: SIGINT, grace, SIGTERM, grace,
+SIGKILL. It is a child subreaper, so grandchildren that double-forked away are still its own
+to stop. Its last transaction records the result and thereby frees the agent's lock; then it
+starts the next queued agents and exits. It sleeps in select() while the agent works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aegis_mcp.pool import COMPLETED, FAILED, STOPPED, Pool
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_FLUSH_EVERY = 0.25
+"""Progress is written to the store at most this often (and at the end)."""
+_LINES_KEPT = 20
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _die_with_runner() -> None:
+    """In the agent, before exec: if the runner is killed, the agent gets SIGKILL too (and
+    the next pool operation kills the rest of its tree by the agent id in its environment)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --- the process tree -------------------------------------------------------------------------
+
+def descendants(root: int) -> list[int]:
+    """Live (non-zombie) descendants of `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: list[int] = []
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def reap() -> dict[int, int]:
+    """Collect every exited child (ours, and orphans handed to us as subreaper)."""
+    statuses: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        statuses[pid] = status
+    return statuses
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+class Runner:
+    def __init__(self, pool: Pool, row: Any) -> None:
+        self.pool = pool
+        self.id: str = row["id"]
+        self.row = row
+        self.log = open(pool.log_path(self.id), "ab", buffering=0)  # noqa: SIM115
+        self.agent_pid: int | None = None
+        self.agent_status: int | None = None
+        self.lines: deque[str] = deque(maxlen=_LINES_KEPT)
+        self.partial = b""
+        self.iterations = 0
+        self.seen_messages: set[str] = set()
+        self.last_event: str | None = None
+        self.result: dict[str, Any] = {}
+        self.session_id: str | None = None
+        self.dirty = False
+        self.stop_reason: tuple[str, str] | None = None
+        """(state, reason) once the runner decided to stop the agent."""
+
+    def say(self, text: str) -> None:
+        self.log.write(f"[aegis-runner {time.strftime('%H:%M:%S')}] {text}\n".encode())
+
+    # --- event stream ---
+
+    def on_line(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if not line.strip():
+            return
+        event = None
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+        if not isinstance(event, dict):
+            self.lines.append(line[:500])
+            self.dirty = True
+            return
+        summary = _summarize(event)
+        self.last_event = summary
+        self.lines.append(summary)
+        self.dirty = True
+        kind = event.get("type")
+        if isinstance(event.get("session_id"), str):
+            self.session_id = event["session_id"]
+        if kind == "assistant" or kind == "turn.completed":
+            message = event.get("message") if isinstance(event.get("message"), dict) else {}
+            msg_id = message.get("id")
+            if not msg_id or msg_id not in self.seen_messages:
+                if msg_id:
+                    self.seen_messages.add(msg_id)
+                self.iterations += 1
+                limit = self.row["max_iterations"]
+                if self.row["enforce_iterations"] and limit and self.iterations > limit \
+                        and self.stop_reason is None:
+                    self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
+                                                 "the pool")
+        elif kind == "result":
+            self.result = event
+
+    def feed(self, data: bytes) -> None:
+        self.log.write(data)
+        self.partial += data
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            self.on_line(line)
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        self.pool.record_progress(self.id, **self._progress())
+
+    def _progress(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "iterations": self.iterations,
+            "last_event": self.last_event,
+            "last_output": json.dumps(list(self.lines)),
+            "session_id": r.get("session_id") or self.session_id,
+            "result": r.get("result") if isinstance(r.get("result"), str) else None,
+            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
+            "total_cost_usd": r.get("total_cost_usd")
+            if isinstance(r.get("total_cost_usd"), int | float) else None,
+        }
+
+    # --- lifecycle ---
+
+    def setup_worktree(self) -> str | None:
+        """Create the agent's git worktree on its own branch; copy untracked .env files into
+        it (they are not in git, yet the project needs them). Returns an error or None."""
+        root, path, branch = self.row["repo_root"], self.row["worktree_path"], self.row["branch"]
+        git = shutil.which("git") or "git"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([git, "-C", root, "worktree", "add", "-b", branch, path, "HEAD"],
+                              capture_output=True, text=True, check=False)
+        self.log.write(proc.stdout.encode() + proc.stderr.encode())
+        if proc.returncode != 0:
+            return (f"git worktree add failed: {proc.stderr.strip().splitlines()[-1:]}"
+                    " (does the repository have a commit?)")
+        listed = subprocess.run([git, "-C", root, "ls-files", "-z", "--others", "--",
+                                 ":(glob)**/.env", ":(glob)**/.env.*"],
+                                capture_output=True, check=False)
+        for rel in filter(None, listed.stdout.decode(errors="replace").split("\0")):
+            dest = Path(path) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy2(Path(root) / rel, dest)
+                self.say(f"copied {rel} into the worktree")
+        Path(self.row["cwd"]).mkdir(parents=True, exist_ok=True)
+        self.say(f"worktree {path} on branch {branch}")
+        return None
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)
+        sel.register(wake_r, selectors.EVENT_READ, "signal")
+
+        if self.row["worktree_path"]:
+            error = self.setup_worktree()
+            if error:
+                self.finish(FAILED, error, None)
+                return
+        argv = json.loads(self.row["argv"])
+        env = json.loads(self.row["env"])
+        self.say(f"starting {' '.join(argv[:1])} in {self.row['cwd']}")
+        try:
+            proc = subprocess.Popen(argv, cwd=self.row["cwd"], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_die_with_runner)
+        except OSError as exc:
+            self.finish(FAILED, f"cannot start {argv[0]}: {exc.strerror or exc}", None)
+            return
+        self.agent_pid = proc.pid
+        assert proc.stdout is not None
+        out_fd = proc.stdout.fileno()
+        os.set_blocking(out_fd, False)
+        sel.register(out_fd, selectors.EVENT_READ, "output")
+        self.pool.record_progress(self.id, agent_pid=proc.pid)
+        _crash("runner-running")
+
+        timeout = self.row["timeout_secs"] or None
+        deadline = time.monotonic() + timeout if timeout else None
+        next_flush = time.monotonic()
+        eof = False
+        while self.agent_status is None or not eof:
+            now = time.monotonic()
+            if self.stop_reason is None and deadline is not None and now >= deadline:
+                self.stop_reason = (FAILED, f"timed out after {timeout:g} s; stopped by the pool")
+            if self.stop_reason is not None:
+                break
+            if self.agent_status is not None and not eof:
+                # The agent exited but something it left behind still holds the output pipe:
+                # keep nothing waiting on it, the leftovers are stopped below.
+                self._drain(out_fd)
+                break
+            waits = [next_flush - now if self.dirty else 3600.0]
+            if deadline is not None:
+                waits.append(deadline - now)
+            for key, _ in sel.select(max(0.0, min(waits))):
+                if key.data == "output":
+                    eof = self._drain(out_fd) or eof
+                    if eof:
+                        sel.unregister(out_fd)
+                else:
+                    self._on_signals(wake_r)
+            if self.dirty and time.monotonic() >= next_flush:
+                self.flush()
+                next_flush = time.monotonic() + _FLUSH_EVERY
+
+        leftovers = descendants(os.getpid())
+        if self.stop_reason is not None or leftovers:
+            if self.stop_reason is None:
+                self.say(f"the agent exited and left {len(leftovers)} process(es): stopping them")
+            self.stop_tree(self.row["stop_grace_secs"])
+        self._drain(out_fd)
+        if self.agent_status is None:
+            self.agent_status = reap().get(proc.pid, self.agent_status)
+        proc.returncode = 0  # reaped by us, not by Popen
+        if self.partial:
+            self.on_line(self.partial)
+            self.partial = b""
+        self.finish(*self._verdict())
+
+    def _drain(self, fd: int) -> bool:
+        """Copy what the agent wrote; True at end of file."""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self.feed(data)
+
+    def _on_signals(self, wake_r: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            got = os.read(wake_r, 512)
+            for signum in got:
+                if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) and \
+                        self.stop_reason is None:
+                    why = ("stopped by request" if self.pool.stop_requested(self.id)
+                           else f"the runner got {signal.Signals(signum).name}")
+                    self.stop_reason = (STOPPED, why)
+        for pid, status in reap().items():
+            if pid == self.agent_pid:
+                self.agent_status = status
+
+    def stop_tree(self, grace: float) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL to every descendant, each after up to `grace`
+        seconds; returns when none is left (bounded)."""
+        me = os.getpid()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            pids = descendants(me)
+            if not pids:
+                return
+            self.say(f"sending {signal.Signals(sig).name} to {len(pids)} process(es)")
+            _signal_all(pids, sig)
+            if self._wait_tree_gone(grace):
+                return
+        for _ in range(50):
+            pids = descendants(me)
+            if not pids:
+                return
+            self.say(f"sending SIGKILL to {len(pids)} process(es)")
+            _signal_all(pids, signal.SIGKILL)
+            self._wait_tree_gone(0.2)
+
+    def _wait_tree_gone(self, secs: float) -> bool:
+        end = time.monotonic() + secs
+        while True:
+            for pid, status in reap().items():
+                if pid == self.agent_pid:
+                    self.agent_status = status
+            if not descendants(os.getpid()):
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.02)
+
+    def _verdict(self) -> tuple[str, str | None, int | None]:
+        status = self.agent_status
+        code: int | None = None
+        if status is not None:
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                code = 128 - code
+        if self.stop_reason is not None:
+            return (*self.stop_reason, code)
+        if code == 0 and not self.result.get("is_error"):
+            return COMPLETED, None, code
+        if self.result.get("is_error"):
+            why = f"the agent reported an error ({self.result.get('subtype') or 'error'})"
+        elif code is not None and code > 128:
+            why = f"killed by {signal.Signals(code - 128).name}"
+        else:
+            why = f"exit code {code}"
+        return FAILED, why, code
+
+    def finish(self, state: str, reason: str | None, code: int | None) -> None:
+        self.say(f"{state}" + (f": {reason}" if reason else ""))
+        self.pool.record_end(self.id, state, reason=reason, exit_code=code, **self._progress())
+
+
+def _summarize(event: dict[str, Any]) -> str:
+    """One line for a stream-json event (claude, cursor, codex, gemini shapes)."""
+    kind = str(event.get("type", "event"))
+    if kind == "result":
+        text = event.get("result")
+        return f"result ({event.get('subtype', '')}): {str(text)[:300]}"
+    message = event.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), list):
+        parts = []
+        for block in message["content"]:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+            elif block.get("type") == "tool_use":
+                parts.append(f"[tool {block.get('name')}]")
+            elif block.get("type") == "tool_result":
+                parts.append("[tool result]")
+        return f"{kind}: {' '.join(parts)[:300]}"
+    if kind == "system":
+        return f"system ({event.get('subtype', '')})"
+    return f"{kind}: {json.dumps(event)[:300]}"
+
+
+def _crash(name: str) -> None:
+    if os.environ.get("AEGIS_RUNNER_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aegis_mcp.runner",
+                                     description="Run one claimed background agent of the pool "
+                                                 "(started by the pool, not by hand).")
+    parser.add_argument("--pool-dir", required=True, type=Path)
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--claim", required=True)
+    args = parser.parse_args(argv)
+    # Until the signal handlers are in place a SIGTERM kills us; the store then says "stopped"
+    # (a stop was requested) or re-queues the agent, so nothing is lost either way.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    pool = Pool(args.pool_dir)
+    row = pool.register_runner(args.agent, args.claim)
+    if row is None:
+        return 0
+    runner = Runner(pool, row)
+    try:
+        runner.run()
+    except BaseException as exc:
+        # Whatever went wrong, leave no agent process behind and no agent "running".
+        runner.say(f"runner error: {exc!r}")
+        runner.stop_tree(row["stop_grace_secs"])
+        with contextlib.suppress(Exception):
+            runner.finish(FAILED, f"runner error: {exc}", None)
+        raise
+    finally:
+        signal.set_wakeup_fd(-1)
+    # Orphans of the runners we start next must not be handed to us: we exit right away.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+    pool.promote()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
