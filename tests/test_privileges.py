@@ -1,0 +1,123 @@
+"""Started through sudo (as root with SUDO_UID/SUDO_GID), the agent runs as that user."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from aegis_mcp.paths import hooks_library
+from tests.conftest import aegis_bin
+from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+
+
+@pytest.fixture(scope="module")
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    name = f"aegis{os.getpid() % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="aegis-home-"))
+    subprocess.run(["groupadd", f"{name}x"], check=True)
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-G", f"{name}x", name],
+                   check=True)
+    user = pwd.getpwnam(name)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    try:
+        yield user
+    finally:
+        subprocess.run(["userdel", name], check=False)
+        subprocess.run(["groupdel", f"{name}x"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def sudo_world(throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> Iterator[
+        FakeAgentWorld]:
+    """A world the dropped user can reach: everything under a 0755 directory of its own."""
+    root = Path(tempfile.mkdtemp(prefix="aegis-priv-"))
+    os.chmod(root, 0o755)
+    script = root / "fake_agent.py"
+    shutil.copy(FAKE_AGENT, script)
+    os.chmod(script, 0o755)
+    state = root / "state"
+    state.mkdir()
+    os.chown(state, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    config = root / "config.toml"
+    config.write_text(fake_profile(python=sys.executable, script=script))
+    env = {**aegis_env, "AEGIS_CONFIG": str(config), "AEGIS_RUNTIME_DIR": str(root / "run"),
+           "FAKE_AGENT_STATE": str(state), "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "SUDO_USER": throwaway_user.pw_name,
+           "HOME": "/root", "USER": "root"}
+    try:
+        yield FakeAgentWorld(root, state, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_agent_runs_as_the_sudo_user_with_its_groups(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    child = sudo_world.spawn("fake")
+    child.expect("READY")
+    start = sudo_world.starts()[0]
+    expected_groups = sorted(os.getgrouplist(throwaway_user.pw_name, throwaway_user.pw_gid))
+    assert (start["uid"], start["gid"]) == (throwaway_user.pw_uid, throwaway_user.pw_gid)
+    assert start["groups"] == expected_groups
+    assert grp.getgrnam(f"{throwaway_user.pw_name}x").gr_gid in start["groups"]
+    assert start["env"]["HOME"] == throwaway_user.pw_dir
+    assert start["env"]["USER"] == start["env"]["LOGNAME"] == throwaway_user.pw_name
+    assert not any(k.startswith("SUDO_") for k in start["env"])
+    # The dropped agent reaches its supervisor's control socket (its uid is allowed).
+    child.sendline("restart as user|again")
+    child.expect("ANSWER")
+    child.expect("READY")
+    second = sudo_world.wait_starts(2)[1]
+    assert second["uid"] == throwaway_user.pw_uid and second["prompt"] == "again"
+    mcp = next(c for c in second["children"] if c["name"] == "aegis-mcp")
+    assert os.stat(f"/proc/{mcp['pid']}").st_uid == throwaway_user.pw_uid
+    child.sendline("exit 0")
+    child.expect(pexpect.EOF)
+
+
+def test_keep_root_keeps_root_and_warns(sudo_world: FakeAgentWorld) -> None:
+    child = sudo_world.spawn("--keep-root", "fake")
+    child.expect("--keep-root: the agent runs as ROOT")
+    child.expect("READY")
+    assert sudo_world.starts()[0]["uid"] == 0
+    child.sendline("exit 0")
+    child.expect(pexpect.EOF)
+
+
+def test_unreadable_install_stops_before_the_start(sudo_world: FakeAgentWorld) -> None:
+    lib = hooks_library()
+    mode = lib.stat().st_mode
+    os.chmod(lib, 0o600)  # as if installed under root's home
+    try:
+        out = subprocess.run([aegis_bin(), "--netmon=preload", "fake"], env=sudo_world.env,
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, cwd=sudo_world.root)
+    finally:
+        os.chmod(lib, mode)
+    assert out.returncode == 1
+    assert "cannot run or read" in out.stderr and str(lib) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sudo_world.starts() == []
+
+
+def test_plain_root_runs_as_root_and_says_so(sudo_world: FakeAgentWorld) -> None:
+    env = {k: v for k, v in sudo_world.env.items() if not k.startswith("SUDO_")}
+    out = subprocess.run([aegis_bin(), "fake", "--exit-code", "0"], env=env,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         cwd=sudo_world.root)
+    assert out.returncode == 0
+    assert "running as root (no SUDO_UID)" in out.stderr
+    assert json.loads((sudo_world.state / "starts.jsonl").read_text())["uid"] == 0
