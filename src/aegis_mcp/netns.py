@@ -1,0 +1,676 @@
+"""Network-namespace mode: the agent runs in its own network namespace, and a root-side helper
+records every connection that crosses the namespace's veth.
+
+The order of the root-only phases (all in `create`, each a small function below, as
+bubblewrap names its phases):
+
+  reserve     under a lock, pick a free private subnet and write the state file
+              /run/aegis-mcp/netns/aegis-<pid>.json FIRST, so that whatever happens next,
+              `cleanup` knows exactly what is ours to remove
+  namespace   `aegis-<pid>` (pyroute2), loopback up
+  veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1
+  nftables    table `ip aegis_<pid>`: masquerade for the subnet, DNS DNAT when the host uses a
+              loopback resolver, forwarding only for replies into the namespace
+  sysctls     net.ipv4.ip_forward=1 and net.netfilter.nf_conntrack_acct=1; the values found
+              before the first aegis namespace are kept in a shared baseline file and put back
+              by whichever teardown or cleanup removes the last aegis namespace
+  dns         /etc/netns/aegis-<pid>/resolv.conf, which `ip netns exec` bind-mounts over
+              /etc/resolv.conf for the agent
+  capture     `python -m aegis_mcp.capture` (root, outside the agent's process tree), ready
+              before `create` returns so the agent's first packet is seen
+
+The agent itself is then started by the supervisor with `exec_prefix()`: `ip netns exec`
+enters the namespace (and a private mount namespace for the resolv.conf), `setpriv` drops to
+the user. Every process the agent starts inherits the namespace.
+
+`teardown()` undoes the phases in reverse, tolerates any of them missing, and is safe to call
+twice; `cleanup_stale()` does the same from the state file of a namespace whose owner died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aegis_mcp.errors import AegisError
+
+PREFIX = "aegis-"
+NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
+STATE_DIR = Path(os.environ.get("AEGIS_NETNS_STATE_DIR", "/run/aegis-mcp/netns"))
+NETNS_ETC = Path("/etc/netns")
+NETNS_RUN = Path("/run/netns")
+BASELINE = "sysctl-baseline.json"
+GUARD_TABLE = "aegis_guard"
+# Private ranges tried in order, split into /30s (host end .1, namespace end .2).
+POOLS = ("10.200.0.0/16", "172.30.200.0/22", "192.168.254.0/24")
+SYSCTLS = {
+    "net.ipv4.ip_forward": "1",
+    "net.netfilter.nf_conntrack_acct": "1",
+}
+READY_TIMEOUT = 10.0
+
+
+def require_root() -> None:
+    """Raise the one-line error the user sees when netns mode is asked for without root."""
+    if os.geteuid() != 0:
+        raise AegisError(
+            "--netmon=netns needs root to create a network namespace: run it with sudo "
+            "(`sudo aegis-mcp ... --netmon=netns`), or use --netmon=preload"
+        )
+
+
+def _require_tools() -> dict[str, str]:
+    tools = {"ip": "iproute2", "nft": "nftables", "setpriv": "util-linux"}
+    found: dict[str, str] = {}
+    for tool, package in tools.items():
+        path = shutil.which(tool) or next(
+            (p for d in ("/usr/sbin", "/sbin", "/usr/bin") if os.access(p := f"{d}/{tool}",
+                                                                       os.X_OK)), None)
+        if path is None:
+            raise AegisError(f"--netmon=netns needs `{tool}`: install the {package} package "
+                             "(e.g. `apt-get install {package}`), or use --netmon=preload"
+                             .replace("{package}", package))
+        found[tool] = path
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# State: what proves a namespace is ours, and what to remove.
+
+
+@dataclass
+class State:
+    name: str
+    owner_pid: int
+    owner_start: int | None
+    created: float
+    subnet: str
+    host_addr: str
+    ns_addr: str
+    veth: str
+    table: str
+    dns: str
+    """How DNS works inside: "copy" (host resolvers reachable through NAT) or "dnat:<ip>"
+    (port 53 of the host end forwarded to a loopback resolver)."""
+    nameservers: list[str] = field(default_factory=list)
+    log_path: str | None = None
+    capture_pid: int | None = None
+    capture_start: int | None = None
+    baseline: dict[str, str] = field(default_factory=dict)
+
+    def path(self) -> Path:
+        return STATE_DIR / f"{self.name}.json"
+
+    def save(self) -> None:
+        tmp = STATE_DIR / f".{self.name}.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.path())
+
+    @classmethod
+    def load(cls, path: Path) -> State | None:
+        try:
+            data = json.loads(path.read_text())
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            state = cls(**known)
+        except (OSError, ValueError, TypeError):
+            return None
+        # A state file names only things we create under our own naming scheme; anything else
+        # is not trusted (cleanup never removes what a tampered file points at).
+        m = NAME_RE.match(state.name)
+        if (not m or path.name != f"{state.name}.json" or state.veth != state.name
+                or state.table != f"aegis_{m.group(1)}"):
+            return None
+        return state
+
+
+def _start_time(pid: int) -> int | None:
+    """The kernel start time of `pid` (clock ticks since boot), or None if it is gone; pid and
+    start time together name one process even after pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int | None, start: int | None) -> bool:
+    if not pid:
+        return False
+    now = _start_time(pid)
+    return now is not None and (start is None or now == start)
+
+
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise subnet choice and the shared sysctl baseline between aegis processes.
+    Re-entrant within a process (a second flock on a new descriptor would deadlock)."""
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_depth = 1
+        yield
+    finally:
+        _lock_depth = 0
+        os.close(fd)
+
+
+def _states() -> list[State]:
+    if not STATE_DIR.is_dir():
+        return []
+    return [s for p in sorted(STATE_DIR.glob("aegis-*.json")) if (s := State.load(p))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases of create().
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network the host routes or has an address in (all tables), plus the subnets
+    of other aegis namespaces; the default route does not count."""
+    from pyroute2 import IPRoute
+
+    used: list[ipaddress.IPv4Network] = []
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=2, table=0):
+            dst = route.get_attr("RTA_DST")
+            if dst and route["dst_len"]:
+                used.append(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+        for addr in ipr.get_addr(family=2):
+            used.append(ipaddress.ip_network(
+                f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False))
+    used.extend(ipaddress.ip_network(s.subnet) for s in _states())
+    return [n for n in used if isinstance(n, ipaddress.IPv4Network)]
+
+
+def _pick_subnet(used: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    for pool in POOLS:
+        pool_net = ipaddress.ip_network(pool)
+        # A host route that covers the whole pool (a VPN's 10.0.0.0/8) rules it out at once.
+        if any(pool_net.subnet_of(n) for n in used if n.version == 4):  # type: ignore[arg-type]
+            continue
+        clashing = [n for n in used if n.overlaps(pool_net)]
+        for candidate in pool_net.subnets(new_prefix=30):
+            if not any(candidate.overlaps(n) for n in clashing):
+                return candidate
+    raise AegisError("no free private subnet for the namespace (10.200.0.0/16, "
+                     "172.30.200.0/22 and 192.168.254.0/24 are all in use); run "
+                     "`sudo aegis-mcp netns cleanup` if stale namespaces hold them")
+
+
+def _nameservers(resolv_conf: Path) -> tuple[list[str], list[str]]:
+    """(nameserver addresses, other lines worth keeping: search/domain/options)."""
+    servers: list[str] = []
+    keep: list[str] = []
+    try:
+        text = resolv_conf.read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith(("#", ";")):
+            continue
+        if words[0] == "nameserver" and len(words) > 1:
+            servers.append(words[1])
+        elif words[0] in ("search", "domain", "options"):
+            keep.append(line.strip())
+    return servers, keep
+
+
+def _dns_plan(resolv_conf: Path, host_addr: str) -> tuple[str, str]:
+    """Decide how DNS works inside: returns (dns mode for the state, resolv.conf text).
+
+    A namespace cannot reach the host's loopback (httptap #19), and systemd-resolved's
+    127.0.0.53 or a local dnsmasq/unbound on 127.0.0.1 are loopback resolvers. For those we
+    DNAT port 53 of the host end of the veth to the loopback resolver (route_localnet on the
+    veth only), so the agent gets exactly the host's resolution, split DNS and VPN domains
+    included. Otherwise the host's own resolv.conf is copied: its servers are reached through
+    NAT like any other address."""
+    servers, keep = _nameservers(resolv_conf)
+    v4 = [s for s in servers if _is_ipv4(s)]
+    loop = [s for s in v4 if ipaddress.ip_address(s).is_loopback]
+    if loop or not v4:
+        target = loop[0] if loop else "127.0.0.53"
+        lines = [f"# written by aegis-mcp: {target} (host loopback) through {host_addr}",
+                 f"nameserver {host_addr}", *keep]
+        return f"dnat:{target}", "\n".join(lines) + "\n"
+    lines = ["# written by aegis-mcp: the host's resolvers, reached through NAT",
+             *(f"nameserver {s}" for s in v4), *keep]
+    return "copy", "\n".join(lines) + "\n"
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
+def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
+    name = f"{PREFIX}{owner_pid}"
+    existing = STATE_DIR / f"{name}.json"
+    if existing.exists() or (NETNS_RUN / name).exists():
+        old = State.load(existing)
+        if old is not None and not _alive(old.owner_pid, old.owner_start):
+            _remove(old)
+        else:
+            raise AegisError(f"network namespace {name} already exists; if its supervisor is "
+                             "gone, run `sudo aegis-mcp netns cleanup`")
+    subnet = _pick_subnet(_used_networks())
+    hosts = list(subnet.hosts())
+    dns, _ = _dns_plan(resolv_conf, str(hosts[0]))
+    baseline_file = STATE_DIR / BASELINE
+    try:
+        baseline = json.loads(baseline_file.read_text())
+    except (OSError, ValueError):
+        # nf_conntrack may not be loaded yet (our nft table loads it): its default is 0.
+        baseline = {key: _sysctl(key) or "0" for key in SYSCTLS}
+        baseline["guard"] = "1" if baseline.get("net.ipv4.ip_forward") == "0" else "0"
+        baseline_file.write_text(json.dumps(baseline) + "\n")
+    state = State(
+        name=name, owner_pid=owner_pid, owner_start=_start_time(owner_pid), created=time.time(),
+        subnet=str(subnet), host_addr=str(hosts[0]), ns_addr=str(hosts[1]), veth=name,
+        table=f"aegis_{owner_pid}", dns=dns, nameservers=_nameservers(resolv_conf)[0],
+        log_path=str(log_path), baseline=baseline,
+    )
+    state.save()
+    return state
+
+
+def _add_namespace(state: State) -> None:
+    from pyroute2 import NetNS, netns
+
+    netns.create(state.name)
+    with NetNS(state.name) as ns:
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+
+def _add_veth(state: State) -> None:
+    from pyroute2 import IPRoute, NetNS
+
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=state.veth, kind="veth",
+                 peer={"ifname": "eth0", "net_ns_fd": state.name})
+        index = ipr.link_lookup(ifname=state.veth)[0]
+        ipr.addr("add", index=index, address=state.host_addr, prefixlen=30)
+        ipr.link("set", index=index, state="up")
+    with NetNS(state.name) as ns:
+        index = ns.link_lookup(ifname="eth0")[0]
+        ns.addr("add", index=index, address=state.ns_addr, prefixlen=30)
+        ns.link("set", index=index, state="up")
+        ns.route("add", dst="0.0.0.0/0", gateway=state.host_addr)
+    if state.dns.startswith("dnat:"):
+        # Lets the DNAT to 127.x route on this interface only (and its replies leave by it).
+        _write_sysctl(f"net.ipv4.conf.{state.veth}.route_localnet", "1")
+
+
+def _nft(nft: str, script: str) -> None:
+    proc = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True,
+                          timeout=30)
+    if proc.returncode != 0:
+        raise AegisError(f"nft failed: {proc.stderr.strip().splitlines()[-1:] or '?'}")
+
+
+def _add_nft_table(state: State, nft: str) -> None:
+    dnat = ""
+    if state.dns.startswith("dnat:"):
+        target = state.dns.split(":", 1)[1]
+        dnat = "".join(
+            f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
+            f"dnat to {target}:53\n" for p in ("udp", "tcp"))
+    _nft(nft, f"""
+table ip {state.table} {{
+  comment "aegis-mcp network namespace {state.name}"
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+{dnat}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {state.subnet} oifname != "{state.veth}" masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    oifname "{state.veth}" ct state established,related accept
+    oifname "{state.veth}" drop
+  }}
+}}
+""")
+
+
+def _set_sysctls(state: State, nft: str) -> None:
+    for key, value in SYSCTLS.items():
+        _write_sysctl(key, value)
+    if state.baseline.get("guard") == "1" and not _table_exists(nft, GUARD_TABLE):
+        # ip_forward was 0: the host must not start routing for anyone else because of us.
+        _nft(nft, f"""
+table ip {GUARD_TABLE} {{
+  comment "aegis-mcp: forward only for aegis namespaces while ip_forward is on for them"
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname != "{PREFIX}*" oifname != "{PREFIX}*" drop
+  }}
+}}
+""")
+
+
+def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
+    _, text = _dns_plan(resolv_conf, state.host_addr)
+    directory = NETNS_ETC / state.name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "resolv.conf").write_text(text)
+    os.chmod(directory / "resolv.conf", 0o644)
+
+
+def _prepare_log(log_path: Path) -> None:
+    """Create the log so that it belongs to whoever owns its directory (the user's private
+    runtime dir), never following a symlink planted there."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        st = os.fstat(fd)
+        parent = os.stat(log_path.parent)
+        if st.st_nlink == 1 and st.st_uid == 0 and parent.st_uid != 0:
+            os.fchown(fd, parent.st_uid, parent.st_gid)
+    finally:
+        os.close(fd)
+
+
+def _start_capture(state: State, log_path: Path) -> subprocess.Popen[bytes]:
+    _prepare_log(log_path)
+    err_path = STATE_DIR / f"{state.name}.capture.err"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aegis_mcp.capture", "--name", state.name,
+             "--veth", state.veth, "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
+             "--log", str(log_path), "--owner-pid", str(state.owner_pid)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            start_new_session=True, close_fds=True,
+        )
+    assert proc.stdout is not None
+    state.capture_pid = proc.pid
+    state.capture_start = _start_time(proc.pid)
+    state.save()
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(READY_TIMEOUT) and proc.stdout.readline().strip() == b"ready"
+    proc.stdout.close()
+    if not ready:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        detail = err_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no reply"]
+        raise AegisError(f"the netns capture helper did not start: {detail[0]}")
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------
+# The public API.
+
+
+class Namespace:
+    """A live `aegis-<pid>` namespace owned by this process."""
+
+    def __init__(self, state: State, tools: dict[str, str],
+                 capture: subprocess.Popen[bytes] | None) -> None:
+        self.state = state
+        self._tools = tools
+        self._capture = capture
+        self._torn_down = False
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def helper_pids(self) -> tuple[int, ...]:
+        """Root-side helpers (the capture) that are not part of the agent's tree."""
+        if self._capture is None or self._capture.poll() is not None:
+            return ()
+        return (self._capture.pid,)
+
+    def exec_prefix(self, uid: int, gid: int, groups: list[int] | tuple[int, ...] = ()
+                    ) -> list[str]:
+        """The command prefix that runs a program in the namespace as uid/gid/groups.
+
+        `ip netns exec` enters the namespace in a private mount namespace where
+        /etc/netns/<name>/resolv.conf is bind-mounted over /etc/resolv.conf; `setpriv` then
+        drops root. Run as root: `Popen(ns.exec_prefix(uid, gid, groups) + argv)`. With
+        uid 0 (--keep-root) there is no setpriv."""
+        prefix = [self._tools["ip"], "netns", "exec", self.name]
+        if uid == 0 and gid == 0:
+            return prefix
+        extra = list(dict.fromkeys(groups))
+        group_arg = f"--groups={','.join(map(str, extra))}" if extra else "--clear-groups"
+        return [*prefix, self._tools["setpriv"], f"--reuid={uid}", f"--regid={gid}",
+                group_arg, "--"]
+
+    def teardown(self) -> None:
+        """Stop the capture (it writes final totals), then remove everything create() made.
+        Safe to call more than once and after a partial create()."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        if self._capture is not None:
+            _stop_process(self._capture.pid, self.state.capture_start)
+            with contextlib.suppress(Exception):
+                self._capture.wait(timeout=1)
+        _remove(self.state)
+
+    def __enter__(self) -> Namespace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+
+def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf")
+           ) -> Namespace:
+    """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
+
+    Call from the supervisor's main thread (the capture helper exits when its parent thread
+    does). Raises AegisError with one line on any failure, after undoing what was done."""
+    require_root()
+    tools = _require_tools()
+    with _locked():
+        state = _reserve(owner_pid, Path(log_path), resolv_conf)
+    namespace = Namespace(state, tools, None)
+    try:
+        _add_namespace(state)
+        _add_veth(state)
+        _add_nft_table(state, tools["nft"])
+        with _locked():
+            _set_sysctls(state, tools["nft"])
+        _write_resolv_conf(state, resolv_conf)
+        namespace._capture = _start_capture(state, Path(log_path))
+    except BaseException as exc:
+        namespace.teardown()
+        if isinstance(exc, AegisError | KeyboardInterrupt):
+            raise
+        raise AegisError(f"could not set up network namespace {state.name}: {exc}") from exc
+    return namespace
+
+
+def list_namespaces() -> list[dict[str, Any]]:
+    """Every `aegis-*` namespace (and every aegis state file without one), with its owner pid,
+    whether that owner is alive, addresses and age. Needs no root."""
+    states = {s.name: s for s in _states()}
+    names = set(states)
+    with contextlib.suppress(OSError):
+        names.update(n for n in os.listdir(NETNS_RUN) if n.startswith(PREFIX))
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for name in sorted(names):
+        state = states.get(name)
+        m = NAME_RE.match(name)
+        row: dict[str, Any] = {"name": name, "ours": state is not None,
+                               "exists": (NETNS_RUN / name).exists()}
+        if state is not None:
+            alive = _alive(state.owner_pid, state.owner_start)
+            row.update(owner_pid=state.owner_pid, alive=alive, stale=not alive,
+                       subnet=state.subnet, host_addr=state.host_addr, ns_addr=state.ns_addr,
+                       veth=state.veth, table=state.table, dns=state.dns,
+                       created=state.created, age=round(now - state.created, 1),
+                       log_path=state.log_path,
+                       capture_alive=_alive(state.capture_pid, state.capture_start))
+        else:
+            pid = int(m.group(1)) if m else None
+            alive = pid is not None and _start_time(pid) is not None
+            with contextlib.suppress(OSError):
+                row["age"] = round(now - (NETNS_RUN / name).stat().st_mtime, 1)
+            row.update(owner_pid=pid, alive=alive, stale=False,
+                       note="no aegis-mcp state file: not created by aegis-mcp, left alone")
+        rows.append(row)
+    return rows
+
+
+def cleanup_stale() -> list[dict[str, Any]]:
+    """Remove every aegis namespace whose owner is dead, with its veth, nftables table,
+    /etc/netns directory and state file. Live ones and ones without our state file are left
+    alone. Returns one row per namespace removed."""
+    require_root()
+    removed: list[dict[str, Any]] = []
+    for state in _states():
+        if _alive(state.owner_pid, state.owner_start):
+            continue
+        leftover = _pids_inside(state.name)
+        _stop_process(state.capture_pid, state.capture_start)
+        _remove(state)
+        removed.append({"name": state.name, "owner_pid": state.owner_pid,
+                        "subnet": state.subnet, "veth": state.veth, "table": state.table,
+                        "processes_left_inside": leftover})
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Removal, shared by teardown and cleanup.
+
+
+def _stop_process(pid: int | None, start: int | None, grace: float = 2.0) -> None:
+    if not _alive(pid, start):
+        return
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid, start):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        if _alive(pid, start):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _pids_inside(name: str) -> list[int]:
+    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
+    try:
+        target = os.stat(NETNS_RUN / name)
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/{entry}/ns/net")
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    pids.append(int(entry))
+    return pids
+
+
+def _remove(state: State) -> None:
+    """Remove what `state` names; each step on its own so one failure does not stop the rest."""
+    from pyroute2 import IPRoute, netns
+
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    with contextlib.suppress(Exception), IPRoute() as ipr:
+        for index in ipr.link_lookup(ifname=state.veth):
+            ipr.link("del", index=index)
+    if _table_exists(nft, state.table):
+        with contextlib.suppress(Exception):
+            _nft(nft, f"delete table ip {state.table}\n")
+    if (NETNS_RUN / state.name).exists():
+        with contextlib.suppress(Exception):
+            netns.remove(state.name)
+    shutil.rmtree(NETNS_ETC / state.name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        if NETNS_ETC.is_dir() and not any(NETNS_ETC.iterdir()):
+            NETNS_ETC.rmdir()
+    with _locked():
+        with contextlib.suppress(FileNotFoundError):
+            state.path().unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (STATE_DIR / f"{state.name}.capture.err").unlink()
+        if not _states():
+            _restore_baseline(nft)
+
+
+def _restore_baseline(nft: str) -> None:
+    """The last aegis namespace is gone: put the sysctls back as they were before the first."""
+    path = STATE_DIR / BASELINE
+    try:
+        baseline = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    for key in SYSCTLS:
+        if key in baseline and baseline[key] is not None:
+            with contextlib.suppress(OSError):
+                _write_sysctl(key, baseline[key])
+    if _table_exists(nft, GUARD_TABLE):
+        with contextlib.suppress(Exception):
+            _nft(nft, f"delete table ip {GUARD_TABLE}\n")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _table_exists(nft: str, table: str) -> bool:
+    try:
+        proc = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True,
+                              timeout=30)
+    except OSError:
+        return False
+    return f"table ip {table}" in proc.stdout.splitlines()
+
+
+def _sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def _sysctl(key: str) -> str | None:
+    try:
+        return _sysctl_path(key).read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    _sysctl_path(key).write_text(value + "\n")
