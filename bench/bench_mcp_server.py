@@ -1,0 +1,122 @@
+"""Cold start of `aegis-mcp --mcp-server` and the time of a server_status call.
+
+Side by side in one run with a one-tool server written with the same SDK (what the bare cost
+of any MCP server is): the time from process start to the answer to `initialize`, median of 20
+each, alternating; then the median round trip of 200 `server_status` calls to a server whose
+supervisor is running. Goals: start at most 1.3x the bare server's; calls under 5 ms median.
+
+    python bench/bench_mcp_server.py [--starts 20] [--calls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BARE = """
+from mcp.server.mcpserver import MCPServer
+server = MCPServer(name="bare")
+@server.tool()
+def ping() -> str:
+    '''Answer pong.'''
+    return "pong"
+server.run("stdio")
+"""
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "bench", "version": "0"}}}
+
+
+def send(proc: subprocess.Popen[bytes], msg: dict) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(msg).encode() + b"\n")
+    proc.stdin.flush()
+
+
+def receive(proc: subprocess.Popen[bytes], want_id: int) -> dict:
+    assert proc.stdout is not None
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit("server closed stdout")
+        msg = json.loads(line)
+        if msg.get("id") == want_id:
+            return msg
+
+
+def cold_start(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    send(proc, INIT)
+    receive(proc, 1)
+    elapsed = time.perf_counter() - t0
+    proc.stdin.close()  # type: ignore[union-attr]
+    proc.wait(10)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--starts", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=200)
+    args = parser.parse_args()
+    ours = [sys.executable, "-m", "aegis_mcp", "--mcp-server"]  # what the supervisor injects
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        bare_script = tmp / "bare.py"
+        bare_script.write_text(BARE)
+        bare = [sys.executable, str(bare_script)]
+        env = {**os.environ, "AEGIS_RUNTIME_DIR": str(tmp / "run"),
+               "AEGIS_STATE_DIR": str(tmp / "state"), "AEGIS_CONFIG": str(tmp / "none.toml")}
+        env.pop("SUDO_UID", None)
+        cold_start(ours, env), cold_start(bare, env)  # warm the page cache
+        t_ours, t_bare = [], []
+        for _ in range(args.starts):
+            t_ours.append(cold_start(ours, env))
+            t_bare.append(cold_start(bare, env))
+
+        sup = subprocess.Popen([str(Path(sys.executable).parent / "aegis-mcp"), "--", "sleep",
+                                "600"], env=env, stdin=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        sock = tmp / "run" / f"supervisor-{sup.pid}.sock"
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        server = subprocess.Popen(ours, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL,
+                                  env={**env, "AEGIS_CONTROL": str(sock)})
+        send(server, INIT)
+        receive(server, 1)
+        send(server, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        calls = []
+        for i in range(args.calls):
+            t0 = time.perf_counter()
+            send(server, {"jsonrpc": "2.0", "id": 100 + i, "method": "tools/call",
+                          "params": {"name": "server_status", "arguments": {}}})
+            answer = receive(server, 100 + i)
+            calls.append(time.perf_counter() - t0)
+            assert not answer["result"].get("isError"), answer
+        server.stdin.close()  # type: ignore[union-attr]
+        server.wait(10)
+        sup.terminate()
+        sup.wait(10)
+    mo, mb = statistics.median(t_ours), statistics.median(t_bare)
+    print(f"cold start to initialize answer, median of {args.starts}:")
+    print(f"  aegis-mcp --mcp-server {mo * 1000:.0f} ms, bare one-tool server {mb * 1000:.0f} ms,"
+          f" ratio {mo / mb:.2f}   goal <= 1.30")
+    print(f"server_status call (with a supervisor), median of {args.calls}: "
+          f"{statistics.median(calls) * 1000:.2f} ms   goal < 5 ms")
+
+
+if __name__ == "__main__":
+    main()
