@@ -1,0 +1,141 @@
+/* libaegis_hooks: shared declarations.
+ *
+ * Layout (the proxychains-ng / libfaketime shape):
+ *   init.c      the single initialisation point: real symbols as true_<name>, settings from the
+ *               environment, fork and exit handling
+ *   report.c    one JSONL event = one write() with O_APPEND; no malloc, no stdio
+ *   net.c       per-fd counters and the socket hooks (connect, accept, send/recv families,
+ *               read/write on sockets, close)
+ *   dns.c       getaddrinfo: remembers address -> host name for the connect events
+ *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
+ *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
+ *
+ * Rules every hook follows: call the real function exactly once with the caller's arguments,
+ * return what it returned and leave errno as it set it; do our own work only around it, never
+ * allocate, never block, never recurse (aegis_busy), and never fail the caller because the log
+ * cannot be written. */
+#ifndef AEGIS_HOOKS_H
+#define AEGIS_HOOKS_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define AEGIS_EXPORT __attribute__((visibility("default")))
+/* initial-exec TLS: no __tls_get_addr (which may allocate) and safe in signal handlers. */
+#define AEGIS_TLS __thread __attribute__((tls_model("initial-exec")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#ifdef AEGIS_DEBUG
+#define PDEBUG(...) dprintf(2, "aegis_hooks: " __VA_ARGS__)
+#else
+#define PDEBUG(...) do { } while (0)
+#endif
+
+/* Prototypes glibc no longer (or only conditionally) declares. */
+int __open_2(const char *path, int flags);
+int __open64_2(const char *path, int flags);
+int __openat_2(int dirfd, const char *path, int flags);
+int __openat64_2(int dirfd, const char *path, int flags);
+int __xstat(int ver, const char *path, struct stat *buf);
+int __xstat64(int ver, const char *path, struct stat64 *buf);
+int __lxstat(int ver, const char *path, struct stat *buf);
+int __lxstat64(int ver, const char *path, struct stat64 *buf);
+int __fxstatat(int ver, int dirfd, const char *path, struct stat *buf, int flags);
+int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *buf, int flags);
+int close_range(unsigned int first, unsigned int last, int flags);
+void closefrom(int lowfd);
+void quick_exit(int status) __attribute__((__noreturn__));
+ssize_t __read_chk(int fd, void *buf, size_t nbytes, size_t buflen);
+ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags);
+ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+                       struct sockaddr *addr, socklen_t *addrlen);
+
+/* Every real symbol we wrap: true_<name>, resolved once with dlsym(RTLD_NEXT). */
+#define AEGIS_SYMBOLS(X)                                                                          \
+    X(connect) X(accept) X(accept4) X(close) X(read) X(write) X(readv) X(writev) X(send)          \
+    X(sendto) X(sendmsg) X(sendmmsg) X(recv) X(recvfrom) X(recvmsg) X(recvmmsg) X(getsockopt)      \
+    X(__read_chk) X(__recv_chk) X(__recvfrom_chk)     \
+    X(dup2) X(dup3) X(close_range) X(closefrom) X(syscall) X(getaddrinfo)                         \
+    X(execve) X(execv) X(execvp) X(execvpe) X(fexecve) X(posix_spawn) X(posix_spawnp)             \
+    X(_exit) X(_Exit) X(quick_exit)                                                                           \
+    X(open) X(open64) X(openat) X(openat64) X(fopen) X(fopen64) X(freopen) X(freopen64)          \
+    X(__open_2) X(__open64_2) X(__openat_2) X(__openat64_2)                                       \
+    X(stat) X(stat64) X(lstat) X(lstat64) X(fstatat) X(fstatat64) X(statx) X(access)             \
+    X(faccessat) X(__xstat) X(__xstat64) X(__lxstat) X(__lxstat64) X(__fxstatat) X(__fxstatat64)
+
+#define AEGIS_DECLARE_TRUE(name) extern __typeof__(name) *true_##name;
+AEGIS_SYMBOLS(AEGIS_DECLARE_TRUE)
+#undef AEGIS_DECLARE_TRUE
+
+/* ---- init.c ---- */
+extern atomic_int aegis_ready;
+extern AEGIS_TLS int aegis_busy;   /* set while the library does its own work */
+void aegis_init(void);
+#define ENSURE_INIT()                                                                      \
+    do {                                                                                   \
+        if (UNLIKELY(!atomic_load_explicit(&aegis_ready, memory_order_acquire))) aegis_init(); \
+    } while (0)
+
+struct aegis_config {
+    int netmon;              /* AEGIS_NETMON_LOG set: record network events */
+    char log_path[4096];
+    char rotated_path[4100];
+    uint64_t max_bytes;      /* AEGIS_NETMON_MAX_BYTES, rotation threshold */
+    unsigned interval;       /* AEGIS_NETMON_INTERVAL, seconds between totals events */
+    char exe[256];           /* basename of /proc/self/exe */
+    char self_path[4096];    /* this library, to check that children still preload it */
+    pid_t pid;               /* refreshed in the fork child; differs from getpid() in vfork children */
+};
+extern struct aegis_config aegis_cfg;
+
+/* ---- report.c ---- */
+struct jbuf {
+    char *p;
+    size_t len, cap;
+};
+void jb_raw(struct jbuf *b, const char *s);
+void jb_str(struct jbuf *b, const char *s, size_t max_out); /* JSON string, or null for NULL */
+void jb_int(struct jbuf *b, long long v);
+void jb_uint(struct jbuf *b, unsigned long long v);
+void jb_time(struct jbuf *b, double t);
+void jb_key(struct jbuf *b, const char *key);  /* ,"key": */
+/* Starts an event: {"ts":..,"event":..,"source":"preload","pid":..,"ppid":..,"exe":.. */
+void jb_begin_event(struct jbuf *b, const char *event);
+/* Closes the object, appends the newline and writes the line to the log (one write). */
+void aegis_emit(struct jbuf *b);
+const char *aegis_errno_name(int err, char *scratch, size_t n);
+double aegis_now(void);      /* realtime, seconds */
+double aegis_mono(void);     /* monotonic, seconds */
+
+/* ---- net.c ---- */
+void aegis_net_atfork_child(void);
+void aegis_net_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
+void aegis_net_closing(int fd);         /* fd is about to be closed (close, dup2, syscall) */
+
+/* ---- dns.c ---- */
+void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n);
+void aegis_dns_atfork_child(void);
+
+/* ---- redirect.c ---- */
+void aegis_redirect_init(void);
+
+/* ---- exec.c ---- */
+void aegis_exec_check_env(const char *path, char *const envp[], int search_path);
+
+#endif

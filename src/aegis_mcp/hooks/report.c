@@ -1,0 +1,201 @@
+/* Writing events: one JSON object per line, one write() with O_APPEND per line, so lines from
+ * concurrent processes and threads never interleave.
+ *
+ * Everything here is async-signal-safe (a close() from a signal handler may emit an event): the
+ * formatter works in a caller's stack buffer, no malloc, no stdio, and the log is opened, written
+ * and closed per event with plain system calls. Events are a few per connection, so the open per
+ * event costs nothing that matters, and it means the library holds no fd the program could close
+ * or inherit. Rotation: when the log reaches AEGIS_NETMON_MAX_BYTES it is renamed to <log>.1
+ * (replacing the previous one) under flock, so two processes never rotate twice. */
+#include "aegis.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/file.h>
+#include <time.h>
+
+static void jb_put(struct jbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 3 > b->cap) { /* keep room for "}\n" */
+        b->len = b->cap;           /* mark overflow: the event is dropped, never cut */
+        return;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+void jb_raw(struct jbuf *b, const char *s) { jb_put(b, s, strlen(s)); }
+
+void jb_str(struct jbuf *b, const char *s, size_t max_out)
+{
+    if (!s) {
+        jb_raw(b, "null");
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    char out[8];
+    size_t used = 0;
+    jb_put(b, "\"", 1);
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        size_t n;
+        if (*c == '"' || *c == '\\') {
+            out[0] = '\\';
+            out[1] = (char)*c;
+            n = 2;
+        } else if (*c < 0x20 || *c == 0x7f) {
+            memcpy(out, "\\u00", 4);
+            out[4] = hex[*c >> 4];
+            out[5] = hex[*c & 15];
+            n = 6;
+        } else {
+            out[0] = (char)*c;
+            n = 1;
+        }
+        if (used + n > max_out) break; /* a long name is cut, at a character boundary of JSON */
+        jb_put(b, out, n);
+        used += n;
+    }
+    jb_put(b, "\"", 1);
+}
+
+void jb_uint(struct jbuf *b, unsigned long long v)
+{
+    char tmp[24];
+    int i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    jb_put(b, tmp + i, sizeof tmp - i);
+}
+
+void jb_int(struct jbuf *b, long long v)
+{
+    if (v < 0) {
+        jb_put(b, "-", 1);
+        jb_uint(b, 0ull - (unsigned long long)v);
+    } else {
+        jb_uint(b, (unsigned long long)v);
+    }
+}
+
+void jb_time(struct jbuf *b, double t)
+{
+    if (t < 0) t = 0;
+    unsigned long long us = (unsigned long long)(t * 1e6 + 0.5);
+    jb_uint(b, us / 1000000);
+    char frac[8] = ".000000";
+    unsigned long long f = us % 1000000;
+    for (int i = 6; i >= 1; i--, f /= 10) frac[i] = (char)('0' + f % 10);
+    jb_put(b, frac, 7);
+}
+
+void jb_key(struct jbuf *b, const char *key)
+{
+    jb_put(b, ",\"", 2);
+    jb_raw(b, key);
+    jb_put(b, "\":", 2);
+}
+
+double aegis_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double aegis_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void jb_begin_event(struct jbuf *b, const char *event)
+{
+    jb_raw(b, "{\"ts\":");
+    jb_time(b, aegis_now());
+    jb_key(b, "event");
+    jb_str(b, event, 16);
+    jb_raw(b, ",\"source\":\"preload\"");
+    jb_key(b, "pid");
+    jb_int(b, getpid());
+    jb_key(b, "ppid");
+    jb_int(b, getppid());
+    jb_key(b, "exe");
+    jb_str(b, aegis_cfg.exe[0] ? aegis_cfg.exe : NULL, 200);
+}
+
+static const struct {
+    int err;
+    const char *name;
+} errno_names[] = {
+    {EINPROGRESS, "EINPROGRESS"},   {ECONNREFUSED, "ECONNREFUSED"}, {ETIMEDOUT, "ETIMEDOUT"},
+    {ENETUNREACH, "ENETUNREACH"},   {EHOSTUNREACH, "EHOSTUNREACH"}, {ECONNRESET, "ECONNRESET"},
+    {EADDRNOTAVAIL, "EADDRNOTAVAIL"}, {EADDRINUSE, "EADDRINUSE"},   {EAFNOSUPPORT, "EAFNOSUPPORT"},
+    {EALREADY, "EALREADY"},         {EISCONN, "EISCONN"},           {EINTR, "EINTR"},
+    {EAGAIN, "EAGAIN"},             {EACCES, "EACCES"},             {EPERM, "EPERM"},
+    {ENOENT, "ENOENT"},             {EBADF, "EBADF"},               {ENOTSOCK, "ENOTSOCK"},
+    {EINVAL, "EINVAL"},             {ENETDOWN, "ENETDOWN"},         {EPROTOTYPE, "EPROTOTYPE"},
+    {EFAULT, "EFAULT"},             {ENOBUFS, "ENOBUFS"},           {ECONNABORTED, "ECONNABORTED"},
+    {EHOSTDOWN, "EHOSTDOWN"},       {ENOTDIR, "ENOTDIR"},           {EROFS, "EROFS"},
+};
+
+const char *aegis_errno_name(int err, char *scratch, size_t n)
+{
+    if (err == 0) return "ok";
+    for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
+        if (errno_names[i].err == err) return errno_names[i].name;
+    struct jbuf b = {scratch, 0, n};
+    jb_raw(&b, "E");
+    jb_int(&b, err);
+    scratch[b.len < n ? b.len : n - 1] = '\0';
+    return scratch;
+}
+
+static int open_log(void)
+{
+    return true_open ? true_open(aegis_cfg.log_path,
+                                 O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600)
+                     : -1;
+}
+
+/* The log is full: rename it to <log>.1 unless another process did already. Non-blocking lock:
+ * if someone else holds it, they are rotating; this event goes to the file being rotated. */
+static int rotate(int fd, const struct stat *st)
+{
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) return fd;
+    struct stat cur;
+    int rotated = 0;
+    if (true_stat && true_stat(aegis_cfg.log_path, &cur) == 0 && cur.st_ino == st->st_ino &&
+        cur.st_dev == st->st_dev && (uint64_t)cur.st_size >= aegis_cfg.max_bytes)
+        rotated = rename(aegis_cfg.log_path, aegis_cfg.rotated_path) == 0;
+    flock(fd, LOCK_UN);
+    if (!rotated) return fd;
+    true_close(fd);
+    return open_log();
+}
+
+void aegis_emit(struct jbuf *b)
+{
+    if (b->len + 2 >= b->cap) return; /* overflowed: drop rather than write a broken line */
+    memcpy(b->p + b->len, "}\n", 2);
+    b->len += 2;
+    if (!true_write || !true_close) return;
+    int saved = errno;
+    aegis_busy++;
+    int fd = open_log();
+    if (fd >= 0) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= aegis_cfg.max_bytes) fd = rotate(fd, &st);
+        if (fd >= 0) {
+            /* Silent on failure: a full disk or a removed directory must not harm the program. */
+            ssize_t w = true_write(fd, b->p, b->len);
+            (void)w;
+            true_close(fd);
+        }
+    }
+    aegis_busy--;
+    errno = saved;
+}
