@@ -4,8 +4,11 @@ tests never see each other's supervisors, pools or profiles."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +37,25 @@ def aegis_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     yield dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """A user (with an extra group, and a fresh home it owns) for privilege-drop tests; needs
+    root, removed at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user (CI runs as root)")
+    name = f"aegis{os.getpid() % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="aegis-home-"))
+    os.chmod(home, 0o755)
+    subprocess.run(["groupadd", f"{name}x"], check=True)
+    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-G", f"{name}x", name],
+                   check=True)
+    user = pwd.getpwnam(name)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    try:
+        yield user
+    finally:
+        subprocess.run(["userdel", name], check=False)
+        subprocess.run(["groupdel", f"{name}x"], check=False)
+        shutil.rmtree(home, ignore_errors=True)

@@ -23,23 +23,6 @@ from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
 
 
-@pytest.fixture(scope="module")
-def throwaway_user() -> Iterator[pwd.struct_passwd]:
-    name = f"aegis{os.getpid() % 100000}"
-    home = Path(tempfile.mkdtemp(prefix="aegis-home-"))
-    subprocess.run(["groupadd", f"{name}x"], check=True)
-    subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-G", f"{name}x", name],
-                   check=True)
-    user = pwd.getpwnam(name)
-    os.chown(home, user.pw_uid, user.pw_gid)
-    try:
-        yield user
-    finally:
-        subprocess.run(["userdel", name], check=False)
-        subprocess.run(["groupdel", f"{name}x"], check=False)
-        shutil.rmtree(home, ignore_errors=True)
-
-
 @pytest.fixture
 def sudo_world(throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> Iterator[
         FakeAgentWorld]:
