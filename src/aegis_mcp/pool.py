@@ -262,8 +262,9 @@ class Watch:
                 os.close(self.fd)
                 raise AegisError(f"cannot watch {path}: {os.strerror(err)}")
 
-    def wait(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+    def wait(self, timeout: float, also: tuple[int, ...] = ()) -> bool:
+        """Wait for a change, or for one of the `also` fds (pidfds) to become readable."""
+        ready, _, _ = select.select([self.fd, *also], [], [], max(0.0, timeout))
         if not ready:
             return False
         with contextlib.suppress(BlockingIOError):
@@ -707,17 +708,29 @@ class Pool:
             raise AegisError(f"timeout_secs must be from 0 to 604800 (got {timeout_secs})")
         agent_id = self.resolve_id(agent_id)
         deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
-        with Watch([self.done]) as watch:
-            while True:
-                status = self.status(agent_id)
-                if status["state"] in ENDED:
-                    return {**status, "timed_out": False}
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return {**status, "timed_out": True}
-                # The done file wakes us at once; the bounded wait re-checks the runner's
-                # liveness now and then, since a runner killed with -9 writes nothing.
-                watch.wait(2.0 if left is None else min(left, 2.0))
+        runner: tuple[int, int] | None = None  # (pid, pidfd) of the agent's runner
+        try:
+            with Watch([self.done]) as watch:
+                while True:
+                    status = self.status(agent_id)
+                    if status["state"] in ENDED:
+                        return {**status, "timed_out": False}
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return {**status, "timed_out": True}
+                    # The done file wakes us when the runner records the end; a pidfd on the
+                    # runner wakes us when it dies without a word (kill -9). The bounded wait
+                    # only backs these up.
+                    pid = status["runner_pid"]
+                    if pid and (runner is None or runner[0] != pid):
+                        if runner is not None:
+                            os.close(runner[1])
+                        runner = _pidfd(pid, self._row(agent_id)["runner_start"])
+                    watch.wait(5.0 if left is None else min(left, 5.0),
+                               (runner[1],) if runner else ())
+        finally:
+            if runner is not None:
+                os.close(runner[1])
 
     def stop(self, agent_id: str, wait_secs: float | None = None) -> dict[str, Any]:
         """Stop the agent's whole process tree (SIGINT, SIGTERM, then SIGKILL, each after the
@@ -736,7 +749,8 @@ class Pool:
         if row["state"] == QUEUED:
             self.notify(agent_id)
             self.promote()
-        elif alive(row["runner_pid"], row["runner_start"]):
+        # A starting agent's runner sees the request when it registers, and ends it unstarted.
+        elif row["state"] == RUNNING and alive(row["runner_pid"], row["runner_start"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(row["runner_pid"], signal.SIGTERM)
         grace = row["stop_grace_secs"]
@@ -796,6 +810,18 @@ def _git_toplevel(path: str) -> str | None:
     proc = subprocess.run([git, "-C", path, "rev-parse", "--show-toplevel"],
                           capture_output=True, text=True, check=False)
     return os.path.realpath(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def _pidfd(pid: int, start: int | None) -> tuple[int, int] | None:
+    """A pidfd of process `pid` if it is still the one that started at `start`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if not alive(pid, start):  # checked after opening: the fd cannot name a reused pid
+        os.close(fd)
+        return None
+    return pid, fd
 
 
 def _reap_launched() -> None:
