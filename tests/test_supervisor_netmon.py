@@ -1,0 +1,138 @@
+"""The supervisor's --netmon modes, end to end: the agent's traffic lands in the log that the
+MCP server's netmon tools read (AEGIS_NETMON_LOG)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import aegis_bin
+
+AGENT = """
+import json, os, subprocess, sys, urllib.request
+info = {"uid": os.getuid(), "log": os.environ.get("AEGIS_NETMON_LOG"),
+        "netns": subprocess.run(["ip", "netns", "identify", str(os.getpid())],
+                                capture_output=True, text=True).stdout.strip()}
+url = sys.argv[2] if len(sys.argv) > 2 else None
+if url:
+    info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
+open(sys.argv[1], "w").write(json.dumps(info))
+"""
+
+
+class Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        body = b"hello " * 100
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="aegis-netmon-"))
+    os.chmod(path, 0o777)
+    shutil.copy(__file__, path / "unused")  # keeps the dir non-empty for debugging
+    (path / "agent.py").write_text(AGENT)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def run(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([aegis_bin(), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_preload_mode_records_the_agents_connections(
+        aegis_env: dict[str, str], shared_dir: Path, http_server: ThreadingHTTPServer) -> None:
+    url = f"http://127.0.0.1:{http_server.server_address[1]}/"
+    out = run(aegis_env, "--netmon=preload", "--", sys.executable, str(shared_dir / "agent.py"),
+              str(shared_dir / "info.json"), url, cwd=shared_dir)
+    assert out.returncode == 0, out.stderr
+    info = json.loads((shared_dir / "info.json").read_text())
+    assert info["body"] == "hello " * 100
+    log = Path(info["log"])
+    evs = [e for e in events(log) if e.get("port") == http_server.server_address[1]]
+    assert any(e["event"] == "connect" and e["addr"] == "127.0.0.1" for e in evs)
+    closes = [e for e in evs if e["event"] in ("close", "totals")]
+    assert closes and max(e["recv"] for e in closes) >= 600
+
+
+def test_preload_refuses_a_static_binary(aegis_env: dict[str, str], tmp_path: Path) -> None:
+    src = tmp_path / "static.c"
+    src.write_text("int main(void){return 0;}\n")
+    exe = tmp_path / "static-agent"
+    built = subprocess.run(["gcc", "-static", "-o", str(exe), str(src)], capture_output=True)
+    if built.returncode != 0:
+        pytest.skip("no static libc to build a static binary")
+    out = run(aegis_env, "--netmon=preload", "--", str(exe), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "statically linked" in out.stderr and "--netmon=netns" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netns mode needs root (CI is root)")
+
+
+@needs_root
+def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
+        aegis_env: dict[str, str], shared_dir: Path,
+        throwaway_user: pwd.struct_passwd) -> None:
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = run(env, "--netmon", "--", sys.executable, str(shared_dir / "agent.py"),
+              str(shared_dir / "info.json"), cwd=shared_dir)
+    assert out.returncode == 0, out.stderr
+    assert "using netns mode" in out.stderr
+    info = json.loads((shared_dir / "info.json").read_text())
+    assert info["uid"] == throwaway_user.pw_uid
+    assert info["netns"].startswith("aegis-")
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert after == before  # torn down
+
+
+def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("nobody")
+        cmd = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
+               aegis_bin(), "--netmon=netns", "--", "true"]
+        env = {**aegis_env, "AEGIS_RUNTIME_DIR": tempfile.mkdtemp(prefix="aegis-nobody-")}
+        os.chown(env["AEGIS_RUNTIME_DIR"], user.pw_uid, user.pw_gid)
+        env["AEGIS_CONFIG"] = "/nonexistent/config.toml"
+    else:
+        cmd = [aegis_bin(), "--netmon=netns", "--", "true"]
+        env = aegis_env
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd="/",
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 1
+    assert "needs root" in out.stderr and "--netmon=preload" in out.stderr
+    assert "Traceback" not in out.stderr
