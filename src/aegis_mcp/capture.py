@@ -451,20 +451,23 @@ class Tracker:
                 flow.established = True
                 flow.timestamps = flow.timestamps and has_ts
             return
-        if flow is None or side not in flow.isn:
+        if flow is None:
             return
-        if flags & FIN and side not in flow.done:
-            flow.done[side] = (seq + payload - flow.isn[side] - 1) & 0xFFFFFFFF
         if flags & RST:
-            if side not in flow.done:
+            if side in flow.isn and side not in flow.done:
                 flow.done[side] = (seq - flow.isn[side] - 1) & 0xFFFFFFFF
-            if other not in flow.done and other in flow.isn and flags & ACK:
+            if other in flow.isn and other not in flow.done and flags & ACK:
                 flow.done[other] = (ack - flow.isn[other] - 1) & 0xFFFFFFFF
             refused = not flow.established and (side == "r") == flow.initiator_local
             self._close(flow, now, flow.done.get("l", 0), flow.done.get("r", 0),
                         "ECONNREFUSED" if refused else ("ok" if flow.established else
                                                         "ECONNRESET"))
-        elif "l" in flow.done and "r" in flow.done:
+            return
+        if side not in flow.isn:
+            return
+        if flags & FIN and side not in flow.done:
+            flow.done[side] = (seq + payload - flow.isn[side] - 1) & 0xFFFFFFFF
+        if "l" in flow.done and "r" in flow.done:
             self._close(flow, now, flow.done["l"], flow.done["r"], "ok")
 
     def _dns(self, payload: bytes, key: Key, outbound: bool, now: float) -> None:
@@ -526,14 +529,23 @@ class Tracker:
 
     def _payload(self, flow: Flow, entry: CtEntry) -> tuple[int, int]:
         """(sent, recv) payload bytes from conntrack's IP byte counters: exact for UDP, an
-        estimate for TCP (headers of 20 bytes plus 20, or 32 with timestamps)."""
-        overhead = 28 if flow.key[0] == IPPROTO_UDP else (52 if flow.timestamps else 40)
-        orig = max(0, entry.orig[1] - entry.orig[0] * overhead)
-        reply = max(0, entry.reply[1] - entry.reply[0] * overhead)
+        estimate for TCP: 20 bytes of IP header and 32 of TCP header with timestamps (20
+        without) per packet, and the SYN's options (8 or 12 bytes more) once per direction."""
+        if flow.key[0] == IPPROTO_UDP:
+            overhead, syn = 28, 0
+        else:
+            overhead, syn = (52, 8) if flow.timestamps else (40, 12)
+
+        def one(packets: int, nbytes: int) -> int:
+            return max(0, nbytes - packets * overhead - (syn if packets else 0))
+
+        orig, reply = one(*entry.orig), one(*entry.reply)
         return (orig, reply) if flow.initiator_local else (reply, orig)
 
     def _close_from_counters(self, flow: Flow, now: float, entry: CtEntry | None) -> None:
         sent, recv = self._payload(flow, entry) if entry else flow.reported
+        if flow.key[0] == IPPROTO_TCP and not flow.established:
+            sent, recv = 0, 0  # no payload moves before the handshake
         sent, recv = flow.done.get("l", sent), flow.done.get("r", recv)
         if flow.key[0] == IPPROTO_UDP or flow.established:
             result = "ok"

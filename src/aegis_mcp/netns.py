@@ -63,8 +63,11 @@ SYSCTLS = {
 READY_TIMEOUT = 10.0
 
 
-def require_root() -> None:
-    """Raise the one-line error the user sees when netns mode is asked for without root."""
+def require_root(action: str | None = None) -> None:
+    """Raise the one-line error the user sees when netns mode (or `action`) lacks root."""
+    if os.geteuid() != 0 and action is not None:
+        raise AegisError(f"{action} needs root (it removes network namespaces, links and "
+                         "nftables tables): run it with sudo")
     if os.geteuid() != 0:
         raise AegisError(
             "--netmon=netns needs root to create a network namespace: run it with sudo "
@@ -554,7 +557,7 @@ def cleanup_stale() -> list[dict[str, Any]]:
     """Remove every aegis namespace whose owner is dead, with its veth, nftables table,
     /etc/netns directory and state file. Live ones and ones without our state file are left
     alone. Returns one row per namespace removed."""
-    require_root()
+    require_root("`aegis-mcp netns cleanup`")
     removed: list[dict[str, Any]] = []
     for state in _states():
         if _alive(state.owner_pid, state.owner_start):
