@@ -106,12 +106,20 @@ def main() -> int:
             time.sleep(0.02)
         children.append({"name": "daemon", "pid": int(pidfile.read_text())})
 
+    mcp_json = None
+    if "read-mcp-json" in behaviour:  # like a Node/Python agent reading its config via libc
+        try:
+            with open(".mcp.json") as f:
+                mcp_json = sorted(json.load(f)["mcpServers"])
+        except FileNotFoundError:
+            mcp_json = "missing"
+
     tty = sys.stdin.isatty()
     record = {
         "pid": os.getpid(), "argv": sys.argv[1:], "uid": os.getuid(), "gid": os.getgid(),
         "groups": sorted(os.getgroups()), "prompt": opts["prompt"], "resume": opts["resume"],
         "session_count": count, "flags": opts["flags"], "options": opts["options"],
-        "children": children, "cwd": os.getcwd(),
+        "children": children, "cwd": os.getcwd(), "mcp_json": mcp_json,
         "lflag": termios.tcgetattr(0)[3] if tty else None,
         "foreground": os.tcgetpgrp(0) == os.getpgrp() if tty else None,
         "env": {k: v for k, v in os.environ.items()
