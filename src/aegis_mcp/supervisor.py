@@ -356,23 +356,25 @@ class Supervisor:
             self.opts.restart_grace, exclude=getattr(self.namespace, "helper_pids", ()),
             log=say, first_signal=first_signal)
 
+    def _stop_and_reclaim(self) -> None:
+        """Stop the agent's tree and put the terminal back as it was before the first start."""
+        self._stop_agent()
+        self.terminal.take_back()
+        self.terminal.restore()
+
     def _restart(self, req: RestartRequest) -> int | None:
         """Stop the agent and start it again; an exit status when the supervisor must end."""
         now = time.monotonic()
         while self.restart_times and now - self.restart_times[0] > 60:
             self.restart_times.popleft()
         if len(self.restart_times) >= self.opts.max_restarts_per_minute:
-            self._stop_agent()
-            self.terminal.take_back()
-            self.terminal.restore()
+            self._stop_and_reclaim()
             say(f"restart storm: more than {self.opts.max_restarts_per_minute} restarts in a "
                 f"minute (last reason: {req.reason}); stopping. Raise --max-restarts if this "
                 "is expected.")
             return 1
         self.restart_times.append(now)
-        self._stop_agent()
-        self.terminal.take_back()
-        self.terminal.restore()
+        self._stop_and_reclaim()
         say(f"restarting {self.profile.name} (reason: {req.reason})")
         self.restart_count += 1
         self.last_reason = req.reason
@@ -393,9 +395,7 @@ class Supervisor:
             return self._restart(req)
         quick = time.monotonic() - run.started < RESUME_CHECK_SECONDS
         if run.resumed and code != 0 and quick:
-            self._stop_agent()
-            self.terminal.take_back()
-            self.terminal.restore()
+            self._stop_and_reclaim()
             say(f"{self.profile.name} exited at once ({exit_status}) when resuming: no "
                 "conversation to resume? starting a new one")
             self._spawn(resume=False, prompt=run.prompt)

@@ -1,0 +1,61 @@
+"""The agent's command lines: first start and restart, per built-in profile."""
+
+from __future__ import annotations
+
+from aegis_mcp.agentargs import first_argv, prompt_index, restart_argv
+from aegis_mcp.profiles import BUILTIN_PROFILES
+
+CLAUDE = BUILTIN_PROFILES["claude"]
+INJECT = ["--mcp-config", "/run/overlay.json"]
+
+
+def test_claude_first_start_puts_injection_after_the_prompt() -> None:
+    argv = first_argv(CLAUDE, "/bin/claude", ["fix the tests"], INJECT)
+    assert argv == ["/bin/claude", "--dangerously-skip-permissions", "fix the tests", *INJECT]
+
+
+def test_claude_restart_replaces_only_the_prompt_and_keeps_options() -> None:
+    user = ["--model", "opus", "-p", "first prompt", "--allowedTools", "Bash", "Read"]
+    argv = restart_argv(CLAUDE, "claude", user, INJECT, "go on")
+    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "--model", "opus",
+                    "-p", "go on", "--allowedTools", "Bash", "Read", *INJECT]
+
+
+def test_claude_restart_without_prompt_keeps_the_first_prompt() -> None:
+    argv = restart_argv(CLAUDE, "claude", ["-p", "first"], [], None)
+    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "-p", "first"]
+
+
+def test_claude_users_resume_flags_are_replaced_by_continue() -> None:
+    argv = restart_argv(CLAUDE, "claude", ["--resume", "abc123", "--continue", "hi"], [], "p")
+    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "p"]
+
+
+def test_prompt_after_a_variadic_option_is_what_claude_would_take_too() -> None:
+    assert prompt_index(CLAUDE, ["--add-dir", "a", "b"]) is None
+    assert prompt_index(CLAUDE, ["--model=opus", "hello"]) == 1
+    assert prompt_index(CLAUDE, ["--", "-starts-with-dash"]) == 1
+
+
+def test_codex_resumes_with_its_subcommand() -> None:
+    codex = BUILTIN_PROFILES["codex"]
+    argv = restart_argv(codex, "codex", ["-m", "o3"], ["-c", "x=1"], "continue")
+    assert argv == ["codex", "resume", "--last", "--dangerously-bypass-approvals-and-sandbox",
+                    "-m", "o3", "continue", "-c", "x=1"]
+
+
+def test_aider_takes_no_restart_prompt_and_restores_history() -> None:
+    aider = BUILTIN_PROFILES["aider"]
+    argv = restart_argv(aider, "aider", ["--model", "gpt-4"], [], "ignored")
+    assert argv == ["aider", "--yes-always", "--restore-chat-history", "--model", "gpt-4"]
+
+
+def test_gemini_resumes_latest() -> None:
+    gemini = BUILTIN_PROFILES["gemini"]
+    argv = restart_argv(gemini, "gemini", ["-m", "pro", "first"], [], "next")
+    assert argv == ["gemini", "--yolo", "--resume", "latest", "-m", "pro", "next"]
+
+
+def test_fresh_start_after_failed_resume_has_no_resume_flag() -> None:
+    argv = restart_argv(CLAUDE, "claude", ["first"], [], "again", resume=False)
+    assert argv == ["claude", "--dangerously-skip-permissions", "again"]
