@@ -262,7 +262,8 @@ def _make_handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.send_header("request-id", api._next_id("req"))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _json(self, status: int, data: dict[str, Any]) -> None:
             self._send(status, json.dumps(data).encode(), "application/json")
@@ -273,13 +274,13 @@ def _make_handler(api: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
             reply = api._record(request)
             path = self.path.split("?")[0]
             if reply is not None:
-                model = body.get("model", "claude-test") if isinstance(body, dict) else "claude-test"
+                model = body.get("model") if isinstance(body, dict) else None
                 blocks, stop = _blocks(reply, api)
                 message = {
                     "id": api._next_id("msg"),
                     "type": "message",
                     "role": "assistant",
-                    "model": model,
+                    "model": model or "claude-test",
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
