@@ -201,8 +201,8 @@ def _paths_overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
-def headless_argv(profile: Any, prompt: str, max_iterations: int | None) -> tuple[list[str], bool,
-                                                                                    list[str]]:
+def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
+                  env: dict[str, str] | None = None) -> tuple[list[str], bool, list[str]]:
     """The argv of a headless run of `profile` on `prompt`, whether the pool must enforce
     `max_iterations` itself (the agent has no turn limit flag), and notes for the status."""
     notes: list[str] = []
@@ -212,12 +212,14 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None) -> tupl
     argv = [profile.executable(), *profile.command[1:]]
     argv += [a.replace("{prompt}", prompt) for a in profile.headless_args]
     flags = list(profile.permission_flags)
-    if os.geteuid() == 0 and profile.refuses_root_flags:
+    # Claude Code accepts its permission-skipping flag as root only in a declared sandbox.
+    sandbox = (env if env is not None else os.environ).get("IS_SANDBOX") == "1"
+    if os.geteuid() == 0 and profile.refuses_root_flags and not sandbox:
         dropped = [f for f in flags if f in profile.refuses_root_flags]
         flags = [f for f in flags if f not in profile.refuses_root_flags]
         if dropped:
             notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
-                         "as root), so it may be denied tools")
+                         "as root unless IS_SANDBOX=1), so it may be denied tools")
     argv += flags
     enforce = False
     if max_iterations is not None:
@@ -425,8 +427,8 @@ class Pool:
 
         for _ in range(5):
             agent_id = secrets.token_hex(4)
-            argv, enforce, notes = headless_argv(profile, description, max_iterations)
             agent_env = agent_environment(agent_id, env)
+            argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env)
             if chosen == "worktree":
                 assert repo_root is not None
                 worktree = str(self.worktrees / agent_id)
