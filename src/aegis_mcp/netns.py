@@ -365,9 +365,10 @@ table ip {state.table} {{
 """)
 
 
-def _set_sysctls(state: State, nft: str) -> None:
+def _set_sysctls(state: State, nft: str, capture: bool) -> None:
     for key, value in SYSCTLS.items():
-        _write_sysctl(key, value)
+        if capture or key == "net.ipv4.ip_forward":
+            _write_sysctl(key, value)
     if state.baseline.get("guard") == "1" and not _table_exists(nft, GUARD_TABLE):
         # ip_forward was 0: the host must not start routing for anyone else because of us.
         _nft(nft, f"""
@@ -493,12 +494,14 @@ class Namespace:
         self.teardown()
 
 
-def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf")
-           ) -> Namespace:
+def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
+           capture: bool = True) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
-    does). Raises AegisError with one line on any failure, after undoing what was done."""
+    does). Raises AegisError with one line on any failure, after undoing what was done.
+    `resolv_conf` is the host's resolver configuration to follow; `capture=False` (for the
+    benchmark) sets up the namespace without recording anything."""
     require_root()
     tools = _require_tools()
     with _locked():
@@ -509,9 +512,10 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         _add_veth(state)
         _add_nft_table(state, tools["nft"])
         with _locked():
-            _set_sysctls(state, tools["nft"])
+            _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)
-        namespace._capture = _start_capture(state, Path(log_path))
+        if capture:
+            namespace._capture = _start_capture(state, Path(log_path))
     except BaseException as exc:
         namespace.teardown()
         if isinstance(exc, AegisError | KeyboardInterrupt):
@@ -618,9 +622,9 @@ def _remove(state: State) -> None:
     with contextlib.suppress(Exception), IPRoute() as ipr:
         for index in ipr.link_lookup(ifname=state.veth):
             ipr.link("del", index=index)
-    if _table_exists(nft, state.table):
-        with contextlib.suppress(Exception):
-            _nft(nft, f"delete table ip {state.table}\n")
+    # Deleting a table that is not there just fails: cheaper than listing first.
+    with contextlib.suppress(Exception):
+        _nft(nft, f"delete table ip {state.table}\n")
     if (NETNS_RUN / state.name).exists():
         with contextlib.suppress(Exception):
             netns.remove(state.name)
@@ -648,9 +652,8 @@ def _restore_baseline(nft: str) -> None:
         if key in baseline and baseline[key] is not None:
             with contextlib.suppress(OSError):
                 _write_sysctl(key, baseline[key])
-    if _table_exists(nft, GUARD_TABLE):
-        with contextlib.suppress(Exception):
-            _nft(nft, f"delete table ip {GUARD_TABLE}\n")
+    with contextlib.suppress(Exception):
+        _nft(nft, f"delete table ip {GUARD_TABLE}\n")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
