@@ -478,3 +478,49 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} still alive")
+
+
+OUTSIDE_SERVER = textwrap.dedent("""\
+    import socket
+    s = socket.socket()
+    s.bind(("198.51.100.2", 8080))
+    s.listen(1)
+    print("listening", flush=True)
+    s.settimeout(20)
+    conn, peer = s.accept()
+    data = conn.recv(100)
+    conn.sendall(b"hello " + peer[0].encode())
+    conn.close()
+""")
+
+
+def test_traffic_is_forwarded_and_masqueraded(ns: netns.Namespace) -> None:
+    """A stand-in for the outside world: a namespace of the test's own behind another veth.
+    The agent's connection is forwarded (ip_forward on, the guard table lets aegis traffic
+    through), masqueraded (the server sees the host's address), and recorded."""
+    out, link = f"aegistest-{os.getpid()}", f"aegt{os.getpid() % 10**9}"
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"table ip {ns.state.table}" in tables
+    run = ["ip", "netns", "exec", out]
+    subprocess.run(["ip", "netns", "add", out], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0",
+                        "netns", out], check=True)
+        subprocess.run(["ip", "addr", "add", "198.51.100.1/30", "dev", link], check=True)
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+        subprocess.run([*run, "ip", "addr", "add", "198.51.100.2/30", "dev", "eth0"], check=True)
+        subprocess.run([*run, "ip", "link", "set", "eth0", "up"], check=True)
+        server = subprocess.Popen([*run, PY, "-c", OUTSIDE_SERVER], stdout=subprocess.PIPE,
+                                  text=True)
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        code = ("import socket;s=socket.create_connection(('198.51.100.2',8080),timeout=10);"
+                "s.sendall(b'ping');print(s.recv(100).decode())")
+        answer = run_inside(ns, [PY, "-c", code]).stdout.strip()
+        assert answer == "hello 198.51.100.1"  # the source was rewritten to the host's
+        server.wait(10)
+        close = wait_for(log_of(ns), lambda e: e.get("addr") == "198.51.100.2"
+                         and e["event"] == "close")
+        assert (close["sent"], close["recv"], close["port"]) == (4, len(answer), 8080)
+    finally:
+        subprocess.run(["ip", "link", "del", link], check=False)
+        subprocess.run(["ip", "netns", "delete", out], check=False)
