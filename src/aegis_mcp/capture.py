@@ -691,8 +691,12 @@ def _pass(tracker: Tracker, ct: Conntrack, packets: socket.socket, buf: bytearra
     ct_batch = ct.drain()
     frames = drain_packets(packets, buf)
     now = time.time()
+    # Packets come from the agent: a malformed one must cost its own event, never the capture.
     for frame in frames:
-        tracker.packet(frame, now)
+        try:
+            tracker.packet(frame, now)
+        except (ValueError, IndexError, struct.error, UnicodeError) as exc:
+            tracker.gap(now, f"unparsable packet skipped ({type(exc).__name__})")
     for entry in ct_batch:
         tracker.conntrack(entry, now)
 
