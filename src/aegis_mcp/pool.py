@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -295,6 +296,7 @@ def default_directory() -> Path:
 
 _LAUNCHED: list[subprocess.Popen[bytes]] = []
 """Runners this process started; polled so that a long-lived parent leaves no zombies."""
+_LAUNCHED_LOCK = threading.Lock()
 
 
 class Pool:
@@ -518,7 +520,8 @@ class Pool:
             except OSError as exc:
                 self._finish_unstarted(agent_id, claim, FAILED, f"cannot start runner: {exc}")
                 return
-        _LAUNCHED.append(proc)
+        with _LAUNCHED_LOCK:
+            _LAUNCHED.append(proc)
         start = proc_start_time(proc.pid)
         with self.transaction() as conn:
             conn.execute("UPDATE agents SET runner_pid = ?, runner_start = ? WHERE id = ? AND"
@@ -827,9 +830,9 @@ def _pidfd(pid: int, start: int | None) -> tuple[int, int] | None:
 
 
 def _reap_launched() -> None:
-    for proc in list(_LAUNCHED):
-        if proc.poll() is not None:
-            _LAUNCHED.remove(proc)
+    # Tools run pool operations in worker threads: one reaper at a time.
+    with _LAUNCHED_LOCK:
+        _LAUNCHED[:] = [proc for proc in _LAUNCHED if proc.poll() is None]
 
 
 def _kill_orphaned_agent(agent_pid: int | None, env_json: str) -> None:
