@@ -416,19 +416,39 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
     assert normalise(host_snapshot()) == before
 
 
+NOT_ROOT = textwrap.dedent("""\
+    import asyncio
+    from mcp import Client
+    from aegis_mcp import netns
+    from aegis_mcp.errors import AegisError
+    from aegis_mcp.mcp_server import build_server
+    for f in (netns.cleanup_stale, lambda: netns.create(1, "/tmp/x")):
+        try:
+            f()
+        except AegisError as e:
+            print(e)
+    async def main():
+        async with Client(build_server()) as client:
+            r = await client.call_tool("netmon_namespace_cleanup", {})
+            print(r.is_error, r.content[0].text)
+            r = await client.call_tool("netmon_namespace_list", {})
+            print(r.is_error, type(r.structured_content["namespaces"]).__name__)
+    asyncio.run(main())
+""")
+
+
 def test_cleanup_and_create_refuse_without_root(world: Path) -> None:
-    code = ("import sys\nfrom aegis_mcp import netns\nfrom aegis_mcp.errors import AegisError\n"
-            "for f in (netns.cleanup_stale, lambda: netns.create(1, '/tmp/x')):\n"
-            " try:\n  f()\n except AegisError as e:\n  print(e)\n")
-    src = Path(netns.__file__).resolve().parents[1]
     out = subprocess.run(["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
-                          "--clear-groups", PY, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}, timeout=30)
-    if "No module named" in out.stderr:
-        pytest.skip(f"{src} is not readable by nobody")
+                          "--clear-groups", sys.executable, "-c", NOT_ROOT],
+                         capture_output=True, text=True, cwd="/", timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("`aegis-mcp netns cleanup` needs root") and "sudo" in lines[0]
     assert "sudo" in lines[1] and "--netmon=preload" in lines[1]
+    assert lines[2].startswith("True ") and "netmon_namespace_cleanup requires root" in lines[2]
+    assert "sudo aegis-mcp netns cleanup" in lines[2]
+    assert lines[3] == "False list"  # listing needs no root
     with pytest.raises(AegisError, match="already exists"):
         subprocess.run(["ip", "netns", "add", f"aegis-{os.getpid()}"], check=True)
         try:

@@ -280,6 +280,7 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     if existing.exists() or (NETNS_RUN / name).exists():
         old = State.load(existing)
         if old is not None and not _alive(old.owner_pid, old.owner_start):
+            _stop_process(old.capture_pid, old.capture_start)
             _remove(old)
         else:
             raise AegisError(f"network namespace {name} already exists; if its supervisor is "
