@@ -66,6 +66,9 @@ def test_spawn_returns_at_once_and_await_gets_the_claude_result(pool: Pool,
     assert live["state"] == "running" and pid_alive(live["pid"]) and live["runner_pid"]
     assert live["started_at"] and live["ended_at"] is None
     assert any("working, turn 1" in line for line in live["last_output"])
+    # The runner carries the mark a supervisor uses to leave pool processes alone.
+    runner_env = Path(f"/proc/{live['runner_pid']}/environ").read_bytes().split(b"\0")
+    assert f"AEGIS_POOL_RUNNER={agent_id}".encode() in runner_env
 
     done = pool.await_agent(agent_id, 20)
     assert done["timed_out"] is False

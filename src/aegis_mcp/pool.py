@@ -46,8 +46,13 @@ ISOLATIONS = ("lock", "worktree")
 _DROPPED_ENV = (
     "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT", "CLAUDE_AGENT_SDK_VERSION",
     "AEGIS_CONTROL", "AEGIS_SUPERVISOR_PID", "AEGIS_MCP_OVERLAY", "AEGIS_NETMON_LOG",
-    "AEGIS_POOL_CRASHPOINT", "LD_PRELOAD", "CURSOR_AGENT", "CODEX_SANDBOX", "GEMINI_CLI",
+    "AEGIS_POOL_CRASHPOINT", "AEGIS_POOL_RUNNER", "LD_PRELOAD", "CURSOR_AGENT",
+    "CODEX_SANDBOX", "GEMINI_CLI",
 )
+RUNNER_MARK = "AEGIS_POOL_RUNNER"
+"""Environment variable naming the agent id in every runner's environment. Runners started by
+the MCP server are descendants of the supervisor (a child subreaper); its stop of the agent's
+tree must skip them and their descendants, or background agents would die at each reload."""
 _RUNNER_START_TIMEOUT = 60.0
 """A claimed agent whose runner has not registered by then is queued again."""
 _MAX_LAUNCHES = 3
@@ -512,6 +517,9 @@ class Pool:
         # from inside a background agent must not carry that agent's mark.
         env.pop("AEGIS_POOL_CRASHPOINT", None)
         env.pop("AEGIS_AGENT_ID", None)
+        # Marks the runner (and through it the agent's tree) as the pool's: a supervisor that
+        # stops "every descendant" at a hot-reload must leave these alone (RUNNER_MARK).
+        env[RUNNER_MARK] = agent_id
         with open(self.log_path(agent_id), "ab") as log:
             try:
                 # Own session: no terminal signals reach it, and it outlives whoever launched it.
