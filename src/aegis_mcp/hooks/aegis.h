@@ -71,7 +71,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
     X(connect) X(accept) X(accept4) X(close) X(read) X(write) X(readv) X(writev) X(send)          \
     X(sendto) X(sendmsg) X(sendmmsg) X(recv) X(recvfrom) X(recvmsg) X(recvmmsg) X(getsockopt)      \
     X(__read_chk) X(__recv_chk) X(__recvfrom_chk)     \
-    X(dup2) X(dup3) X(close_range) X(closefrom) X(syscall) X(getaddrinfo)                         \
+    X(dup) X(dup2) X(dup3) X(fcntl) X(fcntl64) X(close_range) X(closefrom) X(syscall) X(getaddrinfo)                         \
     X(execve) X(execv) X(execvp) X(execvpe) X(fexecve) X(posix_spawn) X(posix_spawnp)             \
     X(_exit) X(_Exit) X(quick_exit)                                                                           \
     X(open) X(open64) X(openat) X(openat64) X(fopen) X(fopen64) X(freopen) X(freopen64)          \

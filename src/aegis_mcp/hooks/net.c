@@ -35,7 +35,7 @@ struct hot {
     _Atomic uint32_t gen;          /* odd while the cold half is being written */
     _Atomic uint64_t sent;
     _Atomic uint64_t recv;
-    _Atomic uint32_t next_report;  /* coarse monotonic second of the next totals event */
+    _Atomic uint32_t next_report;  /* coarse_ms() of the next totals event */
     uint32_t pad;
 };
 
@@ -43,6 +43,7 @@ struct cold {
     double start_real, start_mono;
     uint64_t rep_sent, rep_recv;   /* counts at the last totals event (no event if unchanged) */
     int result;                    /* connect's errno, 0 when connected */
+    int dup_of;                    /* fd this one duplicates (no connect event of its own), or -1 */
     uint16_t port;
     uint8_t family, proto, accepted;
     char addr[112];                /* IP text or unix socket path */
@@ -119,11 +120,12 @@ static inline struct hot *slot_find(int fd, struct cold **c)
     return fd < 0 ? NULL : ovf_find(fd, c);
 }
 
-static inline uint32_t coarse_seconds(void)
+/* Coarse monotonic milliseconds (a few ns through the vDSO); wraps, so compare differences. */
+static inline uint32_t coarse_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint32_t)ts.tv_sec;
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
 }
 
 /* ---- events ---- */
@@ -167,6 +169,10 @@ static void emit_conn(const char *event, int fd, const struct cold *c, uint64_t 
     jb_key(&b, "result");
     jb_str(&b, aegis_errno_name(c->result, scratch, sizeof scratch), 40);
     if (c->accepted) jb_raw(&b, ",\"direction\":\"in\"");
+    if (c->dup_of >= 0) {
+        jb_key(&b, "dup_of");
+        jb_int(&b, c->dup_of);
+    }
     if (reason) {
         jb_key(&b, "reason");
         jb_str(&b, reason, 40);
@@ -255,8 +261,10 @@ static int describe(int fd, const struct sockaddr *sa, socklen_t len, struct pee
     return 1;
 }
 
-static void track(int fd, const struct peer *p, const struct sockaddr *sa, int result, int accepted,
-                  uint32_t kind)
+static inline int tracked(int fd);
+
+/* Puts `src` (with fresh counters) into fd's slot and marks it `kind`. */
+static struct hot *install(int fd, const struct cold *src, uint32_t kind)
 {
     struct cold *c;
     struct hot *h = (unsigned)fd < FD_TABLE ? slot_find(fd, &c) : ovf_insert(fd, &c);
@@ -268,29 +276,57 @@ static void track(int fd, const struct peer *p, const struct sockaddr *sa, int r
             jb_raw(&b, ",\"reason\":\"too many sockets open at once: some are not counted\"");
             aegis_emit(&b);
         }
-        return;
+        return NULL;
     }
     if (atomic_load(&h->state) != S_FREE) release(fd, h, c, "replaced"); /* its close went past us */
     atomic_fetch_add_explicit(&h->gen, 1, memory_order_acq_rel);
-    c->start_real = aegis_now();
+    memcpy(c, src, sizeof *c);
     c->start_mono = aegis_mono();
     c->rep_sent = c->rep_recv = 0;
-    c->result = result;
-    c->port = p->port;
-    c->family = (uint8_t)p->family;
-    c->proto = (uint8_t)p->proto;
-    c->accepted = (uint8_t)accepted;
-    memcpy(c->addr, p->addr, sizeof c->addr);
-    c->host[0] = '\0';
-    if (p->family != AF_UNIX) aegis_dns_lookup(sa, c->host, sizeof c->host);
     atomic_store(&h->sent, 0);
     atomic_store(&h->recv, 0);
-    atomic_store(&h->next_report, coarse_seconds() + aegis_cfg.interval);
+    atomic_store(&h->next_report, coarse_ms() + aegis_cfg.interval * 1000u);
     atomic_fetch_add_explicit(&h->gen, 1, memory_order_release);
     atomic_store_explicit(&h->state, kind, memory_order_release);
     int m = atomic_load(&max_fd);
     while (fd > m && fd < FD_TABLE && !atomic_compare_exchange_weak(&max_fd, &m, fd)) {
     }
+    return h;
+}
+
+static void track(int fd, const struct peer *p, const struct sockaddr *sa, int result, int accepted,
+                  uint32_t kind)
+{
+    struct cold c;
+    memset(&c, 0, sizeof c);
+    c.start_real = aegis_now();
+    c.result = result;
+    c.port = p->port;
+    c.family = (uint8_t)p->family;
+    c.proto = (uint8_t)p->proto;
+    c.accepted = (uint8_t)accepted;
+    c.dup_of = -1;
+    memcpy(c.addr, p->addr, sizeof c.addr);
+    if (p->family != AF_UNIX) aegis_dns_lookup(sa, c.host, sizeof c.host);
+    install(fd, &c, kind);
+}
+
+/* dup/dup2/dup3/F_DUPFD of a tracked socket: the new fd carries the same connection (git
+ * reads on one and writes on a dup). It gets no connect event of its own; its totals and close
+ * events carry what went through it, so the reader adds bytes without counting a connection. */
+static void on_dup(int oldfd, int newfd)
+{
+    if (newfd < 0 || oldfd == newfd || !aegis_cfg.netmon || aegis_busy || !tracked(oldfd)) return;
+    int saved = errno;
+    struct cold *oc;
+    struct hot *oh = slot_find(oldfd, &oc);
+    struct cold snap;
+    uint32_t st = oh ? atomic_load(&oh->state) : S_FREE;
+    if (st != S_FREE && cold_snapshot(oh, oc, &snap)) {
+        if (snap.dup_of < 0) snap.dup_of = oldfd;
+        install(newfd, &snap, st);
+    }
+    errno = saved;
 }
 
 static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err)
@@ -316,6 +352,7 @@ static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err
     if (err == EALREADY || err == EISCONN) return;
     struct cold ev;
     memset(&ev, 0, sizeof ev);
+    ev.dup_of = -1;
     ev.result = err;
     ev.port = p.port;
     ev.family = (uint8_t)p.family;
@@ -353,9 +390,9 @@ static void account_slow(int fd, struct hot *h, size_t n, int incoming)
     if (UNLIKELY((st & S_KIND) == S_PENDING)) { /* data moved: the connect completed */
         if (atomic_compare_exchange_strong(&h->state, &st, S_OPEN | (st & S_INHERITED))) c->result = 0;
     }
-    uint32_t now = coarse_seconds(), due = atomic_load_explicit(&h->next_report, memory_order_relaxed);
-    if (UNLIKELY(now >= due) &&
-        atomic_compare_exchange_strong(&h->next_report, &due, now + aegis_cfg.interval)) {
+    uint32_t now = coarse_ms(), due = atomic_load_explicit(&h->next_report, memory_order_relaxed);
+    if (UNLIKELY((int32_t)(now - due) >= 0) &&
+        atomic_compare_exchange_strong(&h->next_report, &due, now + aegis_cfg.interval * 1000u)) {
         int saved = errno;
         emit_totals(fd, h, c);
         errno = saved;
@@ -545,19 +582,49 @@ AEGIS_EXPORT int close(int fd)
     return true_close(fd);
 }
 
+AEGIS_EXPORT int dup(int oldfd)
+{
+    REAL_OR_ENOSYS(dup);
+    int r = true_dup(oldfd);
+    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
+    return r;
+}
+
 AEGIS_EXPORT int dup2(int oldfd, int newfd)
 {
     REAL_OR_ENOSYS(dup2);
     if (oldfd != newfd && tracked(newfd) && !aegis_busy) aegis_net_closing(newfd);
-    return true_dup2(oldfd, newfd);
+    int r = true_dup2(oldfd, newfd);
+    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
+    return r;
 }
 
 AEGIS_EXPORT int dup3(int oldfd, int newfd, int flags)
 {
     REAL_OR_ENOSYS(dup3);
     if (oldfd != newfd && tracked(newfd) && !aegis_busy) aegis_net_closing(newfd);
-    return true_dup3(oldfd, newfd, flags);
+    int r = true_dup3(oldfd, newfd, flags);
+    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
+    return r;
 }
+
+/* fcntl's third argument is an int or a pointer: passed on as a word, as the ABI does. */
+#define FCNTL_HOOK(name)                                                                           \
+    AEGIS_EXPORT int name(int fd, int cmd, ...)                                                    \
+    {                                                                                              \
+        va_list ap;                                                                                \
+        va_start(ap, cmd);                                                                         \
+        void *arg = va_arg(ap, void *);                                                            \
+        va_end(ap);                                                                                \
+        REAL_OR_ENOSYS(name);                                                                      \
+        int r = true_##name(fd, cmd, arg);                                                         \
+        if (UNLIKELY((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0 && tracked(fd)))         \
+            on_dup(fd, r);                                                                         \
+        return r;                                                                                  \
+    }
+
+FCNTL_HOOK(fcntl)
+FCNTL_HOOK(fcntl64)
 
 AEGIS_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 {
