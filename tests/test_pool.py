@@ -381,3 +381,48 @@ def test_kill9_of_a_runner_right_after_it_started_the_agent(
     if pids_file.exists():
         wait_for(lambda: not any(pid_alive(p) for p in read_pids(pids_file, 1)), 5, "agent gone")
     assert pool.stats()["lost"] == 1 and pool.locks() == []
+
+
+def _runner_pids(ids: set[str]) -> list[int]:
+    marks = {f"AEGIS_POOL_RUNNER={i}".encode() for i in ids}
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marks & set(env):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill9_of_runners_at_random_moments_leaves_a_consistent_pool(
+        aegis_env: dict[str, str], tmp_path: Path, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    pool = configure(aegis_env, max_agents=3)
+    with cleanup_pool():
+        workdirs = dirs(tmp_path, 4)
+        ids = [pool.spawn("turns=3 sleep=0.2", working_directory=workdirs[i % 4])["agent_id"]
+               for i in range(10)]
+        killed = 0
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:  # runners die while starting, running, ending, promoting
+            time.sleep(rng.uniform(0.05, 0.3))
+            victims = _runner_pids(set(ids))
+            if victims:
+                os.kill(rng.choice(victims), signal.SIGKILL)
+                killed += 1
+        assert killed >= 3
+        final = [pool.await_agent(i, 30) for i in ids]
+        assert all(f["state"] in ("completed", "lost") for f in final), final
+        assert all(f["ended_at"] for f in final)
+        lost = [f for f in final if f["state"] == "lost"]
+        assert lost and all(f["result"] is None or f["num_turns"] for f in lost)
+        stats = pool.stats()
+        assert stats["total"] == 10 and stats["active"] == 0
+        assert pool.locks() == []
+        wait_for(lambda: not _runner_pids(set(ids)), 5, "every runner to be gone")

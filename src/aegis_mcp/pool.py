@@ -418,7 +418,11 @@ class Pool:
             self._settings = load_settings(raw if isinstance(raw, dict) else None)
         settings = self.settings
         profile = get_profile(agent_type, config)
-        wd = working_directory or os.getcwd()
+        try:
+            wd = working_directory or os.getcwd()
+        except FileNotFoundError:
+            raise AegisError("the current directory no longer exists: give "
+                             "working_directory") from None
         wd_path = Path(wd).expanduser()
         if not wd_path.is_absolute():
             wd_path = Path.cwd() / wd_path
