@@ -70,6 +70,9 @@ def test_spawn_list_status_await_logs_stats(env: dict[str, str], tmp_path: Path)
     assert logs.returncode == 0 and '"type": "result"' in logs.stdout
     last = agents(env, "logs", agent_id, "-n", "1")
     assert last.stdout.count("\n") == 1 and "completed" in last.stdout
+    as_lines = as_json(env, "logs", agent_id, "-n", "2")
+    assert isinstance(as_lines, dict) and len(as_lines["lines"]) == 2
+    assert as_lines["lines"][-1] == last.stdout.rstrip("\n")
 
     stats = as_json(env, "stats")
     assert isinstance(stats, dict) and (stats["completed"], stats["max_agents"]) == (1, 2)

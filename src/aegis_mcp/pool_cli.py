@@ -298,7 +298,12 @@ def _logs(pool: Any, args: argparse.Namespace) -> int:
     agent_id = pool.resolve_id(args.agent_id)
     path = pool.log_path(agent_id)
     if args.json:
-        raise AegisError("logs prints the raw log; use `agents status --json` for JSON")
+        if args.follow:
+            raise AegisError("--follow prints the raw log as it grows; leave out --json")
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        _print_json({"agent_id": agent_id, "log_path": str(path),
+                     "lines": lines[-args.lines:] if args.lines else lines})
+        return 0
     out = sys.stdout.buffer
     try:
         with open(path, "rb") as f:
