@@ -154,7 +154,8 @@ def test_git_clone_over_git_daemon(tmp_path: Path) -> None:
         hooked = run(["git", "clone", "-q", url, str(tmp_path / "b")],
                      {**hooked_env(log), **{k: v for k, v in env.items() if "GIT" in k}})
         assert plain.returncode == hooked.returncode == 0, hooked.stderr
-        assert (tmp_path / "a" / "file.txt").read_text() == (tmp_path / "b" / "file.txt").read_text()
+        cloned = [(tmp_path / d / "file.txt").read_text() for d in ("a", "b")]
+        assert cloned[0] == cloned[1]
     finally:
         daemon.terminate()
         daemon.wait(10)

@@ -152,6 +152,13 @@ class Summary:
             self.last_ts = ts
         kind = ev.get("event")
         if kind in ("connect", "accept"):
+            addr = str(ev.get("addr"))  # every address tried counts, refused ones too
+            if addr in self.addresses:
+                self.addresses[addr] += 1
+            elif len(self.addresses) < MAX_ADDRESSES:
+                self.addresses[addr] = 1
+            else:
+                self.addresses_capped = True
             if kind == "connect" and ev.get("result") not in _OK_CONNECT:
                 self.failed += 1
                 return
@@ -161,13 +168,6 @@ class Summary:
                 self.accepted += 1
             row = self._target_row(ev)
             row[0] += 1
-            addr = str(ev.get("addr"))
-            if addr in self.addresses:
-                self.addresses[addr] += 1
-            elif len(self.addresses) < MAX_ADDRESSES:
-                self.addresses[addr] = 1
-            else:
-                self.addresses_capped = True
             key = _conn_key(ev)
             if key in self.open:  # the fd was reused without a close we saw
                 self.open.pop(key)
