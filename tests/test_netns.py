@@ -544,3 +544,30 @@ def test_traffic_is_forwarded_and_masqueraded(ns: netns.Namespace) -> None:
     finally:
         subprocess.run(["ip", "link", "del", link], check=False)
         subprocess.run(["ip", "netns", "delete", out], check=False)
+
+
+def test_teardown_writes_final_totals_of_open_flows(ns: netns.Namespace) -> None:
+    server = socket.socket()
+    server.bind((ns.state.host_addr, 0))
+    server.listen(1)
+    server.settimeout(10)
+    code = ("import socket,sys,time;s=socket.create_connection((sys.argv[1],int(sys.argv[2])));"
+            "s.sendall(b'z'*3000);time.sleep(30)")
+    proc = subprocess.Popen([*ns.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []), PY, "-c", code,
+                             ns.state.host_addr, str(server.getsockname()[1])])
+    try:
+        conn, _ = server.accept()
+        got = 0
+        while got < 3000 and (data := conn.recv(65536)):
+            got += len(data)
+        port = server.getsockname()[1]
+        wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "connect")
+        ns.teardown()  # the agent is still connected: the capture's last word is its totals
+        assert not ns.helper_pids
+        final = [e for e in read_events(log_of(ns)) if e.get("port") == port]
+        assert [e["event"] for e in final][0] == "connect" and final[-1]["event"] == "totals"
+        assert 2900 <= final[-1]["sent"] <= 3100
+    finally:
+        proc.kill()
+        proc.wait()
+        server.close()
