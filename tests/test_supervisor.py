@@ -128,6 +128,21 @@ def test_restart_kills_whole_tree_including_stubborn_and_double_forked(
         assert not pid_alive(c["pid"])  # the agent's own exit cleans its leftovers too
 
 
+def test_pool_runners_outlive_restarts_and_the_supervisor(world: FakeAgentWorld) -> None:
+    child = world.spawn("--restart-grace", "0.5", "fake", "--behaviour", "pool-runner")
+    child.expect("READY")
+    runner = next(c["pid"] for c in world.starts()[0]["children"] if c["name"] == "pool-runner")
+    try:
+        restart_via_socket(world, reason="hot-reload")
+        child.expect("READY")
+        assert pid_alive(runner) and not pid_alive(world.starts()[0]["pid"])
+        child.sendline("exit 0")
+        assert finish(child) == 0
+        assert pid_alive(runner)
+    finally:
+        os.kill(runner, signal.SIGKILL)
+
+
 def test_terminal_modes_restored_after_a_killed_tui(world: FakeAgentWorld) -> None:
     child = world.spawn("--restart-grace", "0.3", "fake", "--behaviour", "ignore-sigint")
     child.expect("READY")

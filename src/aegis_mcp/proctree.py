@@ -3,7 +3,9 @@
 The supervisor is a child subreaper (PR_SET_CHILD_SUBREAPER): a process the agent started that
 double-forked away from its parent is re-parented to the supervisor instead of init, so "every
 descendant of the supervisor" is the agent's tree, however it detached. Helpers the supervisor
-starts itself (the netns capture) are excluded by pid.
+starts itself (the netns capture) are excluded by pid, and the agent pool's runners (marked by
+`AEGIS_POOL_RUNNER` in their environment) are excluded with their trees: background agents
+outlive hot-reloads and the supervisor.
 """
 
 from __future__ import annotations
@@ -42,14 +44,25 @@ def reap_children() -> list[tuple[int, int]]:
     return reaped
 
 
+POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
+
+
+def _is_pool_runner(proc: psutil.Process) -> bool:
+    try:
+        return POOL_RUNNER_MARK in proc.environ()
+    except psutil.Error:
+        return False
+
+
 def tree(exclude: Iterable[int] = ()) -> list[psutil.Process]:
-    """Every live, non-zombie descendant of this process, minus `exclude` and their
-    descendants."""
+    """Every live, non-zombie descendant of this process, minus `exclude`, pool runners, and
+    their descendants."""
     skip = set(exclude)
     try:
         children = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+    skip |= {p.pid for p in children if _is_pool_runner(p)}
     alive = []
     for proc in children:
         try:

@@ -97,6 +97,12 @@ def main() -> int:
     if "stubborn-child" in behaviour:
         children.append({"name": "stubborn", "pid": subprocess.Popen(
             [sys.executable, "-c", STUBBORN]).pid})
+    if "pool-runner" in behaviour:  # what agent_spawn starts: a detached, marked runner
+        runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                  env={**os.environ, "AEGIS_POOL_RUNNER": "a1"},
+                                  start_new_session=True, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        children.append({"name": "pool-runner", "pid": runner.pid})
     if "daemon" in behaviour:
         pidfile = state / f"daemon-{os.getpid()}"
         subprocess.run([sys.executable, "-c", DAEMON, str(pidfile)], check=True)
