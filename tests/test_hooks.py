@@ -420,3 +420,31 @@ def test_errno_and_return_values_are_untouched(tmp_path: Path, server: RawHTTPSe
     assert plain.stdout == hooked.stdout
     assert "connect refused -1 ECONNREFUSED" in hooked.stdout
     assert events(tmp_path / "log.jsonl", "connect")
+
+
+def test_exec_of_a_static_binary_is_a_gap(tmp_path: Path) -> None:
+    src = tmp_path / "static.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("static"); return 0; }\n')
+    exe = tmp_path / "static-prog"
+    subprocess.run(["gcc", "-static", "-o", str(exe), str(src)], check=True, timeout=60)
+    log = tmp_path / "log.jsonl"
+    out = same_output(["sh", "-c", f"{exe}; {exe}"], log)
+    assert out.stdout == "static\nstatic\n"
+    gaps = events(log, "gap")
+    assert len(gaps) == 2 and all(g["target"] == str(exe) for g in gaps)
+    assert all("statically linked" in g["reason"] and "netns" in g["reason"] for g in gaps)
+
+
+def test_exec_of_a_setuid_program_is_a_gap(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a program another owner")
+    prog = tmp_path / "suid-true"
+    shutil.copy("/bin/true", prog)
+    os.chown(prog, 65534, 65534)
+    prog.chmod(0o4755)
+    tmp_path.chmod(0o755)
+    log = tmp_path / "log.jsonl"
+    out = same_output(["sh", "-c", str(prog)], log)
+    assert out.returncode == 0
+    (gap,) = events(log, "gap")
+    assert gap["target"] == str(prog) and "set-user-ID" in gap["reason"]

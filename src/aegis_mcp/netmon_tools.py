@@ -120,7 +120,8 @@ def register(server: MCPServer) -> None:
 
     @server.tool()
     def netmon_log(
-        count: Annotated[int, Field(description="How many recent events to return (1-1000)")]
+        count: Annotated[int, Field(ge=1, le=MAX_COUNT,
+                                    description="How many recent events to return (1-1000)")]
         = 20,
     ) -> NetmonLog:
         """The most recent network events of this agent from the monitoring log, newest last:

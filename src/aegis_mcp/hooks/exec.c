@@ -34,34 +34,35 @@ static int preloads_us(const char *preload)
     return strstr(preload, "libaegis_hooks") != NULL;
 }
 
-/* 1 if `path` is an ELF executable without a program interpreter: LD_PRELOAD never loads there. */
-static int is_static_elf(const char *path)
+/* Why the loader will not preload us into `path`, or NULL: a set-user-ID/-group-ID program
+ * (secure mode ignores LD_PRELOAD) or an ELF executable without a program interpreter. */
+static const char *invisible_reason(const char *path)
 {
-    if (!path || !true_open) return 0;
+    if (!path || !true_open) return NULL;
     int fd = true_open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    int is_static = 0;
+    if (fd < 0) return NULL;
+    const char *reason = NULL;
+    struct stat st;
     Elf64_Ehdr eh;
-    if (pread(fd, &eh, sizeof eh, 0) == (ssize_t)sizeof eh && !memcmp(eh.e_ident, ELFMAG, SELFMAG)) {
-        is_static = 1;
-        if (eh.e_ident[EI_CLASS] == ELFCLASS64) {
-            for (unsigned i = 0; i < eh.e_phnum && i < 256; i++) {
-                Elf64_Phdr ph;
-                off_t off = (off_t)eh.e_phoff + (off_t)i * eh.e_phentsize;
-                if (pread(fd, &ph, sizeof ph, off) != (ssize_t)sizeof ph) break;
-                if (ph.p_type == PT_INTERP) {
-                    is_static = 0;
-                    break;
-                }
+    if (fstat(fd, &st) == 0 && (((st.st_mode & S_ISUID) && st.st_uid != geteuid()) ||
+                                ((st.st_mode & S_ISGID) && st.st_gid != getegid()))) {
+        reason = "set-user-ID or set-group-ID program: the loader ignores LD_PRELOAD for it";
+    } else if (pread(fd, &eh, sizeof eh, 0) == (ssize_t)sizeof eh &&
+               !memcmp(eh.e_ident, ELFMAG, SELFMAG) && eh.e_ident[EI_CLASS] == ELFCLASS64) {
+        int has_interp = 0;
+        for (unsigned i = 0; i < eh.e_phnum && i < 256 && !has_interp; i++) {
+            Elf64_Phdr ph;
+            off_t off = (off_t)eh.e_phoff + (off_t)i * eh.e_phentsize;
+            if (pread(fd, &ph, sizeof ph, off) != (ssize_t)sizeof ph) {
+                has_interp = 1; /* unreadable: do not claim it is static */
+                break;
             }
-        } else {
-            Elf32_Ehdr eh32;
-            is_static = 0; /* 32-bit: our 64-bit library is not loaded there anyway */
-            (void)eh32;
+            has_interp = ph.p_type == PT_INTERP;
         }
+        if (!has_interp) reason = "statically linked program: LD_PRELOAD cannot see it (use --netmon=netns)";
     }
     true_close(fd);
-    return is_static;
+    return reason;
 }
 
 /* The file execvp would run: the name itself if it has a slash, else the first PATH hit. */
@@ -108,8 +109,8 @@ void aegis_exec_check_env(const char *file, char *const envp[], int search)
         reason = "child started without LD_PRELOAD of libaegis_hooks: its connections are not recorded";
     else if (!env_value(envp, "AEGIS_NETMON_LOG"))
         reason = "child started without AEGIS_NETMON_LOG: its connections are not recorded";
-    else if (is_static_elf(path))
-        reason = "statically linked program: LD_PRELOAD cannot see it (use --netmon=netns)";
+    else
+        reason = invisible_reason(path);
     if (reason) emit_gap(path ? path : file, reason);
 }
 
