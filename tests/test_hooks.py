@@ -448,3 +448,29 @@ def test_exec_of_a_setuid_program_is_a_gap(tmp_path: Path) -> None:
     assert out.returncode == 0
     (gap,) = events(log, "gap")
     assert gap["target"] == str(prog) and "set-user-ID" in gap["reason"]
+
+
+def test_spawning_children_leaves_the_parents_sockets_alone(tmp_path: Path,
+                                                            server: RawHTTPServer) -> None:
+    """subprocess (vfork + close_range in the child, sharing the parent's memory) and
+    posix_spawn while a socket is open: the parent's counts stay whole and only it reports."""
+    log = tmp_path / "log.jsonl"
+    code = textwrap.dedent(f"""
+        import os, socket, subprocess
+        s = socket.create_connection(('127.0.0.1', {server.port}))
+        s.sendall(b'GET / HTTP/1.0\\r\\n')
+        for i in range(3):
+            subprocess.run(['true'], check=True, close_fds=True)
+            os.waitpid(os.posix_spawn('/bin/true', ['true'], dict(os.environ)), 0)
+            s.sendall(b'X-A: 1\\r\\n')
+        s.sendall(b'\\r\\n')
+        while s.recv(65536):
+            pass
+        s.close()
+        print(os.getpid())
+    """)
+    out = run([sys.executable, "-c", code], hooked_env(log))
+    assert out.returncode == 0, out.stderr
+    (close,) = conns_to(log, server.port)
+    assert close["pid"] == int(out.stdout) and "reason" not in close
+    assert (close["sent"], close["recv"]) == (server.wait(1)[0].received, server.wait(1)[0].sent)

@@ -131,6 +131,10 @@ static inline uint32_t coarse_ms(void)
     return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
 }
 
+/* A vfork child (or a raw clone) shares our memory: it must not touch the parent's table.
+ * aegis_cfg.pid is refreshed by the fork handler, so only such children see a different pid. */
+static int shares_parent_memory(void) { return getpid() != aegis_cfg.pid; }
+
 /* ---- events ---- */
 
 static const char *family_name(int family)
@@ -320,6 +324,7 @@ static void track(int fd, const struct peer *p, const struct sockaddr *sa, int r
 static void on_dup(int oldfd, int newfd)
 {
     if (newfd < 0 || oldfd == newfd || !aegis_cfg.netmon || aegis_busy || !tracked(oldfd)) return;
+    if (shares_parent_memory()) return;
     int saved = errno;
     struct cold *oc;
     struct hot *oh = slot_find(oldfd, &oc);
@@ -425,7 +430,7 @@ static inline int tracked(int fd)
 
 void aegis_net_closing(int fd)
 {
-    if (!tracked(fd)) return;
+    if (!tracked(fd) || shares_parent_memory()) return;
     int saved = errno;
     struct cold *c;
     struct hot *h = slot_find(fd, &c);
@@ -435,6 +440,7 @@ void aegis_net_closing(int fd)
 
 static void closing_range(unsigned first, unsigned last)
 {
+    if (shares_parent_memory()) return;
     int m = atomic_load(&max_fd);
     for (unsigned fd = first; fd <= last && (int)fd <= m; fd++) aegis_net_closing((int)fd);
     if (last >= FD_TABLE && atomic_load(&ovf_used))
