@@ -474,3 +474,22 @@ def test_spawning_children_leaves_the_parents_sockets_alone(tmp_path: Path,
     (close,) = conns_to(log, server.port)
     assert close["pid"] == int(out.stdout) and "reason" not in close
     assert (close["sent"], close["recv"]) == (server.wait(1)[0].received, server.wait(1)[0].sent)
+
+
+def test_threads_fds_reused_dups_and_forks(tmp_path: Path, server: RawHTTPServer) -> None:
+    from aegis_mcp import netmon
+
+    exe = compile_snippet("stress.c", tmp_path)
+    log = tmp_path / "log.jsonl"
+    out = run([str(exe), str(server.port), "6", "50"], hooked_env(log), timeout=120)
+    assert out.returncode == 0, out.stderr
+    sent, recv = map(int, out.stdout.split())
+    server.wait(300)
+    connects = [e for e in events(log, "connect") if e["port"] == server.port]
+    closes = conns_to(log, server.port)
+    assert len(connects) == 300 and len({e["pid"] for e in closes}) == 1  # not the children
+    assert sum(c["sent"] for c in closes) == sent and sum(c["recv"] for c in closes) == recv
+    status = netmon.status(log)
+    assert (status["connections"], status["bytes_sent"], status["bytes_received"]) == (
+        300, sent, recv)
+    assert status["open_connections"] == 0
