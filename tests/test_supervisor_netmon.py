@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from aegis_mcp import netmon
 from tests.conftest import aegis_bin
 
 AGENT = """
@@ -83,6 +84,10 @@ def test_preload_mode_records_the_agents_connections(
     assert any(e["event"] == "connect" and e["addr"] == "127.0.0.1" for e in evs)
     closes = [e for e in evs if e["event"] in ("close", "totals")]
     assert closes and max(e["recv"] for e in closes) >= 600
+    # The supervisor left the summary current: netmon_status reads it, not the whole log.
+    summary = json.loads(netmon.summary_path(log).read_text())
+    assert summary["offset"] == log.stat().st_size
+    assert netmon.status(log)["connections"] >= 1
 
 
 def test_preload_refuses_a_static_binary(aegis_env: dict[str, str], tmp_path: Path) -> None:

@@ -37,7 +37,10 @@ from aegis_mcp.terminal import Terminal
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
 _DROPPED_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
 _KEPT_AEGIS_ENV = ("AEGIS_CONFIG", "AEGIS_STATE_DIR", "AEGIS_RUNTIME_DIR",
-                   "AEGIS_NETMON_MAX_BYTES")
+                   "AEGIS_NETMON_MAX_BYTES", "AEGIS_NETMON_INTERVAL")
+NETMON_REFRESH_SECONDS = 5.0
+"""How often the supervisor brings the netmon summary up to date (when the log grew), so that
+netmon_status stays fast however long the log gets."""
 # A resumed agent that fails this soon had nothing to resume (claude --continue exits at once
 # in a directory without a conversation): start it fresh instead.
 RESUME_CHECK_SECONDS = 5.0
@@ -90,6 +93,8 @@ class Supervisor:
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
+    _netmon_seen: tuple[int, int] = (0, 0)
+    _netmon_next: float = 0.0
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -403,11 +408,32 @@ class Supervisor:
         self._stop_agent(signal.SIGTERM)  # what the agent left behind (MCP servers, ...)
         return exit_status
 
+    def _refresh_netmon(self) -> None:
+        """Fold what the netmon log gained into its summary file (a stat when nothing did)."""
+        self._netmon_next = time.monotonic() + NETMON_REFRESH_SECONDS
+        log = self.netmon_log
+        if log is None:
+            return
+        try:
+            st = log.stat()
+        except OSError:
+            return
+        if (st.st_ino, st.st_size) == self._netmon_seen:
+            return
+        from aegis_mcp import netmon
+
+        with contextlib.suppress(Exception):  # a broken log must never stop the agent
+            netmon.refresh(log)
+            self._netmon_seen = (st.st_ino, st.st_size)
+            if self.user is not None:  # the agent's MCP server (that user) reads and updates it
+                os.chown(netmon.summary_path(log), self.user.uid, self.user.gid)
+
     def _loop(self) -> int:
         while True:
-            timeout = None
-            if self.pending is not None:
-                timeout = max(0.0, self.pending.due - time.monotonic())
+            deadlines = [self.pending.due] if self.pending is not None else []
+            if self.netmon_log is not None:
+                deadlines.append(self._netmon_next)
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in self.selector.select(timeout):
                 kind = key.data
                 if kind == "signal":
@@ -438,6 +464,8 @@ class Supervisor:
                 if sig in _FORWARDED and self._agent_alive():
                     assert self.run is not None
                     proctree.killpg(self.run.proc.pid, sig)
+            if self.netmon_log is not None and time.monotonic() >= self._netmon_next:
+                self._refresh_netmon()
             if not self._agent_alive():
                 result = self._agent_ended()
                 if result is not None:
@@ -474,7 +502,8 @@ class Supervisor:
             self.injection.cleanup()
         if self.namespace is not None:
             with contextlib.suppress(Exception):
-                self.namespace.teardown()
+                self.namespace.teardown()  # the capture writes its final totals first
+        self._refresh_netmon()
         self.control.close()
         signal.set_wakeup_fd(-1)
 
