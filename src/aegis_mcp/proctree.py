@@ -29,21 +29,6 @@ def set_child_subreaper() -> None:
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
 
-def reap_children() -> list[tuple[int, int]]:
-    """Reap every child that has ended; (pid, wait status) of each. Stopped children are not
-    reported here (the supervisor's own reaper handles job control)."""
-    reaped = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
-        reaped.append((pid, status))
-    return reaped
-
-
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
 
 
