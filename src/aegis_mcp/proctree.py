@@ -16,15 +16,17 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def set_child_subreaper() -> None:
+def set_child_subreaper(on: bool = True) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
 
@@ -33,6 +35,8 @@ POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
 
 
 def _is_pool_runner(proc: psutil.Process) -> bool:
+    import psutil
+
     try:
         return POOL_RUNNER_MARK in proc.environ()
     except psutil.Error:
@@ -41,7 +45,10 @@ def _is_pool_runner(proc: psutil.Process) -> bool:
 
 def tree(exclude: Iterable[int] = ()) -> list[psutil.Process]:
     """Every live, non-zombie descendant of this process, minus `exclude`, pool runners, and
-    their descendants."""
+    their descendants. (psutil is imported here: pool runners use this module and should not
+    pay for it at start.)"""
+    import psutil
+
     skip = set(exclude)
     try:
         children = psutil.Process().children(recursive=True)
@@ -62,6 +69,8 @@ def tree(exclude: Iterable[int] = ()) -> list[psutil.Process]:
 
 
 def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    import psutil
+
     for proc in procs:
         try:
             proc.send_signal(sig)  # psutil checks the pid was not reused

@@ -28,10 +28,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import proctree
 from aegis_mcp.pool import COMPLETED, FAILED, STOPPED, Pool
 
 _PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 _FLUSH_EVERY = 0.25
 """Progress is written to the store at most this often (and at the end)."""
 _LINES_KEPT = 20
@@ -49,31 +49,7 @@ def _die_with_runner() -> None:
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-# --- the process tree -------------------------------------------------------------------------
-
-def descendants(root: int) -> list[int]:
-    """Live (non-zombie) descendants of `root`, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] in (b"Z", b"X"):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    out: list[int] = []
-    todo = list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
+# --- the process tree (stopping it is proctree's job) ----------------------------------------
 
 def reap() -> dict[int, int]:
     """Collect every exited child (ours, and orphans handed to us as subreaper)."""
@@ -87,12 +63,6 @@ def reap() -> dict[int, int]:
             break
         statuses[pid] = status
     return statuses
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
 
 
 class Runner:
@@ -266,7 +236,7 @@ class Runner:
                 self.flush()
                 next_flush = time.monotonic() + _FLUSH_EVERY
 
-        leftovers = descendants(os.getpid())
+        leftovers = proctree.tree()
         if self.stop_reason is not None or leftovers:
             if self.stop_reason is None:
                 self.say(f"the agent exited and left {len(leftovers)} process(es): stopping them")
@@ -307,36 +277,17 @@ class Runner:
                 self.agent_status = status
 
     def stop_tree(self, grace: float) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL to every descendant, each after up to `grace`
-        seconds; returns when none is left (bounded)."""
-        me = os.getpid()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            pids = descendants(me)
-            if not pids:
-                return
-            self.say(f"sending {signal.Signals(sig).name} to {len(pids)} process(es)")
-            _signal_all(pids, sig)
-            if self._wait_tree_gone(grace):
-                return
-        for _ in range(50):
-            pids = descendants(me)
-            if not pids:
-                return
-            self.say(f"sending SIGKILL to {len(pids)} process(es)")
-            _signal_all(pids, signal.SIGKILL)
-            self._wait_tree_gone(0.2)
+        """SIGINT to the agent's group, then SIGTERM, then SIGKILL to every descendant, each
+        after up to `grace` seconds (proctree.stop_tree); returns when none is left."""
+        proctree.stop_tree(
+            self.agent_pid, lambda: self.agent_pid is not None and self.agent_status is None,
+            self._wait, grace, log=self.say)
 
-    def _wait_tree_gone(self, secs: float) -> bool:
-        end = time.monotonic() + secs
-        while True:
-            for pid, status in reap().items():
-                if pid == self.agent_pid:
-                    self.agent_status = status
-            if not descendants(os.getpid()):
-                return True
-            if time.monotonic() >= end:
-                return False
-            time.sleep(0.02)
+    def _wait(self, secs: float) -> None:
+        time.sleep(min(secs, 0.02))
+        for pid, status in reap().items():
+            if pid == self.agent_pid:
+                self.agent_status = status
 
     def _verdict(self) -> tuple[str, str | None, int | None]:
         status = self.agent_status
@@ -401,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Until the signal handlers are in place a SIGTERM kills us; the store then says "stopped"
     # (a stop was requested) or re-queues the agent, so nothing is lost either way.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    proctree.set_child_subreaper()
     pool = Pool(args.pool_dir)
     row = pool.register_runner(args.agent, args.claim)
     if row is None:
@@ -419,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.set_wakeup_fd(-1)
     # Orphans of the runners we start next must not be handed to us: we exit right away.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+    proctree.set_child_subreaper(False)
     pool.promote()
     return 0
 
