@@ -92,6 +92,16 @@ void aegis_init(void);
         if (UNLIKELY(!atomic_load_explicit(&aegis_ready, memory_order_acquire))) aegis_init(); \
     } while (0)
 
+/* In a hook: initialise once; when libc lacks the real symbol, fail like a missing syscall. */
+#define REAL_OR_ENOSYS(name)                                                                       \
+    do {                                                                                           \
+        ENSURE_INIT();                                                                             \
+        if (UNLIKELY(!true_##name)) {                                                              \
+            errno = ENOSYS;                                                                        \
+            return -1;                                                                             \
+        }                                                                                          \
+    } while (0)
+
 struct aegis_config {
     int netmon;              /* AEGIS_NETMON_LOG set: record network events */
     char log_path[4096];

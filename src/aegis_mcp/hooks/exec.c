@@ -126,46 +126,38 @@ static void before_exec(const char *file, char *const envp[], int search, int re
     errno = saved;
 }
 
-#define EXEC_ENOSYS(name)                                                                          \
-    do {                                                                                           \
-        ENSURE_INIT();                                                                             \
-        if (UNLIKELY(!true_##name)) {                                                              \
-            errno = ENOSYS;                                                                        \
-            return -1;                                                                             \
-        }                                                                                          \
-    } while (0)
 
 AEGIS_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
-    EXEC_ENOSYS(execve);
+    REAL_OR_ENOSYS(execve);
     before_exec(path, envp, 0, 1);
     return true_execve(path, argv, envp);
 }
 
 AEGIS_EXPORT int execv(const char *path, char *const argv[])
 {
-    EXEC_ENOSYS(execv);
+    REAL_OR_ENOSYS(execv);
     before_exec(path, environ, 0, 1);
     return true_execv(path, argv);
 }
 
 AEGIS_EXPORT int execvp(const char *file, char *const argv[])
 {
-    EXEC_ENOSYS(execvp);
+    REAL_OR_ENOSYS(execvp);
     before_exec(file, environ, 1, 1);
     return true_execvp(file, argv);
 }
 
 AEGIS_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
-    EXEC_ENOSYS(execvpe);
+    REAL_OR_ENOSYS(execvpe);
     before_exec(file, envp, 1, 1);
     return true_execvpe(file, argv, envp);
 }
 
 AEGIS_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
-    EXEC_ENOSYS(fexecve);
+    REAL_OR_ENOSYS(fexecve);
     char path[64];
     struct jbuf b = {path, 0, sizeof path};
     jb_raw(&b, "/proc/self/fd/");

@@ -510,14 +510,6 @@ void aegis_net_atfork_child(void)
 
 /* ---- the hooks ---- */
 
-#define REAL_OR_ENOSYS(name)                                                                       \
-    do {                                                                                           \
-        ENSURE_INIT();                                                                             \
-        if (UNLIKELY(!true_##name)) {                                                              \
-            errno = ENOSYS;                                                                        \
-            return -1;                                                                             \
-        }                                                                                          \
-    } while (0)
 
 AEGIS_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {

@@ -172,14 +172,6 @@ static const char *match_missing(int dirfd, const char *path)
 }
 
 #define NEEDS_MODE(flags) (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE)
-#define ENOSYS_IF_MISSING(name)                                                                    \
-    do {                                                                                           \
-        ENSURE_INIT();                                                                             \
-        if (UNLIKELY(!true_##name)) {                                                              \
-            errno = ENOSYS;                                                                        \
-            return -1;                                                                             \
-        }                                                                                          \
-    } while (0)
 
 #define OPEN_HOOK(name)                                                                            \
     AEGIS_EXPORT int name(const char *path, int flags, ...)                                        \
@@ -191,7 +183,7 @@ static const char *match_missing(int dirfd, const char *path)
             mode = va_arg(ap, mode_t);                                                             \
             va_end(ap);                                                                            \
         }                                                                                          \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = read_only_flags(flags) ? match(AT_FDCWD, path) : NULL;                     \
         return true_##name(o ? o : path, flags, mode);                                             \
     }
@@ -206,7 +198,7 @@ static const char *match_missing(int dirfd, const char *path)
             mode = va_arg(ap, mode_t);                                                             \
             va_end(ap);                                                                            \
         }                                                                                          \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = read_only_flags(flags) ? match(dirfd, path) : NULL;                        \
         return true_##name(dirfd, o ? o : path, flags, mode);                                      \
     }
@@ -219,7 +211,7 @@ OPENAT_HOOK(openat64)
 #define OPEN2_HOOK(name)                                                                           \
     AEGIS_EXPORT int name(const char *path, int flags)                                             \
     {                                                                                              \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = read_only_flags(flags) ? match(AT_FDCWD, path) : NULL;                     \
         return true_##name(o ? o : path, flags);                                                   \
     }
@@ -227,7 +219,7 @@ OPENAT_HOOK(openat64)
 #define OPENAT2_HOOK(name)                                                                         \
     AEGIS_EXPORT int name(int dirfd, const char *path, int flags)                                  \
     {                                                                                              \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = read_only_flags(flags) ? match(dirfd, path) : NULL;                        \
         return true_##name(dirfd, o ? o : path, flags);                                            \
     }
@@ -271,7 +263,7 @@ FREOPEN_HOOK(freopen64)
 #define STAT_HOOK(name, st_t)                                                                      \
     AEGIS_EXPORT int name(const char *path, struct st_t *buf)                                      \
     {                                                                                              \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = match_missing(AT_FDCWD, path);                                             \
         return true_##name(o ? o : path, buf);                                                     \
     }
@@ -284,7 +276,7 @@ STAT_HOOK(lstat64, stat64)
 #define XSTAT_HOOK(name, st_t)                                                                     \
     AEGIS_EXPORT int name(int ver, const char *path, struct st_t *buf)                             \
     {                                                                                              \
-        ENOSYS_IF_MISSING(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                   \
         const char *o = match_missing(AT_FDCWD, path);                                             \
         return true_##name(ver, o ? o : path, buf);                                                \
     }
@@ -296,49 +288,49 @@ XSTAT_HOOK(__lxstat64, stat64)
 
 AEGIS_EXPORT int fstatat(int dirfd, const char *path, struct stat *buf, int flags)
 {
-    ENOSYS_IF_MISSING(fstatat);
+    REAL_OR_ENOSYS(fstatat);
     const char *o = match_missing(dirfd, path);
     return true_fstatat(dirfd, o ? o : path, buf, flags);
 }
 
 AEGIS_EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *buf, int flags)
 {
-    ENOSYS_IF_MISSING(fstatat64);
+    REAL_OR_ENOSYS(fstatat64);
     const char *o = match_missing(dirfd, path);
     return true_fstatat64(dirfd, o ? o : path, buf, flags);
 }
 
 AEGIS_EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *buf, int flags)
 {
-    ENOSYS_IF_MISSING(__fxstatat);
+    REAL_OR_ENOSYS(__fxstatat);
     const char *o = match_missing(dirfd, path);
     return true___fxstatat(ver, dirfd, o ? o : path, buf, flags);
 }
 
 AEGIS_EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *buf, int flags)
 {
-    ENOSYS_IF_MISSING(__fxstatat64);
+    REAL_OR_ENOSYS(__fxstatat64);
     const char *o = match_missing(dirfd, path);
     return true___fxstatat64(ver, dirfd, o ? o : path, buf, flags);
 }
 
 AEGIS_EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf)
 {
-    ENOSYS_IF_MISSING(statx);
+    REAL_OR_ENOSYS(statx);
     const char *o = match_missing(dirfd, path);
     return true_statx(dirfd, o ? o : path, flags, mask, buf);
 }
 
 AEGIS_EXPORT int access(const char *path, int mode)
 {
-    ENOSYS_IF_MISSING(access);
+    REAL_OR_ENOSYS(access);
     const char *o = match_missing(AT_FDCWD, path);
     return true_access(o ? o : path, mode);
 }
 
 AEGIS_EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
-    ENOSYS_IF_MISSING(faccessat);
+    REAL_OR_ENOSYS(faccessat);
     const char *o = match_missing(dirfd, path);
     return true_faccessat(dirfd, o ? o : path, mode, flags);
 }
