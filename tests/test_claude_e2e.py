@@ -9,11 +9,14 @@ import os
 import pwd
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 
+from aegis_mcp import control
 from tests.conftest import aegis_bin
 from tests.fake_anthropic import FakeAnthropic
 
@@ -86,3 +89,60 @@ def test_restart_tool_restarts_claude_with_continue_and_prompt(
         # The new claude resumed the conversation (--continue) and got the restart prompt.
         last = json.dumps(requests[-1]["messages"])
         assert "first prompt" in last and "continue after restart" in last
+
+
+def trust_project(user: pwd.struct_passwd, project: Path, api_key: str) -> None:
+    """What a user's first interactive run would have answered: onboarding done, the API key
+    and the project trusted, the bypass-permissions warning accepted."""
+    home = Path(user.pw_dir)
+    (home / ".claude").mkdir(exist_ok=True)
+    (home / ".claude.json").write_text(json.dumps({
+        "hasCompletedOnboarding": True, "theme": "dark",
+        "customApiKeyResponses": {"approved": [api_key[-20:]], "rejected": []},
+        "projects": {str(project): {"hasTrustDialogAccepted": True, "allowedTools": []}}}))
+    (home / ".claude" / "settings.json").write_text(
+        json.dumps({"skipDangerousModePermissionPrompt": True}))
+    subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
+
+
+def test_interactive_tui_restarts_in_the_same_terminal(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
+    key = "sk-ant-test-0123456789abcdefghijklmnop"
+    trust_project(throwaway_user, project, key)
+    with FakeAnthropic(default_text="default reply") as api:
+        api.queue_tool_use("mcp__aegis-mcp__restart_claude",
+                           {"reason": "MCP server updated", "prompt": "continue after restart"})
+        api.queue_text("restart scheduled")
+        api.queue_text("second claude here")
+        env = {**aegis_env, **api.claude_env(home=throwaway_user.pw_dir),
+               "ANTHROPIC_API_KEY": key, "SUDO_UID": str(throwaway_user.pw_uid),
+               "SUDO_GID": str(throwaway_user.pw_gid), "TERM": "xterm-256color",
+               "AEGIS_RUNTIME_DIR": str(project / ".aegis-run")}
+        env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
+        child = pexpect.spawn(aegis_bin(), ["claude"], env=env, cwd=str(project), timeout=60,
+                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
+        try:
+            child.expect("bypass permissions on")  # the TUI is up and owns the terminal
+            time.sleep(1)
+            child.send("first prompt")
+            time.sleep(0.5)
+            child.send("\r")
+            child.expect_exact("\x1b[?1049l")  # the supervisor's terminal reset ...
+            child.expect_exact("aegis-mcp: restarting claude (reason: MCP server updated)")
+            assert api.wait_for_messages(3, timeout=60)
+            last = json.dumps(api.message_requests()[-1].body["messages"])
+            assert "first prompt" in last and "continue after restart" in last  # --continue
+            sock = control.socket_path(project / ".aegis-run", child.pid)
+            status = control.request(sock, {"op": "status"})["status"]
+            assert status["restart_count"] == 1
+            assert "--continue" in status["agent_argv"]
+            # The new claude is the terminal's foreground process group: keys reach it.
+            assert os.tcgetpgrp(child.child_fd) == status["agent_pid"]
+        finally:
+            for _ in range(3):
+                child.sendcontrol("c")
+                time.sleep(0.5)
+            child.expect(pexpect.EOF, timeout=30)
+            status = child.wait()
+        # claude's own exit status, forwarded (its Ctrl-C exit)
+        assert status is not None and status < 128 + 64, (status, child.signalstatus)
