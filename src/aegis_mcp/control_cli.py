@@ -28,7 +28,11 @@ def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None
         parser.add_argument("--delay", type=float, default=0.0,
                             help="seconds to wait before stopping the agent (0 to 10)")
     else:
-        parser.description = "List the aegis-mcp supervisors running for you and their agents."
+        parser.description = (
+            "List the aegis-mcp supervisors running for you (one per `aegis-mcp <agent>` "
+            "terminal): supervisor pid, agent, agent pid, restart count, uptime, last restart "
+            "reason, network monitoring mode and working directory. Use a pid with "
+            "`aegis-mcp restart --pid`.")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 

@@ -11,6 +11,11 @@ from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "List the agent profiles: for each agent name you can give `aegis-mcp`, the executable "
+        "it runs and whether it is installed, how a restart resumes the conversation, how the "
+        "MCP server is injected, and whether the profile is built in or comes from your config "
+        "file (~/.config/aegis-mcp/config.toml, [agents.<name>] tables).")
     parser.add_argument("--json", action="store_true", help="print the profiles as JSON")
 
 

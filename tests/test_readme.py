@@ -1,0 +1,39 @@
+"""The README's commands exist: every subcommand it shows answers --help, and every
+subcommand the CLI has is in the README."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aegis_mcp.cli import SUBCOMMANDS
+from tests.conftest import aegis_bin
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+SHOWN = sorted(set(re.findall(r"^aegis-mcp (?!-)([a-z]+)\b", README, re.M)) & set(SUBCOMMANDS))
+
+
+def test_readme_shows_every_subcommand() -> None:
+    assert sorted(SUBCOMMANDS) == SHOWN
+
+
+@pytest.mark.parametrize("name", SHOWN)
+def test_subcommand_help(name: str, aegis_env: dict[str, str]) -> None:
+    out = subprocess.run([aegis_bin(), name, "--help"], env=aegis_env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert f"usage: aegis-mcp {name}" in out.stdout and len(out.stdout) > 200
+
+
+def test_top_level_help_and_version(aegis_env: dict[str, str]) -> None:
+    out = subprocess.run([aegis_bin(), "--help"], env=aegis_env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0
+    for name in [*SUBCOMMANDS, "--netmon", "--watch", "--restart-grace", "--mcp-server"]:
+        assert name in out.stdout
+    version = subprocess.run([aegis_bin(), "--version"], capture_output=True, text=True,
+                             timeout=30)
+    assert version.stdout.startswith("aegis-mcp ")
