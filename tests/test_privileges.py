@@ -103,3 +103,48 @@ def test_plain_root_runs_as_root_and_says_so(sudo_world: FakeAgentWorld) -> None
     assert out.returncode == 0
     assert "running as root (no SUDO_UID)" in out.stderr
     assert json.loads((sudo_world.state / "starts.jsonl").read_text())["uid"] == 0
+
+
+def test_control_socket_refuses_other_uids(throwaway_user: pwd.struct_passwd) -> None:
+    """Defence in depth under the 0700 directory: SO_PEERCRED is checked per connection."""
+    import threading
+
+    from aegis_mcp import control
+
+    root = Path(tempfile.mkdtemp(prefix="aegis-peer-"))
+    os.chmod(root, 0o755)
+    server = control.ControlServer(root / "s.sock", allowed_uids={0})
+    os.chmod(root / "s.sock", 0o666)  # let the other user reach it: only the uid check is left
+    stop = threading.Event()
+
+    def serve() -> None:
+        import select
+
+        while not stop.is_set():
+            if select.select([server.sock], [], [], 0.05)[0]:
+                conn = server.accept()
+                while conn is not None and not server.read(conn, lambda r: {"ok": True}):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = ("import socket, sys\n"
+              "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+              "try:\n"
+              "    s.sendall(b'{\"op\": \"ping\"}\\n'); print(repr(s.recv(100)))\n"
+              "except OSError as e: print('REFUSED', e)\n")
+    try:
+        as_user = subprocess.run(
+            ["setpriv", f"--reuid={throwaway_user.pw_uid}", f"--regid={throwaway_user.pw_gid}",
+             "--clear-groups", sys.executable, "-c", client, str(root / "s.sock")],
+            capture_output=True, text=True, timeout=30)
+        as_root = subprocess.run([sys.executable, "-c", client, str(root / "s.sock")],
+                                 capture_output=True, text=True, timeout=30)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        shutil.rmtree(root, ignore_errors=True)
+    assert as_user.returncode == 0, as_user.stderr  # it connected (the file allows it) ...
+    assert as_user.stdout.startswith(("b''", "REFUSED"))  # ... and was closed unanswered
+    assert '"ok": true' in as_root.stdout
