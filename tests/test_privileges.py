@@ -148,3 +148,27 @@ def test_control_socket_refuses_other_uids(throwaway_user: pwd.struct_passwd) ->
     assert as_user.returncode == 0, as_user.stderr  # it connected (the file allows it) ...
     assert as_user.stdout.startswith(("b''", "REFUSED"))  # ... and was closed unanswered
     assert '"ok": true' in as_root.stdout
+
+
+def test_sudo_finds_the_users_own_agent_install(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    """sudo's secure_path lacks ~/.local/bin, where claude's own installer puts claude."""
+    bindir = Path(throwaway_user.pw_dir) / ".local" / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    agent = bindir / "my-user-agent"
+    agent.write_text('#!/bin/sh\necho "uid=$(id -u) path=$PATH"\n')
+    agent.chmod(0o755)
+    Path(sudo_world.env["AEGIS_CONFIG"]).write_text(
+        '[agents.mine]\ncommand = ["my-user-agent"]\nprompt = "none"\n')
+    env = {**sudo_world.env, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    try:
+        out = subprocess.run([aegis_bin(), "mine"], env=env, capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL, cwd=sudo_world.root)
+        missing = subprocess.run([aegis_bin(), "mine"], env={**env, "SUDO_UID": "0"},
+                                 capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL, cwd=sudo_world.root)
+    finally:
+        shutil.rmtree(Path(throwaway_user.pw_dir) / ".local", ignore_errors=True)
+    assert out.returncode == 0, out.stderr
+    assert f"uid={throwaway_user.pw_uid} path={bindir}:" in out.stdout
+    assert missing.returncode == 1 and "executable not found" in missing.stderr

@@ -41,24 +41,26 @@ class User:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name, "SHELL": self.shell}
 
 
-def agent_user(keep_root: bool, warn: bool = True) -> User | None:
+def agent_user(keep_root: bool) -> User | None:
     """The user to drop to, or None to run the agent as we are."""
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() != 0 or keep_root or not sudo_uid.isdigit() or int(sudo_uid) == 0:
+        return None
+    sudo_gid = os.environ.get("SUDO_GID", "")
+    return User.from_uid(int(sudo_uid), int(sudo_gid) if sudo_gid.isdigit() else None)
+
+
+def root_notice(keep_root: bool) -> str | None:
+    """What to tell the user when the agent will run as root, if it will."""
     if os.geteuid() != 0:
         return None
     sudo_uid = os.environ.get("SUDO_UID", "")
     if not sudo_uid.isdigit() or int(sudo_uid) == 0:
-        if warn:
-            print("aegis-mcp: running as root (no SUDO_UID): the agent runs as root too",
-                  file=sys.stderr)
-        return None
+        return "running as root (no SUDO_UID): the agent runs as root too"
     if keep_root:
-        if warn:
-            print("aegis-mcp: --keep-root: the agent runs as ROOT, not as "
-                  f"uid {sudo_uid}; some agents refuse their permission flags as root",
-                  file=sys.stderr)
-        return None
-    sudo_gid = os.environ.get("SUDO_GID", "")
-    return User.from_uid(int(sudo_uid), int(sudo_gid) if sudo_gid.isdigit() else None)
+        return (f"--keep-root: the agent runs as ROOT, not as uid {sudo_uid}; some agents "
+                "refuse their permission flags as root")
+    return None
 
 
 _CHECK = (

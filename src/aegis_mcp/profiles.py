@@ -56,16 +56,29 @@ class AgentProfile:
     """Permission flags the agent refuses when it runs as root."""
     description: str = ""
 
-    def executable(self) -> str:
-        """The absolute path of the agent's executable, or an AegisError that says how to
-        install it."""
+    def executable(self, extra_dirs: tuple[str, ...] = ()) -> str:
+        """The absolute path of the agent's executable (on PATH, then in `extra_dirs`), or an
+        AegisError that says how to install it."""
+        search = os.pathsep.join([os.environ.get("PATH", os.defpath), *extra_dirs])
         for name in (self.command[0], *self.alternatives):
-            found = shutil.which(name) if os.sep not in name else (name if _is_exe(name) else None)
+            found = (shutil.which(name, path=search) if os.sep not in name
+                     else (name if _is_exe(name) else None))
             if found:
                 return found
         hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
         tried = ", ".join((self.command[0], *self.alternatives))
         raise AegisError(f"{self.name}: executable not found on PATH (looked for {tried}){hint}")
+
+
+# Where per-user installers put agent CLIs (claude's native installer, npm --prefix ~/.npm-global,
+# bun, volta, pipx): sudo's secure_path does not have them, so `sudo aegis-mcp claude` would not
+# find the user's own claude without this.
+USER_BIN_DIRS = (".local/bin", ".claude/local", ".npm-global/bin", "bin", ".bun/bin",
+                 ".volta/bin")
+
+
+def user_bin_dirs(home: str) -> tuple[str, ...]:
+    return tuple(os.path.join(home, d) for d in USER_BIN_DIRS)
 
 
 def _is_exe(path: str) -> bool:

@@ -29,8 +29,14 @@ from aegis_mcp import __version__, agentargs, control, injection, proctree
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import hooks_library, runtime_dir
-from aegis_mcp.privileges import User, agent_user, check_user_can_run
-from aegis_mcp.profiles import AgentProfile, generic_profile, get_profile, load_config
+from aegis_mcp.privileges import User, agent_user, check_user_can_run, root_notice
+from aegis_mcp.profiles import (
+    AgentProfile,
+    generic_profile,
+    get_profile,
+    load_config,
+    user_bin_dirs,
+)
 from aegis_mcp.terminal import Terminal
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
@@ -199,6 +205,10 @@ class Supervisor:
                       "AEGIS_SUPERVISOR_PID": str(self.pid)}
         env.update(server_env)
         env["AEGIS_AGENT"] = self.profile.name
+        exe_dir = os.path.dirname(self.executable)
+        path = env.get("PATH", os.defpath).split(os.pathsep)
+        if exe_dir not in path:  # found in the sudo user's own bin dir: its tools live there
+            env["PATH"] = os.pathsep.join([exe_dir, *path])
         if self.netmon_log is not None:
             env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
@@ -548,24 +558,31 @@ def _user_runtime_dir(user: User) -> Path:
     return path
 
 
-def resolve_agent(opts: SupervisorOptions) -> tuple[AgentProfile, str]:
+def resolve_agent(opts: SupervisorOptions, user: User | None = None
+                  ) -> tuple[AgentProfile, str]:
+    """The profile and the executable; under sudo the user's own bin directories are searched
+    after PATH."""
+    extra = user_bin_dirs(user.home) if user is not None else ()
     if opts.agent is None:
         profile = generic_profile(opts.agent_args)
         command = opts.agent_args[0]
-        found = shutil.which(command)
+        found = shutil.which(command, path=os.pathsep.join(
+            [os.environ.get("PATH", os.defpath), *extra]))
         if found is None:
             raise AegisError(f"{command}: command not found (check the name or give its path)",
                              127)
         opts.agent_args = opts.agent_args[1:]
         return profile, found
     profile = get_profile(opts.agent, load_config())
-    return profile, profile.executable()
+    return profile, profile.executable(extra)
 
 
 def run_supervisor(opts: SupervisorOptions) -> int:
     """`aegis-mcp [OPTIONS] AGENT [ARGS]`: returns the agent's exit status."""
-    profile, executable = resolve_agent(opts)
     user = agent_user(opts.keep_root)
+    profile, executable = resolve_agent(opts, user)
+    if notice := root_notice(opts.keep_root):
+        say(notice)
     if user is None and os.geteuid() == 0 and profile.refuses_root_flags:
         # Claude Code refuses --dangerously-skip-permissions as root (measured): starting it
         # with the flag would only fail, so start it without and say why.
