@@ -26,6 +26,14 @@ info = {"uid": os.getuid(), "log": os.environ.get("AEGIS_NETMON_LOG"),
         "netns": subprocess.run(["ip", "netns", "identify", str(os.getpid())],
                                 capture_output=True, text=True).stdout.strip()}
 url = sys.argv[2] if len(sys.argv) > 2 else None
+if url and "GATEWAY" in url:  # inside a namespace: the host is the default route's gateway
+    import socket, struct
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            gateway = socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+    url = url.replace("GATEWAY", gateway)
+    info["url"] = url
 if url:
     info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
 open(sys.argv[1], "w").write(json.dumps(info))
@@ -46,7 +54,8 @@ class Hello(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    # 0.0.0.0: reachable on loopback and from the test's own namespaces through their veth
+    server = ThreadingHTTPServer(("0.0.0.0", 0), Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -90,6 +99,24 @@ def test_preload_mode_records_the_agents_connections(
     assert netmon.status(log)["connections"] >= 1
 
 
+def test_hooks_stay_silent_in_netns_mode(tmp_path: Path,
+                                         http_server: ThreadingHTTPServer) -> None:
+    """Loaded only for the config redirect in netns mode, the hooks must not record too (the
+    capture already does: each connection would count twice)."""
+    from aegis_mcp.paths import hooks_library
+
+    url = f"http://127.0.0.1:{http_server.server_address[1]}/"
+    fetch = f"import urllib.request; urllib.request.urlopen({url!r}).read()"
+    logs = {}
+    for mode in ("preload", "netns"):
+        logs[mode] = tmp_path / f"{mode}.jsonl"
+        env = {**os.environ, "LD_PRELOAD": str(hooks_library()),
+               "AEGIS_NETMON_LOG": str(logs[mode]), "AEGIS_NETMON_MODE": mode}
+        subprocess.run([sys.executable, "-c", fetch], env=env, check=True, timeout=60)
+    assert any(e["event"] == "connect" for e in events(logs["preload"]))
+    assert not logs["netns"].exists() or not events(logs["netns"])
+
+
 def test_preload_refuses_a_static_binary(aegis_env: dict[str, str], tmp_path: Path) -> None:
     src = tmp_path / "static.c"
     src.write_text("int main(void){return 0;}\n")
@@ -108,18 +135,26 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netns mode needs root
 
 @needs_root
 def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
-        aegis_env: dict[str, str], shared_dir: Path,
-        throwaway_user: pwd.struct_passwd) -> None:
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
+        http_server: ThreadingHTTPServer) -> None:
     env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
            "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    port = http_server.server_address[1]
     out = run(env, "--netmon", "--", sys.executable, str(shared_dir / "agent.py"),
-              str(shared_dir / "info.json"), cwd=shared_dir)
+              str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
     assert out.returncode == 0, out.stderr
     assert "using netns mode" in out.stderr
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")
+    assert info["body"] == "hello " * 100
+    # The capture on the host end of the veth recorded the connection with its bytes, in the
+    # same format (and the same summary) as preload mode.
+    log = Path(info["log"])
+    closes = [e for e in events(log) if e["event"] == "close" and e.get("port") == port]
+    assert closes and closes[0]["source"] == "netns" and closes[0]["recv"] >= 600
+    assert netmon.status(log)["connections"] >= 1
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert after == before  # torn down
 

@@ -212,6 +212,8 @@ class Supervisor:
         if self.netmon_log is not None:
             env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
+            # netns: the hooks (loaded for the config redirect only) must not record as well
+            env["AEGIS_NETMON_MODE"] = server_env["AEGIS_NETMON_MODE"] = str(self.netmon_mode)
         if self.injection is not None:
             self.injection.cleanup()
         self.injection = None

@@ -49,6 +49,10 @@ static unsigned long long env_number(const char *name, unsigned long long fallba
 static void read_settings(void)
 {
     const char *log = getenv("AEGIS_NETMON_LOG");
+    /* In netns mode the namespace capture records every connection; the library is loaded only
+     * for the config redirect, and recording here too would count each connection twice. */
+    const char *mode = getenv("AEGIS_NETMON_MODE");
+    if (mode && strcmp(mode, "netns") == 0) log = NULL;
     if (log && *log && strlen(log) < sizeof aegis_cfg.log_path - 8) {
         strcpy(aegis_cfg.log_path, log);
         memcpy(aegis_cfg.rotated_path, log, strlen(log));
