@@ -138,13 +138,15 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
         aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
         http_server: ThreadingHTTPServer) -> None:
     env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
-           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run"),
+           "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/"}
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     port = http_server.server_address[1]
     out = run(env, "--netmon", "--", sys.executable, str(shared_dir / "agent.py"),
               str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
     assert out.returncode == 0, out.stderr
     assert "using netns mode" in out.stderr
+    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9/ points at this host's loopback" in out.stderr
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")

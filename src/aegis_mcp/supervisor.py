@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import selectors
 import shutil
@@ -498,10 +499,21 @@ class Supervisor:
 
                 assert self.netmon_log is not None
                 self.namespace = netns.create(self.pid, self.netmon_log)
+                self._warn_loopback_urls()
             self._spawn(resume=False, prompt=None)
             return self._loop()
         finally:
             self._shutdown()
+
+    def _warn_loopback_urls(self) -> None:
+        """Inside the namespace the host's loopback is out of reach (httptap #19): say so for
+        environment URLs that point there, with the address that reaches the host instead."""
+        host = self.namespace.state.host_addr
+        for key, value in sorted(os.environ.items()):
+            if _LOOPBACK_URL.search(value):
+                say(f"{key}={value} points at this host's loopback, which the agent cannot "
+                    f"reach from its network namespace: use {host} (the host's end of the "
+                    "namespace's link) and listen on it, or use --netmon=preload")
 
     def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -518,6 +530,10 @@ class Supervisor:
         self._refresh_netmon()
         self.control.close()
         signal.set_wakeup_fd(-1)
+
+
+_LOOPBACK_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\])(:|/|$)",
+                           re.IGNORECASE)
 
 
 def _drain_pipe(fd: int) -> str:
