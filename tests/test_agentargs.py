@@ -59,3 +59,11 @@ def test_gemini_resumes_latest() -> None:
 def test_fresh_start_after_failed_resume_has_no_resume_flag() -> None:
     argv = restart_argv(CLAUDE, "claude", ["first"], [], "again", resume=False)
     assert argv == ["claude", "--dangerously-skip-permissions", "again"]
+
+
+def test_management_subcommands_pass_through_untouched() -> None:
+    assert first_argv(CLAUDE, "claude", ["mcp", "list"], INJECT) == ["claude", "mcp", "list"]
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert restart_argv(gemini, "gemini", ["mcp", "list"], [], "p") == ["gemini", "mcp", "list"]
+    # a prompt that happens to start with another word is still a session
+    assert first_argv(CLAUDE, "claude", ["mcpx"], [])[1] == "--dangerously-skip-permissions"

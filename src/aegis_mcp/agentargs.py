@@ -68,9 +68,16 @@ def _with_injected(args: list[str], inject_args: list[str]) -> list[str]:
     return [*args, *inject_args]
 
 
+def is_subcommand(profile: AgentProfile, user_args: list[str]) -> bool:
+    """`claude mcp list` and the like: a management command, not an agent session."""
+    return bool(user_args) and user_args[0] in profile.subcommands
+
+
 def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
                inject_args: list[str]) -> list[str]:
     """The command line of the first start."""
+    if is_subcommand(profile, user_args):
+        return [executable, *profile.command[1:], *user_args]
     flags = [f for f in profile.permission_flags if f not in user_args]
     return [executable, *profile.command[1:], *flags, *_with_injected(user_args, inject_args)]
 
@@ -79,6 +86,8 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
                  inject_args: list[str], prompt: str | None, resume: bool = True) -> list[str]:
     """The command line of a restart: resume flags plus the restart prompt, if any, in place of
     the user's first prompt. `resume=False` gives a fresh start with the same arguments."""
+    if is_subcommand(profile, user_args):
+        return first_argv(profile, executable, user_args, inject_args)
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
     if prompt is not None and profile.prompt != "none":
         idx = prompt_index(profile, args)

@@ -50,6 +50,9 @@ class AgentProfile:
     """Known to be statically linked: LD_PRELOAD hooks cannot see it."""
     headless_args: tuple[str, ...] = ()
     """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task."""
+    subcommands: tuple[str, ...] = ()
+    """First words that make the run a management command (`claude mcp list`, `gemini mcp
+    list`), passed through as given: no permission, resume or injected flags."""
     max_turns_flag: str = ""
     """The agent's own turn limit flag, when it has one (`--max-turns`)."""
     refuses_root_flags: tuple[str, ...] = ()
@@ -109,6 +112,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             value_options=_CLAUDE_VALUE_OPTIONS + ("--resume", "-r"),
             variadic_options=_CLAUDE_VARIADIC_OPTIONS,
             injection="mcp-config",
+            subcommands=("mcp", "config", "doctor", "update", "install", "setup-token", "plugin",
+                         "migrate-installer", "auth"),
             headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--verbose"),
             max_turns_flag="--max-turns",
             refuses_root_flags=("--dangerously-skip-permissions",),
@@ -127,6 +132,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "--name"),
             injection="preload",
             config_files=(".cursor/mcp.json", "~/.cursor/mcp.json"),
+            subcommands=("mcp", "ls", "resume", "create-chat", "login", "logout", "status",
+                         "update", "install-shell-integration"),
             headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
             description="Cursor CLI (cursor-agent)",
         ),
@@ -155,6 +162,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "-s", "--ask-for-approval", "-a", "--cd", "-C", "-i", "--image"),
             injection="codex-config",
             static_binary=True,
+            subcommands=("mcp", "login", "logout", "completion", "apply", "sandbox", "app-server"),
             headless_args=("exec", "--json", "{prompt}"),
             description="OpenAI Codex CLI",
         ),
@@ -169,6 +177,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "--include-directories", "--output-format", "-o"),
             injection="preload",
             config_files=(".gemini/settings.json", "~/.gemini/settings.json"),
+            subcommands=("mcp", "extensions", "skills", "hooks", "update"),
             headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
             description="Gemini CLI (Google)",
         ),

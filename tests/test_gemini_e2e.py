@@ -1,0 +1,68 @@
+"""The real Gemini CLI (a Node program) sees aegis-mcp's server through the LD_PRELOAD redirect
+of its .gemini/settings.json, and the file on disk does not change. `gemini mcp list` starts
+and health-checks every configured server, so "Connected" means our server answered."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import aegis_bin
+
+GEMINI = os.environ.get("AEGIS_TEST_GEMINI", "")
+pytestmark = pytest.mark.skipif(
+    not GEMINI or not os.access(GEMINI, os.X_OK),
+    reason="AEGIS_TEST_GEMINI (the npm Gemini CLI) not set; scripts/test installs it")
+
+
+@pytest.fixture
+def gemini_env(tmp_path: Path, aegis_env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    project, home = tmp_path / "project", tmp_path / "home"
+    (project / ".gemini").mkdir(parents=True)
+    (home / ".gemini").mkdir(parents=True)
+    # A trusted folder, as the user's first run would have made it: gemini starts no MCP
+    # server in an untrusted one.
+    (home / ".gemini" / "trustedFolders.json").write_text(
+        json.dumps({str(project): "TRUST_FOLDER"}))
+    env = {**aegis_env, "HOME": str(home), "GEMINI_API_KEY": "x",
+           "PATH": f"{Path(GEMINI).parent}{os.pathsep}{aegis_env['PATH']}"}
+    return project, env
+
+
+def mcp_list(project: Path, env: dict[str, str], *opts: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([aegis_bin(), *opts, "gemini", "mcp", "list"], env=env, cwd=project,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_gemini_connects_to_the_injected_server(
+        gemini_env: tuple[Path, dict[str, str]]) -> None:
+    project, env = gemini_env
+    settings = project / ".gemini" / "settings.json"
+    settings.write_text(json.dumps({"mcpServers": {"mine": {"command": "true"}}}))
+    before = settings.read_text()
+    out = mcp_list(project, env)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr  # gemini prints the list on stderr
+    lines = {line.split(":")[0].strip("✓✗○ "): line for line in text.splitlines() if ":" in line}
+    assert "Connected" in lines["aegis-mcp"] and "--mcp-server" in lines["aegis-mcp"]
+    assert "mine" in lines  # the project's own servers are kept
+    assert settings.read_text() == before
+    plain = subprocess.run([GEMINI, "mcp", "list"], env=env, cwd=project, capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "mine" in plain.stdout + plain.stderr
+    assert "aegis-mcp" not in plain.stdout + plain.stderr  # outside the supervisor: as it is
+
+
+def test_gemini_without_a_project_config_and_without_injection(
+        gemini_env: tuple[Path, dict[str, str]]) -> None:
+    project, env = gemini_env
+    out = mcp_list(project, env)
+    assert out.returncode == 0, out.stderr
+    assert "aegis-mcp" in out.stderr and "Connected" in out.stderr
+    assert not (project / ".gemini" / "settings.json").exists()
+    off = mcp_list(project, env, "--no-inject-mcp")
+    assert off.returncode == 0 and "No MCP servers configured" in off.stderr
