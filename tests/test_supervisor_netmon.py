@@ -130,6 +130,17 @@ def test_preload_refuses_a_static_binary(aegis_env: dict[str, str], tmp_path: Pa
     assert "Traceback" not in out.stderr
 
 
+def test_preload_refuses_an_agent_known_to_be_static(aegis_env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    # codex's `codex` is a Node launcher, visible to LD_PRELOAD; its work happens in the static
+    # binary it starts. The profile knows; point the profile at a stand-in executable.
+    Path(aegis_env["AEGIS_CONFIG"]).write_text('[agents.codex]\ncommand = ["true"]\n')
+    out = run(aegis_env, "--netmon=preload", "codex", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "codex does its networking in a statically linked binary" in out.stderr
+    assert "--netmon=netns" in out.stderr
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netns mode needs root (CI is root)")
 
 

@@ -147,11 +147,14 @@ class Supervisor:
             if not hooks_library().exists():
                 raise AegisError(f"the hooks library is missing ({hooks_library()}): "
                                  "reinstall aegis-mcp with `pip install .` (it needs gcc)")
-            try:
-                from aegis_mcp.netmon import is_preload_visible
-            except ImportError:
-                is_preload_visible = None
-            if is_preload_visible is not None and not is_preload_visible(self.executable):
+            from aegis_mcp.netmon import is_preload_visible
+
+            if self.profile.static_binary:  # e.g. codex: a Node launcher that execs a static one
+                raise AegisError(
+                    f"{self.profile.name} does its networking in a statically linked binary: "
+                    "LD_PRELOAD cannot see its connections; use `sudo aegis-mcp "
+                    f"{self.profile.name} --netmon=netns` instead")
+            if not is_preload_visible(self.executable):
                 raise AegisError(
                     f"{self.executable} is statically linked: LD_PRELOAD cannot see its "
                     "connections; use `sudo aegis-mcp ... --netmon=netns` instead"
