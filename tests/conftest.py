@@ -23,6 +23,16 @@ def aegis_bin() -> str:
     return str(exe) if exe.exists() else shutil.which("aegis-mcp") or "aegis-mcp"
 
 
+def offline(command: list[str]) -> list[str]:
+    """`command` in a network namespace of its own with only loopback, when we are root: for
+    real agent CLIs that reach for the network on their own (update checks, telemetry)."""
+    if os.geteuid() != 0:
+        return command
+    import shlex
+
+    return ["unshare", "--net", "sh", "-c", f"ip link set lo up; exec {shlex.join(command)}"]
+
+
 @pytest.fixture
 def aegis_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Environment for a test's aegis-mcp processes, also applied to this process."""

@@ -138,6 +138,12 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             assert "--continue" in status["agent_argv"]
             # The new claude is the terminal's foreground process group: keys reach it.
             assert os.tcgetpgrp(child.child_fd) == status["agent_pid"]
+            # ... and it started aegis-mcp's server again (the injection of this start works).
+            deadline = time.monotonic() + 30
+            while not status["mcp_servers_seen"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = control.request(sock, {"op": "status"})["status"]
+            assert status["mcp_servers_seen"]
         finally:
             for _ in range(3):
                 child.sendcontrol("c")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import aegis_bin
+from tests.conftest import aegis_bin, offline
 
 GEMINI = os.environ.get("AEGIS_TEST_GEMINI", "")
 pytestmark = pytest.mark.skipif(
@@ -34,8 +34,9 @@ def gemini_env(tmp_path: Path, aegis_env: dict[str, str]) -> tuple[Path, dict[st
 
 
 def mcp_list(project: Path, env: dict[str, str], *opts: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([aegis_bin(), *opts, "gemini", "mcp", "list"], env=env, cwd=project,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(offline([aegis_bin(), *opts, "gemini", "mcp", "list"]), env=env,
+                          cwd=project, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_gemini_connects_to_the_injected_server(
@@ -51,8 +52,8 @@ def test_gemini_connects_to_the_injected_server(
     assert "Connected" in lines["aegis-mcp"] and "--mcp-server" in lines["aegis-mcp"]
     assert "mine" in lines  # the project's own servers are kept
     assert settings.read_text() == before
-    plain = subprocess.run([GEMINI, "mcp", "list"], env=env, cwd=project, capture_output=True,
-                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+    plain = subprocess.run(offline([GEMINI, "mcp", "list"]), env=env, cwd=project,
+                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert "mine" in plain.stdout + plain.stderr
     assert "aegis-mcp" not in plain.stdout + plain.stderr  # outside the supervisor: as it is
 

@@ -9,6 +9,7 @@ every hot-reload pays this server's cold start.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -202,5 +203,19 @@ def serve(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _say_hello()
     build_server().run("stdio")
     return 0
+
+
+def _say_hello() -> None:
+    """Tell the supervisor this server is up (its injection worked, in this agent); a
+    supervisor that is gone or slow must not keep the agent's MCP client waiting."""
+    path = os.environ.get("AEGIS_CONTROL")
+    if not path:
+        return
+    from aegis_mcp import control
+
+    with contextlib.suppress(AegisError):
+        control.request(path, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()},
+                        timeout=0.5)

@@ -80,6 +80,8 @@ class AgentRun:
     resumed: bool
     prompt: str | None
     status: int | None = None  # raw wait status once reaped
+    mcp_servers: list[dict[str, Any]] = field(default_factory=list)
+    """aegis-mcp MCP servers that said hello during this start: the injection worked."""
 
 
 @dataclass
@@ -339,9 +341,16 @@ class Supervisor:
                 f"{self.profile.name} will be stopped and started again"
                 f"{' with ' + how if how else ''} in {delay:g}s (reason: {reason}){note}"),
                 "restart_count": self.restart_count + 1}
+        if op == "hello":
+            if self.run is not None and isinstance(request.get("pid"), int):
+                self.run.mcp_servers.append({
+                    "pid": request["pid"], "ppid": request.get("ppid"),
+                    "after_s": round(time.monotonic() - self.run.started, 3)})
+                del self.run.mcp_servers[:-20]
+            return {"ok": True}
         if op == "ping":
             return {"ok": True}
-        return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, ping)"}
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, hello, ping)"}
 
     def status(self) -> dict[str, Any]:
         run = self.run
@@ -361,6 +370,7 @@ class Supervisor:
             "last_restart_reason": self.last_reason,
             "last_restart_at": self.last_restart_at,
             "injection": self.injection.mechanism if self.injection else "disabled",
+            "mcp_servers_seen": run.mcp_servers if run else [],
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
             "netns": getattr(self.namespace, "name", None),

@@ -1,0 +1,56 @@
+"""The real Codex CLI (a Node launcher and a static binary) starts aegis-mcp's server from the
+supervisor's `-c mcp_servers.aegis-mcp.*` overrides: the server says hello to its supervisor.
+
+Codex tries the network on its own (its API, then other hosts), so it runs in a network
+namespace of the test's own with only loopback: nothing leaves the machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from aegis_mcp import control
+from tests.conftest import aegis_bin, offline
+
+CODEX = os.environ.get("AEGIS_TEST_CODEX", "")
+pytestmark = [
+    pytest.mark.skipif(not CODEX or not os.access(CODEX, os.X_OK),
+                       reason="AEGIS_TEST_CODEX (the npm Codex CLI) not set; scripts/test "
+                              "installs it"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for its own network namespace"),
+]
+
+
+def test_codex_starts_the_injected_server(tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home, run = tmp_path / "project", tmp_path / "home", tmp_path / "run"
+    project.mkdir()
+    home.mkdir()
+    env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
+           "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "AEGIS_RUNTIME_DIR": str(run),
+           "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
+    sup = subprocess.Popen(offline([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
+                                    "say hi"]), env=env, cwd=project, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        sock = control.socket_path(run, sup.pid)
+        seen: list[dict] = []
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline and sup.poll() is None:
+            time.sleep(0.1)
+            if sock.exists():
+                status = control.request(sock, {"op": "status"})["status"]
+                seen = status["mcp_servers_seen"]
+        assert seen, "codex never started aegis-mcp's MCP server"
+        assert status["injection"] == "codex -c mcp_servers override"
+        assert "-c" in status["agent_argv"]
+        assert "--dangerously-bypass-approvals-and-sandbox" in status["agent_argv"]
+        parent = psutil.Process(seen[0]["ppid"])
+        assert "codex" in parent.name()  # started by codex's own (static) binary
+    finally:
+        sup.terminate()
+        sup.wait(30)
