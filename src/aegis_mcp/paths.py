@@ -32,16 +32,23 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def runtime_base(uid: int) -> Path:
+    """Where the runtime directory of `uid` lives, the same answer for that user's own
+    processes and for a root supervisor started through sudo on its behalf: `/run/user/<uid>`
+    when the system made one, else the temp dir."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if uid == os.geteuid() and xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        return Path(xdg) / "aegis-mcp"
+    if os.path.isdir(f"/run/user/{uid}"):
+        return Path(f"/run/user/{uid}/aegis-mcp")
+    return Path(tempfile.gettempdir()) / f"aegis-mcp-{uid}"
+
+
 def runtime_dir() -> Path:
     """The per-user 0700 runtime directory: `$AEGIS_RUNTIME_DIR`, `$XDG_RUNTIME_DIR/aegis-mcp`,
-    else `<tmp>/aegis-mcp-<uid>`."""
+    `/run/user/<uid>/aegis-mcp`, else `<tmp>/aegis-mcp-<uid>`."""
     explicit = os.environ.get("AEGIS_RUNTIME_DIR")
-    if explicit:
-        return ensure_private_dir(Path(explicit))
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
-        return ensure_private_dir(Path(xdg) / "aegis-mcp")
-    return ensure_private_dir(Path(tempfile.gettempdir()) / f"aegis-mcp-{os.geteuid()}")
+    return ensure_private_dir(Path(explicit) if explicit else runtime_base(os.geteuid()))
 
 
 def state_dir() -> Path:

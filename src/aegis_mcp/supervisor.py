@@ -29,7 +29,7 @@ from typing import Any
 from aegis_mcp import __version__, agentargs, control, injection, proctree
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
-from aegis_mcp.paths import hooks_library, runtime_dir
+from aegis_mcp.paths import hooks_library, runtime_base, runtime_dir
 from aegis_mcp.privileges import User, agent_user, check_user_can_run, root_notice
 from aegis_mcp.profiles import (
     AgentProfile,
@@ -572,14 +572,8 @@ def _current_user() -> str:
 def _user_runtime_dir(user: User) -> Path:
     """The runtime directory of the user the agent runs as (the MCP server, running as that
     user, must reach the control socket), created by root with that user as owner."""
-    if explicit := os.environ.get("AEGIS_RUNTIME_DIR"):
-        path = Path(explicit)
-    elif os.path.isdir(f"/run/user/{user.uid}"):
-        path = Path(f"/run/user/{user.uid}/aegis-mcp")
-    else:
-        import tempfile
-
-        path = Path(tempfile.gettempdir()) / f"aegis-mcp-{user.uid}"
+    explicit = os.environ.get("AEGIS_RUNTIME_DIR")
+    path = Path(explicit) if explicit else runtime_base(user.uid)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.lstat()
     if st.st_uid not in (user.uid, 0) or not path.is_dir() or path.is_symlink():
