@@ -270,6 +270,8 @@ def test_bad_input_gets_one_clear_line(world: FakeAgentWorld, args: list[str], c
     text = out.stderr + out.stdout
     assert message in text
     assert "Traceback" not in text
+    run_dir = Path(world.env["AEGIS_RUNTIME_DIR"])
+    assert not run_dir.exists() or not list(run_dir.iterdir())  # nothing left behind
 
 
 def test_missing_agent_binary_names_the_install_hint(world: FakeAgentWorld) -> None:

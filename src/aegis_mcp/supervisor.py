@@ -108,6 +108,11 @@ class Supervisor:
     # -- setup ------------------------------------------------------------------------------
 
     def _setup(self) -> None:
+        """Everything before the first start; all checks that can fail come before anything
+        that would need cleaning up (the socket, the signal handlers)."""
+        for path in self.opts.watch:
+            if not os.path.exists(path):
+                raise AegisError(f"--watch {path}: no such file or directory")
         self.pid = os.getpid()
         owner = self.user.uid if self.user else None
         self.runtime = runtime_dir() if self.user is None else _user_runtime_dir(self.user)
@@ -172,9 +177,6 @@ class Supervisor:
         self._watch_stop = threading.Event()
         if not self.opts.watch:
             return
-        for path in self.opts.watch:
-            if not os.path.exists(path):
-                raise AegisError(f"--watch {path}: no such file or directory")
         r, w = os.pipe()
         os.set_blocking(r, False)
         self._watch_r = r
