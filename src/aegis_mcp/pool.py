@@ -50,6 +50,7 @@ _DROPPED_ENV = (
     "LD_PRELOAD", "CURSOR_AGENT", "CODEX_SANDBOX", "GEMINI_CLI",
 )
 RUNNER_MARK = "AEGIS_POOL_RUNNER"
+_IDS_HINT = "the agent_list tool or `aegis-mcp agents list` shows the ids"
 """Environment variable naming the agent id in every runner's environment. Runners started by
 the MCP server are descendants of the supervisor (a child subreaper); its stop of the agent's
 tree must skip them and their descendants, or background agents would die at each reload."""
@@ -376,7 +377,7 @@ class Pool:
 
     def _row(self, agent_id: str) -> sqlite3.Row:
         if not isinstance(agent_id, str) or not agent_id.strip():
-            raise AegisError("agent id must not be empty (see agent_list)")
+            raise AegisError(f"agent id must not be empty ({_IDS_HINT})")
         agent_id = agent_id.strip()
         row = self.conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
         if row is not None:
@@ -388,7 +389,7 @@ class Pool:
             return rows[0]
         if rows:
             raise AegisError(f"agent id {agent_id!r} is ambiguous: give more characters")
-        raise AegisError(f"unknown agent id {agent_id!r} (see agent_list)")
+        raise AegisError(f"unknown agent id {agent_id!r} ({_IDS_HINT})")
 
     def resolve_id(self, agent_id: str) -> str:
         """The full id of `agent_id`, which may be a unique prefix."""
