@@ -189,3 +189,26 @@ def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],
     assert out.returncode == 1
     assert "needs root" in out.stderr and "--netmon=preload" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@needs_root
+def test_netns_torn_down_when_the_supervisor_is_terminated(aegis_env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    import signal
+    import time
+
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sleep", "60"], env=aegis_env,
+                           cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    name = f"aegis-{sup.pid}"
+    deadline = time.monotonic() + 30
+    while name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                     text=True).stdout:
+        assert time.monotonic() < deadline and sup.poll() is None, "no namespace appeared"
+        time.sleep(0.1)
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(30) == 128 + signal.SIGTERM
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert after == before
+    assert name not in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                      text=True).stdout.replace("aegis_", "aegis-")
