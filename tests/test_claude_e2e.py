@@ -123,9 +123,15 @@ def test_interactive_tui_restarts_in_the_same_terminal(
                               encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
         try:
             child.expect("bypass permissions on")  # the TUI is up and owns the terminal
-            time.sleep(1)
-            child.send("first prompt")
-            time.sleep(0.5)
+            for _ in range(5):  # typed before the input box is ready, keys are dropped
+                time.sleep(0.5)
+                child.send("first prompt")
+                # the TUI draws the echo with cursor moves between the words
+                echo = r"first(\x1b\[[0-9;]*[A-Za-z]| )*prompt"
+                if child.expect([echo, pexpect.TIMEOUT], timeout=5) == 0:
+                    break
+                child.sendcontrol("u")
+            time.sleep(0.3)
             child.send("\r")
             child.expect_exact("\x1b[?1049l")  # the supervisor's terminal reset ...
             child.expect_exact("aegis-mcp: restarting claude (reason: MCP server updated)")
