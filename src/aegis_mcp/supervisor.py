@@ -215,8 +215,8 @@ class Supervisor:
         env["AEGIS_AGENT"] = self.profile.name
         exe_dir = os.path.dirname(self.executable)
         path = env.get("PATH", os.defpath).split(os.pathsep)
-        if exe_dir not in path:  # found in the sudo user's own bin dir: its tools live there
-            env["PATH"] = os.pathsep.join([exe_dir, *path])
+        if self.user is not None and exe_dir not in path:
+            env["PATH"] = os.pathsep.join([exe_dir, *path])  # the user's own bin dir (sudo)
         if self.netmon_log is not None:
             env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
@@ -295,10 +295,12 @@ class Supervisor:
     def _child_stopped(self, sig: int) -> None:
         assert self.run is not None
         pgid = self.run.proc.pid
-        if sig in (signal.SIGTTOU, signal.SIGTTIN) or not self.terminal.interactive:
+        if sig in (signal.SIGTTOU, signal.SIGTTIN):  # touched the terminal before it was given
             self.terminal.give_to(pgid)
             proctree.killpg(pgid, signal.SIGCONT)
             return
+        if not self.terminal.interactive:
+            return  # stopped by someone else's SIGSTOP/SIGTSTP: theirs to continue
         # Ctrl-Z: the agent stopped; stop ourselves too so the shell sees the job stopped,
         # and when it continues us (`fg`), hand the terminal back and continue the agent.
         self.terminal.take_back()
