@@ -288,3 +288,14 @@ def test_generic_command_runs(world: FakeAgentWorld) -> None:
     out = run_cli(world, "--", "sh", "-c", "echo hi $AEGIS_AGENT; exit 5")
     assert out.returncode == 5
     assert "hi sh" in out.stdout
+
+
+def test_runtime_dir_too_long_for_a_socket_is_one_clear_line(world: FakeAgentWorld,
+                                                            tmp_path: Path) -> None:
+    long_dir = tmp_path / ("x" * 110)
+    out = subprocess.run([aegis_bin(), "fake"], env={**world.env,
+                         "AEGIS_RUNTIME_DIR": str(long_dir)}, capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL, cwd=world.root)
+    assert out.returncode == 1
+    assert "set a shorter AEGIS_RUNTIME_DIR" in out.stderr and "Traceback" not in out.stderr
+    assert world.starts() == []

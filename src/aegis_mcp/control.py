@@ -44,6 +44,12 @@ class ControlServer:
         old = os.umask(0o177)  # created 0600: no window where others could connect
         try:
             self.sock.bind(str(path))
+        except OSError as exc:
+            self.sock.close()
+            hint = " (a Unix socket path must be under 108 bytes: set a shorter " \
+                "AEGIS_RUNTIME_DIR)" if len(str(path)) >= 100 else ""
+            why = exc.strerror or str(exc)
+            raise AegisError(f"cannot create the control socket {path}: {why}{hint}") from None
         finally:
             os.umask(old)
         if owner_uid is not None and owner_uid != os.geteuid():
