@@ -203,3 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        import os
+
+        if os.environ.get("AEGIS_DEBUG"):
+            raise
+        print(f"aegis-mcp: unexpected error: {type(exc).__name__}: {exc} (run again with "
+              "AEGIS_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 70
