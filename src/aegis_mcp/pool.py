@@ -795,6 +795,44 @@ class Pool:
             "store": str(self.db_path),
         }
 
+    def prune(self, older_than_secs: float, worktrees: bool = False) -> dict[str, Any]:
+        """Forget agents that ended more than `older_than_secs` ago: their rows, logs and done
+        files. An agent whose git worktree still exists is kept (its work may not be merged
+        yet) unless `worktrees`: then the worktree is removed with `git worktree remove`, which
+        refuses a worktree with uncommitted changes; the branch always stays."""
+        if not 0 <= older_than_secs <= 10 * 365 * 86400:
+            raise AegisError(f"older_than_secs must be from 0 to ten years (got {older_than_secs})")
+        self.refresh()
+        cutoff = time.time() - older_than_secs
+        rows = self.conn.execute(
+            "SELECT * FROM agents WHERE state IN (?, ?, ?, ?) AND ended_at IS NOT NULL"
+            " AND ended_at <= ? ORDER BY seq", (*ENDED, cutoff)).fetchall()
+        removed, kept = [], []
+        for row in rows:
+            tree = row["worktree_path"]
+            if tree and os.path.isdir(tree):
+                why = None
+                if not worktrees:
+                    why = "its worktree is still there (pass --worktrees to remove it)"
+                else:
+                    done = subprocess.run(
+                        ["git", "-C", row["repo_root"], "worktree", "remove", tree],
+                        capture_output=True, text=True, check=False)
+                    if done.returncode != 0:
+                        why = f"git worktree remove refused: {done.stderr.strip()[:200]}"
+                if why:
+                    kept.append({"agent_id": row["id"], "worktree_path": tree,
+                                 "branch": row["branch"], "why": why})
+                    continue
+            with self.transaction() as conn:
+                conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
+            for path in (self.log_path(row["id"]), self.done / row["id"]):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append({"agent_id": row["id"], "state": row["state"],
+                            "branch": row["branch"]})
+        return {"removed": removed, "kept": kept}
+
     def locks(self) -> list[dict[str, Any]]:
         """Every held lock: the locked tree, its agent, since when, and who waits for it."""
         self.refresh()

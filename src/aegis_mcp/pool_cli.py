@@ -25,6 +25,7 @@ examples:
   aegis-mcp agents await 3f9c --timeout 600
   aegis-mcp agents logs 3f9c --follow
   aegis-mcp agents stop 3f9c
+  aegis-mcp agents prune --older-than 7d
 
 Agent ids may be shortened to any unique prefix."""
 
@@ -94,6 +95,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Show every directory tree locked by a running agent, since when, and the queued "
         "agents waiting for it.")
 
+    p = add("prune", "forget agents that ended long ago (rows, logs)",
+            "Forget agents that ended more than --older-than ago: their records, logs and done "
+            "files. Agents whose git worktree still exists are kept, so unmerged work is not "
+            "lost; --worktrees removes those worktrees too (git refuses one with uncommitted "
+            "changes; branches are always kept).")
+    p.add_argument("--older-than", type=_duration, default=7 * 86400.0, metavar="AGE",
+                   help="e.g. 30m, 12h, 7d (default), or 0 for every ended agent")
+    p.add_argument("--worktrees", action="store_true",
+                   help="also remove the git worktrees of those agents (not their branches)")
+
     p = add("logs", "print an agent's output log",
             "Print the agent's full output log (its stream-json events for claude), or the last "
             "lines of it; --follow keeps printing until the agent ends.")
@@ -122,6 +133,29 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 7 * 86400:
         raise argparse.ArgumentTypeError(f"{text} must be from 0 to 604800 seconds")
     return value
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age like 30m, 12h or 7d") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def _prune(pool: Any, args: argparse.Namespace) -> int:
+    result = pool.prune(args.older_than, worktrees=args.worktrees)
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"removed {len(result['removed'])} ended agent(s)")
+    for kept in result["kept"]:
+        print(f"kept {kept['agent_id']} (branch {kept['branch']}): {kept['why']}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -340,4 +374,4 @@ def _logs(pool: Any, args: argparse.Namespace) -> int:
 
 
 _ACTIONS = {"spawn": _spawn, "list": _list, "status": _status, "await": _await, "stop": _stop,
-            "stats": _stats, "locks": _locks, "logs": _logs}
+            "stats": _stats, "locks": _locks, "logs": _logs, "prune": _prune}
