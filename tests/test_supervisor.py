@@ -299,3 +299,18 @@ def test_runtime_dir_too_long_for_a_socket_is_one_clear_line(world: FakeAgentWor
     assert out.returncode == 1
     assert "set a shorter AEGIS_RUNTIME_DIR" in out.stderr and "Traceback" not in out.stderr
     assert world.starts() == []
+
+
+def test_files_of_killed_supervisors_are_cleaned_at_the_next_start(world: FakeAgentWorld) -> None:
+    run_dir = Path(world.env["AEGIS_RUNTIME_DIR"])
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [run_dir / f"supervisor-{dead.pid}.sock", run_dir / f"mcp-overlay-{dead.pid}.json",
+             run_dir / f"config-overlay-{dead.pid}-0.json"]
+    kept = [run_dir / f"netmon-{dead.pid}.jsonl", run_dir / f"mcp-overlay-{os.getpid()}.json"]
+    for path in stale + kept:
+        path.write_text("x")
+    assert finish(world.spawn("fake", "--exit-code", "0")) == 0
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)

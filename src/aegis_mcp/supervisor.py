@@ -119,6 +119,7 @@ class Supervisor:
         self._resolve_netmon()
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
+        _remove_stale_files(self.runtime)
         proctree.set_child_subreaper()
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
         self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
@@ -562,6 +563,29 @@ def _drain_pipe(fd: int) -> str:
                     part.split("\n") if n})
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return shown or "?"
+
+
+_STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-overlay-(\d+)\.json|"
+                            r"config-overlay-(\d+)-\d+\.json)$")
+
+
+def _remove_stale_files(runtime: Path) -> None:
+    """Sockets and overlays of supervisors that were killed (no chance to clean up) go; netmon
+    logs stay, they are the record of what an agent did."""
+    for path in runtime.iterdir():
+        match = _STALE_PATTERN.match(path.name)
+        if not match:
+            continue
+        pid = int(next(g for g in match.groups() if g))
+        try:
+            os.kill(pid, 0)
+            continue  # alive (ours or another uid's)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _current_user() -> str:
