@@ -107,6 +107,21 @@ def test_restart_from_the_cli_and_ps(world: FakeAgentWorld) -> None:
     assert finish(child) == 0
 
 
+def test_restart_wait_reports_the_new_agent_and_its_mcp_server(world: FakeAgentWorld) -> None:
+    child = world.spawn("fake")
+    child.expect("READY")
+    out = subprocess.run([aegis_bin(), "restart", "--wait", "20", "--json"], env=world.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)["restarted"]
+    second = world.wait_starts(2)[1]
+    assert done["agent_pid"] == second["pid"] and done["restart_count"] == 1
+    server = next(c for c in second["children"] if c["name"] == "aegis-mcp")
+    assert [s["pid"] for s in done["mcp_servers_seen"]] == [server["pid"]]
+    child.sendline("exit 0")
+    assert finish(child) == 0
+
+
 def test_restart_kills_whole_tree_including_stubborn_and_double_forked(
         world: FakeAgentWorld) -> None:
     child = world.spawn("--restart-grace", "0.5", "fake", "--behaviour",

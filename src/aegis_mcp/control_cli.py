@@ -27,6 +27,10 @@ def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None
         parser.add_argument("--prompt", help="a prompt the restarted agent starts with")
         parser.add_argument("--delay", type=float, default=0.0,
                             help="seconds to wait before stopping the agent (0 to 10)")
+        parser.add_argument("--wait", type=float, nargs="?", const=30.0, default=None,
+                            metavar="SECS",
+                            help="wait (up to SECS, default 30) until the new agent runs, and "
+                            "say its pid and whether its aegis-mcp MCP server came up")
     else:
         parser.description = (
             "List the aegis-mcp supervisors running for you (one per `aegis-mcp <agent>` "
@@ -58,6 +62,23 @@ def find_supervisor(pid: int | None) -> Path:
     return live[0][1]
 
 
+def wait_for_restart(path: Path, count: int, timeout: float) -> dict[str, Any]:
+    """The supervisor's status once restart number `count` has a running agent (and, if it
+    comes within the time, that agent's MCP server has said hello)."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = control.request(path, {"op": "status"}, timeout=5)["status"]
+        running = status["restart_count"] >= count and status["agent_pid"]
+        no_server = status["injection"] == "disabled" or status["injection"].startswith("none")
+        if running and (status["mcp_servers_seen"] or no_server):
+            return status
+        time.sleep(0.1)
+    if status.get("restart_count", 0) >= count and status.get("agent_pid"):
+        return status  # running; its MCP server did not come up in time
+    raise AegisError(f"the agent was not running again after {timeout:g}s (see `aegis-mcp ps`)")
+
+
 def supervisors() -> list[dict[str, Any]]:
     rows = []
     for _pid, path in control.live_sockets(runtime_dir()):
@@ -74,15 +95,25 @@ def run(args: argparse.Namespace) -> int:
     if args.subcommand == "restart":
         if not 0 <= args.delay <= 10:
             raise AegisError("--delay must be between 0 and 10 seconds", 2)
+        if args.wait is not None and not 0 < args.wait <= 600:
+            raise AegisError("--wait must be between 0 and 600 seconds", 2)
         path = find_supervisor(args.pid)
         answer = control.request(path, {"op": "restart", "reason": args.reason,
                                         "prompt": args.prompt, "delay": args.delay})
+        if not answer.get("ok"):
+            if args.json:
+                print(json.dumps(answer))
+            raise AegisError(answer.get("error", "the supervisor refused the restart"))
+        if args.wait is not None:
+            answer["restarted"] = wait_for_restart(path, answer["restart_count"], args.wait)
         if args.json:
             print(json.dumps(answer))
-        if not answer.get("ok"):
-            raise AegisError(answer.get("error", "the supervisor refused the restart"))
-        if not args.json:
-            print(answer["message"])
+            return 0
+        print(answer["message"])
+        if args.wait is not None:
+            done = answer["restarted"]
+            mcp = "up" if done["mcp_servers_seen"] else "not seen (yet)"
+            print(f"restarted: {done['agent']} pid {done['agent_pid']}, aegis-mcp MCP server {mcp}")
         return 0
     rows = supervisors()
     if args.json:
