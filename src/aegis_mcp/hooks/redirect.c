@@ -173,17 +173,21 @@ static const char *match_missing(int dirfd, const char *path)
 
 #define NEEDS_MODE(flags) (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE)
 
+/* The optional third argument of open/openat: read only when the flags say it was passed. */
+#define MODE_ARG(flags, mode)                                                                      \
+    mode_t mode = 0;                                                                               \
+    if (NEEDS_MODE(flags)) {                                                                       \
+        va_list ap;                                                                                \
+        va_start(ap, flags);                                                                       \
+        mode = va_arg(ap, mode_t);                                                                 \
+        va_end(ap);                                                                                \
+    }
+
 #define OPEN_HOOK(name)                                                                            \
     AEGIS_EXPORT int name(const char *path, int flags, ...)                                        \
     {                                                                                              \
-        mode_t mode = 0;                                                                           \
-        if (NEEDS_MODE(flags)) {                                                                   \
-            va_list ap;                                                                            \
-            va_start(ap, flags);                                                                   \
-            mode = va_arg(ap, mode_t);                                                             \
-            va_end(ap);                                                                            \
-        }                                                                                          \
-        REAL_OR_ENOSYS(name);                                                                   \
+        MODE_ARG(flags, mode);                                                                     \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = read_only_flags(flags) ? match(AT_FDCWD, path) : NULL;                     \
         return true_##name(o ? o : path, flags, mode);                                             \
     }
@@ -191,14 +195,8 @@ static const char *match_missing(int dirfd, const char *path)
 #define OPENAT_HOOK(name)                                                                          \
     AEGIS_EXPORT int name(int dirfd, const char *path, int flags, ...)                             \
     {                                                                                              \
-        mode_t mode = 0;                                                                           \
-        if (NEEDS_MODE(flags)) {                                                                   \
-            va_list ap;                                                                            \
-            va_start(ap, flags);                                                                   \
-            mode = va_arg(ap, mode_t);                                                             \
-            va_end(ap);                                                                            \
-        }                                                                                          \
-        REAL_OR_ENOSYS(name);                                                                   \
+        MODE_ARG(flags, mode);                                                                     \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = read_only_flags(flags) ? match(dirfd, path) : NULL;                        \
         return true_##name(dirfd, o ? o : path, flags, mode);                                      \
     }
@@ -211,7 +209,7 @@ OPENAT_HOOK(openat64)
 #define OPEN2_HOOK(name)                                                                           \
     AEGIS_EXPORT int name(const char *path, int flags)                                             \
     {                                                                                              \
-        REAL_OR_ENOSYS(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = read_only_flags(flags) ? match(AT_FDCWD, path) : NULL;                     \
         return true_##name(o ? o : path, flags);                                                   \
     }
@@ -219,7 +217,7 @@ OPENAT_HOOK(openat64)
 #define OPENAT2_HOOK(name)                                                                         \
     AEGIS_EXPORT int name(int dirfd, const char *path, int flags)                                  \
     {                                                                                              \
-        REAL_OR_ENOSYS(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = read_only_flags(flags) ? match(dirfd, path) : NULL;                        \
         return true_##name(dirfd, o ? o : path, flags);                                            \
     }
@@ -263,7 +261,7 @@ FREOPEN_HOOK(freopen64)
 #define STAT_HOOK(name, st_t)                                                                      \
     AEGIS_EXPORT int name(const char *path, struct st_t *buf)                                      \
     {                                                                                              \
-        REAL_OR_ENOSYS(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = match_missing(AT_FDCWD, path);                                             \
         return true_##name(o ? o : path, buf);                                                     \
     }
@@ -276,7 +274,7 @@ STAT_HOOK(lstat64, stat64)
 #define XSTAT_HOOK(name, st_t)                                                                     \
     AEGIS_EXPORT int name(int ver, const char *path, struct st_t *buf)                             \
     {                                                                                              \
-        REAL_OR_ENOSYS(name);                                                                   \
+        REAL_OR_ENOSYS(name);                                                                      \
         const char *o = match_missing(AT_FDCWD, path);                                             \
         return true_##name(ver, o ? o : path, buf);                                                \
     }
