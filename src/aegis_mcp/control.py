@@ -58,9 +58,6 @@ class ControlServer:
         self.sock.setblocking(False)
         self._buffers: dict[socket.socket, bytearray] = {}
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def accept(self) -> socket.socket | None:
         try:
             conn, _ = self.sock.accept()
