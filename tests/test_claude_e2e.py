@@ -19,6 +19,7 @@ import pytest
 from aegis_mcp import control
 from tests.conftest import aegis_bin
 from tests.fake_anthropic import FakeAnthropic
+from tests.tui import Screen
 
 CLAUDE = os.environ.get("AEGIS_TEST_CLAUDE", "")
 pytestmark = [
@@ -121,19 +122,25 @@ def test_interactive_tui_restarts_in_the_same_terminal(
         env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
         child = pexpect.spawn(aegis_bin(), ["claude"], env=env, cwd=str(project), timeout=60,
                               encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
+        screen = Screen(child, rows=40, cols=120)
         try:
-            child.expect("bypass permissions on")  # the TUI is up and owns the terminal
-            for _ in range(5):  # typed before the input box is ready, keys are dropped
+            # The TUI is up and owns the terminal: its mode line and its input box are drawn.
+            screen.wait_for(r"bypass permissions on")
+            screen.wait_for(r"❯")
+            for attempt in range(5):  # typed before the input box is ready, keys are dropped
                 time.sleep(0.5)
                 child.send("first prompt")
-                # the TUI draws the echo with cursor moves between the words
-                echo = r"first(\x1b\[[0-9;]*[A-Za-z]| )*prompt"
-                if child.expect([echo, pexpect.TIMEOUT], timeout=5) == 0:
+                try:
+                    screen.wait_for(r"❯\s*first prompt", timeout=5)
                     break
+                except AssertionError:
+                    if attempt == 4:
+                        raise
                 child.sendcontrol("u")
             time.sleep(0.3)
             child.send("\r")
             child.expect_exact("\x1b[?1049l")  # the supervisor's terminal reset ...
+            # ... and its one-line notice: our own output, written in one piece
             child.expect_exact("aegis-mcp: restarting claude (reason: MCP server updated)")
             assert api.wait_for_messages(3, timeout=60)
             last = json.dumps(api.message_requests()[-1].body["messages"])

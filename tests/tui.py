@@ -1,0 +1,60 @@
+"""What a terminal user would see of a full-screen program in a pexpect pty.
+
+Claude Code's renderer writes only the cells that changed between frames, so a phrase on the
+screen need not appear as one run of bytes in the output: it can be split by cursor moves, or
+be half left over from an earlier frame. Tests that wait for a TUI therefore look at a rendered
+screen (pyte), not at the byte stream, and show that screen when the wait fails.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pexpect
+import pyte
+
+
+class Screen:
+    """Feeds everything `child` prints into a pyte screen of the pty's size."""
+
+    def __init__(self, child: pexpect.spawn, rows: int, cols: int) -> None:
+        self.child = child
+        self.screen = pyte.Screen(cols, rows)
+        self.stream = pyte.Stream(self.screen)
+        child.logfile_read = self  # pexpect hands every chunk it reads to write()
+
+    def write(self, data: str) -> None:
+        self.stream.feed(data)
+
+    def flush(self) -> None:
+        pass
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Read output until `pattern` (a regex) matches the rendered screen."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            match = regex.search(self.text())
+            if match:
+                return match
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{pattern!r} not on the screen after {timeout:.0f} s; "
+                                     f"the screen:\n{self.dump()}")
+            try:
+                self.child.read_nonblocking(65536, timeout=min(0.2, left))
+            except pexpect.TIMEOUT:
+                pass
+            except pexpect.EOF as exc:
+                raise AssertionError(f"the program exited before {pattern!r} showed; "
+                                     f"the screen:\n{self.dump()}") from exc
+
+    def dump(self) -> str:
+        lines = self.text().splitlines()
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(f"  |{line}" for line in lines)
