@@ -23,6 +23,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,9 +63,14 @@ class RecordedRequest:
 class FakeAnthropic:
     """The stand-in server: starts on a free loopback port in a background thread."""
 
-    def __init__(self, default_text: str = "ok", host: str = "127.0.0.1") -> None:
+    def __init__(self, default_text: str = "ok", host: str = "127.0.0.1",
+                 bind: Callable[[Callable[[], ThreadingHTTPServer]], ThreadingHTTPServer]
+                 | None = None) -> None:
+        """`bind`, when given, creates the listening socket: PrivateLoopback.run puts it in a
+        network namespace of the test's own."""
         self.default_text = default_text
         self.host = host
+        self._bind = bind
         self.requests: list[RecordedRequest] = []
         self._replies: deque[Reply] = deque()
         self._lock = threading.Condition()
@@ -76,7 +82,11 @@ class FakeAnthropic:
 
     def start(self) -> FakeAnthropic:
         handler = _make_handler(self)
-        self._server = ThreadingHTTPServer((self.host, 0), handler)
+
+        def create() -> ThreadingHTTPServer:
+            return ThreadingHTTPServer((self.host, 0), handler)
+
+        self._server = self._bind(create) if self._bind else create()
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="fake-anthropic", daemon=True

@@ -89,6 +89,11 @@ def killpg(pgid: int, sig: int) -> None:
             raise
 
 
+INTERRUPT_SPACING = 0.3
+"""Seconds between repeated SIGINTs: long enough for an agent to handle the first (Aider then
+prints "^C again to exit"), well inside the window in which it takes the second as an exit."""
+
+
 def stop_tree(
     agent_pgid: int | None,
     agent_alive: Callable[[], bool],
@@ -97,9 +102,12 @@ def stop_tree(
     exclude: Iterable[int] = (),
     log: Callable[[str], None] = lambda _msg: None,
     first_signal: int = signal.SIGINT,
+    interrupts: int = 1,
 ) -> None:
     """SIGINT to the agent's process group (what Ctrl-C does), wait `grace` for the agent; then
     SIGTERM to every process left in the tree, wait `grace`; then SIGKILL to what is still there.
+    With `interrupts` > 1 the SIGINT is repeated, INTERRUPT_SPACING apart, for agents that exit
+    only on a second Ctrl-C (Aider); the grace runs from the last one.
 
     `agent_alive()` says whether the agent has been reaped yet; `wait(t)` blocks up to `t`
     seconds for a child event and reaps (the caller's SIGCHLD handling).
@@ -117,6 +125,11 @@ def stop_tree(
 
     if agent_pgid is not None and agent_alive():
         killpg(agent_pgid, first_signal)
+        repeats = interrupts - 1 if first_signal == signal.SIGINT else 0
+        for _ in range(repeats):
+            if settle(lambda: not agent_alive(), INTERRUPT_SPACING):
+                break
+            killpg(agent_pgid, first_signal)
         if not settle(lambda: not agent_alive(), grace):
             log(f"agent still running {grace:g}s after {signal.Signals(first_signal).name}")
     left = tree(exclude)

@@ -57,6 +57,8 @@ class AgentProfile:
     """The agent's own turn limit flag, when it has one (`--max-turns`)."""
     refuses_root_flags: tuple[str, ...] = ()
     """Permission flags the agent refuses when it runs as root."""
+    interrupts: int = 1
+    """SIGINTs sent to stop it, like Ctrl-C presses (Aider exits only on the second)."""
     description: str = ""
 
     def executable(self, extra_dirs: tuple[str, ...] = ()) -> str:
@@ -150,6 +152,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "--chat-history-file", "--input-history-file", "--config", "-c"),
             injection="none",
             headless_args=("--message", "{prompt}", "--no-pretty", "--no-stream"),
+            interrupts=2,  # the first Ctrl-C only says "^C again to exit"
             description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
         ),
         AgentProfile(
@@ -219,6 +222,9 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
         elif key == "static_binary":
             if not isinstance(value, bool):
                 raise AegisError(f"{source}: [agents.{name}] {key} must be true or false")
+        elif key == "interrupts":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+                raise AegisError(f"{source}: [agents.{name}] {key} must be a number from 1 to 5")
         elif not isinstance(value, str):
             raise AegisError(f"{source}: [agents.{name}] {key} must be a string")
         values[key] = value

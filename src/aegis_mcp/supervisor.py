@@ -390,7 +390,7 @@ class Supervisor:
         proctree.stop_tree(
             run.proc.pid if run else None, self._agent_alive, self._wait,
             self.opts.restart_grace, exclude=getattr(self.namespace, "helper_pids", ()),
-            log=say, first_signal=first_signal)
+            log=say, first_signal=first_signal, interrupts=self.profile.interrupts)
 
     def _stop_and_reclaim(self) -> None:
         """Stop the agent's tree and put the terminal back as it was before the first start."""

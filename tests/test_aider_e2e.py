@@ -1,0 +1,87 @@
+"""The real Aider (from PyPI) under the supervisor, in a pty, against the local stand-in for the
+model API (litellm's Anthropic provider honours ANTHROPIC_API_BASE).
+
+Aider has no MCP, so its restarts come from `aegis-mcp restart`; it resumes with
+`--restore-chat-history` and stops on its second Ctrl-C. It fetches a price list and checks
+for updates on its own, so it and the stand-in share a network namespace of the test's own
+with only loopback: nothing leaves the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from aegis_mcp import control
+from tests.conftest import aegis_bin
+from tests.fake_anthropic import FakeAnthropic
+from tests.private_net import PrivateLoopback
+from tests.tui import Screen
+
+AIDER = os.environ.get("AEGIS_TEST_AIDER", "")
+pytestmark = [
+    pytest.mark.skipif(not AIDER or not os.access(AIDER, os.X_OK),
+                       reason="AEGIS_TEST_AIDER (Aider from PyPI) not set; scripts/test "
+                              "installs it"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for its own network namespace"),
+]
+PROMPT = r"(?m)^>\s*$"  # Aider's empty input line
+
+
+def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    home.mkdir()
+    with PrivateLoopback() as net, FakeAnthropic("default reply", bind=net.run) as api:
+        api.queue_text("first answer from the model")
+        api.queue_text("second answer from the model")
+        env = {**aegis_env, "HOME": str(home), "TERM": "xterm-256color",
+               "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_API_BASE": api.url,
+               "PATH": f"{Path(AIDER).parent}{os.pathsep}{aegis_env['PATH']}"}
+        argv = net.enter([aegis_bin(), "aider", "--model", "anthropic/claude-sonnet-4-5",
+                          "--no-git", "--no-check-update", "--analytics-disable",
+                          "--no-show-model-warnings"])
+        child = pexpect.spawn(argv[0], argv[1:], env=env, cwd=str(project), timeout=60,
+                              encoding="utf-8", codec_errors="replace", dimensions=(50, 120))
+        screen = Screen(child, rows=50, cols=120)
+        try:
+            screen.wait_for(PROMPT)
+            child.send("first prompt\r")
+            screen.wait_for("first answer from the model")
+            screen.wait_for(PROMPT)
+
+            restart = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(child.pid), "--reason", "config changed",
+                 "--wait", "--json"], env=env, capture_output=True, text=True, timeout=60)
+            assert restart.returncode == 0, restart.stderr
+            new = json.loads(restart.stdout)["restarted"]
+            assert "--restore-chat-history" in new["agent_argv"]
+            assert "--yes-always" in new["agent_argv"]
+            assert new["agent_argv"][-4:] == ["--no-git", "--no-check-update",
+                                              "--analytics-disable", "--no-show-model-warnings"]
+            screen.wait_for(r"aegis-mcp: restarting aider \(reason: config changed\)")
+            screen.wait_for("Restored previous conversation history")
+            # Two SIGINTs ended it the way Ctrl-C twice does: no SIGTERM was needed.
+            assert "still running" not in screen.text()
+            screen.wait_for(PROMPT)
+
+            child.send("second prompt\r")
+            screen.wait_for("second answer from the model")
+            turns = json.dumps(api.message_requests()[-1].body["messages"])
+            assert "first prompt" in turns and "first answer from the model" in turns
+            assert "second prompt" in turns
+            sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
+            assert control.request(sock, {"op": "status"})["status"]["restart_count"] == 1
+            screen.wait_for(PROMPT)
+            child.send("/exit\r")
+            child.expect(pexpect.EOF, timeout=30)
+        finally:
+            if child.isalive():
+                child.kill(9)
+            child.close()
+        assert child.exitstatus == 0, screen.dump()  # Aider's own exit status, forwarded
+    assert "first prompt" in (project / ".aider.chat.history.md").read_text()

@@ -1,0 +1,72 @@
+"""Agent profiles from the user's TOML config, and the stop they ask for."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aegis_mcp import proctree
+from aegis_mcp.errors import AegisError
+from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
+
+# Exits 0 on its second SIGINT, as Aider does ("^C again to exit"); SIGTERM kills it.
+TWICE = (
+    "import signal, sys, time\n"
+    "seen = []\n"
+    "def on_int(*_):\n"
+    "    seen.append(1)\n"
+    "    if len(seen) == 2: sys.exit(0)\n"
+    "signal.signal(signal.SIGINT, on_int)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def stop(interrupts: int, grace: float) -> int:
+    proc = subprocess.Popen([sys.executable, "-c", TWICE], start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
+                       lambda t: time.sleep(min(t, 0.02)), grace=grace, interrupts=interrupts)
+    return proc.wait(5)
+
+
+def test_a_second_interrupt_lets_an_agent_exit_on_its_own() -> None:
+    assert stop(interrupts=2, grace=30) == 0  # its own clean exit, no SIGTERM
+    assert BUILTIN_PROFILES["aider"].interrupts == 2
+
+
+def test_config_overrides_a_builtin_and_adds_an_agent(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[agents.aider]\ninterrupts = 1\n'
+                    '[agents.mine]\ncommand = ["my-agent", "--tui"]\nresume_flags = "--resume"\n')
+    config = load_config(path)
+    assert config.profiles["aider"].interrupts == 1
+    assert config.profiles["aider"].permission_flags == ("--yes-always",)  # the rest is kept
+    assert config.profiles["mine"].command == ("my-agent", "--tui")
+    assert config.profiles["mine"].resume_flags == ("--resume",)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('[agents.aider]\ninterrupts = 0\n', "interrupts must be a number from 1 to 5"),
+    ('[agents.aider]\ninterrupts = "2"\n', "interrupts must be a number from 1 to 5"),
+    ('[agents.aider]\nstatic_binary = "yes"\n', "static_binary must be true or false"),
+    ('[agents.aider]\nnot_a_key = 1\n', "unknown key 'not_a_key'"),
+    ('[agents.new]\nresume_flags = ["-r"]\n', "needs command"),
+    ('[agents.new]\ncommand = ["x"]\nprompt = "stdin"\n', "prompt must be"),
+    ('[agents\n', "cannot read config"),
+])
+def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(body)
+    with pytest.raises(AegisError, match=message):
+        load_config(path)
+
+
+def test_one_interrupt_leaves_such_an_agent_to_sigterm() -> None:
+    assert stop(interrupts=1, grace=1) == -signal.SIGTERM
