@@ -14,21 +14,15 @@ import subprocess
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from aegis_mcp import control
-from tests.conftest import aegis_bin
+from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
 from tests.tui import Screen
 
-AIDER = os.environ.get("AEGIS_TEST_AIDER", "")
-pytestmark = [
-    pytest.mark.skipif(not AIDER or not os.access(AIDER, os.X_OK),
-                       reason="AEGIS_TEST_AIDER (Aider from PyPI) not set; scripts/test "
-                              "installs it"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for its own network namespace"),
-]
+AIDER, needs_aider = real_cli("AEGIS_TEST_AIDER", "Aider from PyPI")
+pytestmark = [needs_aider, NEEDS_ROOT]  # root: its own network namespace
 PROMPT = r"(?m)^>\s*$"  # Aider's empty input line
 
 

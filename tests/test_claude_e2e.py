@@ -17,17 +17,12 @@ import pexpect
 import pytest
 
 from aegis_mcp import control
-from tests.conftest import aegis_bin
+from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.tui import Screen
 
-CLAUDE = os.environ.get("AEGIS_TEST_CLAUDE", "")
-pytestmark = [
-    pytest.mark.skipif(not CLAUDE or not os.access(CLAUDE, os.X_OK),
-                       reason="AEGIS_TEST_CLAUDE (the npm Claude Code CLI) not set; "
-                              "scripts/test installs it"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="runs claude as a throwaway user (needs root)"),
-]
+CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
+pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user
 
 
 @pytest.fixture

@@ -12,18 +12,12 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from aegis_mcp import control
-from tests.conftest import aegis_bin, offline
+from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 
-CODEX = os.environ.get("AEGIS_TEST_CODEX", "")
-pytestmark = [
-    pytest.mark.skipif(not CODEX or not os.access(CODEX, os.X_OK),
-                       reason="AEGIS_TEST_CODEX (the npm Codex CLI) not set; scripts/test "
-                              "installs it"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for its own network namespace"),
-]
+CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
+pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
 
 
 def test_codex_starts_the_injected_server(tmp_path: Path, aegis_env: dict[str, str]) -> None:

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import aegis_bin, offline
+from tests.conftest import aegis_bin, offline, real_cli
 
-GEMINI = os.environ.get("AEGIS_TEST_GEMINI", "")
-pytestmark = pytest.mark.skipif(
-    not GEMINI or not os.access(GEMINI, os.X_OK),
-    reason="AEGIS_TEST_GEMINI (the npm Gemini CLI) not set; scripts/test installs it")
+GEMINI, pytestmark = real_cli("AEGIS_TEST_GEMINI", "the npm Gemini CLI")
 
 
 @pytest.fixture

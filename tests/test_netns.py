@@ -23,7 +23,7 @@ import pytest
 
 from aegis_mcp import netns
 from aegis_mcp.errors import AegisError
-from tests.conftest import aegis_bin
+from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.netns_helpers import (
     DnsResponder,
     TcpServer,
@@ -35,7 +35,7 @@ from tests.netns_helpers import (
 )
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)"),
+    NEEDS_ROOT,
     pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (scripts/test installs "
                        "nftables)"),
 ]

@@ -5,7 +5,6 @@ agent_await."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,12 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from tests.conftest import real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.mcp_helpers import text, with_client
 from tests.poolkit import cleanup_pool
 
-CLAUDE = os.environ.get("AEGIS_TEST_CLAUDE", "")
-pytestmark = pytest.mark.skipif(
-    not CLAUDE or not os.access(CLAUDE, os.X_OK),
-    reason="AEGIS_TEST_CLAUDE (path of the npm Claude Code CLI) is not set; scripts/test "
-           "installs it, or: npm install --prefix /tmp/ccpool @anthropic-ai/claude-code@2.1.331")
+CLAUDE, pytestmark = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ import pexpect
 import pytest
 
 from aegis_mcp.paths import hooks_library
-from tests.conftest import aegis_bin
+from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
+pytestmark = NEEDS_ROOT
 
 
 @pytest.fixture
