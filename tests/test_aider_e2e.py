@@ -2,7 +2,8 @@
 model API (litellm's Anthropic provider honours ANTHROPIC_API_BASE).
 
 Aider has no MCP, so its restarts come from `aegis-mcp restart`; it resumes with
-`--restore-chat-history` and stops on its second Ctrl-C. It fetches a price list and checks
+`--restore-chat-history` and stops on its second Ctrl-C. As a background agent of the pool it
+runs headless (`--message`). It fetches a price list and checks
 for updates on its own, so it and the stand-in share a network namespace of the test's own
 with only loopback: nothing leaves the machine."""
 
@@ -18,6 +19,7 @@ import pexpect
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
+from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.tui import Screen
 
@@ -79,3 +81,29 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
             child.close()
         assert child.exitstatus == 0, screen.dump()  # Aider's own exit status, forwarded
     assert "first prompt" in (project / ".aider.chat.history.md").read_text()
+
+
+def test_a_background_aider_agent_completes_with_its_answer(
+        tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    # The user's own Aider settings (model, no git) come from Aider's config file, as usual.
+    (home / ".aider.conf.yml").write_text(
+        "model: anthropic/claude-sonnet-4-5\ngit: false\ncheck-update: false\n"
+        "analytics-disable: true\nshow-model-warnings: false\n")
+    Path(aegis_env["AEGIS_CONFIG"]).write_text(f'[agents.aider]\ncommand = ["{AIDER}"]\n')
+    with PrivateLoopback() as net, FakeAnthropic("default reply", bind=net.run) as api, \
+            cleanup_pool():
+        api.queue_text("The notes say hello.")
+        env = {**aegis_env, "HOME": str(home), "ANTHROPIC_API_KEY": "sk-ant-test",
+               "ANTHROPIC_API_BASE": api.url}
+        out = subprocess.run(net.enter([aegis_bin(), "agents", "spawn", "--type", "aider",
+                                        "--wait", "--json", "what do the notes say?"]),
+                             env=env, cwd=work, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        done = json.loads(out.stdout)
+        assert done["state"] == "completed" and done["exit_code"] == 0, done
+        assert "The notes say hello." in done["last_output"]
+        sent = json.dumps(api.message_requests()[-1].body["messages"])
+        assert "what do the notes say?" in sent
