@@ -50,6 +50,14 @@ def test_aider_takes_no_restart_prompt_and_restores_history() -> None:
     assert argv == ["aider", "--yes-always", "--restore-chat-history", "--model", "gpt-4"]
 
 
+def test_cursor_approves_the_injected_server_and_continues() -> None:
+    cursor = BUILTIN_PROFILES["cursor"]
+    first = first_argv(cursor, "cursor-agent", ["--model", "sonnet-4", "fix it"], [])
+    assert first == ["cursor-agent", "--force", "--approve-mcps", "--model", "sonnet-4", "fix it"]
+    argv = restart_argv(cursor, "cursor-agent", ["--resume", "chat1", "fix it"], [], "go on")
+    assert argv == ["cursor-agent", "--force", "--approve-mcps", "--continue", "go on"]
+
+
 def test_gemini_resumes_latest() -> None:
     gemini = BUILTIN_PROFILES["gemini"]
     argv = restart_argv(gemini, "gemini", ["-m", "pro", "first"], [], "next")

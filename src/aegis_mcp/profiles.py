@@ -126,17 +126,22 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             command=("cursor-agent",),
             alternatives=("agent",),
             install_hint="curl https://cursor.com/install -fsS | bash",
-            permission_flags=("--force",),
+            # --force does not cover MCP servers: without --approve-mcps the injected one
+            # waits for an approval.
+            permission_flags=("--force", "--approve-mcps"),
             resume_flags=("--continue",),
             drop_on_resume=("--continue", "--resume"),
             value_options=("--model", "--output-format", "--api-key", "-H", "--header",
                            "--workspace", "--mode", "--sandbox", "--worktree-base", "-n",
-                           "--name"),
+                           "--name",
+                           # optional values, which its parser takes when one follows
+                           "--resume", "--worktree", "-w"),
             injection="preload",
             config_files=(".cursor/mcp.json", "~/.cursor/mcp.json"),
             subcommands=("mcp", "ls", "resume", "create-chat", "login", "logout", "status",
                          "update", "install-shell-integration"),
-            headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
+            # a headless run cannot answer the workspace-trust prompt
+            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--trust"),
             description="Cursor CLI (cursor-agent)",
         ),
         AgentProfile(
