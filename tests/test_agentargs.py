@@ -44,6 +44,23 @@ def test_codex_resumes_with_its_subcommand() -> None:
                     "-m", "o3", "continue", "-c", "x=1"]
 
 
+def test_codex_exec_resumes_with_exec_resume_and_keeps_its_options_before_it() -> None:
+    codex = BUILTIN_PROFILES["codex"]
+    user = ["exec", "--skip-git-repo-check", "-s", "read-only", "first task"]
+    assert restart_argv(codex, "codex", user, ["-c", "x=1"], "go on") == [
+        "codex", "exec", "--skip-git-repo-check", "-s", "read-only", "resume", "--last",
+        "--dangerously-bypass-approvals-and-sandbox", "-c", "x=1", "go on"]
+    # no restart prompt: the first one is sent again, as `claude -p` gets it again
+    assert restart_argv(codex, "codex", ["exec", "--json", "task"], [], None)[-1] == "task"
+    # a fresh start after a failed resume keeps `exec` and replaces only the prompt
+    assert restart_argv(codex, "codex", user, [], "go on", resume=False) == [
+        "codex", "--dangerously-bypass-approvals-and-sandbox", "exec", "--skip-git-repo-check",
+        "-s", "read-only", "go on"]
+    assert restart_argv(codex, "codex", ["exec", "--", "-dash task"], [], "-dash again") == [
+        "codex", "exec", "resume", "--last", "--dangerously-bypass-approvals-and-sandbox",
+        "--", "-dash again"]
+
+
 def test_aider_takes_no_restart_prompt_and_restores_history() -> None:
     aider = BUILTIN_PROFILES["aider"]
     argv = restart_argv(aider, "aider", ["--model", "gpt-4"], [], "ignored")

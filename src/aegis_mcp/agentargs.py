@@ -22,8 +22,9 @@ def _takes_value(profile: AgentProfile, arg: str) -> str:
 
 
 def prompt_index(profile: AgentProfile, args: list[str]) -> int | None:
-    """Index in `args` of the first positional argument (the prompt), if any."""
-    i = 0
+    """Index in `args` of the first positional argument (the prompt), if any; a leading mode
+    word (`codex exec`) is not one."""
+    i = 1 if args and args[0] in profile.modes else 0
     while i < len(args):
         arg = args[i]
         if arg == "--":
@@ -89,6 +90,8 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     if is_subcommand(profile, user_args):
         return first_argv(profile, executable, user_args, inject_args)
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
+    if resume and args and args[0] in profile.modes:
+        return _mode_restart_argv(profile, executable, args, inject_args, prompt)
     if prompt is not None and profile.prompt != "none":
         idx = prompt_index(profile, args)
         if profile.prompt == "positional":
@@ -107,3 +110,21 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     resume_flags = list(profile.resume_flags) if resume else []
     return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
             *_with_injected(args, inject_args)]
+
+
+def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
+                       inject_args: list[str], prompt: str | None) -> list[str]:
+    """`codex exec [opts] resume --last [flags] PROMPT [injected]`: the mode's own options stay
+    before the resume words (its resume form does not take them all), and the prompt (the
+    restart prompt, else the first one again) comes after them."""
+    mode, rest = args[0], args[1:]
+    idx = prompt_index(profile, rest)
+    first = rest.pop(idx) if idx is not None else None
+    if rest and rest[-1] == "--":
+        rest.pop()
+    again = prompt if prompt is not None else first
+    flags = [f for f in profile.permission_flags if f not in rest]
+    tail = ["--", again] if again is not None and again.startswith("-") else \
+        [again] if again is not None else []
+    return [executable, *profile.command[1:], mode, *rest, *profile.resume_prefix, *flags,
+            *profile.resume_flags, *inject_args, *tail]

@@ -33,6 +33,10 @@ class AgentProfile:
     """Added on restart to resume the last conversation of the working directory."""
     resume_prefix: tuple[str, ...] = ()
     """Subcommand words put right after the executable on restart (`codex resume --last`)."""
+    modes: tuple[str, ...] = ()
+    """First words that choose a run mode with a resume form of its own: the mode and the
+    user's options for it stay before `resume_prefix` (`codex exec -s read-only resume --last
+    PROMPT`)."""
     drop_on_resume: tuple[str, ...] = ()
     """User flags that are dropped on restart because the resume flags replace them."""
     prompt: str = "positional"
@@ -166,8 +170,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             install_hint="npm install -g @openai/codex",
             permission_flags=("--dangerously-bypass-approvals-and-sandbox",),
             resume_prefix=("resume", "--last"),
+            modes=("exec",),  # non-interactive: `codex exec resume --last PROMPT`
             value_options=("--model", "-m", "-c", "--config", "--profile", "-p", "--sandbox",
-                           "-s", "--ask-for-approval", "-a", "--cd", "-C", "-i", "--image"),
+                           "-s", "--ask-for-approval", "-a", "--cd", "-C", "-i", "--image",
+                           "--add-dir", "--enable", "--disable", "--local-provider", "--color",
+                           "--output-schema", "-o", "--output-last-message"),
             injection="codex-config",
             static_binary=True,
             subcommands=("mcp", "login", "logout", "completion", "apply", "sandbox", "app-server"),
