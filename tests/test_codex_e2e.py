@@ -1,11 +1,14 @@
 """The real Codex CLI (a Node launcher and a static binary) starts aegis-mcp's server from the
 supervisor's `-c mcp_servers.aegis-mcp.*` overrides: the server says hello to its supervisor.
+A `codex exec` run restarted mid-turn resumes its session (`codex exec ... resume --last`)
+against a local stand-in for the Responses API.
 
 Codex tries the network on its own (its API, then other hosts), so it runs in a network
 namespace of the test's own with only loopback: nothing leaves the machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -15,6 +18,8 @@ import psutil
 
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
+from tests.fake_openai import FakeOpenAIResponses
+from tests.private_net import PrivateLoopback
 
 CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
@@ -48,3 +53,43 @@ def test_codex_starts_the_injected_server(tmp_path: Path, aegis_env: dict[str, s
     finally:
         sup.terminate()
         sup.wait(30)
+
+
+def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
+        tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home, run = tmp_path / "project", tmp_path / "home", tmp_path / "run"
+    project.mkdir()
+    (home / ".codex").mkdir(parents=True)
+    with PrivateLoopback() as net, FakeOpenAIResponses(bind=net.run) as api:
+        (home / ".codex" / "config.toml").write_text(api.codex_config())
+        api.queue_hold()  # the first turn is still waiting for the model at the restart
+        api.queue_text("second codex here")
+        env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
+               "AEGIS_RUNTIME_DIR": str(run),
+               "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
+        sup = subprocess.Popen(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
+                                          "first task"]), env=env, cwd=project, text=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+        try:
+            assert len(api.wait_for_requests(1, timeout=60)) == 1, "codex never asked the model"
+            restart = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(sup.pid), "--reason", "MCP server updated",
+                 "--prompt", "go on", "--wait", "--json"],
+                env=env, capture_output=True, text=True, timeout=60)
+            assert restart.returncode == 0, restart.stderr
+            argv = json.loads(restart.stdout)["restarted"]["agent_argv"]
+            at = argv.index("exec")
+            assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume", "--last"]
+            assert argv[-1] == "go on" and "--dangerously-bypass-approvals-and-sandbox" in argv
+            out, err = sup.communicate(timeout=90)
+        finally:
+            if sup.poll() is None:
+                sup.kill()
+                sup.wait()
+        assert sup.returncode == 0, err
+        assert "aegis-mcp: restarting codex (reason: MCP server updated)" in err
+        assert "second codex here" in out
+        # The resumed session sent the first conversation on, then the restart prompt.
+        texts = api.input_texts(len(api.requests) - 1)
+        assert "first task" in texts and texts[-1] == "go on"
