@@ -41,7 +41,7 @@ def test_codex_resumes_with_its_subcommand() -> None:
     codex = BUILTIN_PROFILES["codex"]
     argv = restart_argv(codex, "codex", ["-m", "o3"], ["-c", "x=1"], "continue")
     assert argv == ["codex", "resume", "--last", "--dangerously-bypass-approvals-and-sandbox",
-                    "-m", "o3", "continue", "-c", "x=1"]
+                    "continue", "-m", "o3", "-c", "x=1"]
 
 
 def test_codex_exec_resumes_with_exec_resume_and_keeps_its_options_before_it() -> None:
@@ -79,6 +79,21 @@ def test_gemini_resumes_latest() -> None:
     gemini = BUILTIN_PROFILES["gemini"]
     argv = restart_argv(gemini, "gemini", ["-m", "pro", "first"], [], "next")
     assert argv == ["gemini", "--yolo", "--resume", "latest", "-m", "pro", "next"]
+
+
+def test_gemini_restart_prompt_replaces_the_value_of_its_prompt_option() -> None:
+    gemini = BUILTIN_PROFILES["gemini"]
+    argv = restart_argv(gemini, "gemini", ["-p", "first", "-m", "pro"], [], "next")
+    assert argv == ["gemini", "--yolo", "--resume", "latest", "-p", "next", "-m", "pro"]
+    argv = restart_argv(gemini, "gemini", ["--prompt-interactive=first"], [], "next")
+    assert argv[-1] == "--prompt-interactive=next"
+    # no restart prompt: the first one is kept; a session id gives way to --resume latest
+    argv = restart_argv(gemini, "gemini", ["--session-id", "u-1", "-p", "first"], [], None)
+    assert argv == ["gemini", "--yolo", "--resume", "latest", "-p", "first"]
+    # an array option takes every following word: a new prompt goes before it
+    argv = restart_argv(gemini, "gemini", ["--include-directories", "a", "b"], [], "next")
+    assert argv == ["gemini", "--yolo", "--resume", "latest", "next",
+                    "--include-directories", "a", "b"]
 
 
 def test_fresh_start_after_failed_resume_has_no_resume_flag() -> None:

@@ -16,9 +16,19 @@ def _takes_value(profile: AgentProfile, arg: str) -> str:
         return ""
     if arg in profile.variadic_options:
         return "many"
-    if arg in profile.value_options:
+    if arg in profile.value_options or arg in profile.prompt_options:
         return "one"
     return ""
+
+
+def _prompt_option_index(profile: AgentProfile, args: list[str]) -> int | None:
+    """Index of the word holding the value of a prompt option (`-p TEXT`, `--prompt=TEXT`)."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if arg.split("=", 1)[0] in profile.prompt_options:
+            return i if "=" in arg else (i + 1 if i + 1 < len(args) else None)
+    return None
 
 
 def prompt_index(profile: AgentProfile, args: list[str]) -> int | None:
@@ -92,13 +102,18 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
     if resume and args and args[0] in profile.modes:
         return _mode_restart_argv(profile, executable, args, inject_args, prompt)
-    if prompt is not None and profile.prompt != "none":
+    option_at = _prompt_option_index(profile, args)
+    if prompt is not None and profile.prompt != "none" and option_at is not None:
+        name, eq, _ = args[option_at].partition("=")
+        args[option_at] = f"{name}={prompt}" if eq and name in profile.prompt_options \
+            else prompt
+    elif prompt is not None and profile.prompt != "none":
         idx = prompt_index(profile, args)
         if profile.prompt == "positional":
             if idx is not None:
                 args[idx] = prompt
-            else:
-                args = [*args, prompt]
+            else:  # first: after an array option (`--add-dir a b`) it would become a value
+                args = [prompt, *args]
         else:  # option:<flag>
             flag = profile.prompt.split(":", 1)[1]
             if flag in args and args.index(flag) + 1 < len(args):

@@ -41,6 +41,9 @@ class AgentProfile:
     """User flags that are dropped on restart because the resume flags replace them."""
     prompt: str = "positional"
     """How a restart prompt is passed: `positional`, `option:<flag>`, or `none`."""
+    prompt_options: tuple[str, ...] = ()
+    """Options whose value is the prompt (`gemini -p TEXT`): when the user gave one, the
+    restart prompt replaces its value instead of taking the positional place."""
     value_options: tuple[str, ...] = ()
     """Options that take one value (so that value is not mistaken for the prompt)."""
     variadic_options: tuple[str, ...] = ()
@@ -187,13 +190,20 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             install_hint="npm install -g @google/gemini-cli",
             permission_flags=("--yolo",),
             resume_flags=("--resume", "latest"),
-            drop_on_resume=("--resume", "-r"),
+            drop_on_resume=("--resume", "-r", "--session-id", "--session-file"),
+            prompt_options=("-p", "--prompt", "-i", "--prompt-interactive"),
             value_options=("--model", "-m", "--approval-mode", "--resume", "-r",
-                           "--include-directories", "--output-format", "-o"),
+                           "--output-format", "-o", "-w", "--worktree", "--session-file",
+                           "--session-id", "--delete-session"),
+            # yargs array options take every following word, a prompt too
+            variadic_options=("--include-directories", "--policy", "--admin-policy",
+                              "--allowed-mcp-server-names", "--allowed-tools", "-e",
+                              "--extensions"),
             injection="preload",
             config_files=(".gemini/settings.json", "~/.gemini/settings.json"),
             subcommands=("mcp", "extensions", "skills", "hooks", "update"),
-            headless_args=("-p", "{prompt}", "--output-format", "stream-json"),
+            # a headless run cannot answer the trusted-folder prompt: it refuses to start
+            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--skip-trust"),
             description="Gemini CLI (Google)",
         ),
     )
