@@ -60,10 +60,12 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
     project, home, run = tmp_path / "project", tmp_path / "home", tmp_path / "run"
     project.mkdir()
     (home / ".codex").mkdir(parents=True)
-    with PrivateLoopback() as net, FakeOpenAIResponses(bind=net.run) as api:
+    with PrivateLoopback() as net, FakeOpenAIResponses("second codex here", bind=net.run) as api:
         (home / ".codex" / "config.toml").write_text(api.codex_config())
-        api.queue_hold()  # the first turn is still waiting for the model at the restart
-        api.queue_text("second codex here")
+        # Both turns wait at the model until released: the first is caught mid-turn by the
+        # restart, the second until the new agent's MCP server is seen.
+        api.queue_hold()
+        api.queue_hold()
         env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
                "AEGIS_RUNTIME_DIR": str(run),
                "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
@@ -72,13 +74,16 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
         try:
-            assert len(api.wait_for_requests(1, timeout=60)) == 1, "codex never asked the model"
+            assert len(api.wait_for_turns(1, timeout=60)) == 1, "codex never asked the model"
             restart = subprocess.run(
                 [aegis_bin(), "restart", "--pid", str(sup.pid), "--reason", "MCP server updated",
                  "--prompt", "go on", "--wait", "--json"],
                 env=env, capture_output=True, text=True, timeout=60)
             assert restart.returncode == 0, restart.stderr
-            argv = json.loads(restart.stdout)["restarted"]["agent_argv"]
+            restarted = json.loads(restart.stdout)["restarted"]
+            assert restarted["mcp_servers_seen"], "the new agent did not start aegis-mcp's server"
+            api.release()
+            argv = restarted["agent_argv"]
             at = argv.index("exec")
             assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume", "--last"]
             assert argv[-1] == "go on" and "--dangerously-bypass-approvals-and-sandbox" in argv
@@ -91,5 +96,5 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
         assert "aegis-mcp: restarting codex (reason: MCP server updated)" in err
         assert "second codex here" in out
         # The resumed session sent the first conversation on, then the restart prompt.
-        texts = api.input_texts(len(api.requests) - 1)
+        texts = api.input_texts(-1)
         assert "first task" in texts and texts[-1] == "go on"
