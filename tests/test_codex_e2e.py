@@ -8,7 +8,6 @@ namespace of the test's own with only loopback: nothing leaves the machine."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -20,6 +19,7 @@ from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_openai import FakeOpenAIResponses
 from tests.private_net import PrivateLoopback
+from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
 
 CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
@@ -62,39 +62,18 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
     (home / ".codex").mkdir(parents=True)
     with PrivateLoopback() as net, FakeOpenAIResponses("second codex here", bind=net.run) as api:
         (home / ".codex" / "config.toml").write_text(api.codex_config())
-        # Both turns wait at the model until released: the first is caught mid-turn by the
-        # restart, the second until the new agent's MCP server is seen.
-        api.queue_hold()
-        api.queue_hold()
         env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
                "AEGIS_RUNTIME_DIR": str(run),
                "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
-        sup = subprocess.Popen(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
-                                          "first task"]), env=env, cwd=project, text=True,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-        try:
-            assert len(api.wait_for_turns(1, timeout=60)) == 1, "codex never asked the model"
-            restart = subprocess.run(
-                [aegis_bin(), "restart", "--pid", str(sup.pid), "--reason", "MCP server updated",
-                 "--prompt", "go on", "--wait", "--json"],
-                env=env, capture_output=True, text=True, timeout=60)
-            assert restart.returncode == 0, restart.stderr
-            restarted = json.loads(restart.stdout)["restarted"]
-            assert restarted["mcp_servers_seen"], "the new agent did not start aegis-mcp's server"
-            api.release()
-            argv = restarted["agent_argv"]
-            at = argv.index("exec")
-            assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume", "--last"]
-            assert argv[-1] == "go on" and "--dangerously-bypass-approvals-and-sandbox" in argv
-            out, err = sup.communicate(timeout=90)
-        finally:
-            if sup.poll() is None:
-                sup.kill()
-                sup.wait()
-        assert sup.returncode == 0, err
-        assert "aegis-mcp: restarting codex (reason: MCP server updated)" in err
-        assert "second codex here" in out
-        # The resumed session sent the first conversation on, then the restart prompt.
+        result = restart_mid_turn(net, api, ["codex", "exec", "--skip-git-repo-check",
+                                             "first task"], env, project)
         texts = api.input_texts(-1)
-        assert "first task" in texts and texts[-1] == "go on"
+    assert result.returncode == 0, result.err
+    assert result.status["mcp_servers_seen"], "the new codex did not start aegis-mcp's server"
+    argv = result.status["agent_argv"]
+    at = argv.index("exec")
+    assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume", "--last"]
+    assert argv[-1] == RESTART_PROMPT and "--dangerously-bypass-approvals-and-sandbox" in argv
+    assert "second codex here" in result.out
+    # The resumed session sent the first conversation on, then the restart prompt.
+    assert "first task" in texts and texts[-1] == RESTART_PROMPT

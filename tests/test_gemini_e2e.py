@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_gemini import FakeGemini
 from tests.private_net import PrivateLoopback
+from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
 
 GEMINI, pytestmark = real_cli("AEGIS_TEST_GEMINI", "the npm Gemini CLI")
 
@@ -79,36 +80,15 @@ def test_a_gemini_prompt_run_restarts_with_resume_latest_and_its_conversation(
     # API-key auth, as the user chose it; the redirect's overlay must keep it.
     (home / ".gemini" / "settings.json").write_text(json.dumps(FakeGemini.SETTINGS))
     with PrivateLoopback() as net, FakeGemini("second gemini here", bind=net.run) as api:
-        # Both turns wait at the model until released: the first is caught mid-turn by the
-        # restart, the second until the new agent's MCP server is seen.
-        api.queue_hold()
-        api.queue_hold()
         env = {**env, "GOOGLE_GEMINI_BASE_URL": api.origin}
-        sup = subprocess.Popen(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash",
-                                          "-p", "first task"]), env=env, cwd=project,
-                               text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-        try:
-            assert api.wait_for_turns(1, timeout=90), "gemini never asked the model"
-            restart = subprocess.run(
-                [aegis_bin(), "restart", "--pid", str(sup.pid), "--reason", "MCP server updated",
-                 "--prompt", "go on", "--wait", "--json"],
-                env=env, capture_output=True, text=True, timeout=60)
-            assert restart.returncode == 0, restart.stderr
-            restarted = json.loads(restart.stdout)["restarted"]
-            assert restarted["mcp_servers_seen"], "the new agent did not start aegis-mcp's server"
-            api.release()
-            argv = restarted["agent_argv"]
-            assert argv[1:] == ["--yolo", "--resume", "latest", "-m", "gemini-2.5-flash",
-                                "-p", "go on"]
-            out, err = sup.communicate(timeout=90)
-        finally:
-            if sup.poll() is None:
-                sup.kill()
-                sup.wait()
-        assert sup.returncode == 0, err
-        assert "aegis-mcp: restarting gemini (reason: MCP server updated)" in err
-        assert "second gemini here" in out
-        texts = api.texts(-1)  # the resumed session: the first task, then the restart prompt
-        assert "first task" in texts and texts[-1] == "go on"
+        result = restart_mid_turn(net, api, ["gemini", "-m", "gemini-2.5-flash", "-p",
+                                          "first task"], env, project)
+        texts = api.texts(-1)
+    assert result.returncode == 0, result.err
+    assert result.status["mcp_servers_seen"], "the new gemini did not start aegis-mcp's server"
+    assert result.status["agent_argv"][1:] == ["--yolo", "--resume", "latest", "-m",
+                                            "gemini-2.5-flash", "-p", RESTART_PROMPT]
+    assert "second gemini here" in result.out
+    # The resumed session sent the first conversation on, then the restart prompt.
+    assert "first task" in texts and texts[-1] == RESTART_PROMPT
     assert json.loads((home / ".gemini" / "settings.json").read_text()) == FakeGemini.SETTINGS
