@@ -82,7 +82,7 @@ def test_a_gemini_prompt_run_restarts_with_resume_latest_and_its_conversation(
     with PrivateLoopback() as net, FakeGemini("second gemini here", bind=net.run) as api:
         env = {**env, "GOOGLE_GEMINI_BASE_URL": api.origin}
         result = restart_mid_turn(net, api, ["gemini", "-m", "gemini-2.5-flash", "-p",
-                                          "first task"], env, project)
+                                             "first task"], env, project)
         texts = api.texts(-1)
     assert result.returncode == 0, result.err
     assert result.status["mcp_servers_seen"], "the new gemini did not start aegis-mcp's server"
