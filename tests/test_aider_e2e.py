@@ -19,6 +19,7 @@ import pexpect
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
+from tests.pool_e2e import TASK, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.tui import Screen
@@ -96,14 +97,9 @@ def test_a_background_aider_agent_completes_with_its_answer(
     with PrivateLoopback() as net, FakeAnthropic("default reply", bind=net.run) as api, \
             cleanup_pool():
         api.queue_text("The notes say hello.")
-        env = {**aegis_env, "HOME": str(home), "ANTHROPIC_API_KEY": "sk-ant-test",
-               "ANTHROPIC_API_BASE": api.url}
-        out = subprocess.run(net.enter([aegis_bin(), "agents", "spawn", "--type", "aider",
-                                        "--wait", "--json", "what do the notes say?"]),
-                             env=env, cwd=work, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        done = json.loads(out.stdout)
-        assert done["state"] == "completed" and done["exit_code"] == 0, done
+        done = spawn_and_wait(net, "aider", {**aegis_env, "HOME": str(home),
+                                             "ANTHROPIC_API_KEY": "sk-ant-test",
+                                             "ANTHROPIC_API_BASE": api.url}, work)
         assert "The notes say hello." in done["last_output"]
         sent = json.dumps(api.message_requests()[-1].body["messages"])
-        assert "what do the notes say?" in sent
+        assert TASK in sent

@@ -18,6 +18,8 @@ import psutil
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_openai import FakeOpenAIResponses
+from tests.pool_e2e import spawn_and_wait
+from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
 
@@ -77,3 +79,19 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
     assert "second codex here" in result.out
     # The resumed session sent the first conversation on, then the restart prompt.
     assert "first task" in texts and texts[-1] == RESTART_PROMPT
+
+
+def test_a_background_codex_agent_reports_its_answer_and_thread(
+        tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    (home / ".codex").mkdir(parents=True)
+    Path(aegis_env["AEGIS_CONFIG"]).write_text(f'[agents.codex]\ncommand = ["{CODEX}"]\n')
+    with PrivateLoopback() as net, FakeOpenAIResponses(bind=net.run) as api, cleanup_pool():
+        (home / ".codex" / "config.toml").write_text(api.codex_config())
+        api.queue_text("the codex answer")
+        done = spawn_and_wait(net, "codex", {**aegis_env, "HOME": str(home),
+                                             "OPENAI_API_KEY": "x"}, project)
+        assert api.input_texts(-1)[-1] == "what is in this project?"
+    assert done["result"] == "the codex answer" and done["session_id"], done
+    assert done["iterations"] == 1

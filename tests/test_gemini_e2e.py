@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_gemini import FakeGemini
+from tests.pool_e2e import spawn_and_wait
+from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
 
@@ -92,3 +94,18 @@ def test_a_gemini_prompt_run_restarts_with_resume_latest_and_its_conversation(
     # The resumed session sent the first conversation on, then the restart prompt.
     assert "first task" in texts and texts[-1] == RESTART_PROMPT
     assert json.loads((home / ".gemini" / "settings.json").read_text()) == FakeGemini.SETTINGS
+
+
+@NEEDS_ROOT  # its own network namespace
+def test_a_background_gemini_agent_reports_its_answer_and_session(
+        gemini_env: tuple[Path, dict[str, str]]) -> None:
+    project, env = gemini_env
+    (Path(env["HOME"]) / ".gemini" / "settings.json").write_text(json.dumps(FakeGemini.SETTINGS))
+    Path(env["AEGIS_CONFIG"]).write_text(
+        f'[agents.gemini]\ncommand = ["{GEMINI}", "-m", "gemini-2.5-flash"]\n')
+    with PrivateLoopback() as net, FakeGemini(bind=net.run) as api, cleanup_pool():
+        api.queue_text("the gemini answer")
+        done = spawn_and_wait(net, "gemini", {**env, "GOOGLE_GEMINI_BASE_URL": api.origin},
+                              project)
+        assert api.texts(-1)[-1] == "what is in this project?"
+    assert done["result"] == "the gemini answer" and done["session_id"], done

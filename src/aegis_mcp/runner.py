@@ -79,6 +79,10 @@ class Runner:
         self.seen_messages: set[str] = set()
         self.last_event: str | None = None
         self.result: dict[str, Any] = {}
+        self.reply = ""
+        """The agent's last answer as its messages stream in (codex, gemini), for agents whose
+        final event carries no result text."""
+        self.in_reply = False
         self.session_id: str | None = None
         self.dirty = False
         self.stop_reason: tuple[str, str] | None = None
@@ -108,6 +112,7 @@ class Runner:
         kind = event.get("type")
         if isinstance(event.get("session_id"), str):
             self.session_id = event["session_id"]
+        self._follow_reply(kind, event)
         if kind == "assistant" or kind == "turn.completed":
             message = event.get("message") if isinstance(event.get("message"), dict) else {}
             msg_id = message.get("id")
@@ -122,6 +127,31 @@ class Runner:
                                                  "the pool")
         elif kind == "result":
             self.result = event
+            if event.get("status") not in (None, "success"):  # gemini's failed run
+                self.result = {**event, "is_error": True, "subtype": event.get("status")}
+        elif kind in ("turn.failed", "error"):  # codex
+            error = event.get("error")
+            message = error.get("message") if isinstance(error, dict) else event.get("message")
+            self.result = {"is_error": True, "subtype": kind, "result": message}
+
+    def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
+        """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
+        events, streamed in deltas) shapes: the last answer and the session."""
+        item = event.get("item")
+        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
+            self.session_id = event["thread_id"]
+        elif kind == "item.completed" and isinstance(item, dict) \
+                and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+            self.reply = item["text"]
+        elif kind == "message" and event.get("role") == "assistant" \
+                and isinstance(event.get("content"), str):
+            if not self.in_reply:
+                self.iterations += 1
+            self.reply = self.reply + event["content"] if self.in_reply and event.get("delta") \
+                else event["content"]
+            self.in_reply = True
+            return
+        self.in_reply = False
 
     def feed(self, data: bytes) -> None:
         self.log.write(data)
@@ -143,7 +173,7 @@ class Runner:
             "last_event": self.last_event,
             "last_output": json.dumps(list(self.lines)),
             "session_id": r.get("session_id") or self.session_id,
-            "result": r.get("result") if isinstance(r.get("result"), str) else None,
+            "result": r.get("result") if isinstance(r.get("result"), str) else self.reply or None,
             "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
             "total_cost_usd": r.get("total_cost_usd")
             if isinstance(r.get("total_cost_usd"), int | float) else None,
@@ -317,6 +347,8 @@ def _summarize(event: dict[str, Any]) -> str:
     """One line for a stream-json event (claude, cursor, codex, gemini shapes)."""
     kind = str(event.get("type", "event"))
     if kind == "result":
+        if "status" in event:  # gemini
+            return f"result ({event['status']}): {json.dumps(event.get('stats'))[:300]}"
         text = event.get("result")
         return f"result ({event.get('subtype', '')}): {str(text)[:300]}"
     message = event.get("message")

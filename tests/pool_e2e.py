@@ -1,0 +1,26 @@
+"""A real agent CLI as a background agent of the pool, in the test's own loopback namespace."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import aegis_bin
+from tests.private_net import PrivateLoopback
+
+TASK = "what is in this project?"
+
+
+def spawn_and_wait(net: PrivateLoopback, agent: str, env: dict[str, str],
+                   cwd: Path) -> dict[str, Any]:
+    """`aegis-mcp agents spawn --type AGENT --wait --json TASK`: the agent's final status, which
+    must be a completed run."""
+    out = subprocess.run(net.enter([aegis_bin(), "agents", "spawn", "--type", agent, "--wait",
+                                    "--json", TASK]),
+                         env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    done = json.loads(out.stdout)
+    assert done["state"] == "completed" and done["exit_code"] == 0, done
+    return done
