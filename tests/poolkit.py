@@ -4,6 +4,7 @@ and bounded waits."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ FAKE = Path(__file__).resolve().with_name("fake_headless_agent.py")
 
 
 def pool_config(max_agents: int = 4, grace: float = 0.3, timeout: float = 60,
-                isolation: str = "lock") -> str:
+                isolation: str = "lock", worktree_setup: str = "") -> str:
     """`claude` runs the fake agent with claude's own headless flags (incl. --max-turns);
     `fakeplain` has no turn limit flag, so the pool enforces max_iterations itself."""
     py, fake = sys.executable, FAKE
@@ -34,6 +35,7 @@ max_agents = {max_agents}
 stop_grace_secs = {grace}
 timeout_secs = {timeout}
 isolation = "{isolation}"
+worktree_setup = {json.dumps(worktree_setup)}
 """
 
 

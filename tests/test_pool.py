@@ -250,6 +250,45 @@ def test_worktree_isolation_runs_at_once_in_its_own_branch(aegis_env: dict[str, 
         assert pool.status(holder)["state"] == "running"
 
 
+def test_worktree_setup_runs_in_the_new_worktree_with_the_agents_port(
+        aegis_env: dict[str, str], tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    setup = ('echo "PORT=$AEGIS_AGENT_PORT" > .env.local && '
+             'echo "setup in $PWD for $AEGIS_AGENT_ID from $AEGIS_REPO_ROOT"')
+    pool = configure(aegis_env, worktree_setup=setup)
+    with cleanup_pool():
+        spawned = pool.spawn(f"env={tmp_path / 'env.json'}", working_directory=str(repo),
+                             isolation="worktree")
+        done = pool.await_agent(spawned["agent_id"], 30)
+    assert done["state"] == "completed", done
+    port = json.loads((tmp_path / "env.json").read_text())["AEGIS_AGENT_PORT"]
+    worktree = Path(done["worktree_path"])
+    assert (worktree / ".env.local").read_text() == f"PORT={port}\n"
+    log = Path(done["log_path"]).read_text()
+    assert f"setup in {worktree} for {done['agent_id']} from {repo}" in log
+
+
+def test_a_failed_or_stopped_worktree_setup_ends_the_agent_before_it_starts(
+        aegis_env: dict[str, str], tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    pool = configure(aegis_env, worktree_setup="echo installing; exit 3")
+    with cleanup_pool():
+        failed = pool.await_agent(pool.spawn("touch=never.txt", working_directory=str(repo),
+                                             isolation="worktree")["agent_id"], 30)
+        assert failed["state"] == "failed" and failed["exit_code"] is None, failed
+        assert failed["reason"].startswith("worktree setup failed (exit 3)")
+        assert "installing" in Path(failed["log_path"]).read_text()
+        assert not (Path(failed["worktree_path"]) / "never.txt").exists()
+        pool = configure(aegis_env, worktree_setup="sleep 60")
+        slow = pool.spawn("touch=never.txt", working_directory=str(repo), isolation="worktree")
+        wait_for(lambda: "worktree setup: sleep" in Path(slow["log_path"]).read_text(), 10,
+                 "the setup running")
+        pool.stop(slow["agent_id"], wait_secs=10)
+        stopped = pool.status(slow["agent_id"])
+    assert stopped["state"] == "stopped", stopped
+    assert stopped["reason"] == "stopped by request during the worktree setup"
+
+
 def test_config_can_make_worktrees_the_default_in_git_repositories(
         aegis_env: dict[str, str], tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
@@ -426,3 +465,31 @@ def test_kill9_of_runners_at_random_moments_leaves_a_consistent_pool(
         assert stats["total"] == 10 and stats["active"] == 0
         assert pool.locks() == []
         wait_for(lambda: not _runner_pids(set(ids)), 5, "every runner to be gone")
+
+
+def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    import sqlite3
+
+    from aegis_mcp import pool as pool_module
+
+    configure(aegis_env)
+    directory = tmp_path / "old-pool"
+    directory.mkdir(mode=0o700)
+    old = sqlite3.connect(directory / "pool.db")
+    old.executescript(pool_module._SCHEMA.replace("    worktree_setup TEXT,\n", "")
+                      + "PRAGMA user_version = 1;")
+    old.execute("INSERT INTO agents (id, state, description, agent_type, working_directory,"
+                " cwd, isolation, argv, env, stop_grace_secs, created_at) VALUES"
+                " ('0ld0ld00', 'completed', 'old task', 'claude', '/', '/', 'lock', '[]', '{}',"
+                " 3, 0)")
+    old.commit()
+    old.close()
+    upgraded = Pool(directory)
+    with cleanup_pool():
+        assert upgraded.status("0ld0ld00")["description"] == "old task"
+        (wd,) = dirs(tmp_path, 1)
+        new = upgraded.spawn("sleep=0", working_directory=wd)
+        assert upgraded.await_agent(new["agent_id"], 30)["state"] == "completed"
+    assert upgraded.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    upgraded.close()

@@ -59,6 +59,7 @@ _RUNNER_START_TIMEOUT = 60.0
 _MAX_LAUNCHES = 3
 """Launch attempts before an agent whose runner never comes up is marked failed."""
 
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS agents (
     repo_root TEXT,
     worktree_path TEXT,
     branch TEXT,
+    worktree_setup TEXT,
     argv TEXT NOT NULL,
     env TEXT NOT NULL,
     max_iterations INTEGER,
@@ -121,6 +123,9 @@ class PoolSettings:
     gets its own git worktree and branch (elsewhere it falls back to `lock`)."""
     stop_grace_secs: float = 3.0
     """How long a stopping agent gets after SIGINT, then after SIGTERM, before SIGKILL."""
+    worktree_setup: str = ""
+    """A shell command run in each new git worktree before its agent starts (install the
+    dependencies, write a .env with $AEGIS_AGENT_PORT, ...); its failure fails the agent."""
 
 
 _ENV_KEYS = {
@@ -128,6 +133,7 @@ _ENV_KEYS = {
     "timeout_secs": "AEGIS_POOL_TIMEOUT",
     "isolation": "AEGIS_POOL_ISOLATION",
     "stop_grace_secs": "AEGIS_POOL_STOP_GRACE",
+    "worktree_setup": "AEGIS_POOL_WORKTREE_SETUP",
 }
 
 
@@ -162,6 +168,9 @@ def _checked_settings(values: dict[str, Any]) -> PoolSettings:
             elif key == "isolation":
                 out[key] = str(value)
                 ok = out[key] in ISOLATIONS
+            elif key == "worktree_setup":
+                out[key] = value
+                ok = isinstance(value, str)
             else:
                 out[key] = float(value)
                 ok = 0 <= out[key] <= 7 * 86400
@@ -169,7 +178,9 @@ def _checked_settings(values: dict[str, Any]) -> PoolSettings:
             ok = False
         if not ok:
             expected = {"max_agents": "a whole number from 1 to 256",
-                        "isolation": "lock or worktree"}.get(key, "seconds from 0 to 604800")
+                        "isolation": "lock or worktree",
+                        "worktree_setup": "a shell command, as a string",
+                        }.get(key, "seconds from 0 to 604800")
             raise AegisError(f"pool setting {key} = {value!r}: expected {expected}")
     return PoolSettings(**out)
 
@@ -339,12 +350,16 @@ class Pool:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             self._conn = conn
-            if conn.execute("PRAGMA user_version").fetchone()[0] != 1:
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
                 with self.transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute("PRAGMA user_version = 1")
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version == 1:  # a store of the first release: one column more since
+                        conn.execute("ALTER TABLE agents ADD COLUMN worktree_setup TEXT")
+                    elif version != _SCHEMA_VERSION:
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         return self._conn
 
     def close(self) -> None:
@@ -455,11 +470,14 @@ class Pool:
                 with self.transaction() as conn:
                     conn.execute(
                         "INSERT INTO agents (id, state, description, agent_type, working_directory,"
-                        " cwd, isolation, lock_path, repo_root, worktree_path, branch, argv, env,"
-                        " max_iterations, enforce_iterations, timeout_secs, stop_grace_secs,"
-                        " created_at, notes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " cwd, isolation, lock_path, repo_root, worktree_path, branch,"
+                        " worktree_setup, argv, env, max_iterations, enforce_iterations,"
+                        " timeout_secs, stop_grace_secs, created_at, notes)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (agent_id, QUEUED, description, agent_type, wd, cwd, chosen, lock_path,
-                         repo_root, worktree, branch, json.dumps(argv), json.dumps(agent_env),
+                         repo_root, worktree, branch,
+                         (settings.worktree_setup or None) if worktree else None,
+                         json.dumps(argv), json.dumps(agent_env),
                          max_iterations, int(enforce),
                          settings.timeout_secs if timeout_secs is None else timeout_secs,
                          settings.stop_grace_secs, time.time(), json.dumps(notes)))

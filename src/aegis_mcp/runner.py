@@ -21,6 +21,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -206,6 +207,38 @@ class Runner:
         self.say(f"worktree {path} on branch {branch}")
         return None
 
+    def run_worktree_setup(self, command: str, env: dict[str, str],
+                           deadline: float | None) -> tuple[str, str] | None:
+        """The pool's `worktree_setup` command in the new worktree, its output in the agent's
+        log. Its failure, a stop request or the agent's timeout (which the setup counts
+        against) ends the agent before it starts: (state, reason)."""
+        self.say(f"worktree setup: {command}")
+        setup_env = {**env, "AEGIS_WORKTREE": self.row["worktree_path"],
+                     "AEGIS_REPO_ROOT": self.row["repo_root"]}
+        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.row["worktree_path"],
+                                env=setup_env, stdin=subprocess.DEVNULL, stdout=self.log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_runner)
+        ended: tuple[str, str] | None = None
+        while ended is None:
+            try:
+                code = proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                if self.pool.stop_requested(self.id):
+                    ended = (STOPPED, "stopped by request during the worktree setup")
+                elif deadline is not None and time.monotonic() >= deadline:
+                    ended = (FAILED, "timed out during the worktree setup; stopped by the pool")
+                continue
+            if code == 0:
+                self.say("worktree setup done")
+                return None
+            return FAILED, (f"worktree setup failed (exit {code}): {command} (its output is in "
+                            "the agent's log)")
+        proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
+                           lambda t: time.sleep(min(t, 0.05)), self.row["stop_grace_secs"])
+        proc.wait()
+        return ended
+
     def run(self) -> None:
         sel = selectors.DefaultSelector()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -214,13 +247,22 @@ class Runner:
             signal.signal(sig, lambda *_: None)
         sel.register(wake_r, selectors.EVENT_READ, "signal")
 
+        timeout = self.row["timeout_secs"] or None
+        deadline = time.monotonic() + timeout if timeout else None
+        argv = json.loads(self.row["argv"])
+        env = json.loads(self.row["env"])
+        # A port for the agent's own servers: parallel agents' dev servers must not collide.
+        env["AEGIS_AGENT_PORT"] = str(_free_port())
         if self.row["worktree_path"]:
             error = self.setup_worktree()
             if error:
                 self.finish(FAILED, error, None)
                 return
-        argv = json.loads(self.row["argv"])
-        env = json.loads(self.row["env"])
+            if self.row["worktree_setup"]:
+                ended = self.run_worktree_setup(self.row["worktree_setup"], env, deadline)
+                if ended:
+                    self.finish(*ended, None)
+                    return
         self.say(f"starting {' '.join(argv[:1])} in {self.row['cwd']}")
         try:
             proc = subprocess.Popen(argv, cwd=self.row["cwd"], env=env, stdin=subprocess.DEVNULL,
@@ -237,8 +279,6 @@ class Runner:
         self.pool.record_progress(self.id, agent_pid=proc.pid)
         _crash("runner-running")
 
-        timeout = self.row["timeout_secs"] or None
-        deadline = time.monotonic() + timeout if timeout else None
         next_flush = time.monotonic()
         eof = False
         while self.agent_status is None or not eof:
@@ -367,6 +407,13 @@ def _summarize(event: dict[str, Any]) -> str:
     if kind == "system":
         return f"system ({event.get('subtype', '')})"
     return f"{kind}: {json.dumps(event)[:300]}"
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine right now (the kernel's pick for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 def _crash(name: str) -> None:
