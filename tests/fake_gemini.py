@@ -5,9 +5,18 @@ API-key auth selected in ~/.gemini/settings.json (`settings()`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from tests.scripted_api import ScriptedAPI
+
+
+@dataclass(frozen=True)
+class FunctionCall:
+    """A model turn that calls a tool (`mcp_<server>_<tool>` for MCP tools)."""
+
+    name: str
+    args: dict[str, Any]
 
 
 class FakeGemini(ScriptedAPI):
@@ -22,10 +31,18 @@ class FakeGemini(ScriptedAPI):
         return [part["text"] for content in body.get("contents", [])
                 for part in content.get("parts", []) if isinstance(part.get("text"), str)]
 
-    def encode(self, path: str, body: Any, text: str) -> tuple[str, bytes]:
+    def function_responses(self, turn: int) -> list[dict[str, Any]]:
+        """The tool results a turn sends back (`functionResponse` parts)."""
+        body = self.turns()[turn].body
+        return [part["functionResponse"] for content in body.get("contents", [])
+                for part in content.get("parts", []) if "functionResponse" in part]
+
+    def encode(self, path: str, body: Any, reply: object) -> tuple[str, bytes]:
         if not self.is_turn(path):  # countTokens and the like
             return "application/json", json.dumps({"totalTokens": 10}).encode()
-        chunk = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+        part = ({"functionCall": {"name": reply.name, "args": reply.args}}
+                if isinstance(reply, FunctionCall) else {"text": str(reply)})
+        chunk = {"candidates": [{"content": {"parts": [part], "role": "model"},
                                  "finishReason": "STOP", "index": 0}],
                  "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
                                    "totalTokenCount": 15}}

@@ -32,7 +32,8 @@ class FakeOpenAIResponses(ScriptedAPI):
                 for part in item.get("content") or []
                 if isinstance(part, dict) and isinstance(part.get("text"), str)]
 
-    def encode(self, path: str, body: Any, text: str) -> tuple[str, bytes]:
+    def encode(self, path: str, body: Any, reply: object) -> tuple[str, bytes]:
+        text = str(reply)
         rid = f"resp_{next(self._ids)}"
         usage = {"input_tokens": 10, "input_tokens_details": None, "output_tokens": 5,
                  "output_tokens_details": None, "total_tokens": 15}

@@ -37,8 +37,9 @@ class ScriptedAPI:
         """Whether a POST to `path` is a model turn (takes the next scripted reply)."""
         raise NotImplementedError
 
-    def encode(self, path: str, body: Any, text: str) -> tuple[str, bytes]:
-        """(content type, body) of the answer `text` to a request."""
+    def encode(self, path: str, body: Any, reply: object) -> tuple[str, bytes]:
+        """(content type, body) of the answer to a request: `reply` is a text, or a reply
+        object of the subclass's own (a tool call)."""
         raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -66,8 +67,11 @@ class ScriptedAPI:
     # -- script and record -----------------------------------------------------------------
 
     def queue_text(self, text: str) -> None:
+        self.queue(text)
+
+    def queue(self, reply: object) -> None:
         with self._lock:
-            self._replies.append(text)
+            self._replies.append(reply)
 
     def queue_hold(self) -> None:
         with self._lock:
@@ -111,7 +115,7 @@ def _make_handler(api: ScriptedAPI) -> type[BaseHTTPRequestHandler]:
             if reply is HOLD:
                 api._released.wait(120)
                 reply = api.default_text
-            content_type, data = api.encode(self.path, body, str(reply))
+            content_type, data = api.encode(self.path, body, reply)
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))

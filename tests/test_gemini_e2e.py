@@ -2,7 +2,8 @@
 of its .gemini/settings.json, and the file on disk does not change. `gemini mcp list` starts
 and health-checks every configured server, so "Connected" means our server answered. A
 `gemini -p` run restarted mid-turn resumes its session (`--resume latest`) against a local
-stand-in for the Gemini API."""
+stand-in for the Gemini API, and the model's call of the injected `restart_agent` tool restarts
+gemini the same way."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
-from tests.fake_gemini import FakeGemini
+from tests.fake_gemini import FakeGemini, FunctionCall
 from tests.pool_e2e import spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
@@ -109,3 +110,30 @@ def test_a_background_gemini_agent_reports_its_answer_and_session(
                               project)
         assert api.texts(-1)[-1] == "what is in this project?"
     assert done["result"] == "the gemini answer" and done["session_id"], done
+
+
+@NEEDS_ROOT  # its own network namespace
+def test_the_model_restarts_gemini_through_the_injected_tool(
+        gemini_env: tuple[Path, dict[str, str]]) -> None:
+    project, env = gemini_env
+    (Path(env["HOME"]) / ".gemini" / "settings.json").write_text(json.dumps(FakeGemini.SETTINGS))
+    with PrivateLoopback() as net, FakeGemini("default reply", bind=net.run) as api:
+        api.queue(FunctionCall("mcp_aegis-mcp_restart_agent",
+                               {"reason": "MCP server updated",
+                                "prompt": "continue after restart"}))
+        api.queue_text("the restart is scheduled")
+        api.queue_text("second gemini here")
+        out = subprocess.run(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash", "-p",
+                                        "first prompt"]),
+                             env={**env, "GOOGLE_GEMINI_BASE_URL": api.origin}, cwd=project,
+                             capture_output=True, text=True, timeout=180,
+                             stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert "aegis-mcp: restarting gemini (reason: MCP server updated)" in out.stderr
+        assert "second gemini here" in out.stdout
+        # Gemini called the tool through the redirected config and sent its answer back ...
+        answer = json.dumps(api.function_responses(1))
+        assert "restart_agent" in answer and "stopped and started again" in answer
+        # ... and the new gemini resumed the conversation with the restart prompt.
+        texts = api.texts(-1)
+        assert "first prompt" in texts and texts[-1] == "continue after restart"
