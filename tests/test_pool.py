@@ -370,6 +370,9 @@ def test_bad_pool_settings_are_reported(aegis_env: dict[str, str]) -> None:
     Path(aegis_env["AEGIS_CONFIG"]).write_text("[pool]\nmax_agent = 3\n")
     with pytest.raises(AegisError, match="unknown key 'max_agent'"):
         Pool().stats()
+    Path(aegis_env["AEGIS_CONFIG"]).write_text("[pool]\nworktree_setup = ['npm', 'ci']\n")
+    with pytest.raises(AegisError, match="worktree_setup .* expected a shell command"):
+        Pool().stats()
 
 
 def test_kill9_of_a_runner_marks_the_agent_lost_and_frees_its_lock(
