@@ -126,15 +126,22 @@ def one_transfer(capture: bool, mode: str, total: int, work: Path, resolv: Path
 
 def throughput(mode: str, total: int, rounds: int, work: Path, resolv: Path
                ) -> dict[str, float]:
-    """Medians of MiB/s and of MiB per CPU second with and without capture. On and off
-    alternate round by round (and which goes first alternates too), so drifts of a shared
-    machine hit both alike."""
+    """Medians of MiB/s and of MiB per CPU second with and without capture, and the medians
+    of the on/off ratios of back-to-back pairs. On and off alternate round by round (and which
+    goes first alternates too), so drifts of a shared machine hit both alike; a pair's ratio
+    compares two runs a second apart, so the pair medians are the steadiest figure."""
     runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for i in range(rounds):
         for capture in ((True, False) if i % 2 == 0 else (False, True)):
             runs[capture].append(one_transfer(capture, mode, total, work, resolv))
-    return {f"{name}_{'on' if capture else 'off'}": statistics.median(r[k] for r in runs[capture])
-            for capture in (True, False) for k, name in ((0, "rate"), (1, "per_cpu"))}
+    out = {f"{name}_{'on' if capture else 'off'}": statistics.median(r[k] for r in runs[capture])
+           for capture in (True, False) for k, name in ((0, "rate"), (1, "per_cpu"))}
+    pairs = list(zip(runs[True], runs[False], strict=True))
+    out["pair_wall"] = statistics.median(on[0] / off[0] for on, off in pairs)
+    out["pair_cpu"] = statistics.median(on[1] / off[1] for on, off in pairs)
+    out["pair_min"] = min(min(on[0] / off[0], on[1] / off[1]) for on, off in pairs)
+    out["pair_max"] = max(max(on[0] / off[0], on[1] / off[1]) for on, off in pairs)
+    return out
 
 
 def main() -> int:
@@ -158,17 +165,19 @@ def main() -> int:
         for mode in ("up", "down"):
             m = throughput(mode, total, args.rounds, work, resolv)
             wall, cpu = m["rate_on"] / m["rate_off"], m["per_cpu_on"] / m["per_cpu_off"]
-            ratios += [wall, cpu]
+            ratios += [m["pair_wall"], m["pair_cpu"]]
             print(f"bulk {mode:<4} {args.mib} MiB x {args.rounds}: capture on {m['rate_on']:.0f} "
-                  f"MiB/s, off {m['rate_off']:.0f} MiB/s, ratio {wall:.3f}; per CPU second: "
-                  f"on {m['per_cpu_on']:.0f} MiB, off {m['per_cpu_off']:.0f} MiB, ratio "
-                  f"{cpu:.3f} (goal >= 0.9)")
+                  f"MiB/s, off {m['rate_off']:.0f} MiB/s, ratio of medians {wall:.3f}; per CPU "
+                  f"second: on {m['per_cpu_on']:.0f} MiB, off {m['per_cpu_off']:.0f} MiB, "
+                  f"ratio of medians {cpu:.3f}")
+            print(f"     median of {args.rounds} back-to-back pairs: wall ratio "
+                  f"{m['pair_wall']:.3f}, CPU ratio {m['pair_cpu']:.3f} (goal >= 0.9; pair "
+                  f"ratios range {m['pair_min']:.2f}-{m['pair_max']:.2f})")
         closes = (work / "bulk.jsonl").read_text().count('"event":"close"')
         print(f"close events recorded by the capture: {closes} "
               f"(expected {2 * args.rounds * 2}: warm-up + measured, per round and direction)")
-        print(f"throughput ratio, worst of directions and measures: {min(ratios):.3f} "
-              f"(wall-clock figures swing with other load on the machine; the CPU ratio "
-              f"is the steadier one)")
+        print(f"throughput ratio, worst of directions and measures (pair medians): "
+              f"{min(ratios):.3f} (single runs swing with other load on the machine)")
     return 0
 
 
