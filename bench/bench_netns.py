@@ -8,7 +8,7 @@
    wall-clock time, and MiB per CPU second of client + server + capture helper (the kernel's
    veth and conntrack work is charged to them), which a busy shared machine disturbs less.
 
-    sudo python bench/bench_netns.py [--cycles 20] [--mib 1024] [--rounds 9]
+    sudo python bench/bench_netns.py [--cycles 20] [--mib 512] [--rounds 21]
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def throughput(mode: str, total: int, rounds: int, work: Path, resolv: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
-    parser.add_argument("--mib", type=int, default=1024, help="MiB per transfer")
-    parser.add_argument("--rounds", type=int, default=9, help="transfers per measurement")
+    parser.add_argument("--mib", type=int, default=512, help="MiB per transfer")
+    parser.add_argument("--rounds", type=int, default=21, help="on/off pairs per direction")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_netns: needs root (sudo)", file=sys.stderr)
