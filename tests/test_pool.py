@@ -262,6 +262,7 @@ def test_worktree_setup_runs_in_the_new_worktree_with_the_agents_port(
         done = pool.await_agent(spawned["agent_id"], 30)
     assert done["state"] == "completed", done
     port = json.loads((tmp_path / "env.json").read_text())["AEGIS_AGENT_PORT"]
+    assert done["port"] == int(port)  # the status tells where its dev server listens
     worktree = Path(done["worktree_path"])
     assert (worktree / ".env.local").read_text() == f"PORT={port}\n"
     log = Path(done["log_path"]).read_text()
@@ -480,8 +481,9 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
     directory = tmp_path / "old-pool"
     directory.mkdir(mode=0o700)
     old = sqlite3.connect(directory / "pool.db")
-    old.executescript(pool_module._SCHEMA.replace("    worktree_setup TEXT,\n", "")
-                      + "PRAGMA user_version = 1;")
+    first_release = pool_module._SCHEMA.replace("    worktree_setup TEXT,\n", "").replace(
+        "    agent_port INTEGER,\n", "")
+    old.executescript(first_release + "PRAGMA user_version = 1;")
     old.execute("INSERT INTO agents (id, state, description, agent_type, working_directory,"
                 " cwd, isolation, argv, env, stop_grace_secs, created_at) VALUES"
                 " ('0ld0ld00', 'completed', 'old task', 'claude', '/', '/', 'lock', '[]', '{}',"
@@ -491,6 +493,7 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
     upgraded = Pool(directory)
     with cleanup_pool():
         assert upgraded.status("0ld0ld00")["description"] == "old task"
+        assert upgraded.status("0ld0ld00")["port"] is None
         (wd,) = dirs(tmp_path, 1)
         new = upgraded.spawn("sleep=0", working_directory=wd)
         assert upgraded.await_agent(new["agent_id"], 30)["state"] == "completed"

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS agents (
     worktree_path TEXT,
     branch TEXT,
     worktree_setup TEXT,
+    agent_port INTEGER,
     argv TEXT NOT NULL,
     env TEXT NOT NULL,
     max_iterations INTEGER,
@@ -353,8 +354,9 @@ class Pool:
             if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
                 with self.transaction():
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version == 1:  # a store of the first release: one column more since
+                    if version == 1:  # a store of the first release: two columns more since
                         conn.execute("ALTER TABLE agents ADD COLUMN worktree_setup TEXT")
+                        conn.execute("ALTER TABLE agents ADD COLUMN agent_port INTEGER")
                     elif version != _SCHEMA_VERSION:
                         for statement in _SCHEMA.split(";"):
                             if statement.strip():
@@ -686,6 +688,7 @@ class Pool:
             "isolation": row["isolation"],
             "worktree_path": row["worktree_path"],
             "branch": row["branch"],
+            "port": row["agent_port"],
             "pid": row["agent_pid"] if row["state"] == RUNNING else None,
             "runner_pid": row["runner_pid"] if row["state"] in ACTIVE else None,
             "created_at": _iso(row["created_at"]),

@@ -252,7 +252,9 @@ class Runner:
         argv = json.loads(self.row["argv"])
         env = json.loads(self.row["env"])
         # A port for the agent's own servers: parallel agents' dev servers must not collide.
-        env["AEGIS_AGENT_PORT"] = str(_free_port())
+        port = _free_port()
+        env["AEGIS_AGENT_PORT"] = str(port)
+        self.pool.record_progress(self.id, agent_port=port)
         if self.row["worktree_path"]:
             error = self.setup_worktree()
             if error:
