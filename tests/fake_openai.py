@@ -6,9 +6,19 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from tests.scripted_api import Bind, ScriptedAPI
+
+
+@dataclass(frozen=True)
+class CustomToolCall:
+    """A model turn that calls a custom tool. Codex reaches MCP tools through its `exec` tool:
+    JavaScript that awaits `tools.mcp__<server>__<tool>(args)`."""
+
+    name: str
+    input: str
 
 
 class FakeOpenAIResponses(ScriptedAPI):
@@ -32,13 +42,22 @@ class FakeOpenAIResponses(ScriptedAPI):
                 for part in item.get("content") or []
                 if isinstance(part, dict) and isinstance(part.get("text"), str)]
 
+    def tool_outputs(self, turn: int) -> list[Any]:
+        """The tool results a turn sends back (`*_call_output` items)."""
+        body = self.turns()[turn].body
+        return [item.get("output") for item in body.get("input", [])
+                if isinstance(item, dict) and str(item.get("type")).endswith("call_output")]
+
     def encode(self, path: str, body: Any, reply: object) -> tuple[str, bytes]:
-        text = str(reply)
         rid = f"resp_{next(self._ids)}"
         usage = {"input_tokens": 10, "input_tokens_details": None, "output_tokens": 5,
                  "output_tokens_details": None, "total_tokens": 15}
-        message = {"type": "message", "role": "assistant", "id": f"msg_{rid}",
-                   "content": [{"type": "output_text", "text": text}]}
+        if isinstance(reply, CustomToolCall):
+            message = {"type": "custom_tool_call", "id": f"ctc_{rid}", "call_id": f"call_{rid}",
+                       "name": reply.name, "input": reply.input, "status": "completed"}
+        else:
+            message = {"type": "message", "role": "assistant", "id": f"msg_{rid}",
+                       "content": [{"type": "output_text", "text": str(reply)}]}
         events = [{"type": "response.created", "response": {"id": rid}},
                   {"type": "response.output_item.done", "output_index": 0, "item": message},
                   {"type": "response.completed", "response": {"id": rid, "usage": usage}}]

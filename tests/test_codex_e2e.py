@@ -1,13 +1,15 @@
 """The real Codex CLI (a Node launcher and a static binary) starts aegis-mcp's server from the
 supervisor's `-c mcp_servers.aegis-mcp.*` overrides: the server says hello to its supervisor.
 A `codex exec` run restarted mid-turn resumes its session (`codex exec ... resume --last`)
-against a local stand-in for the Responses API.
+against a local stand-in for the Responses API, and so does one whose model calls the injected
+`restart_agent` tool (through Codex's JavaScript `exec` tool, the way it reaches MCP tools).
 
 Codex tries the network on its own (its API, then other hosts), so it runs in a network
 namespace of the test's own with only loopback: nothing leaves the machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -17,7 +19,7 @@ import psutil
 
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
-from tests.fake_openai import FakeOpenAIResponses
+from tests.fake_openai import CustomToolCall, FakeOpenAIResponses
 from tests.pool_e2e import spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
@@ -95,3 +97,32 @@ def test_a_background_codex_agent_reports_its_answer_and_thread(
         assert api.input_texts(-1)[-1] == "what is in this project?"
     assert done["result"] == "the codex answer" and done["session_id"], done
     assert done["iterations"] == 1
+
+
+def test_the_model_restarts_codex_through_the_injected_tool(
+        tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    (home / ".codex").mkdir(parents=True)
+    call = ('const r = await tools.mcp__aegis_mcp__restart_agent('
+            '{reason: "MCP server updated", prompt: "continue after restart"});\n'
+            'text(JSON.stringify(r));')
+    with PrivateLoopback() as net, FakeOpenAIResponses(bind=net.run) as api:
+        (home / ".codex" / "config.toml").write_text(api.codex_config())
+        api.queue(CustomToolCall("exec", call))
+        api.queue_text("the restart is scheduled")
+        api.queue_text("second codex here")
+        out = subprocess.run(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
+                                        "first prompt"]),
+                             env={**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
+                                  "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"},
+                             cwd=project, capture_output=True, text=True, timeout=180,
+                             stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert "aegis-mcp: restarting codex (reason: MCP server updated)" in out.stderr
+        assert "second codex here" in out.stdout
+        # The tool ran in our server (reached through the -c injection) and answered codex ...
+        assert "stopped and started again" in json.dumps(api.tool_outputs(1))
+        # ... and the new codex resumed the session with the restart prompt.
+        texts = api.input_texts(-1)
+        assert "first prompt" in texts and texts[-1] == "continue after restart"
