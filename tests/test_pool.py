@@ -499,3 +499,18 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
         assert upgraded.await_agent(new["agent_id"], 30)["state"] == "completed"
     assert upgraded.conn.execute("PRAGMA user_version").fetchone()[0] == 2
     upgraded.close()
+
+
+def test_a_new_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+    # The first open switches the store to WAL; SQLite answers "database is locked" at once,
+    # without waiting, to the others that open it at that moment (seen in CI).
+    script = ("import sys; from pathlib import Path; from aegis_mcp.pool import Pool; "
+              "print(Pool(Path(sys.argv[1])).stats()['max_agents'])")
+    for round_ in range(8):
+        directory = tmp_path / f"pool{round_}"
+        procs = [subprocess.Popen([os.sys.executable, "-c", script, str(directory)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err

@@ -348,7 +348,17 @@ class Pool:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 60000")
             # WAL: readers never block the writer; NORMAL sync survives any process crash.
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Switching a new store to WAL needs it to itself, and SQLite reports "database is
+            # locked" at once (no busy handler) when other processes open it at that moment.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._conn = conn
             if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
