@@ -501,7 +501,8 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
     upgraded.close()
 
 
-def test_a_new_store_opened_by_many_processes_at_once(tmp_path: Path) -> None:
+def test_a_new_store_opened_by_many_processes_at_once(aegis_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
     # The first open switches the store to WAL; SQLite answers "database is locked" at once,
     # without waiting, to the others that open it at that moment (seen in CI).
     script = ("import sys; from pathlib import Path; from aegis_mcp.pool import Pool; "
