@@ -157,7 +157,8 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
               str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
     assert out.returncode == 0, out.stderr
     assert "using netns mode" in out.stderr
-    assert "ANTHROPIC_BASE_URL=http://127.0.0.1:9/ points at this host's loopback" in out.stderr
+    assert ("ANTHROPIC_BASE_URL=http://127.0.0.1:9/: the host's 127.0.0.1:9 is forwarded"
+            in out.stderr)
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")
@@ -170,6 +171,42 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
     assert netmon.status(log)["connections"] >= 1
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert after == before  # torn down
+
+
+@needs_root
+def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd) -> None:
+    # Two servers on the host's loopback only: one named by a URL in the environment (as an
+    # API base URL would be), one by --netns-forward. Inside the namespace the agent reaches
+    # both at 127.0.0.1, and the capture records both connections.
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Hello) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api, extra = (srv.server_address[1] for srv in servers)
+        env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+               "SUDO_GID": str(throwaway_user.pw_gid),
+               "AEGIS_RUNTIME_DIR": str(shared_dir / "run"),
+               "MY_API_BASE_URL": f"http://localhost:{api}", "OTHER_URL": "http://[::1]:7/"}
+        fetch = ("import sys, urllib.request\n"
+                 "for port in sys.argv[1:]:\n"
+                 "    print(urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=10)"
+                 ".read().decode()[:6])\n")
+        out = run(env, "--netmon=netns", "--netns-forward", str(extra), "--",
+                  "/usr/bin/python3", "-c", fetch, str(api), str(extra), cwd=shared_dir)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["hello", "hello"]
+    assert (f"MY_API_BASE_URL=http://localhost:{api}: the host's 127.0.0.1:{api} is "
+            "forwarded into the network namespace") in out.stderr
+    assert f"--netns-forward {extra}: the host's 127.0.0.1:{extra}" in out.stderr
+    assert "OTHER_URL=http://[::1]:7/ points at this host's IPv6 loopback" in out.stderr
+    log = next((shared_dir / "run").rglob("netmon-*.jsonl"))
+    closes = {e["port"] for e in events(log) if e["event"] == "close"}
+    assert {api, extra} <= closes
 
 
 def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],

@@ -29,6 +29,9 @@ options (before or after AGENT; put agent flags of the same name after `--`):
   --netmon[=MODE]         record the agent's network connections; MODE is preload (LD_PRELOAD,
                           no root needed), netns (network namespace, needs sudo) or auto
                           (netns as root, preload otherwise; the default for a bare --netmon)
+  --netns-forward PORT    with --netmon=netns, let the agent reach this TCP port of the host's
+                          127.0.0.1 (repeatable; ports of loopback URLs in the environment,
+                          such as ANTHROPIC_BASE_URL, are forwarded without asking)
   --no-inject-mcp         do not give the agent aegis-mcp's MCP server
   --keep-root             under sudo, run the agent as root instead of as you (not advised)
   --watch PATH            restart the agent when a file under PATH changes (repeatable)
@@ -62,6 +65,7 @@ class SupervisorOptions:
     """Profile name, or None for a generic command given after `--`."""
     agent_args: list[str] = field(default_factory=list)
     netmon: str | None = None
+    netns_forward: list[int] = field(default_factory=list)
     inject_mcp: bool = True
     keep_root: bool = False
     watch: list[str] = field(default_factory=list)
@@ -103,6 +107,11 @@ def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
                 raise UsageError(f"--netmon={mode}: the mode must be preload, netns or auto")
             opts.netmon = mode
             i += 1
+        elif name == "--netns-forward":
+            value, i = _value(argv, i, arg)
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise UsageError(f"--netns-forward {value!r}: give a TCP port from 1 to 65535")
+            opts.netns_forward.append(int(value))
         elif arg == "--no-inject-mcp":
             opts.inject_mcp = False
             i += 1

@@ -11,6 +11,9 @@ bubblewrap names its phases):
   veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1
   nftables    table `ip aegis_<pid>`: masquerade for the subnet, DNS DNAT when the host uses a
               loopback resolver, forwarding only for replies into the namespace
+  forwards    host-loopback TCP ports the agent must reach (its API URLs name 127.0.0.1):
+              inside the namespace 127.0.0.1:PORT is DNATed to the host end, and there to the
+              host's 127.0.0.1:PORT (httptap #19: a namespace cannot reach the host's loopback)
   sysctls     net.ipv4.ip_forward=1 and net.netfilter.nf_conntrack_acct=1; the values found
               before the first aegis namespace are kept in a shared baseline file and put back
               by whichever teardown or cleanup removes the last aegis namespace
@@ -61,6 +64,8 @@ SYSCTLS = {
     "net.netfilter.nf_conntrack_acct": "1",
 }
 READY_TIMEOUT = 10.0
+NS_IFNAME = "eth0"
+"""The namespace's end of the veth."""
 
 
 def require_root(action: str | None = None) -> None:
@@ -109,6 +114,8 @@ class State:
     """How DNS works inside: "copy" (host resolvers reachable through NAT) or "dnat:<ip>"
     (port 53 of the host end forwarded to a loopback resolver)."""
     nameservers: list[str] = field(default_factory=list)
+    forwards: list[str] = field(default_factory=list)
+    """Host loopback `ip:port`s reachable from inside at the same address."""
     log_path: str | None = None
     capture_pid: int | None = None
     capture_start: int | None = None
@@ -319,16 +326,16 @@ def _add_veth(state: State) -> None:
 
     with IPRoute() as ipr:
         ipr.link("add", ifname=state.veth, kind="veth",
-                 peer={"ifname": "eth0", "net_ns_fd": state.name})
+                 peer={"ifname": NS_IFNAME, "net_ns_fd": state.name})
         index = ipr.link_lookup(ifname=state.veth)[0]
         ipr.addr("add", index=index, address=state.host_addr, prefixlen=30)
         ipr.link("set", index=index, state="up")
     with NetNS(state.name) as ns:
-        index = ns.link_lookup(ifname="eth0")[0]
+        index = ns.link_lookup(ifname=NS_IFNAME)[0]
         ns.addr("add", index=index, address=state.ns_addr, prefixlen=30)
         ns.link("set", index=index, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway=state.host_addr)
-    if state.dns.startswith("dnat:"):
+    if state.dns.startswith("dnat:") or state.forwards:
         # Lets the DNAT to 127.x route on this interface only (and its replies leave by it).
         _write_sysctl(f"net.ipv4.conf.{state.veth}.route_localnet", "1")
 
@@ -347,6 +354,10 @@ def _add_nft_table(state: State, nft: str) -> None:
         dnat = "".join(
             f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
             f"dnat to {target}:53\n" for p in ("udp", "tcp"))
+    for forward in state.forwards:
+        ip, port = forward.rsplit(":", 1)
+        dnat += (f'    iifname "{state.veth}" ip daddr {state.host_addr} tcp dport {port} '
+                 f"dnat to {ip}:{port}\n")
     _nft(nft, f"""
 table ip {state.table} {{
   comment "aegis-mcp network namespace {state.name}"
@@ -364,6 +375,34 @@ table ip {state.table} {{
   }}
 }}
 """)
+
+
+def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
+    """Inside the namespace: connections to a forwarded loopback ip:port go out to the host
+    end (output DNAT, then masquerade of the 127.x source, which route_localnet lets out)."""
+    if not state.forwards:
+        return
+    enter = [tools["ip"], "netns", "exec", state.name]
+    rules = "".join(f"    ip daddr {ip} tcp dport {port} dnat to {state.host_addr}:{port}\n"
+                    for ip, port in (f.rsplit(":", 1) for f in state.forwards))
+    script = f"""
+table ip aegis_forward {{
+  chain output {{
+    type nat hook output priority -100; policy accept;
+{rules}  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{NS_IFNAME}" ip saddr 127.0.0.0/8 masquerade
+  }}
+}}
+"""
+    proc = subprocess.run([*enter, tools["nft"], "-f", "-"], input=script, text=True,
+                          capture_output=True, timeout=30)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["?"]
+        raise AegisError(f"nft in {state.name} failed: {errors[0].strip()}")
+    subprocess.run([*enter, "sh", "-c", f"echo 1 > /proc/sys/net/ipv4/conf/{NS_IFNAME}/"
+                    "route_localnet"], check=True, capture_output=True, timeout=30)
 
 
 def _set_sysctls(state: State, nft: str, capture: bool) -> None:
@@ -496,22 +535,31 @@ class Namespace:
 
 
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
-           capture: bool = True) -> Namespace:
+           capture: bool = True, forwards: tuple[tuple[str, int], ...] = ()) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
     does). Raises AegisError with one line on any failure, after undoing what was done.
     `resolv_conf` is the host's resolver configuration to follow; `capture=False` (for the
-    benchmark) sets up the namespace without recording anything."""
+    benchmark) sets up the namespace without recording anything. `forwards` are host
+    loopback (ip, port)s that stay reachable at the same address from inside."""
     require_root()
     tools = _require_tools()
+    for ip, port in forwards:
+        if not ipaddress.ip_address(ip).is_loopback or ipaddress.ip_address(ip).version != 4 \
+                or not 0 < port < 65536:
+            raise AegisError(f"cannot forward {ip}:{port} into the namespace: only IPv4 "
+                             "loopback addresses and ports 1-65535")
     with _locked():
         state = _reserve(owner_pid, Path(log_path), resolv_conf)
+        state.forwards = sorted({f"{ip}:{port}" for ip, port in forwards})
+        state.save()
     namespace = Namespace(state, tools, None)
     try:
         _add_namespace(state)
         _add_veth(state)
         _add_nft_table(state, tools["nft"])
+        _add_inner_forwards(state, tools)
         with _locked():
             _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aegis_mcp import __version__, agentargs, control, injection, proctree
 from aegis_mcp.cli import SupervisorOptions
@@ -516,22 +517,29 @@ class Supervisor:
                 from aegis_mcp import netns
 
                 assert self.netmon_log is not None
-                self.namespace = netns.create(self.pid, self.netmon_log)
-                self._warn_loopback_urls()
+                forwards, unreachable = loopback_forwards(dict(os.environ),
+                                                          self.opts.netns_forward)
+                self.namespace = netns.create(self.pid, self.netmon_log,
+                                              forwards=tuple(forwards.values()))
+                self._say_forwards(forwards, unreachable)
+            elif self.opts.netns_forward:
+                say("--netns-forward is for --netmon=netns only: ignored")
             self._spawn(resume=False, prompt=None)
             return self._loop()
         finally:
             self._shutdown()
 
-    def _warn_loopback_urls(self) -> None:
-        """Inside the namespace the host's loopback is out of reach (httptap #19): say so for
-        environment URLs that point there, with the address that reaches the host instead."""
+    def _say_forwards(self, forwards: dict[str, tuple[str, int]], unreachable: list[str]
+                      ) -> None:
+        """Inside the namespace the host's loopback is out of reach (httptap #19): the ports
+        the agent's URLs name are forwarded; say which, and what could not be."""
+        for what, (ip, port) in forwards.items():
+            say(f"{what}: the host's {ip}:{port} is forwarded into the network namespace")
         host = self.namespace.state.host_addr
-        for key, value in sorted(os.environ.items()):
-            if _LOOPBACK_URL.search(value):
-                say(f"{key}={value} points at this host's loopback, which the agent cannot "
-                    f"reach from its network namespace: use {host} (the host's end of the "
-                    "namespace's link) and listen on it, or use --netmon=preload")
+        for what in unreachable:
+            say(f"{what} points at this host's IPv6 loopback, which the agent cannot reach "
+                f"from its network namespace: use 127.0.0.1 (forwarded), or {host} (the "
+                "host's end of the namespace's link), or --netmon=preload")
 
     def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -550,6 +558,32 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
 
 
+def loopback_forwards(env: dict[str, str], ports: list[int]
+                      ) -> tuple[dict[str, tuple[str, int]], list[str]]:
+    """The host-loopback (ip, port)s a namespaced agent must reach: those its environment's
+    URLs name (`ANTHROPIC_BASE_URL=http://127.0.0.1:8080`) and `--netns-forward` ports, keyed
+    by what asked for them; and the URLs that cannot be forwarded (IPv6 loopback)."""
+    forwards: dict[str, tuple[str, int]] = {}
+    unreachable: list[str] = []
+    for key, value in sorted(env.items()):
+        if not _LOOPBACK_URL.search(value):
+            continue
+        parts = urlsplit(value)
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            port = None
+        host = (parts.hostname or "").lower()
+        if host == "::1" or port is None:
+            unreachable.append(f"{key}={value}")
+            continue
+        forwards[f"{key}={value}"] = ("127.0.0.1" if host == "localhost" else host, port)
+    for port in ports:
+        forwards[f"--netns-forward {port}"] = ("127.0.0.1", port)
+    return forwards, unreachable
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _LOOPBACK_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\])(:|/|$)",
                            re.IGNORECASE)
 
