@@ -160,3 +160,22 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             status = child.wait()
         # claude's own exit status, forwarded (its Ctrl-C exit)
         assert status is not None and status < 128 + 64, (status, child.signalstatus)
+
+
+def test_claude_in_netns_mode_reaches_its_api_on_the_host_loopback_and_is_recorded(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
+    # The stand-in listens on the host's 127.0.0.1 only; claude runs in its own network
+    # namespace, where that address is its own loopback: the supervisor forwards the port of
+    # ANTHROPIC_BASE_URL, and the capture on the veth records claude's connection.
+    with FakeAnthropic(default_text="hello from inside the namespace") as api:
+        out = run_claude(api, throwaway_user, project, aegis_env, "--netmon=netns", "-p",
+                         "say hi")
+        assert out.returncode == 0, out.stderr
+        assert "hello from inside the namespace" in out.stdout
+        url, port = api.url, api.port
+    assert f"ANTHROPIC_BASE_URL={url}: the host's 127.0.0.1:{port} is forwarded" in out.stderr
+    log = next((project / ".aegis-run").rglob("netmon-*.jsonl"))
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    closes = [e for e in events if e["event"] == "close" and e.get("port") == port]
+    assert closes and all(e["source"] == "netns" for e in closes)
+    assert sum(e["sent"] for e in closes) > 1000 and sum(e["recv"] for e in closes) > 100
