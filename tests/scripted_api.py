@@ -60,9 +60,13 @@ class ScriptedAPI:
             self._server.server_close()
 
     @property
-    def origin(self) -> str:
+    def port(self) -> int:
         assert self._server is not None, "not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return int(self._server.server_address[1])
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     # -- script and record -----------------------------------------------------------------
 

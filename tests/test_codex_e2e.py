@@ -126,3 +126,29 @@ def test_the_model_restarts_codex_through_the_injected_tool(
         # ... and the new codex resumed the session with the restart prompt.
         texts = api.input_texts(-1)
         assert "first prompt" in texts and texts[-1] == "continue after restart"
+
+
+def test_codex_in_netns_mode_is_recorded_though_its_binary_is_static(
+        tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    # LD_PRELOAD cannot see codex's static binary; the namespace's capture can. The stand-in
+    # listens on the host's 127.0.0.1 only, named in codex's config file, so its port is
+    # forwarded into the namespace with --netns-forward.
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    (home / ".codex").mkdir(parents=True)
+    with FakeOpenAIResponses("hello from a static binary") as api:
+        (home / ".codex" / "config.toml").write_text(api.codex_config())
+        out = subprocess.run(
+            [aegis_bin(), "--netmon=netns", "--netns-forward", str(api.port), "codex", "exec",
+             "--skip-git-repo-check", "say hi"],
+            env={**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
+                 "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"},
+            cwd=project, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        port = api.port
+    assert out.returncode == 0, out.stderr
+    assert "hello from a static binary" in out.stdout
+    log = next(Path(aegis_env["AEGIS_RUNTIME_DIR"]).rglob("netmon-*.jsonl"))
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    closes = [e for e in events if e["event"] == "close" and e.get("port") == port]
+    assert closes and all(e["source"] == "netns" for e in closes)
+    assert sum(e["sent"] for e in closes) > 1000 and sum(e["recv"] for e in closes) > 100
