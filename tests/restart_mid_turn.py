@@ -40,8 +40,8 @@ def restart_mid_turn(net: PrivateLoopback, api: ScriptedAPI, agent_args: list[st
         assert api.wait_for_turns(1, timeout=90), f"{agent_args[0]} never asked the model"
         restart = subprocess.run(
             [aegis_bin(), "restart", "--pid", str(sup.pid), "--reason", REASON,
-             "--prompt", RESTART_PROMPT, "--wait", "--json"],
-            env=env, capture_output=True, text=True, timeout=60)
+             "--prompt", RESTART_PROMPT, "--wait", "90", "--json"],
+            env=env, capture_output=True, text=True, timeout=120)
         assert restart.returncode == 0, restart.stderr
         status = json.loads(restart.stdout)["restarted"]
         api.release()

@@ -53,7 +53,8 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
 
             restart = subprocess.run(
                 [aegis_bin(), "restart", "--pid", str(child.pid), "--reason", "config changed",
-                 "--wait", "--json"], env=env, capture_output=True, text=True, timeout=60)
+                 "--wait", "90", "--json"], env=env, capture_output=True, text=True,
+                timeout=120)
             assert restart.returncode == 0, restart.stderr
             new = json.loads(restart.stdout)["restarted"]
             assert "--restore-chat-history" in new["agent_argv"]
