@@ -1,5 +1,5 @@
 """The README's commands exist: every subcommand it shows answers --help, and every
-subcommand the CLI has is in the README."""
+subcommand the CLI has is in the README; its config example is one aegis-mcp accepts."""
 
 from __future__ import annotations
 
@@ -37,3 +37,16 @@ def test_top_level_help_and_version(aegis_env: dict[str, str]) -> None:
     version = subprocess.run([aegis_bin(), "--version"], capture_output=True, text=True,
                              timeout=30)
     assert version.stdout.startswith("aegis-mcp ")
+
+
+def test_the_readme_config_example_loads(tmp_path: Path) -> None:
+    """The TOML example in the README is a config aegis-mcp accepts, key for key."""
+    from aegis_mcp.profiles import load_config
+
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    example = next(b for b in blocks if "[agents.myagent]" in b)
+    (tmp_path / "config.toml").write_text(example)
+    config = load_config(tmp_path / "config.toml")
+    mine = config.profiles["myagent"]
+    assert mine.command == ("my-agent", "--fixed-arg") and mine.prompt_options == ("-p",)
+    assert config.profiles["claude"].command == ("/opt/claude/bin/claude",)
