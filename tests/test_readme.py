@@ -50,3 +50,16 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     mine = config.profiles["myagent"]
     assert mine.command == ("my-agent", "--fixed-arg") and mine.prompt_options == ("-p",)
     assert config.profiles["claude"].command == ("/opt/claude/bin/claude",)
+
+
+def test_the_pool_docs_config_example_loads(tmp_path: Path) -> None:
+    from aegis_mcp.pool import load_settings
+    from aegis_mcp.profiles import load_config
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pool.md").read_text()
+    example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if "[pool]" in b)
+    (tmp_path / "config.toml").write_text(example)
+    config = load_config(tmp_path / "config.toml")
+    settings = load_settings(config.settings["pool"])
+    assert settings.max_agents == 6 and settings.worktree_setup.startswith("npm ci")
+    assert "myagent" in config.profiles
