@@ -177,5 +177,5 @@ def test_claude_in_netns_mode_reaches_its_api_on_the_host_loopback_and_is_record
     log = next((project / ".aegis-run").rglob("netmon-*.jsonl"))
     events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     closes = [e for e in events if e["event"] == "close" and e.get("port") == port]
-    assert closes and all(e["source"] == "netns" for e in closes)
+    assert closes and all(e["source"] == "netns" and e["host"] == "127.0.0.1" for e in closes)
     assert sum(e["sent"] for e in closes) > 1000 and sum(e["recv"] for e in closes) > 100

@@ -205,8 +205,10 @@ def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
     assert f"--netns-forward {extra}: the host's 127.0.0.1:{extra}" in out.stderr
     assert "OTHER_URL=http://[::1]:7/ points at this host's IPv6 loopback" in out.stderr
     log = next((shared_dir / "run").rglob("netmon-*.jsonl"))
-    closes = {e["port"] for e in events(log) if e["event"] == "close"}
-    assert {api, extra} <= closes
+    closes = {e["port"]: e for e in events(log) if e["event"] == "close"}
+    assert {api, extra} <= set(closes)
+    # named by the address the agent used, not by the link's host end
+    assert closes[api]["host"] == closes[extra]["host"] == "127.0.0.1"
 
 
 def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],

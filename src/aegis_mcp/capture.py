@@ -363,8 +363,12 @@ class Flow:
 
 class Tracker:
     def __init__(self, ns_addr: str, log: EventLog, ct: Conntrack | None,
-                 totals_interval: float) -> None:
+                 totals_interval: float,
+                 forwarded: dict[tuple[str, int], str] | None = None) -> None:
         self.ns_addr = ns_addr
+        self.forwarded = forwarded or {}
+        """(host end address, port) -> the host loopback address it is forwarded to: the
+        name the agent used for it."""
         self.log = log
         self.ct = ct
         self.totals_interval = totals_interval
@@ -390,7 +394,8 @@ class Tracker:
         old = self.flows.pop(key, None)
         if old is not None:
             self._close_from_counters(old, now, None)
-        flow = Flow(key, initiator_local, now, self.names.get(key[3]))
+        flow = Flow(key, initiator_local, now,
+                    self.forwarded.get((key[3], key[4])) or self.names.get(key[3]))
         self.flows[key] = flow
         self.recently_closed.pop(key, None)
         result = ("EINPROGRESS" if key[0] == IPPROTO_TCP else "ok") if initiator_local else "ok"
@@ -650,7 +655,9 @@ def run(args: argparse.Namespace) -> int:
     log = EventLog(args.log)
     ct = Conntrack()
     packets = packet_socket(args.veth)
-    tracker = Tracker(args.ns_addr, log, ct, args.totals_interval)
+    forwarded = {(args.host_addr, int(port)): ip
+                 for ip, port in (f.rsplit(":", 1) for f in args.forward)}
+    tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -710,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-addr", required=True, help="the host end's address")
     parser.add_argument("--log", required=True, help="netmon JSONL log to append to")
     parser.add_argument("--owner-pid", type=int, required=True, help="exit when it dies")
+    parser.add_argument("--forward", action="append", default=[], metavar="IP:PORT",
+                        help="a host loopback ip:port forwarded to the host end's port: its "
+                             "connections are named by that address (repeatable)")
     parser.add_argument("--totals-interval", type=float,
                         default=float(os.environ.get("AEGIS_NETNS_TOTALS_INTERVAL", "10")),
                         help="seconds between totals events of a long flow (default 10)")

@@ -451,7 +451,8 @@ def _start_capture(state: State, log_path: Path) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "aegis_mcp.capture", "--name", state.name,
              "--veth", state.veth, "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
-             "--log", str(log_path), "--owner-pid", str(state.owner_pid)],
+             "--log", str(log_path), "--owner-pid", str(state.owner_pid),
+             *(arg for forward in state.forwards for arg in ("--forward", forward))],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
             start_new_session=True, close_fds=True,
         )
