@@ -117,6 +117,16 @@ def test_hooks_stay_silent_in_netns_mode(tmp_path: Path,
     assert not logs["netns"].exists() or not events(logs["netns"])
 
 
+def test_netns_forward_outside_netns_mode_is_ignored_with_a_word(
+        aegis_env: dict[str, str], tmp_path: Path) -> None:
+    out = run(aegis_env, "--netmon=preload", "--netns-forward", "8080", "--", "true",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "--netns-forward is for --netmon=netns only: ignored" in out.stderr
+    bad = run(aegis_env, "--netns-forward", "70000", "--", "true", cwd=tmp_path)
+    assert bad.returncode == 2 and "give a TCP port from 1 to 65535" in bad.stderr
+
+
 def test_preload_refuses_a_static_binary(aegis_env: dict[str, str], tmp_path: Path) -> None:
     src = tmp_path / "static.c"
     src.write_text("int main(void){return 0;}\n")
