@@ -186,6 +186,20 @@ def test_ctrl_c_reaches_the_agent_not_the_supervisor(world: FakeAgentWorld) -> N
     assert finish(child) == 4
 
 
+def test_ctrl_c_pressed_on_while_the_supervisor_exits_does_not_kill_it(
+        world: FakeAgentWorld) -> None:
+    # A user quitting an agent presses Ctrl-C more than once: the presses after the agent's
+    # exit reach the supervisor, which has taken the terminal back to clean up. Its exit
+    # status must still be the agent's, not a death by SIGINT.
+    for _ in range(3):
+        child = world.spawn("fake")
+        child.expect("READY")
+        for _ in range(25):
+            child.sendcontrol("c")
+            time.sleep(0.02)
+        assert finish(child) == 130 and child.signalstatus is None
+
+
 def test_ctrl_z_stops_agent_and_supervisor_and_fg_resumes(world: FakeAgentWorld) -> None:
     child = world.spawn("fake")
     child.expect("READY")

@@ -542,6 +542,11 @@ class Supervisor:
                 "host's end of the namespace's link), or --netmon=preload")
 
     def _shutdown(self) -> None:
+        # The terminal comes back to us now, and a user quitting the agent may still be
+        # pressing Ctrl-C: ignored from here on (SIG_IGN, which Python keeps through its
+        # exit, unlike a handler), so the exit status stays the agent's.
+        for sig in _FORWARDED:
+            signal.signal(sig, signal.SIG_IGN)
         with contextlib.suppress(Exception):
             if self._agent_alive() or proctree.tree(getattr(self.namespace, "helper_pids", ())):
                 self._stop_agent(signal.SIGTERM)
