@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from tests.tui import Screen
 AIDER, needs_aider = real_cli("AEGIS_TEST_AIDER", "Aider from PyPI")
 pytestmark = [needs_aider, NEEDS_ROOT]  # root: its own network namespace
 PROMPT = r"(?m)^>\s*$"  # Aider's empty input line
+
+
+def prompt_after(text: str) -> str:
+    """Aider's empty input line below `text`: earlier empty ones stay on the screen."""
+    return rf"(?ms){re.escape(text)}.*^>\s*$"
 
 
 def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[str, str]) -> None:
@@ -48,8 +54,7 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
         try:
             screen.wait_for(PROMPT)
             child.send("first prompt\r")
-            screen.wait_for("first answer from the model")
-            screen.wait_for(PROMPT)
+            screen.wait_for(prompt_after("first answer from the model"))
 
             restart = subprocess.run(
                 [aegis_bin(), "restart", "--pid", str(child.pid), "--reason", "config changed",
@@ -62,10 +67,9 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
             assert new["agent_argv"][-4:] == ["--no-git", "--no-check-update",
                                               "--analytics-disable", "--no-show-model-warnings"]
             screen.wait_for(r"aegis-mcp: restarting aider \(reason: config changed\)")
-            screen.wait_for("Restored previous conversation history")
+            screen.wait_for(prompt_after("Restored previous conversation history"))
             # Two SIGINTs ended it the way Ctrl-C twice does: no SIGTERM was needed.
             assert "still running" not in screen.text()
-            screen.wait_for(PROMPT)
 
             child.send("second prompt\r")
             screen.wait_for("second answer from the model")
@@ -74,7 +78,7 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
             assert "second prompt" in turns
             sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
             assert control.request(sock, {"op": "status"})["status"]["restart_count"] == 1
-            screen.wait_for(PROMPT)
+            screen.wait_for(prompt_after("second answer from the model"))
             child.send("/exit\r")
             child.expect(pexpect.EOF, timeout=30)
         finally:
