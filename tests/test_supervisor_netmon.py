@@ -198,18 +198,24 @@ def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
                "SUDO_GID": str(throwaway_user.pw_gid),
                "AEGIS_RUNTIME_DIR": str(shared_dir / "run"),
                "MY_API_BASE_URL": f"http://localhost:{api}", "OTHER_URL": "http://[::1]:7/"}
-        fetch = ("import sys, urllib.request\n"
+        fetch = ("import json, os, sys, urllib.request\n"
+                 "from aegis_mcp import control\n"
                  "for port in sys.argv[1:]:\n"
                  "    print(urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=10)"
-                 ".read().decode()[:6])\n")
+                 ".read().decode()[:6])\n"
+                 "status = control.request(os.environ['AEGIS_CONTROL'], {'op': 'status'})\n"
+                 "print(json.dumps(status['status']['netns_forwards']))\n")
         out = run(env, "--netmon=netns", "--netns-forward", str(extra), "--",
-                  "/usr/bin/python3", "-c", fetch, str(api), str(extra), cwd=shared_dir)
+                  sys.executable, "-c", fetch, str(api), str(extra), cwd=shared_dir)
     finally:
         for server in servers:
             server.shutdown()
             server.server_close()
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["hello", "hello"]
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    assert lines[:2] == ["hello", "hello"]
+    # what server_status tells the agent about it
+    assert sorted(json.loads(lines[2])) == sorted([f"127.0.0.1:{api}", f"127.0.0.1:{extra}"])
     assert (f"MY_API_BASE_URL=http://localhost:{api}: the host's 127.0.0.1:{api} is "
             "forwarded into the network namespace") in out.stderr
     assert f"--netns-forward {extra}: the host's 127.0.0.1:{extra}" in out.stderr

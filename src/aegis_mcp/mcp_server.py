@@ -58,7 +58,8 @@ class ServerStatus(BaseModel):
     supervised: bool = Field(description="False when started by hand, outside aegis-mcp")
     supervisor: dict[str, Any] | None = Field(
         description="The supervisor's view: pids, agent command line, uptime, restart count "
-        "and last reason, injection mechanism, netmon mode and log")
+        "and last reason, injection mechanism, netmon mode and log, and in netns mode the "
+        "host loopback ip:ports reachable from inside (netns_forwards)")
 
 
 class AegisMCPServer(MCPServer):

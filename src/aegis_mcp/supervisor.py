@@ -380,6 +380,8 @@ class Supervisor:
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
             "netns": getattr(self.namespace, "name", None),
+            # host loopback services reachable from inside the namespace, at the same address
+            "netns_forwards": self.namespace.state.forwards if self.namespace else [],
             "watch": self.opts.watch,
             "control_socket": str(self.control.path),
         }
