@@ -93,14 +93,15 @@ void aegis_init(void);
     } while (0)
 
 /* In a hook: initialise once; when libc lacks the real symbol, fail like a missing syscall. */
-#define REAL_OR_ENOSYS(name)                                                                       \
+#define REAL_OR_FAIL(name, failed)                                                                 \
     do {                                                                                           \
         ENSURE_INIT();                                                                             \
         if (UNLIKELY(!true_##name)) {                                                              \
             errno = ENOSYS;                                                                        \
-            return -1;                                                                             \
+            return failed;                                                                         \
         }                                                                                          \
     } while (0)
+#define REAL_OR_ENOSYS(name) REAL_OR_FAIL(name, -1)
 
 struct aegis_config {
     int netmon;              /* AEGIS_NETMON_LOG set: record network events */

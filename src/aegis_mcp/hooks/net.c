@@ -574,11 +574,7 @@ AEGIS_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *l
 
 AEGIS_EXPORT int close(int fd)
 {
-    ENSURE_INIT();
-    if (UNLIKELY(!true_close)) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(close);
     if (UNLIKELY(tracked(fd)) && !aegis_busy) aegis_net_closing(fd);
     return true_close(fd);
 }
@@ -657,11 +653,7 @@ AEGIS_EXPORT long syscall(long number, ...)
     long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
-    ENSURE_INIT();
-    if (UNLIKELY(!true_syscall)) {
-        errno = ENOSYS;
-        return -1;
-    }
+    REAL_OR_ENOSYS(syscall);
     if (aegis_cfg.netmon && !aegis_busy) {
         if (number == SYS_close && tracked((int)a1)) aegis_net_closing((int)a1);
 #ifdef SYS_close_range

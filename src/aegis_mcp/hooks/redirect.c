@@ -230,11 +230,7 @@ OPENAT2_HOOK(__openat64_2)
 #define FOPEN_HOOK(name)                                                                           \
     AEGIS_EXPORT FILE *name(const char *path, const char *mode)                                    \
     {                                                                                              \
-        ENSURE_INIT();                                                                             \
-        if (UNLIKELY(!true_##name)) {                                                              \
-            errno = ENOSYS;                                                                        \
-            return NULL;                                                                           \
-        }                                                                                          \
+        REAL_OR_FAIL(name, NULL);                                                                  \
         const char *o = read_only_mode(mode) ? match(AT_FDCWD, path) : NULL;                       \
         return true_##name(o ? o : path, mode);                                                    \
     }
@@ -245,11 +241,7 @@ FOPEN_HOOK(fopen64)
 #define FREOPEN_HOOK(name)                                                                         \
     AEGIS_EXPORT FILE *name(const char *path, const char *mode, FILE *stream)                      \
     {                                                                                              \
-        ENSURE_INIT();                                                                             \
-        if (UNLIKELY(!true_##name)) {                                                              \
-            errno = ENOSYS;                                                                        \
-            return NULL;                                                                           \
-        }                                                                                          \
+        REAL_OR_FAIL(name, NULL);                                                                  \
         const char *o = path && read_only_mode(mode) ? match(AT_FDCWD, path) : NULL;               \
         return true_##name(o ? o : path, mode, stream);                                            \
     }
