@@ -102,29 +102,31 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
     if resume and args and args[0] in profile.modes:
         return _mode_restart_argv(profile, executable, args, inject_args, prompt)
-    option_at = _prompt_option_index(profile, args)
-    if prompt is not None and profile.prompt != "none" and option_at is not None:
-        name, eq, _ = args[option_at].partition("=")
-        args[option_at] = f"{name}={prompt}" if eq and name in profile.prompt_options \
-            else prompt
-    elif prompt is not None and profile.prompt != "none":
-        idx = prompt_index(profile, args)
-        if profile.prompt == "positional":
-            if idx is not None:
-                args[idx] = prompt
-            else:  # first: after an array option (`--add-dir a b`) it would become a value
-                args = [prompt, *args]
-        else:  # option:<flag>
-            flag = profile.prompt.split(":", 1)[1]
-            if flag in args and args.index(flag) + 1 < len(args):
-                args[args.index(flag) + 1] = prompt
-            else:
-                args = [*args, flag, prompt]
+    if prompt is not None and profile.prompt != "none":
+        args = _with_prompt(profile, args, prompt)
     flags = [f for f in profile.permission_flags if f not in args]
     prefix = list(profile.resume_prefix) if resume else []
     resume_flags = list(profile.resume_flags) if resume else []
     return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
             *_with_injected(args, inject_args)]
+
+
+def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[str]:
+    """`args` with `prompt` in place of the user's first prompt, or added."""
+    at = _prompt_option_index(profile, args)
+    if at is not None:  # `-p TEXT` or `--prompt=TEXT`
+        name, eq, _ = args[at].partition("=")
+        return [*args[:at], f"{name}={prompt}" if eq else prompt, *args[at + 1:]]
+    if profile.prompt == "positional":
+        at = prompt_index(profile, args)
+        if at is None:  # first: after an array option (`--add-dir a b`) it would become a value
+            return [prompt, *args]
+        return [*args[:at], prompt, *args[at + 1:]]
+    flag = profile.prompt.split(":", 1)[1]  # option:<flag>
+    if flag in args and args.index(flag) + 1 < len(args):
+        at = args.index(flag) + 1
+        return [*args[:at], prompt, *args[at + 1:]]
+    return [*args, flag, prompt]
 
 
 def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
@@ -139,7 +141,6 @@ def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
         rest.pop()
     again = prompt if prompt is not None else first
     flags = [f for f in profile.permission_flags if f not in rest]
-    tail = ["--", again] if again is not None and again.startswith("-") else \
-        [again] if again is not None else []
+    tail = [] if again is None else ["--", again] if again.startswith("-") else [again]
     return [executable, *profile.command[1:], mode, *rest, *profile.resume_prefix, *flags,
             *profile.resume_flags, *inject_args, *tail]
