@@ -254,7 +254,6 @@ class Runner:
         # A port for the agent's own servers: parallel agents' dev servers must not collide.
         port = _free_port()
         env["AEGIS_AGENT_PORT"] = str(port)
-        self.pool.record_progress(self.id, agent_port=port)
         if self.row["worktree_path"]:
             error = self.setup_worktree()
             if error:
@@ -278,7 +277,7 @@ class Runner:
         out_fd = proc.stdout.fileno()
         os.set_blocking(out_fd, False)
         sel.register(out_fd, selectors.EVENT_READ, "output")
-        self.pool.record_progress(self.id, agent_pid=proc.pid)
+        self.pool.record_progress(self.id, agent_pid=proc.pid, agent_port=port)
         _crash("runner-running")
 
         next_flush = time.monotonic()
