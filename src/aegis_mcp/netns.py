@@ -124,6 +124,10 @@ class State:
     def path(self) -> Path:
         return STATE_DIR / f"{self.name}.json"
 
+    def forward_pairs(self) -> list[tuple[str, str]]:
+        """The forwards as (loopback ip, port)."""
+        return [(ip, port) for ip, port in (f.rsplit(":", 1) for f in self.forwards)]
+
     def save(self) -> None:
         tmp = STATE_DIR / f".{self.name}.json.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -354,8 +358,7 @@ def _add_nft_table(state: State, nft: str) -> None:
         dnat = "".join(
             f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
             f"dnat to {target}:53\n" for p in ("udp", "tcp"))
-    for forward in state.forwards:
-        ip, port = forward.rsplit(":", 1)
+    for ip, port in state.forward_pairs():
         dnat += (f'    iifname "{state.veth}" ip daddr {state.host_addr} tcp dport {port} '
                  f"dnat to {ip}:{port}\n")
     _nft(nft, f"""
@@ -384,7 +387,7 @@ def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
         return
     enter = [tools["ip"], "netns", "exec", state.name]
     rules = "".join(f"    ip daddr {ip} tcp dport {port} dnat to {state.host_addr}:{port}\n"
-                    for ip, port in (f.rsplit(":", 1) for f in state.forwards))
+                    for ip, port in state.forward_pairs())
     script = f"""
 table ip aegis_forward {{
   chain output {{
