@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY_VERSION = 1
-DEFAULT_MAX_BYTES = 64 << 20
-"""Rotation size of the hooks when AEGIS_NETMON_MAX_BYTES is unset (mirrors hooks/init.c)."""
 MAX_TARGETS = 5000
 MAX_ADDRESSES = 100_000
 MAX_NAMES = 10_000
@@ -89,7 +87,6 @@ class Summary:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.lost = False
-        self.rotations_seen = 0
         # target "host:port" (or addr:port) -> [connections, sent, recv, host, addr, port]
         self.targets: dict[str, list[Any]] = {}
         self.addresses: dict[str, int] = {}
@@ -291,12 +288,10 @@ def refresh(log: Path) -> Summary:
             rst = None
         if s.ino and rst is not None and (rst.st_ino, rst.st_dev) == (s.ino, s.dev):
             s.consume(rotated, s.offset)  # the rest of the file that was rotated
-            s.rotations_seen += 1
         elif not s.ino and rst is not None:
             s.consume(rotated, 0)         # first look: the rotated file comes first
         elif s.ino:
             s.lost = True                 # rotated twice since we last looked
-            s.rotations_seen += 1
         if st is None:
             s.dev, s.ino, s.offset = (rst.st_dev, rst.st_ino, rst.st_size) if rst else (0, 0, 0)
         else:
