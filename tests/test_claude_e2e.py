@@ -1,6 +1,7 @@
 """The real Claude Code CLI under the supervisor, offline, against a local stand-in for the
 model API. As root (CI), the supervisor is started the way sudo starts it and drops to a
-throwaway user: Claude Code refuses --dangerously-skip-permissions as root."""
+throwaway user: Claude Code refuses --dangerously-skip-permissions as root. Everything runs in
+a loopback-only network namespace of the test's own: nothing claude tries by itself leaves."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
+from tests.private_net import PrivateLoopback
 from tests.tui import Screen
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
@@ -34,14 +36,21 @@ def project(throwaway_user: pwd.struct_passwd) -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-def run_claude(api: FakeAnthropic, user: pwd.struct_passwd, cwd: Path, aegis_env: dict[str, str],
-               *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def net() -> Iterator[PrivateLoopback]:
+    with PrivateLoopback() as private:
+        yield private
+
+
+def run_claude(net: PrivateLoopback, api: FakeAnthropic, user: pwd.struct_passwd, cwd: Path,
+               aegis_env: dict[str, str], *args: str, timeout: float = 120
+               ) -> subprocess.CompletedProcess[str]:
     env = {**aegis_env, **api.claude_env(home=user.pw_dir), "SUDO_UID": str(user.pw_uid),
            "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name}
     env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
     # The runtime dir must be reachable by the user: the supervisor creates and chowns it.
     env["AEGIS_RUNTIME_DIR"] = str(cwd / ".aegis-run")
-    return subprocess.run([aegis_bin(), "claude", *args], env=env, cwd=cwd, text=True,
+    return subprocess.run(net.enter([aegis_bin(), "claude", *args]), env=env, cwd=cwd, text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -52,15 +61,16 @@ def offered_tools(request_body: dict) -> str:
 
 
 def test_print_mode_runs_with_injected_server_and_forwards_exit_status(
-        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
-    with FakeAnthropic(default_text="hello from the stand-in") as api:
-        out = run_claude(api, throwaway_user, project, aegis_env, "-p", "say hi")
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    with FakeAnthropic(default_text="hello from the stand-in", bind=net.run) as api:
+        out = run_claude(net, api, throwaway_user, project, aegis_env, "-p", "say hi")
         assert out.returncode == 0, out.stderr
         assert "hello from the stand-in" in out.stdout
         first = api.message_requests()[0].body
         assert "mcp__aegis-mcp__restart_claude" in offered_tools(first)
         assert "mcp__aegis-mcp__server_status" in offered_tools(first)
-        bad = run_claude(api, throwaway_user, project, aegis_env, "--no-such-flag-xyz")
+        bad = run_claude(net, api, throwaway_user, project, aegis_env, "--no-such-flag-xyz")
         assert bad.returncode not in (0, None) and "Traceback" not in bad.stderr
     # The overlay lived in the private runtime dir and is gone; no file in the project changed.
     assert not list((project / ".aegis-run").glob("mcp-overlay-*"))
@@ -68,13 +78,14 @@ def test_print_mode_runs_with_injected_server_and_forwards_exit_status(
 
 
 def test_restart_tool_restarts_claude_with_continue_and_prompt(
-        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
-    with FakeAnthropic(default_text="default reply") as api:
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
         api.queue_tool_use("mcp__aegis-mcp__restart_claude",
                            {"reason": "MCP server updated", "prompt": "continue after restart"})
         api.queue_text("the restart is scheduled")
         api.queue_text("second claude here")
-        out = run_claude(api, throwaway_user, project, aegis_env, "-p", "first prompt")
+        out = run_claude(net, api, throwaway_user, project, aegis_env, "-p", "first prompt")
         assert out.returncode == 0, out.stderr
         assert "aegis-mcp: restarting claude (reason: MCP server updated)" in out.stderr
         assert "second claude here" in out.stdout
@@ -102,10 +113,11 @@ def trust_project(user: pwd.struct_passwd, project: Path, api_key: str) -> None:
 
 
 def test_interactive_tui_restarts_in_the_same_terminal(
-        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
     key = "sk-ant-test-0123456789abcdefghijklmnop"
     trust_project(throwaway_user, project, key)
-    with FakeAnthropic(default_text="default reply") as api:
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
         api.queue_tool_use("mcp__aegis-mcp__restart_claude",
                            {"reason": "MCP server updated", "prompt": "continue after restart"})
         api.queue_text("restart scheduled")
@@ -115,7 +127,8 @@ def test_interactive_tui_restarts_in_the_same_terminal(
                "SUDO_GID": str(throwaway_user.pw_gid), "TERM": "xterm-256color",
                "AEGIS_RUNTIME_DIR": str(project / ".aegis-run")}
         env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
-        child = pexpect.spawn(aegis_bin(), ["claude"], env=env, cwd=str(project), timeout=60,
+        command = net.enter([aegis_bin(), "claude"])
+        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=60,
                               encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
         screen = Screen(child, rows=40, cols=120)
         try:
@@ -163,12 +176,13 @@ def test_interactive_tui_restarts_in_the_same_terminal(
 
 
 def test_claude_in_netns_mode_reaches_its_api_on_the_host_loopback_and_is_recorded(
-        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str]) -> None:
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
     # The stand-in listens on the host's 127.0.0.1 only; claude runs in its own network
     # namespace, where that address is its own loopback: the supervisor forwards the port of
     # ANTHROPIC_BASE_URL, and the capture on the veth records claude's connection.
-    with FakeAnthropic(default_text="hello from inside the namespace") as api:
-        out = run_claude(api, throwaway_user, project, aegis_env, "--netmon=netns", "-p",
+    with FakeAnthropic(default_text="hello from inside the namespace", bind=net.run) as api:
+        out = run_claude(net, api, throwaway_user, project, aegis_env, "--netmon=netns", "-p",
                          "say hi")
         assert out.returncode == 0, out.stderr
         assert "hello from inside the namespace" in out.stdout

@@ -132,15 +132,17 @@ def test_codex_in_netns_mode_is_recorded_though_its_binary_is_static(
         tmp_path: Path, aegis_env: dict[str, str]) -> None:
     # LD_PRELOAD cannot see codex's static binary; the namespace's capture can. The stand-in
     # listens on the host's 127.0.0.1 only, named in codex's config file, so its port is
-    # forwarded into the namespace with --netns-forward.
+    # forwarded into the namespace with --netns-forward. The "host" is itself a loopback-only
+    # namespace of the test's: codex's own git and plugin fetches go nowhere.
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
     (home / ".codex").mkdir(parents=True)
-    with FakeOpenAIResponses("hello from a static binary") as api:
+    with PrivateLoopback() as net, \
+            FakeOpenAIResponses("hello from a static binary", bind=net.run) as api:
         (home / ".codex" / "config.toml").write_text(api.codex_config())
         out = subprocess.run(
-            [aegis_bin(), "--netmon=netns", "--netns-forward", str(api.port), "codex", "exec",
-             "--skip-git-repo-check", "say hi"],
+            net.enter([aegis_bin(), "--netmon=netns", "--netns-forward", str(api.port), "codex",
+                       "exec", "--skip-git-repo-check", "say hi"]),
             env={**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
                  "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"},
             cwd=project, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)

@@ -31,6 +31,7 @@ from typing import Any
 
 from aegis_mcp import proctree
 from aegis_mcp.pool import COMPLETED, FAILED, STOPPED, Pool
+from aegis_mcp.signals import SignalInbox
 
 _PR_SET_PDEATHSIG = 1
 _FLUSH_EVERY = 0.25
@@ -240,12 +241,16 @@ class Runner:
         return ended
 
     def run(self) -> None:
+        inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+                            wake_only=(signal.SIGCHLD,))
+        try:
+            self._run(inbox)
+        finally:
+            inbox.close()
+
+    def _run(self, inbox: SignalInbox) -> None:
         sel = selectors.DefaultSelector()
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, lambda *_: None)
-        sel.register(wake_r, selectors.EVENT_READ, "signal")
+        sel.register(inbox, selectors.EVENT_READ, "signal")
 
         timeout = self.row["timeout_secs"] or None
         deadline = time.monotonic() + timeout if timeout else None
@@ -302,7 +307,7 @@ class Runner:
                     if eof:
                         sel.unregister(out_fd)
                 else:
-                    self._on_signals(wake_r)
+                    self._on_signals(inbox)
             if self.dirty and time.monotonic() >= next_flush:
                 self.flush()
                 next_flush = time.monotonic() + _FLUSH_EVERY
@@ -334,15 +339,12 @@ class Runner:
                 return True
             self.feed(data)
 
-    def _on_signals(self, wake_r: int) -> None:
-        with contextlib.suppress(BlockingIOError):
-            got = os.read(wake_r, 512)
-            for signum in got:
-                if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) and \
-                        self.stop_reason is None:
-                    why = ("stopped by request" if self.pool.stop_requested(self.id)
-                           else f"the runner got {signal.Signals(signum).name}")
-                    self.stop_reason = (STOPPED, why)
+    def _on_signals(self, inbox: SignalInbox) -> None:
+        for signum in inbox.drain():
+            if self.stop_reason is None:
+                why = ("stopped by request" if self.pool.stop_requested(self.id)
+                       else f"the runner got {signal.Signals(signum).name}")
+                self.stop_reason = (STOPPED, why)
         for pid, status in reap().items():
             if pid == self.agent_pid:
                 self.agent_status = status
@@ -447,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             runner.finish(FAILED, f"runner error: {exc}", None)
         raise
-    finally:
-        signal.set_wakeup_fd(-1)
     # Orphans of the runners we start next must not be handed to us: we exit right away.
     proctree.set_child_subreaper(False)
     pool.promote()

@@ -39,6 +39,7 @@ from aegis_mcp.profiles import (
     load_config,
     user_bin_dirs,
 )
+from aegis_mcp.signals import SignalInbox
 from aegis_mcp.terminal import Terminal
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
@@ -127,13 +128,8 @@ class Supervisor:
                                              allowed, owner)
         self.terminal = Terminal.from_stdin()
         self.selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, *_FORWARDED, *_SHUTDOWN):
-            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the signal number
-        self.selector.register(self._wake_r, selectors.EVENT_READ, "signal")
+        self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN), wake_only=(signal.SIGCHLD,))
+        self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
         self._signals: deque[int] = deque()
         self._start_watch()
@@ -313,19 +309,12 @@ class Supervisor:
     def _wait(self, timeout: float) -> None:
         """Block up to `timeout` for a signal, keep non-SIGCHLD ones for the loop, reap."""
         with contextlib.suppress(InterruptedError):
-            select.select([self._wake_r], [], [], timeout)
+            select.select([self.inbox], [], [], timeout)
         self._drain_signals()
         self._reap()
 
     def _drain_signals(self) -> None:
-        while True:
-            try:
-                data = self._wake_r.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            self._signals.extend(s for s in data if s != signal.SIGCHLD)
+        self._signals.extend(self.inbox.drain())
 
     def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -562,7 +551,7 @@ class Supervisor:
                 self.namespace.teardown()  # the capture writes its final totals first
         self._refresh_netmon()
         self.control.close()
-        signal.set_wakeup_fd(-1)
+        self.inbox.close()
 
 
 def loopback_forwards(env: dict[str, str], ports: list[int]
