@@ -31,7 +31,11 @@ DAEMON = (
     "import os, sys, time\n"
     "if os.fork(): sys.exit(0)\n"
     "os.setsid()\n"
-    "if os.fork(): sys.exit(0)\n"
+    "middle = os.getpid()\n"
+    "if os.fork(): os._exit(0)\n"
+    "for _ in range(500):  # report once re-parented, not while the middle one still exits\n"
+    "    if os.getppid() != middle: break\n"
+    "    time.sleep(0.01)\n"
     "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
     "time.sleep(600)\n"
 )
@@ -106,7 +110,7 @@ def main() -> int:
     if "daemon" in behaviour:
         pidfile = state / f"daemon-{os.getpid()}"
         subprocess.run([sys.executable, "-c", DAEMON, str(pidfile)], check=True)
-        for _ in range(100):
+        for _ in range(500):
             if pidfile.exists() and pidfile.read_text():
                 break
             time.sleep(0.02)
