@@ -106,5 +106,9 @@ def test_a_background_aider_agent_completes_with_its_answer(
                                              "ANTHROPIC_API_KEY": "sk-ant-test",
                                              "ANTHROPIC_API_BASE": api.url}, work)
         assert "The notes say hello." in done["last_output"]
+        # The answer alone, from the agent's own chat history (not the project's).
+        assert done["result"] == "The notes say hello."
+        assert done["chat_history_path"] and Path(done["chat_history_path"]).is_file()
+        assert not (work / ".aider.chat.history.md").exists()
         sent = json.dumps(api.message_requests()[-1].body["messages"])
         assert TASK in sent

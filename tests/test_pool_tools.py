@@ -4,6 +4,8 @@ fake headless agent standing in for claude."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,11 @@ def test_every_tool_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
         timed = await ok(client, "agent_await", agent_id=agent_id, timeout_secs=0.2)
         assert timed["timed_out"] is True and timed["state"] == "running"
         assert pid_alive(timed["pid"])
+        assert 1024 <= timed["port"] < 65536  # its AEGIS_AGENT_PORT reaches the agent too
+        # Every field of the pool's status reaches the MCP client, none dropped by the model.
+        cli = subprocess.run([aegis_bin(), "agents", "status", agent_id, "--json"], env=env,
+                             capture_output=True, text=True, timeout=30, check=True)
+        assert set(json.loads(cli.stdout)) <= set(timed)
         stopped = await ok(client, "agent_stop", agent_id=agent_id)
         assert stopped["state"] == "stopped" and stopped["stopped_now"] is True
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aegis_mcp.runner import Runner
+from aegis_mcp.runner import Runner, last_chat_reply
 
 
 class _Pool:
@@ -82,3 +82,22 @@ def test_claude_result_event_wins(tmp_path: Path) -> None:
          "session_id": "c-1", "total_cost_usd": 0.01}])
     assert got["result"] == "the claude answer" and got["num_turns"] == 1
     assert got["iterations"] == 1 and got["session_id"] == "c-1"
+
+
+# Aider's chat history, as the real Aider 0.86 wrote it for a `--message` run that edited a file:
+# its own output is quoted with "> ", the user's message is a "#### " line, the answer is plain
+# text (a SEARCH/REPLACE block's ">>>>>>> REPLACE" included).
+AIDER_HISTORY = (Path(__file__).parent / "snippets" / "aider.chat.history.md").read_text()
+
+
+def test_aiders_answer_comes_from_its_chat_history(tmp_path: Path) -> None:
+    history = tmp_path / "a1.chat.md"
+    history.write_text("#### an earlier task  \n\nan earlier answer\n" + AIDER_HISTORY)
+    answer = last_chat_reply(history)
+    assert answer is not None
+    assert answer.startswith("I will update the notes.")
+    assert ">>>>>>> REPLACE" in answer and answer.endswith("greet the world.")
+    assert "Tokens:" not in answer and "Applied edit" not in answer
+    assert last_chat_reply(tmp_path / "missing.md") is None
+    history.write_text("# aider chat started\n\n> Aider v0.86.2  \n")  # no answer yet
+    assert last_chat_reply(history) is None

@@ -221,15 +221,19 @@ def _paths_overlap(a: str, b: str) -> bool:
 
 
 def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
-                  env: dict[str, str] | None = None) -> tuple[list[str], bool, list[str]]:
+                  env: dict[str, str] | None = None, chat_history: Path | None = None
+                  ) -> tuple[list[str], bool, list[str]]:
     """The argv of a headless run of `profile` on `prompt`, whether the pool must enforce
-    `max_iterations` itself (the agent has no turn limit flag), and notes for the status."""
+    `max_iterations` itself (the agent has no turn limit flag), and notes for the status.
+    `{prompt}` in the profile's headless_args becomes the task, `{chat_history}` the agent's
+    own transcript file (Aider's, from which the runner takes its answer)."""
     notes: list[str] = []
     if not profile.headless_args:
         raise AegisError(f"agent type {profile.name!r} has no headless mode (set headless_args "
                          f"in [agents.{profile.name}] of the config)")
     argv = [profile.executable(), *profile.command[1:]]
-    argv += [a.replace("{prompt}", prompt) for a in profile.headless_args]
+    argv += [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
+             for a in profile.headless_args]
     flags = list(profile.permission_flags)
     # Claude Code accepts its permission-skipping flag as root only in a declared sandbox.
     sandbox = (env if env is not None else os.environ).get("IS_SANDBOX") == "1"
@@ -400,6 +404,11 @@ class Pool:
     def log_path(self, agent_id: str) -> Path:
         return self.logs / f"{agent_id}.log"
 
+    def chat_path(self, agent_id: str) -> Path:
+        """The transcript an agent keeps where its profile asks for one (Aider's chat history:
+        each background agent its own, rather than all appending to the project's)."""
+        return self.logs / f"{agent_id}.chat.md"
+
     # --- lookups ---
 
     def _row(self, agent_id: str) -> sqlite3.Row:
@@ -467,7 +476,8 @@ class Pool:
         for _ in range(5):
             agent_id = secrets.token_hex(4)
             agent_env = agent_environment(agent_id, env)
-            argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env)
+            argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env,
+                                                 self.chat_path(agent_id))
             if chosen == "worktree":
                 assert repo_root is not None
                 worktree = str(self.worktrees / agent_id)
@@ -717,6 +727,8 @@ class Pool:
             "total_cost_usd": row["total_cost_usd"],
             "session_id": row["session_id"],
             "log_path": str(self.log_path(row["id"])),
+            "chat_history_path": str(chat) if (chat := self.chat_path(row["id"])).exists()
+            else None,
             "queue_position": None,
             "waiting_for": [],
             "notes": json.loads(row["notes"] or "[]"),
@@ -857,7 +869,8 @@ class Pool:
                     continue
             with self.transaction() as conn:
                 conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
-            for path in (self.log_path(row["id"]), self.done / row["id"]):
+            for path in (self.log_path(row["id"]), self.chat_path(row["id"]),
+                         self.done / row["id"]):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             removed.append({"agent_id": row["id"], "state": row["state"],

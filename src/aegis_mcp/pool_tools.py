@@ -26,6 +26,8 @@ class AgentStatus(BaseModel):
                            "it works in its own git worktree and branch")
     worktree_path: str | None = Field(description="Its git worktree (merge its branch when done)")
     branch: str | None = Field(description="Its git branch, for isolation=worktree")
+    port: int | None = Field(default=None, description="Its AEGIS_AGENT_PORT: a TCP port that "
+                             "was free when it started, for its own dev server")
     pid: int | None = Field(description="The agent process while it runs")
     runner_pid: int | None = Field(description="The pool runner process that owns the agent")
     created_at: str | None
@@ -39,11 +41,15 @@ class AgentStatus(BaseModel):
     reason: str | None = Field(description="Why it ended, when not a plain success")
     last_event: str | None = Field(description="The last event of its stream, in one line")
     last_output: list[str] = Field(description="Its last output lines (events in one line each)")
-    result: str | None = Field(description="The final result text (claude result event)")
+    result: str | None = Field(description="The agent's final answer (claude's and cursor's "
+                               "result event, codex's and gemini's last message, Aider's last "
+                               "reply in its chat history)")
     num_turns: int | None
     total_cost_usd: float | None
     session_id: str | None = Field(description="Its conversation id (claude --resume ID)")
     log_path: str = Field(description="The full output of the agent")
+    chat_history_path: str | None = Field(
+        default=None, description="Its own chat transcript, for agents that keep one (Aider)")
     queue_position: int | None = Field(description="1 = next to start, while queued")
     waiting_for: list[str] = Field(description="Agents whose lock this queued agent waits for")
     notes: list[str]

@@ -163,7 +163,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "--api-key", "--openai-api-key", "--anthropic-api-key",
                            "--chat-history-file", "--input-history-file", "--config", "-c"),
             injection="none",
-            headless_args=("--message", "{prompt}", "--no-pretty", "--no-stream"),
+            headless_args=("--message", "{prompt}", "--no-pretty", "--no-stream",
+                           "--chat-history-file", "{chat_history}"),
             interrupts=2,  # the first Ctrl-C only says "^C again to exit"
             description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
         ),

@@ -383,7 +383,29 @@ class Runner:
 
     def finish(self, state: str, reason: str | None, code: int | None) -> None:
         self.say(f"{state}" + (f": {reason}" if reason else ""))
+        if not self.reply and not isinstance(self.result.get("result"), str):
+            self.reply = last_chat_reply(self.pool.chat_path(self.id)) or ""
         self.pool.record_end(self.id, state, reason=reason, exit_code=code, **self._progress())
+
+
+def last_chat_reply(path: Path) -> str | None:
+    """The last answer in an Aider chat history: the text after the last `#### ` block (the
+    user's message), without the `> ` lines that are Aider's own output (tokens, applied
+    edits). Aider's plain-text stdout mixes those with the answer; this file keeps them apart."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - (1 << 20)))  # the last answer is near the end
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("#### ")]
+    if not starts:
+        return None
+    reply = [line for line in lines[starts[-1] + 1:] if not line.startswith("> ")]
+    answer = "\n".join(reply).strip()
+    return answer or None
 
 
 def _summarize(event: dict[str, Any]) -> str:
