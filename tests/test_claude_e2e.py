@@ -21,6 +21,7 @@ from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
+from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
 from tests.tui import Screen
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
@@ -193,3 +194,25 @@ def test_claude_in_netns_mode_reaches_its_api_on_the_host_loopback_and_is_record
     closes = [e for e in events if e["event"] == "close" and e.get("port") == port]
     assert closes and all(e["source"] == "netns" and e["host"] == "127.0.0.1" for e in closes)
     assert sum(e["sent"] for e in closes) > 1000 and sum(e["recv"] for e in closes) > 100
+
+
+def test_a_print_run_restarted_mid_turn_continues_its_conversation(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    # `aegis-mcp restart` from another terminal while claude -p waits at the model: the new
+    # claude runs with --continue and the restart prompt in place of the first.
+    with FakeAnthropic(default_text="second claude here", bind=net.run) as api:
+        env = {**aegis_env, **api.claude_env(home=throwaway_user.pw_dir),
+               "SUDO_UID": str(throwaway_user.pw_uid), "SUDO_GID": str(throwaway_user.pw_gid),
+               "SUDO_USER": throwaway_user.pw_name,
+               "AEGIS_RUNTIME_DIR": str(project / ".aegis-run"),
+               "PATH": f"{Path(CLAUDE).parent}{os.pathsep}{aegis_env['PATH']}"}
+        result = restart_mid_turn(net, api, ["claude", "-p", "first task"], env, project)
+        last = json.dumps(api.message_requests()[-1].body["messages"])
+    assert result.returncode == 0, result.err
+    assert result.status["mcp_servers_seen"], "the new claude did not start aegis-mcp's server"
+    argv = result.status["agent_argv"]
+    assert "--continue" in argv and argv[argv.index("-p") + 1] == RESTART_PROMPT
+    assert "first task" not in argv
+    assert "second claude here" in result.out
+    assert "first task" in last and RESTART_PROMPT in last

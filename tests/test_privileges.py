@@ -16,7 +16,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from aegis_mcp.paths import hooks_library
+from aegis_mcp.paths import hooks_library, runtime_base
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
 
@@ -172,3 +172,50 @@ def test_sudo_finds_the_users_own_agent_install(
     assert out.returncode == 0, out.stderr
     assert f"uid={throwaway_user.pw_uid} path={bindir}:" in out.stdout
     assert missing.returncode == 1 and "executable not found" in missing.stderr
+
+
+def test_root_and_the_sudo_user_both_find_a_supervisor_started_through_sudo(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    # No AEGIS_RUNTIME_DIR: `sudo aegis-mcp <agent>` keeps its socket in the sudo user's
+    # runtime directory (the dropped agent must reach it). Both the user's own `aegis-mcp
+    # restart` and root's `sudo aegis-mcp restart` must find it there.
+    env = {k: v for k, v in sudo_world.env.items()
+           if k not in ("AEGIS_RUNTIME_DIR", "XDG_RUNTIME_DIR")}
+    env["TMPDIR"] = str(sudo_world.root)  # which sudo would drop: it must not matter
+    runtime = runtime_base(throwaway_user.pw_uid)
+    assert runtime.parent == Path("/tmp")  # a new user has no /run/user/<uid>
+    shutil.rmtree(runtime, ignore_errors=True)  # left by an earlier throwaway user's uid
+    world = FakeAgentWorld(sudo_world.root, sudo_world.state, env)
+    child = world.spawn("fake")
+    child.expect("READY")
+    user_env = {**{k: v for k, v in env.items() if not k.startswith("SUDO_")},
+                "HOME": throwaway_user.pw_dir, "USER": throwaway_user.pw_name}
+
+    def as_user(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([aegis_bin(), *args], env=user_env, capture_output=True,
+                              text=True, timeout=60, user=throwaway_user.pw_uid,
+                              group=throwaway_user.pw_gid, cwd="/")
+
+    try:
+        as_root = subprocess.run([aegis_bin(), "ps", "--json"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+        assert as_root.returncode == 0, as_root.stderr
+        assert [s["supervisor_pid"] for s in json.loads(as_root.stdout)] == [child.pid]
+        restarted = subprocess.run([aegis_bin(), "restart", "--pid", str(child.pid), "--wait",
+                                    "30", "--json"], env=env, capture_output=True, text=True,
+                                   timeout=60)
+        assert restarted.returncode == 0, restarted.stderr
+        assert json.loads(restarted.stdout)["restarted"]["restart_count"] == 1
+        mine = as_user("ps", "--json")
+        assert mine.returncode == 0, mine.stderr
+        assert [s["supervisor_pid"] for s in json.loads(mine.stdout)] == [child.pid]
+        # A runtime directory that is not the user's own: one clear line, no "report it".
+        user_env["AEGIS_RUNTIME_DIR"] = str(sudo_world.root)
+        theirs = as_user("ps")
+        assert theirs.returncode == 1
+        assert theirs.stderr.strip() == (f"aegis-mcp: {sudo_world.root} belongs to uid 0, not "
+                                         f"to you (uid {throwaway_user.pw_uid}); remove it")
+    finally:
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aegis_mcp import control
 from aegis_mcp.errors import AegisError
-from aegis_mcp.paths import runtime_dir
+from aegis_mcp.paths import control_dirs
 
 
 def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -40,18 +40,22 @@ def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _live_sockets() -> list[tuple[int, Path]]:
+    return [found for runtime in control_dirs() for found in control.live_sockets(runtime)]
+
+
 def find_supervisor(pid: int | None) -> Path:
     """The control socket to talk to: --pid, else $AEGIS_CONTROL, else the only live one."""
-    runtime = runtime_dir()
     if pid is not None:
-        path = control.socket_path(runtime, pid)
-        if not path.exists():
-            raise AegisError(f"no aegis-mcp supervisor with pid {pid} is running for you "
-                             "(see `aegis-mcp ps`)")
-        return path
+        for runtime in control_dirs():
+            path = control.socket_path(runtime, pid)
+            if path.exists():
+                return path
+        raise AegisError(f"no aegis-mcp supervisor with pid {pid} is running for you "
+                         "(see `aegis-mcp ps`)")
     if env := os.environ.get("AEGIS_CONTROL"):
         return Path(env)
-    live = control.live_sockets(runtime)
+    live = _live_sockets()
     if not live:
         raise AegisError("no aegis-mcp supervisor is running for you: start one with "
                          "`aegis-mcp <agent>`")
@@ -81,7 +85,7 @@ def wait_for_restart(path: Path, count: int, timeout: float) -> dict[str, Any]:
 
 def supervisors() -> list[dict[str, Any]]:
     rows = []
-    for _pid, path in control.live_sockets(runtime_dir()):
+    for _pid, path in _live_sockets():
         try:
             answer = control.request(path, {"op": "status"}, timeout=2)
         except AegisError:

@@ -43,11 +43,16 @@ def summary_path(log: Path) -> Path:
     return log.with_name(log.name + ".summary.json")
 
 
-def log_for_supervisor(pid: int) -> Path:
-    """Where the supervisor of `pid` writes its netmon log."""
-    from aegis_mcp.paths import runtime_dir
+def log_for_supervisor(pid: int) -> Path | None:
+    """The netmon log of the supervisor of `pid`, if there is one where the caller's
+    supervisors keep theirs (as root, the sudo user's included)."""
+    from aegis_mcp.paths import control_dirs
 
-    return runtime_dir() / f"netmon-{pid}.jsonl"
+    for runtime in control_dirs():
+        path = runtime / f"netmon-{pid}.jsonl"
+        if path.exists() or rotated_path(path).exists():
+            return path
+    return None
 
 
 # ---- the summary --------------------------------------------------------------------------
@@ -497,7 +502,7 @@ def find_log(target: str | None = None) -> Path:
     """The log named by `target`: a file, a supervisor's or agent's pid; else this process's
     AEGIS_NETMON_LOG, else the newest log in the runtime directory."""
     from aegis_mcp.errors import AegisError
-    from aegis_mcp.paths import runtime_dir
+    from aegis_mcp.paths import control_dirs
 
     hint = "start the agent with `aegis-mcp <agent> --netmon`"
     if target:
@@ -507,7 +512,7 @@ def find_log(target: str | None = None) -> Path:
         if target.isdigit():
             pid = int(target)
             own = log_for_supervisor(pid)
-            if own.exists() or rotated_path(own).exists():
+            if own is not None:
                 return own
             env_log = _environ_of(pid).get("AEGIS_NETMON_LOG")
             if env_log:
@@ -518,7 +523,10 @@ def find_log(target: str | None = None) -> Path:
     env_log = os.environ.get("AEGIS_NETMON_LOG")
     if env_log:
         return Path(env_log)
-    logs = sorted(runtime_dir().glob("netmon-*.jsonl"), key=lambda p: p.stat().st_mtime)
+    dirs = control_dirs()
+    logs = sorted((log for d in dirs for log in d.glob("netmon-*.jsonl")),
+                  key=lambda p: p.stat().st_mtime)
     if not logs:
-        raise AegisError(f"no netmon log found in {runtime_dir()}: {hint}")
+        where = " or ".join(str(d) for d in dirs) or "the runtime directory"
+        raise AegisError(f"no netmon log found in {where}: {hint}")
     return logs[-1]

@@ -12,8 +12,10 @@ import stat
 import tempfile
 from pathlib import Path
 
+from aegis_mcp.errors import AegisError
 
-class UnsafeDirectoryError(RuntimeError):
+
+class UnsafeDirectoryError(AegisError):
     """A private directory exists but is not ours or is open to others."""
 
 
@@ -35,13 +37,16 @@ def ensure_private_dir(path: Path) -> Path:
 def runtime_base(uid: int) -> Path:
     """Where the runtime directory of `uid` lives, the same answer for that user's own
     processes and for a root supervisor started through sudo on its behalf: `/run/user/<uid>`
-    when the system made one, else the temp dir."""
+    when the system made one, else /tmp. Not $TMPDIR: sudo drops it from the environment, and
+    Python's temp dir depends on what the caller may write, so the user and root would look
+    in different places."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if uid == os.geteuid() and xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
         return Path(xdg) / "aegis-mcp"
     if os.path.isdir(f"/run/user/{uid}"):
         return Path(f"/run/user/{uid}/aegis-mcp")
-    return Path(tempfile.gettempdir()) / f"aegis-mcp-{uid}"
+    tmp = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    return Path(tmp) / f"aegis-mcp-{uid}"
 
 
 def runtime_dir() -> Path:
@@ -49,6 +54,20 @@ def runtime_dir() -> Path:
     `/run/user/<uid>/aegis-mcp`, else `<tmp>/aegis-mcp-<uid>`."""
     explicit = os.environ.get("AEGIS_RUNTIME_DIR")
     return ensure_private_dir(Path(explicit) if explicit else runtime_base(os.geteuid()))
+
+
+def control_dirs() -> list[Path]:
+    """Where the control sockets of the caller's supervisors are, to find them (never to write):
+    its runtime directory; as root, also the sudo user's, where `sudo aegis-mcp <agent>` puts
+    them for the dropped agent to reach. Root may look into another user's directory."""
+    explicit = os.environ.get("AEGIS_RUNTIME_DIR")
+    if os.geteuid() != 0:
+        return [runtime_dir()]
+    found = [Path(explicit)] if explicit else [runtime_base(0)]
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if not explicit and sudo_uid.isdigit() and int(sudo_uid) != 0:
+        found.append(runtime_base(int(sudo_uid)))
+    return [d for d in dict.fromkeys(found) if d.is_dir()]
 
 
 def state_dir() -> Path:
