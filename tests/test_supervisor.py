@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -250,12 +251,21 @@ def test_restart_storm_stops_with_a_clear_message(world: FakeAgentWorld) -> None
     assert not any(pid_alive(s["pid"]) for s in world.starts())
 
 
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches `pid` holds (/proc/PID/fdinfo): the watcher is ready."""
+    count = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            count += info.read_text().count("inotify wd:")
+    return count
+
+
 def test_watch_restarts_on_file_change(world: FakeAgentWorld, tmp_path: Path) -> None:
     watched = tmp_path / "watched"
     watched.mkdir()
     child = world.spawn("--watch", str(watched), "fake")
     child.expect("READY")
-    time.sleep(0.5)  # let the watcher settle
+    wait_for(lambda: inotify_watches(child.pid), 20, "the supervisor's inotify watch")
     (watched / "server.py").write_text("changed")
     child.expect("restarting fake \\(reason: files changed")
     child.expect("READY")
