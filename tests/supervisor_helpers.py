@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -63,6 +64,15 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches `pid` holds (/proc/PID/fdinfo): its --watch watcher is ready."""
+    count = 0
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            count += info.read_text().count("inotify wd:")
+    return count
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,13 @@ import pytest
 
 from aegis_mcp import control
 from tests.conftest import aegis_bin
-from tests.supervisor_helpers import FakeAgentWorld, fake_profile, pid_alive, wait_for
+from tests.supervisor_helpers import (
+    FakeAgentWorld,
+    fake_profile,
+    inotify_watches,
+    pid_alive,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -249,15 +254,6 @@ def test_restart_storm_stops_with_a_clear_message(world: FakeAgentWorld) -> None
     assert finish(child) == 1
     assert len(world.starts()) == 4
     assert not any(pid_alive(s["pid"]) for s in world.starts())
-
-
-def inotify_watches(pid: int) -> int:
-    """How many inotify watches `pid` holds (/proc/PID/fdinfo): the watcher is ready."""
-    count = 0
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):
-            count += info.read_text().count("inotify wd:")
-    return count
 
 
 def test_watch_restarts_on_file_change(world: FakeAgentWorld, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from aegis_mcp import netmon
 from tests.conftest import aegis_bin
+from tests.supervisor_helpers import inotify_watches, wait_for
 
 AGENT = """
 import json, os, subprocess, sys, urllib.request
@@ -267,3 +268,32 @@ def test_netns_torn_down_when_the_supervisor_is_terminated(aegis_env: dict[str, 
     assert after == before
     assert name not in subprocess.run(["nft", "list", "tables"], capture_output=True,
                                       text=True).stdout.replace("aegis_", "aegis-")
+
+
+@needs_root
+def test_watch_restarts_an_agent_in_netns_mode(aegis_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    # The watcher starts after the namespace is made (pyroute2 forks this process then), and
+    # a change still restarts the agent, in a namespace again.
+    import signal
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--watch", str(watched), "--", "sh",
+                            "-c", "ip netns identify $$; exec sleep 60"], env=aegis_env,
+                           cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert sup.stdout is not None
+        assert sup.stdout.readline() == f"aegis-{sup.pid}\n"
+        wait_for(lambda: inotify_watches(sup.pid), 20, "the supervisor's inotify watch")
+        (watched / "server.py").write_text("changed")
+        assert sup.stdout.readline() == f"aegis-{sup.pid}\n"  # the agent, started again
+        sup.send_signal(signal.SIGTERM)
+        _, err = sup.communicate(timeout=30)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+    assert sup.returncode == 128 + signal.SIGTERM
+    assert "restarting" in err and "files changed: watched/server.py" in err, err

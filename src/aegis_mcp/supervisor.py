@@ -132,7 +132,7 @@ class Supervisor:
         self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
         self._signals: deque[int] = deque()
-        self._start_watch()
+        self._watch_stop = threading.Event()
 
     def _resolve_netmon(self) -> None:
         mode = self.opts.netmon
@@ -172,7 +172,6 @@ class Supervisor:
             self.opts.inject_mcp and self.profile.injection == "preload")
 
     def _start_watch(self) -> None:
-        self._watch_stop = threading.Event()
         if not self.opts.watch:
             return
         r, w = os.pipe()
@@ -515,6 +514,9 @@ class Supervisor:
                 self._say_forwards(forwards, unreachable)
             elif self.opts.netns_forward:
                 say("--netns-forward is for --netmon=netns only: ignored")
+            # Only now: pyroute2 made the namespace in forks of this process, which must not
+            # copy a process with a second thread running (a lock it held stays locked there).
+            self._start_watch()
             self._spawn(resume=False, prompt=None)
             return self._loop()
         finally:
