@@ -219,3 +219,52 @@ def test_root_and_the_sudo_user_both_find_a_supervisor_started_through_sudo(
         child.sendline("exit 0")
         child.expect(pexpect.EOF)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_the_whole_job_as_an_ordinary_user(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    # What most users run: no root, no sudo, no AEGIS_RUNTIME_DIR. The agent in a pty, --netmon
+    # picks preload, `aegis-mcp restart`, `ps` and `netmon` find the supervisor on their own.
+    uid, gid = throwaway_user.pw_uid, throwaway_user.pw_gid
+    env = {k: v for k, v in sudo_world.env.items()
+           if not k.startswith("SUDO_") and k not in ("AEGIS_RUNTIME_DIR", "XDG_RUNTIME_DIR")}
+    env.update(HOME=throwaway_user.pw_dir, USER=throwaway_user.pw_name,
+               LOGNAME=throwaway_user.pw_name)
+    runtime = runtime_base(uid)
+    shutil.rmtree(runtime, ignore_errors=True)  # left by an earlier throwaway user's uid
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*as_user, aegis_bin(), *args], env=env, capture_output=True,
+                              text=True, timeout=60, cwd=sudo_world.root)
+
+    child = pexpect.spawn(as_user[0], [*as_user[1:], aegis_bin(), "--netmon", "fake"], env=env,
+                          cwd=str(sudo_world.root), timeout=30, encoding="utf-8",
+                          codec_errors="replace", dimensions=(40, 120))
+    try:
+        child.expect("--netmon: using preload mode")  # auto mode says which it picked
+        child.expect("READY")
+        first = sudo_world.starts()[0]
+        assert first["uid"] == uid and first["foreground"] is True
+        assert first["env"]["LD_PRELOAD"].endswith("libaegis_hooks.so")
+        restarted = run("restart", "--reason", "new server", "--wait", "30", "--json")
+        assert restarted.returncode == 0, restarted.stderr
+        status = json.loads(restarted.stdout)["restarted"]
+        assert status["restart_count"] == 1 and status["mcp_servers_seen"]
+        child.expect("restarting fake \\(reason: new server\\)")
+        child.expect("READY")
+        assert sudo_world.wait_starts(2)[1]["resume"] is True
+        listed = run("ps", "--json")
+        assert [s["supervisor_pid"] for s in json.loads(listed.stdout)] == [child.pid]
+        netmon = run("netmon", "--json", str(child.pid))
+        assert netmon.returncode == 0, netmon.stderr
+        assert Path(json.loads(netmon.stdout)["log_path"]).parent == runtime
+        assert os.stat(runtime).st_uid == uid and os.stat(runtime).st_mode & 0o777 == 0o700
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.kill(9)
+        shutil.rmtree(runtime, ignore_errors=True)

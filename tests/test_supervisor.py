@@ -248,6 +248,25 @@ def test_failed_resume_falls_back_to_a_fresh_start(world: FakeAgentWorld) -> Non
     assert finish(child) == 0
 
 
+@pytest.mark.parametrize(("how", "status"), [("exit 130", 130), ("kill INT", 130),
+                                             ("kill TERM", 128 + signal.SIGTERM)])
+def test_ctrl_c_right_after_a_restart_ends_the_session(world: FakeAgentWorld, how: str,
+                                                       status: int) -> None:
+    # A resumed agent that ends within seconds by a signal (or with 128+N, as after Ctrl-C) was
+    # quit by the user: no fresh start behind their back, the supervisor ends with that status.
+    child = world.spawn("fake")
+    child.expect("READY")
+    restart_via_socket(world, reason="reload", prompt=None)
+    child.expect("READY")
+    assert world.wait_starts(2)[1]["resume"] is True
+    if how.startswith("kill"):
+        os.kill(world.starts()[1]["pid"], getattr(signal, f"SIG{how.split()[1]}"))
+    else:
+        child.sendline(how)
+    assert finish(child) == status
+    assert len(world.starts()) == 2
+
+
 def test_restart_storm_stops_with_a_clear_message(world: FakeAgentWorld) -> None:
     child = world.spawn("--max-restarts", "3", "fake", "--behaviour", "restart-on-start")
     child.expect("restart storm")

@@ -51,7 +51,8 @@ NETMON_REFRESH_SECONDS = 5.0
 """How often the supervisor brings the netmon summary up to date (when the log grew), so that
 netmon_status stays fast however long the log gets."""
 # A resumed agent that fails this soon had nothing to resume (claude --continue exits at once
-# in a directory without a conversation): start it fresh instead.
+# in a directory without a conversation, with status 1): start it fresh instead. Not when it
+# ended by a signal or with 128+N: that is the user's Ctrl-C, to be honoured.
 RESUME_CHECK_SECONDS = 5.0
 _FORWARDED = (signal.SIGINT, signal.SIGQUIT)
 _SHUTDOWN = (signal.SIGTERM, signal.SIGHUP)
@@ -421,7 +422,7 @@ class Supervisor:
             req, self.pending = self.pending, None
             return self._restart(req)
         quick = time.monotonic() - run.started < RESUME_CHECK_SECONDS
-        if run.resumed and code != 0 and quick:
+        if run.resumed and 0 < code < 128 and quick:
             self._stop_and_reclaim()
             say(f"{self.profile.name} exited at once ({exit_status}) when resuming: no "
                 "conversation to resume? starting a new one")
