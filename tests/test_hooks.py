@@ -493,3 +493,32 @@ def test_threads_fds_reused_dups_and_forks(tmp_path: Path, server: RawHTTPServer
     assert (status["connections"], status["bytes_sent"], status["bytes_received"]) == (
         300, sent, recv)
     assert status["open_connections"] == 0
+
+
+def test_zero_copy_sendfile_and_splice(tmp_path: Path, server: RawHTTPServer) -> None:
+    # Bytes that cross a socket without a send or recv call: Python's socket.sendfile (glibc's
+    # sendfile64), and a C program's sendfile and splice (a proxy's way to move data).
+    request = tmp_path / "request"
+    request.write_bytes(b"GET /zero-copy HTTP/1.0\r\n" + b"X-Pad: abcdefgh\r\n" * 4000 + b"\r\n")
+    code = textwrap.dedent(f"""
+        import socket, sys
+        with socket.create_connection(('127.0.0.1', {server.port})) as s, \\
+                open(sys.argv[1], 'rb') as f:
+            s.sendfile(f)
+            data = b''
+            while chunk := s.recv(65536):
+                data += chunk
+        print(data.split(b'\\r\\n\\r\\n', 1)[1].decode())
+    """)
+    log = tmp_path / "py.jsonl"
+    same_output([sys.executable, "-c", code, str(request)], log)
+    (close,) = check_exact(log, server)
+    assert close["sent"] == request.stat().st_size
+
+    exe = compile_snippet("zero_copy.c", tmp_path)
+    log = tmp_path / "c.jsonl"
+    same_output([str(exe), str(server.port), str(request)], log)
+    (close,) = conns_to(log, server.port)
+    hooked = server.wait(4)[3]  # after the Python pair and the C program's plain run
+    assert (close["sent"], close["recv"]) == (hooked.received, hooked.sent)
+    assert close["sent"] == request.stat().st_size and close["recv"] > 0

@@ -161,7 +161,10 @@ def test_pool_runners_outlive_restarts_and_the_supervisor(world: FakeAgentWorld)
         assert finish(child) == 0
         assert pid_alive(runner)
     finally:
-        os.kill(runner, signal.SIGKILL)
+        for start in world.starts():  # every start made one
+            for c in start["children"]:
+                if c["name"] == "pool-runner" and pid_alive(c["pid"]):
+                    os.kill(c["pid"], signal.SIGKILL)
 
 
 def test_terminal_modes_restored_after_a_killed_tui(world: FakeAgentWorld) -> None:

@@ -240,8 +240,12 @@ def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],
     else:
         cmd = [aegis_bin(), "--netmon=netns", "--", "true"]
         env = aegis_env
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd="/",
-                         stdin=subprocess.DEVNULL)
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd="/",
+                             stdin=subprocess.DEVNULL)
+    finally:
+        if env is not aegis_env:
+            shutil.rmtree(env["AEGIS_RUNTIME_DIR"], ignore_errors=True)
     assert out.returncode == 1
     assert "needs root" in out.stderr and "--netmon=preload" in out.stderr
     assert "Traceback" not in out.stderr

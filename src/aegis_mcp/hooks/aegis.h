@@ -29,6 +29,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -70,7 +71,7 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
 #define AEGIS_SYMBOLS(X)                                                                          \
     X(connect) X(accept) X(accept4) X(close) X(read) X(write) X(readv) X(writev) X(send)          \
     X(sendto) X(sendmsg) X(sendmmsg) X(recv) X(recvfrom) X(recvmsg) X(recvmmsg) X(getsockopt)      \
-    X(__read_chk) X(__recv_chk) X(__recvfrom_chk)     \
+    X(__read_chk) X(__recv_chk) X(__recvfrom_chk) X(sendfile) X(sendfile64) X(splice)           \
     X(dup) X(dup2) X(dup3) X(fcntl) X(fcntl64) X(close_range) X(closefrom) X(syscall) X(getaddrinfo)                         \
     X(execve) X(execv) X(execvp) X(execvpe) X(fexecve) X(posix_spawn) X(posix_spawnp)             \
     X(_exit) X(_Exit) X(quick_exit)                                                                           \

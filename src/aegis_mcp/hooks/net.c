@@ -706,6 +706,21 @@ RECV_HOOK(__recvfrom_chk,
           (int fd, void *buf, size_t n, size_t buflen, int flags, struct sockaddr *a, socklen_t *al),
           (fd, buf, n, buflen, flags, a, al))
 
+/* Zero-copy transfers (Python's socket.sendfile, static file servers, proxies): bytes that
+ * leave through a socket without a send call. */
+IO_HOOK(ssize_t, sendfile, 0, (int fd, int in_fd, off_t *off, size_t n), (fd, in_fd, off, n))
+IO_HOOK(ssize_t, sendfile64, 0, (int fd, int in_fd, off64_t *off, size_t n), (fd, in_fd, off, n))
+
+AEGIS_EXPORT ssize_t splice(int in_fd, loff_t *in_off, int fd, loff_t *out_off, size_t n,
+                            unsigned int flags)
+{
+    REAL_OR_ENOSYS(splice);
+    ssize_t r = true_splice(in_fd, in_off, fd, out_off, n, flags);
+    account(fd, r, 0);     /* into a socket: sent */
+    account(in_fd, r, 1);  /* out of a socket: received */
+    return r;
+}
+
 static size_t mmsg_bytes(const struct mmsghdr *v, int r)
 {
     size_t total = 0;
