@@ -12,7 +12,6 @@ in the copy.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 from collections import deque
@@ -27,7 +26,6 @@ class SignalInbox:
         self._read.setblocking(False)
         self._write.setblocking(False)
         self._got: deque[int] = deque()
-        self._pid = os.getpid()
         signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
         for sig in recorded:
             signal.signal(sig, self._record)
@@ -35,8 +33,7 @@ class SignalInbox:
             signal.signal(sig, lambda *_: None)
 
     def _record(self, signum: int, _frame: object) -> None:
-        if os.getpid() == self._pid:  # a fork that kept our handler is not us
-            self._got.append(signum)
+        self._got.append(signum)  # in a fork, into the fork's own copy
 
     def fileno(self) -> int:
         return self._read.fileno()
