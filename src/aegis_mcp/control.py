@@ -148,6 +148,17 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 5.0) -> 
     return answer
 
 
+def pid_running(pid: int) -> bool:
+    """Whether process `pid` exists, also when it belongs to another uid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another uid (a root supervisor's socket in our dir)
+    return True
+
+
 def live_sockets(runtime: Path) -> list[tuple[int, Path]]:
     """(pid, path) of the supervisor sockets in `runtime` whose supervisor is alive."""
     found = []
@@ -155,12 +166,6 @@ def live_sockets(runtime: Path) -> list[tuple[int, Path]]:
         pid_text = path.name[len(SOCKET_PREFIX) : -len(".sock")]
         if not pid_text.isdigit():
             continue
-        pid = int(pid_text)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            pass  # alive, another uid (a root supervisor's socket in our dir)
-        found.append((pid, path))
+        if pid_running(int(pid_text)):
+            found.append((int(pid_text), path))
     return found

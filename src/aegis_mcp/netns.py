@@ -344,11 +344,13 @@ def _add_veth(state: State) -> None:
         _write_sysctl(f"net.ipv4.conf.{state.veth}.route_localnet", "1")
 
 
-def _nft(nft: str, script: str) -> None:
-    proc = subprocess.run([nft, "-f", "-"], input=script, text=True, capture_output=True,
-                          timeout=30)
+def _nft(nft: str, script: str, enter: tuple[str, ...] = ()) -> None:
+    """Run an nft script; `enter` is a prefix that runs it in a namespace (`ip netns exec`)."""
+    proc = subprocess.run([*enter, nft, "-f", "-"], input=script, text=True,
+                          capture_output=True, timeout=30)
     if proc.returncode != 0:
-        raise AegisError(f"nft failed: {proc.stderr.strip().splitlines()[-1:] or '?'}")
+        where = f" in {enter[-1]}" if enter else ""
+        raise AegisError(f"nft{where} failed: {proc.stderr.strip().splitlines()[-1:] or '?'}")
 
 
 def _add_nft_table(state: State, nft: str) -> None:
@@ -385,7 +387,7 @@ def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
     end (output DNAT, then masquerade of the 127.x source, which route_localnet lets out)."""
     if not state.forwards:
         return
-    enter = [tools["ip"], "netns", "exec", state.name]
+    enter = (tools["ip"], "netns", "exec", state.name)
     rules = "".join(f"    ip daddr {ip} tcp dport {port} dnat to {state.host_addr}:{port}\n"
                     for ip, port in state.forward_pairs())
     script = f"""
@@ -399,11 +401,7 @@ table ip aegis_forward {{
   }}
 }}
 """
-    proc = subprocess.run([*enter, tools["nft"], "-f", "-"], input=script, text=True,
-                          capture_output=True, timeout=30)
-    if proc.returncode != 0:
-        errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["?"]
-        raise AegisError(f"nft in {state.name} failed: {errors[0].strip()}")
+    _nft(tools["nft"], script, enter)
     subprocess.run([*enter, "sh", "-c", f"echo 1 > /proc/sys/net/ipv4/conf/{NS_IFNAME}/"
                     "route_localnet"], check=True, capture_output=True, timeout=30)
 

@@ -38,11 +38,15 @@ class SignalInbox:
     def fileno(self) -> int:
         return self._read.fileno()
 
-    def drain(self) -> list[int]:
-        """The signals received since the last drain, in order; empties the wakeup fd."""
+    def clear(self) -> None:
+        """Empty the wakeup fd (the loop woke); the signals stay for drain()."""
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while self._read.recv(4096):
                 pass
+
+    def drain(self) -> list[int]:
+        """The signals received since the last drain, in order; empties the wakeup fd."""
+        self.clear()
         got = []
         while self._got:  # popleft: a handler may append while we copy
             got.append(self._got.popleft())

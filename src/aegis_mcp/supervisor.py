@@ -132,7 +132,6 @@ class Supervisor:
         self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN), wake_only=(signal.SIGCHLD,))
         self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
-        self._signals: deque[int] = deque()
         self._watch_stop = threading.Event()
 
     def _resolve_netmon(self) -> None:
@@ -307,14 +306,11 @@ class Supervisor:
         proctree.killpg(pgid, signal.SIGCONT)
 
     def _wait(self, timeout: float) -> None:
-        """Block up to `timeout` for a signal, keep non-SIGCHLD ones for the loop, reap."""
+        """Block up to `timeout` for a signal (kept in the inbox for the loop), reap."""
         with contextlib.suppress(InterruptedError):
             select.select([self.inbox], [], [], timeout)
-        self._drain_signals()
+        self.inbox.clear()  # the signals wait in the inbox for the loop
         self._reap()
-
-    def _drain_signals(self) -> None:
-        self._signals.extend(self.inbox.drain())
 
     def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -460,7 +456,7 @@ class Supervisor:
             for key, _ in self.selector.select(timeout):
                 kind = key.data
                 if kind == "signal":
-                    self._drain_signals()
+                    self.inbox.clear()
                 elif kind == "accept":
                     conn = self.control.accept()
                     if conn is not None:
@@ -478,8 +474,7 @@ class Supervisor:
                         self.pending = RestartRequest(f"files changed: {changed}", None,
                                                       time.monotonic())
             self._reap()
-            while self._signals:
-                sig = self._signals.popleft()
+            for sig in self.inbox.drain():
                 if sig in _SHUTDOWN:
                     say(f"received {signal.Signals(sig).name}: stopping {self.profile.name}")
                     self._stop_agent(sig)
@@ -609,13 +604,7 @@ def _remove_stale_files(runtime: Path) -> None:
         match = _STALE_PATTERN.match(path.name)
         if not match:
             continue
-        pid = int(next(g for g in match.groups() if g))
-        try:
-            os.kill(pid, 0)
-            continue  # alive (ours or another uid's)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
+        if control.pid_running(int(next(g for g in match.groups() if g))):
             continue
         with contextlib.suppress(OSError):
             path.unlink()
