@@ -43,15 +43,22 @@ def net() -> Iterator[PrivateLoopback]:
         yield private
 
 
+def sudo_env(api: FakeAnthropic, user: pwd.struct_passwd, cwd: Path,
+             aegis_env: dict[str, str]) -> dict[str, str]:
+    """The supervisor's environment as `sudo aegis-mcp claude` gives it, claude on PATH and
+    pointed at the stand-in."""
+    return {**aegis_env, **api.claude_env(home=user.pw_dir), "SUDO_UID": str(user.pw_uid),
+            "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name,
+            "PATH": f"{Path(CLAUDE).parent}{os.pathsep}{aegis_env['PATH']}",
+            # reachable by the user: the supervisor creates and chowns it
+            "AEGIS_RUNTIME_DIR": str(cwd / ".aegis-run")}
+
+
 def run_claude(net: PrivateLoopback, api: FakeAnthropic, user: pwd.struct_passwd, cwd: Path,
                aegis_env: dict[str, str], *args: str, timeout: float = 120
                ) -> subprocess.CompletedProcess[str]:
-    env = {**aegis_env, **api.claude_env(home=user.pw_dir), "SUDO_UID": str(user.pw_uid),
-           "SUDO_GID": str(user.pw_gid), "SUDO_USER": user.pw_name}
-    env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
-    # The runtime dir must be reachable by the user: the supervisor creates and chowns it.
-    env["AEGIS_RUNTIME_DIR"] = str(cwd / ".aegis-run")
-    return subprocess.run(net.enter([aegis_bin(), "claude", *args]), env=env, cwd=cwd, text=True,
+    return subprocess.run(net.enter([aegis_bin(), "claude", *args]),
+                          env=sudo_env(api, user, cwd, aegis_env), cwd=cwd, text=True,
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -123,11 +130,8 @@ def test_interactive_tui_restarts_in_the_same_terminal(
                            {"reason": "MCP server updated", "prompt": "continue after restart"})
         api.queue_text("restart scheduled")
         api.queue_text("second claude here")
-        env = {**aegis_env, **api.claude_env(home=throwaway_user.pw_dir),
-               "ANTHROPIC_API_KEY": key, "SUDO_UID": str(throwaway_user.pw_uid),
-               "SUDO_GID": str(throwaway_user.pw_gid), "TERM": "xterm-256color",
-               "AEGIS_RUNTIME_DIR": str(project / ".aegis-run")}
-        env["PATH"] = f"{Path(CLAUDE).parent}{os.pathsep}{env['PATH']}"
+        env = {**sudo_env(api, throwaway_user, project, aegis_env), "ANTHROPIC_API_KEY": key,
+               "TERM": "xterm-256color"}
         command = net.enter([aegis_bin(), "claude"])
         child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=60,
                               encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
@@ -202,12 +206,8 @@ def test_a_print_run_restarted_mid_turn_continues_its_conversation(
     # `aegis-mcp restart` from another terminal while claude -p waits at the model: the new
     # claude runs with --continue and the restart prompt in place of the first.
     with FakeAnthropic(default_text="second claude here", bind=net.run) as api:
-        env = {**aegis_env, **api.claude_env(home=throwaway_user.pw_dir),
-               "SUDO_UID": str(throwaway_user.pw_uid), "SUDO_GID": str(throwaway_user.pw_gid),
-               "SUDO_USER": throwaway_user.pw_name,
-               "AEGIS_RUNTIME_DIR": str(project / ".aegis-run"),
-               "PATH": f"{Path(CLAUDE).parent}{os.pathsep}{aegis_env['PATH']}"}
-        result = restart_mid_turn(net, api, ["claude", "-p", "first task"], env, project)
+        result = restart_mid_turn(net, api, ["claude", "-p", "first task"],
+                                  sudo_env(api, throwaway_user, project, aegis_env), project)
         last = json.dumps(api.message_requests()[-1].body["messages"])
     assert result.returncode == 0, result.err
     assert result.status["mcp_servers_seen"], "the new claude did not start aegis-mcp's server"
