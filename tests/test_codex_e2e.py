@@ -29,13 +29,18 @@ CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
 
 
+def codex_env(aegis_env: dict[str, str], home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a codex run: its own HOME, an API key, the npm codex on PATH."""
+    return {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
+            "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}", **extra}
+
+
 def test_codex_starts_the_injected_server(tmp_path: Path, aegis_env: dict[str, str]) -> None:
     project, home, run = tmp_path / "project", tmp_path / "home", tmp_path / "run"
     project.mkdir()
     home.mkdir()
-    env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
-           "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "AEGIS_RUNTIME_DIR": str(run),
-           "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
+    env = codex_env(aegis_env, home, OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+                    AEGIS_RUNTIME_DIR=str(run))
     sup = subprocess.Popen(offline([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
                                     "say hi"]), env=env, cwd=project, stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -66,9 +71,7 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
     (home / ".codex").mkdir(parents=True)
     with PrivateLoopback() as net, FakeOpenAIResponses("second codex here", bind=net.run) as api:
         (home / ".codex" / "config.toml").write_text(api.codex_config())
-        env = {**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
-               "AEGIS_RUNTIME_DIR": str(run),
-               "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"}
+        env = codex_env(aegis_env, home, AEGIS_RUNTIME_DIR=str(run))
         result = restart_mid_turn(net, api, ["codex", "exec", "--skip-git-repo-check",
                                              "first task"], env, project)
         texts = api.input_texts(-1)
@@ -114,8 +117,7 @@ def test_the_model_restarts_codex_through_the_injected_tool(
         api.queue_text("second codex here")
         out = subprocess.run(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
                                         "first prompt"]),
-                             env={**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
-                                  "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"},
+                             env=codex_env(aegis_env, home),
                              cwd=project, capture_output=True, text=True, timeout=180,
                              stdin=subprocess.DEVNULL)
         assert out.returncode == 0, out.stderr
@@ -143,8 +145,7 @@ def test_codex_in_netns_mode_is_recorded_though_its_binary_is_static(
         out = subprocess.run(
             net.enter([aegis_bin(), "--netmon=netns", "--netns-forward", str(api.port), "codex",
                        "exec", "--skip-git-repo-check", "say hi"]),
-            env={**aegis_env, "HOME": str(home), "OPENAI_API_KEY": "x",
-                 "PATH": f"{Path(CODEX).parent}{os.pathsep}{aegis_env['PATH']}"},
+            env=codex_env(aegis_env, home),
             cwd=project, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
         port = api.port
     assert out.returncode == 0, out.stderr
