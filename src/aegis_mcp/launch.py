@@ -30,10 +30,9 @@ def _in_user_site() -> bool:
 
 def python_command(module: str, *args: str, root_side: bool = False) -> list[str]:
     """`[python, <flags>, -m, module, *args]` with a safe import path (see the module doc)."""
+    flags = ["-P"]
     if root_side:
         flags = ["-E", "-P"] if _in_user_site() else ["-I"]
-    else:
-        flags = ["-P"]
     return [sys.executable, *flags, "-m", module, *args]
 
 
