@@ -88,5 +88,5 @@ def test_codex_overrides_are_valid_toml(tmp_path: Path) -> None:
     assert all(inj.args[i] == "-c" for i in range(0, len(inj.args), 2))
     parsed = {k: tomllib.loads(f"v = {v}")["v"] for k, v in (p.split("=", 1) for p in pairs)}
     assert parsed["mcp_servers.aegis-mcp.command"] == sys.executable
-    assert parsed["mcp_servers.aegis-mcp.args"] == ["-m", "aegis_mcp", "--mcp-server"]
+    assert parsed["mcp_servers.aegis-mcp.args"] == ["-P", "-m", "aegis_mcp", "--mcp-server"]
     assert parsed["mcp_servers.aegis-mcp.env"] == {"AEGIS_CONTROL": "/run/x \"quoted\".sock"}

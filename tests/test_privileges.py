@@ -213,8 +213,11 @@ def test_root_and_the_sudo_user_both_find_a_supervisor_started_through_sudo(
         user_env["AEGIS_RUNTIME_DIR"] = str(sudo_world.root)
         theirs = as_user("ps")
         assert theirs.returncode == 1
-        assert theirs.stderr.strip() == (f"aegis-mcp: {sudo_world.root} belongs to uid 0, not "
-                                         f"to you (uid {throwaway_user.pw_uid}); remove it")
+        assert theirs.stderr.strip() == (
+            f"aegis-mcp: {sudo_world.root} belongs to uid 0, not to you (uid "
+            f"{throwaway_user.pw_uid}), so aegis-mcp will not use it; set AEGIS_RUNTIME_DIR to "
+            "a directory of your own (e.g. AEGIS_RUNTIME_DIR=~/.cache/aegis-mcp-run), or ask "
+            "an administrator to remove it")
     finally:
         child.sendline("exit 0")
         child.expect(pexpect.EOF)

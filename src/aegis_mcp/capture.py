@@ -88,9 +88,10 @@ BPF_PROGRAM = [
 class EventLog:
     """Appends one JSON line per event with a single write() (O_APPEND), like the hooks."""
 
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
+    def __init__(self, fd: int) -> None:
+        # A descriptor, not a path: the log lives in the user's directory, and root (this
+        # helper) never opens a path there (netns.open_log, run as that user, opened it).
+        self.fd = fd
 
     def write(self, event: dict[str, Any]) -> None:
         line = json.dumps(event, separators=(",", ":")) + "\n"
@@ -652,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    log = EventLog(args.log)
+    log = EventLog(args.log_fd)
     ct = Conntrack()
     packets = packet_socket(args.veth)
     forwarded = {(args.host_addr, int(port)): ip
@@ -715,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--veth", required=True, help="host end of the veth pair")
     parser.add_argument("--ns-addr", required=True, help="the namespace's address")
     parser.add_argument("--host-addr", required=True, help="the host end's address")
-    parser.add_argument("--log", required=True, help="netmon JSONL log to append to")
+    parser.add_argument("--log-fd", type=int, required=True,
+                        help="open descriptor of the netmon JSONL log to append to")
     parser.add_argument("--owner-pid", type=int, required=True, help="exit when it dies")
     parser.add_argument("--forward", action="append", default=[], metavar="IP:PORT",
                         help="a host loopback ip:port forwarded to the host end's port: its "

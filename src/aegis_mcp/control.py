@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.privileges import User, as_user, fds_as_user
 
 MAX_REQUEST = 64 * 1024
 SOCKET_PREFIX = "supervisor-"
@@ -32,29 +33,43 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-class ControlServer:
-    """Non-blocking server side, driven by the supervisor's selector loop."""
+def bind_socket(path: str) -> list[int]:
+    """The listening socket at `path`, made 0600 (no window where others could connect);
+    run with the identity of the directory's owner (privileges.fds_as_user)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket of a dead supervisor with our pid
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        hint = " (a Unix socket path must be under 108 bytes: set a shorter " \
+            "AEGIS_RUNTIME_DIR)" if len(path) >= 100 else ""
+        why = exc.strerror or str(exc)
+        raise AegisError(f"cannot create the control socket {path}: {why}{hint}") from None
+    finally:
+        os.umask(old)
+    return [sock.detach()]
 
-    def __init__(self, path: Path, allowed_uids: set[int], owner_uid: int | None = None) -> None:
+
+def unlink_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class ControlServer:
+    """Non-blocking server side, driven by the supervisor's selector loop. Under sudo the
+    socket file is made and removed by the agent's user (`user`), in that user's directory;
+    the listening socket itself is the supervisor's."""
+
+    def __init__(self, path: Path, allowed_uids: set[int], user: User | None = None) -> None:
         self.path = path
         self.allowed_uids = allowed_uids
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale socket of a dead supervisor with our pid
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # created 0600: no window where others could connect
-        try:
-            self.sock.bind(str(path))
-        except OSError as exc:
-            self.sock.close()
-            hint = " (a Unix socket path must be under 108 bytes: set a shorter " \
-                "AEGIS_RUNTIME_DIR)" if len(str(path)) >= 100 else ""
-            why = exc.strerror or str(exc)
-            raise AegisError(f"cannot create the control socket {path}: {why}{hint}") from None
-        finally:
-            os.umask(old)
-        if owner_uid is not None and owner_uid != os.geteuid():
-            os.chown(path, owner_uid, -1)
-        self.sock.listen(16)
+        self.user = user
+        (fd,) = fds_as_user(user, bind_socket, str(path))
+        self.sock = socket.socket(fileno=fd)
         self.sock.setblocking(False)
         self._buffers: dict[socket.socket, bytearray] = {}
 
@@ -109,8 +124,8 @@ class ControlServer:
         for conn in list(self._buffers):
             self.drop(conn)
         self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with contextlib.suppress(OSError, AegisError):
+            as_user(self.user, unlink_socket, str(self.path))
 
 
 def request(path: str | Path, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

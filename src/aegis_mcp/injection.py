@@ -16,11 +16,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aegis_mcp.errors import AegisError
+from aegis_mcp.launch import python_command
 from aegis_mcp.paths import hooks_library
+from aegis_mcp.privileges import User, as_user
 from aegis_mcp.profiles import AgentProfile
 
 SERVER_NAME = "aegis-mcp"
@@ -28,8 +31,8 @@ SERVER_NAME = "aegis-mcp"
 
 def server_command() -> list[str]:
     """How the agent starts aegis-mcp's MCP server: this very interpreter and package, so it
-    does not depend on the agent's PATH."""
-    return [sys.executable, "-m", "aegis_mcp", "--mcp-server"]
+    does not depend on the agent's PATH, and never importing from the project directory."""
+    return python_command("aegis_mcp", "--mcp-server")
 
 
 def server_entry(env: dict[str, str]) -> dict[str, object]:
@@ -44,22 +47,40 @@ class Injection:
     env: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
+    user: User | None = None
+
     def cleanup(self) -> None:
-        for path in self.files:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if self.files:
+            with contextlib.suppress(OSError, AegisError):
+                as_user(self.user, remove_files, [str(p) for p in self.files])
         self.files.clear()
 
 
-def _write_private(path: Path, data: object, owner_uid: int | None) -> Path:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    if owner_uid is not None and owner_uid != os.geteuid():
-        os.chown(tmp, owner_uid, -1)
-    os.replace(tmp, path)
-    return path
+def remove_files(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def write_overlays(jobs: list[tuple[str, str | None, str, dict[str, object]]]) -> None:
+    """Write each overlay `(path, project config or None, servers key, our entry)`: the
+    project's config with our server added. Run with the agent's identity
+    (privileges.as_user): the project config is read, and the overlay written, only as that
+    user could. Each overlay is written to a fresh name (O_EXCL|O_NOFOLLOW) and renamed into
+    place, so a name planted in the runtime directory is replaced, never written through."""
+    for path, source, key, entry in jobs:
+        data = _merged(Path(source), key, entry) if source else {key: {SERVER_NAME: entry}}
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, object]:
@@ -79,14 +100,16 @@ def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, objec
 
 
 def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_env: dict[str, str],
-            cwd: Path, home: str, owner_uid: int | None) -> Injection:
-    """Write the overlays for one start of the agent and return the arguments and environment
-    that make the agent see them."""
+            cwd: Path, home: str, user: User | None) -> Injection:
+    """Write the overlays for one start of the agent (as `user`, the agent's identity, when
+    the supervisor is root) and return the arguments and environment that make the agent see
+    them."""
     entry = server_entry(server_env)
     if profile.injection == "mcp-config":
         path = runtime / f"mcp-overlay-{supervisor_pid}.json"
-        _write_private(path, {"mcpServers": {SERVER_NAME: entry}}, owner_uid)
-        return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path])
+        as_user(user, write_overlays, [(str(path), None, "mcpServers", entry)])
+        return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path],
+                         user=user)
     if profile.injection == "codex-config":
         cmd = server_command()
         env_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in server_env.items())
@@ -97,14 +120,15 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
         ]
         return Injection("codex -c mcp_servers override", args)
     if profile.injection == "preload":
-        redirects, files = [], []
+        redirects, files, jobs = [], [], []
         for i, name in enumerate(profile.config_files):
             source = Path(home, name[2:]) if name.startswith("~/") else cwd / name
             overlay = runtime / f"config-overlay-{supervisor_pid}-{i}.json"
-            _write_private(overlay, _merged(source, profile.mcp_servers_key, entry), owner_uid)
+            jobs.append((str(overlay), str(source), profile.mcp_servers_key, entry))
             redirects.append(f"{os.path.abspath(source)}\t{overlay}")
             files.append(overlay)
+        as_user(user, write_overlays, jobs)
         env = {"AEGIS_MCP_REDIRECT": "\n".join(redirects), "LD_PRELOAD": str(hooks_library())}
         return Injection("LD_PRELOAD redirect of " + ", ".join(profile.config_files), env=env,
-                         files=files)
+                         files=files, user=user)
     return Injection("none (the agent has no MCP support)")

@@ -37,7 +37,7 @@ def python_command(module: str, *args: str, root_side: bool = False) -> list[str
 
 
 ROOT_ENV_KEEP = ("LANG", "LC_ALL", "LC_CTYPE", "TZ", "AEGIS_DEBUG", "AEGIS_NETMON_MAX_BYTES",
-                 "AEGIS_NETMON_INTERVAL", "AEGIS_NETNS_STATE_DIR")
+                 "AEGIS_NETMON_INTERVAL", "AEGIS_NETNS_STATE_DIR", "AEGIS_NETNS_TOTALS_INTERVAL")
 
 
 def root_env() -> dict[str, str]:

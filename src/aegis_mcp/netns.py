@@ -41,7 +41,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.launch import python_command, root_env
 
 PREFIX = "aegis-"
 NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
@@ -431,32 +431,35 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
     os.chmod(directory / "resolv.conf", 0o644)
 
 
-def _prepare_log(log_path: Path) -> None:
-    """Create the log so that it belongs to whoever owns its directory (the user's private
-    runtime dir), never following a symlink planted there."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        st = os.fstat(fd)
-        parent = os.stat(log_path.parent)
-        if st.st_nlink == 1 and st.st_uid == 0 and parent.st_uid != 0:
-            os.fchown(fd, parent.st_uid, parent.st_gid)
-    finally:
-        os.close(fd)
+def open_log(log_path: str) -> list[int]:
+    """The capture's log, opened for appending without following a symlink. The supervisor
+    runs this as the agent's user (privileges.fds_as_user), in whose directory the log lives;
+    the root-side capture then only writes to the descriptor it is given."""
+    return [os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                    | os.O_CLOEXEC, 0o600)]
 
 
-def _start_capture(state: State, log_path: Path) -> subprocess.Popen[bytes]:
-    _prepare_log(log_path)
+def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subprocess.Popen[bytes]:
+    """The root-side capture: isolated Python (never the user's directory on its import path),
+    started from / with a scrubbed environment, writing to a log descriptor it is handed."""
+    own_fd = log_fd is None
+    fd = open_log(str(log_path))[0] if log_fd is None else log_fd
     err_path = STATE_DIR / f"{state.name}.capture.err"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aegis_mcp.capture", "--name", state.name,
-             "--veth", state.veth, "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
-             "--log", str(log_path), "--owner-pid", str(state.owner_pid),
-             *(arg for forward in state.forwards for arg in ("--forward", forward))],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-            start_new_session=True, close_fds=True,
-        )
+    try:
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                python_command(
+                    "aegis_mcp.capture", "--name", state.name, "--veth", state.veth,
+                    "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
+                    "--log-fd", str(fd), "--owner-pid", str(state.owner_pid),
+                    *(arg for forward in state.forwards for arg in ("--forward", forward)),
+                    root_side=True),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd="/",
+                env=root_env(), start_new_session=True, close_fds=True, pass_fds=(fd,),
+            )
+    finally:
+        if own_fd:
+            os.close(fd)
     assert proc.stdout is not None
     state.capture_pid = proc.pid
     state.capture_start = _start_time(proc.pid)
@@ -537,14 +540,17 @@ class Namespace:
 
 
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
-           capture: bool = True, forwards: tuple[tuple[str, int], ...] = ()) -> Namespace:
+           capture: bool = True, forwards: tuple[tuple[str, int], ...] = (),
+           log_fd: int | None = None) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
     does). Raises AegisError with one line on any failure, after undoing what was done.
     `resolv_conf` is the host's resolver configuration to follow; `capture=False` (for the
     benchmark) sets up the namespace without recording anything. `forwards` are host
-    loopback (ip, port)s that stay reachable at the same address from inside."""
+    loopback (ip, port)s that stay reachable at the same address from inside. `log_fd`, when
+    given, is `log_path` already open for appending (by the user who owns its directory):
+    root then never opens a path there itself."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -566,7 +572,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
             _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)
         if capture:
-            namespace._capture = _start_capture(state, Path(log_path))
+            namespace._capture = _start_capture(state, Path(log_path), log_fd)
     except BaseException as exc:
         namespace.teardown()
         if isinstance(exc, AegisError | KeyboardInterrupt):

@@ -7,12 +7,14 @@ the user's state directory, the user's profiles in the config directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
 from pathlib import Path
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.privileges import User, as_user
 
 
 class UnsafeDirectoryError(AegisError):
@@ -27,11 +29,28 @@ def ensure_private_dir(path: Path) -> Path:
         raise UnsafeDirectoryError(f"{path} is not a directory; remove it and try again")
     if st.st_uid != os.geteuid():
         raise UnsafeDirectoryError(
-            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}); remove it"
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}), so aegis-mcp "
+            f"will not use it; {_what_to_do(path)}"
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)
     return path
+
+
+def _what_to_do(path: Path) -> str:
+    """What the user can actually do about a directory of someone else's at `path`: remove it
+    when its parent lets them, else use another one (in /tmp, another user may have made it
+    first, and the sticky bit keeps it theirs)."""
+    try:
+        parent = path.parent.stat()
+    except OSError:
+        parent = None
+    sticky_foreign = parent is not None and bool(parent.st_mode & stat.S_ISVTX) \
+        and parent.st_uid != os.geteuid()
+    if parent is not None and not sticky_foreign and os.access(path.parent, os.W_OK):
+        return "remove it"
+    return ("set AEGIS_RUNTIME_DIR to a directory of your own (e.g. "
+            "AEGIS_RUNTIME_DIR=~/.cache/aegis-mcp-run), or ask an administrator to remove it")
 
 
 def runtime_base(uid: int) -> Path:
@@ -68,6 +87,52 @@ def control_dirs() -> list[Path]:
     if not explicit and sudo_uid.isdigit() and int(sudo_uid) != 0:
         found.append(runtime_base(int(sudo_uid)))
     return [d for d in dict.fromkeys(found) if d.is_dir()]
+
+
+def user_runtime_dir(user: User) -> Path:
+    """The runtime directory of the user a root supervisor runs the agent as (the agent's MCP
+    server must reach the control socket there), made and checked with that user's identity:
+    root never creates or chowns a path there. Only when the user may not create it (an
+    explicit AEGIS_RUNTIME_DIR in a root-owned directory) does root make it, and then only
+    inside a directory that nobody but root can write, where no name can be swapped."""
+    explicit = os.environ.get("AEGIS_RUNTIME_DIR")
+    path = Path(explicit) if explicit else runtime_base(user.uid)
+    try:
+        return Path(as_user(user, _ensure_private_dir_str, str(path)))
+    except PermissionError:
+        _root_makes_dir_for(path, user)
+    return Path(as_user(user, _ensure_private_dir_str, str(path)))
+
+
+def _ensure_private_dir_str(path: str) -> str:
+    return str(ensure_private_dir(Path(path)))
+
+
+def _root_makes_dir_for(path: Path, user: User) -> None:
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AegisError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(parent)
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise UnsafeDirectoryError(
+                f"user {user.name} may not create {path}, and {path.parent} is writable by "
+                "others: set AEGIS_RUNTIME_DIR to a directory that user may create")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path.name, 0o700, dir_fd=parent)
+        fd = os.open(path.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=parent)
+        try:
+            if os.fstat(fd).st_uid == 0:
+                os.fchown(fd, user.uid, user.gid)
+                os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise AegisError(f"cannot create {path} for {user.name}: {exc.strerror}") from None
+    finally:
+        os.close(parent)
 
 
 def state_dir() -> Path:

@@ -30,8 +30,15 @@ from urllib.parse import urlsplit
 from aegis_mcp import __version__, agentargs, control, injection, proctree
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
-from aegis_mcp.paths import hooks_library, runtime_base, runtime_dir
-from aegis_mcp.privileges import User, agent_user, check_user_can_run, root_notice
+from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
+from aegis_mcp.privileges import (
+    User,
+    agent_user,
+    as_user,
+    check_user_can_run,
+    fds_as_user,
+    root_notice,
+)
 from aegis_mcp.profiles import (
     AgentProfile,
     generic_profile,
@@ -117,16 +124,15 @@ class Supervisor:
             if not os.path.exists(path):
                 raise AegisError(f"--watch {path}: no such file or directory")
         self.pid = os.getpid()
-        owner = self.user.uid if self.user else None
-        self.runtime = runtime_dir() if self.user is None else _user_runtime_dir(self.user)
+        self.runtime = runtime_dir() if self.user is None else user_runtime_dir(self.user)
         self._resolve_netmon()
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
-        _remove_stale_files(self.runtime)
+        as_user(self.user, _remove_stale_files, str(self.runtime))
         proctree.set_child_subreaper()
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
         self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
-                                             allowed, owner)
+                                             allowed, self.user)
         self.terminal = Terminal.from_stdin()
         self.selector = selectors.DefaultSelector()
         self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN), wake_only=(signal.SIGCHLD,))
@@ -197,14 +203,7 @@ class Supervisor:
                if not (k.startswith("AEGIS_") and k not in _KEPT_AEGIS_ENV)
                and k not in _DROPPED_ENV}
         if self.user is not None:
-            for key in [k for k in env if k.startswith("SUDO_")]:
-                del env[key]
-            env.update(self.user.env())
-            xdg = f"/run/user/{self.user.uid}"
-            if os.path.isdir(xdg):
-                env["XDG_RUNTIME_DIR"] = xdg
-            else:
-                env.pop("XDG_RUNTIME_DIR", None)
+            env = self.user.agent_env(env)
             env["AEGIS_RUNTIME_DIR"] = str(self.runtime)
         server_env = {"AEGIS_CONTROL": str(self.control.path),
                       "AEGIS_SUPERVISOR_PID": str(self.pid)}
@@ -225,7 +224,7 @@ class Supervisor:
         if self.opts.inject_mcp:
             self.injection = injection.prepare(
                 self.profile, self.runtime, self.pid, server_env, self.cwd,
-                env.get("HOME", str(Path.home())), self.user.uid if self.user else None)
+                env.get("HOME", str(Path.home())), self.user)
             env.update(self.injection.env)
         if self._needs_preload():
             lib = str(hooks_library())
@@ -439,13 +438,13 @@ class Supervisor:
             return
         if (st.st_ino, st.st_size) == self._netmon_seen:
             return
-        from aegis_mcp import netmon
+        import aegis_mcp.netmon  # noqa: F401 - imported here, not in the forked child
 
         with contextlib.suppress(Exception):  # a broken log must never stop the agent
-            netmon.refresh(log)
+            # As the agent's user: the log and its summary live in that user's directory,
+            # and the agent's MCP server reads and updates the summary too.
+            as_user(self.user, _refresh_summary, str(log))
             self._netmon_seen = (st.st_ino, st.st_size)
-            if self.user is not None:  # the agent's MCP server (that user) reads and updates it
-                os.chown(netmon.summary_path(log), self.user.uid, self.user.gid)
 
     def _loop(self) -> int:
         while True:
@@ -505,8 +504,12 @@ class Supervisor:
                 assert self.netmon_log is not None
                 forwards, unreachable = loopback_forwards(dict(os.environ),
                                                           self.opts.netns_forward)
-                self.namespace = netns.create(self.pid, self.netmon_log,
-                                              forwards=tuple(forwards.values()))
+                (log_fd,) = fds_as_user(self.user, netns.open_log, str(self.netmon_log))
+                try:
+                    self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
+                                                  forwards=tuple(forwards.values()))
+                finally:
+                    os.close(log_fd)
                 self._say_forwards(forwards, unreachable)
             elif self.opts.netns_forward:
                 say("--netns-forward is for --netmon=netns only: ignored")
@@ -597,10 +600,16 @@ _STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-overlay-(\d+)\.json
                             r"config-overlay-(\d+)-\d+\.json)$")
 
 
-def _remove_stale_files(runtime: Path) -> None:
+def _refresh_summary(log: str) -> None:
+    from aegis_mcp import netmon
+
+    netmon.refresh(Path(log))
+
+
+def _remove_stale_files(runtime: str) -> None:
     """Sockets and overlays of supervisors that were killed (no chance to clean up) go; netmon
-    logs stay, they are the record of what an agent did."""
-    for path in runtime.iterdir():
+    logs stay, they are the record of what an agent did. Run as the directory's owner."""
+    for path in Path(runtime).iterdir():
         match = _STALE_PATTERN.match(path.name)
         if not match:
             continue
@@ -617,20 +626,6 @@ def _current_user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
-
-
-def _user_runtime_dir(user: User) -> Path:
-    """The runtime directory of the user the agent runs as (the MCP server, running as that
-    user, must reach the control socket), created by root with that user as owner."""
-    explicit = os.environ.get("AEGIS_RUNTIME_DIR")
-    path = Path(explicit) if explicit else runtime_base(user.uid)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.lstat()
-    if st.st_uid not in (user.uid, 0) or not path.is_dir() or path.is_symlink():
-        raise AegisError(f"{path} is not a private directory of {user.name}; remove it")
-    os.chown(path, user.uid, user.gid)
-    os.chmod(path, 0o700)
-    return path
 
 
 def resolve_agent(opts: SupervisorOptions, user: User | None = None
