@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,27 @@ class NoLog(Exception):
 
 def rotated_path(log: Path) -> Path:
     return log.with_name(log.name + ".1")
+
+
+def open_log(path: str) -> list[int]:
+    """The log at `path` opened for appending, as a one-element list of descriptors (the
+    shape privileges.fds_as_user hands across). Run with the identity of the directory's
+    owner: a name planted there (a symlink, a hard link, a file of someone else's) is removed
+    and replaced by a fresh file, never written through."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EISDIR):
+            raise
+    else:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
+            return [fd]
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return [os.open(path, flags | os.O_EXCL, 0o600)]
 
 
 def summary_path(log: Path) -> Path:

@@ -49,6 +49,7 @@ from typing import Any
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
+from aegis_mcp.netmon import open_log
 
 PREFIX = "aegis-"
 NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
@@ -431,19 +432,11 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
     os.chmod(directory / "resolv.conf", 0o644)
 
 
-def open_log(log_path: str) -> list[int]:
-    """The capture's log, opened for appending without following a symlink. The supervisor
-    runs this as the agent's user (privileges.fds_as_user), in whose directory the log lives;
-    the root-side capture then only writes to the descriptor it is given."""
-    return [os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                    | os.O_CLOEXEC, 0o600)]
-
-
 def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
     started from / with a scrubbed environment, writing to a log descriptor it is handed."""
     own_fd = log_fd is None
-    fd = open_log(str(log_path))[0] if log_fd is None else log_fd
+    fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
     err_path = STATE_DIR / f"{state.name}.capture.err"
     try:
         with open(err_path, "wb") as err:

@@ -129,6 +129,11 @@ class Supervisor:
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
         as_user(self.user, _remove_stale_files, str(self.runtime))
+        if self.netmon_mode == "preload":  # the hooks append to it: a fresh file of the user's
+            from aegis_mcp import netmon
+
+            for fd in fds_as_user(self.user, netmon.open_log, str(self.netmon_log)):
+                os.close(fd)
         proctree.set_child_subreaper()
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
         self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
@@ -222,9 +227,14 @@ class Supervisor:
             self.injection.cleanup()
         self.injection = None
         if self.opts.inject_mcp:
-            self.injection = injection.prepare(
-                self.profile, self.runtime, self.pid, server_env, self.cwd,
-                env.get("HOME", str(Path.home())), self.user)
+            try:
+                self.injection = injection.prepare(
+                    self.profile, self.runtime, self.pid, server_env, self.cwd,
+                    env.get("HOME", str(Path.home())), self.user)
+            except OSError as exc:
+                raise AegisError(f"cannot write the MCP overlay in {self.runtime}: "
+                                 f"{exc.strerror or exc}; check that it is your own private "
+                                 "directory, or pass --no-inject-mcp") from None
             env.update(self.injection.env)
         if self._needs_preload():
             lib = str(hooks_library())
@@ -499,12 +509,12 @@ class Supervisor:
         self._setup()
         try:
             if self.netmon_mode == "netns":
-                from aegis_mcp import netns
+                from aegis_mcp import netmon, netns
 
                 assert self.netmon_log is not None
                 forwards, unreachable = loopback_forwards(dict(os.environ),
                                                           self.opts.netns_forward)
-                (log_fd,) = fds_as_user(self.user, netns.open_log, str(self.netmon_log))
+                (log_fd,) = fds_as_user(self.user, netmon.open_log, str(self.netmon_log))
                 try:
                     self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
                                                   forwards=tuple(forwards.values()))
