@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from aegis_mcp.injection import server_command
+
 BARE = """
 from mcp.server.mcpserver import MCPServer
 server = MCPServer(name="bare")
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
-    ours = [sys.executable, "-m", "aegis_mcp", "--mcp-server"]  # what the supervisor injects
+    ours = server_command()  # what the supervisor injects
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         bare_script = tmp / "bare.py"

@@ -79,8 +79,7 @@ class Attack:
             command = f"{attacker} $$ && exec {command}"
         return pexpect.spawn("sh", ["-c", f"exec {command}" if plant is None else command],
                              env=self.world.env, cwd=str(self.project), timeout=30,
-                             encoding="utf-8", codec_errors="replace", dimensions=(40, 120),
-                             logfile=sys.stderr if os.environ.get("DBG") else None)
+                             encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
 
     def status(self, pid: int) -> dict:
         return control.request(control.socket_path(self.run, pid), {"op": "status"})["status"]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from aegis_mcp import capture
 from aegis_mcp.capture import ACK, FIN, NLA_F_NESTED, RST, SYN, EventLog, Tracker, _nla
+from aegis_mcp.netmon import open_log
 
 NS, PEER = "10.200.0.2", "198.51.100.7"
 
@@ -29,7 +30,7 @@ def frame(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags:
 
 def tracker(tmp_path: Path) -> tuple[Tracker, Path]:
     log = tmp_path / "log.jsonl"
-    return Tracker(NS, EventLog(str(log)), None, 10.0), log
+    return Tracker(NS, EventLog(open_log(str(log))[0]), None, 10.0), log
 
 
 def events(log: Path) -> list[dict]:
@@ -121,7 +122,7 @@ def test_dns_parser_never_raises(data: bytes) -> None:
 def test_crafted_packets_never_crash_the_tracker(tmp_path_factory: object, body: bytes,
                                                  outbound: bool, proto: int) -> None:
     log = Path(str(tmp_path_factory.mktemp("fuzz"))) / "log.jsonl"  # type: ignore[attr-defined]
-    t = Tracker(NS, EventLog(str(log)), None, 10.0)
+    t = Tracker(NS, EventLog(open_log(str(log))[0]), None, 10.0)
     src, dst = (NS, PEER) if outbound else (PEER, NS)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, 0, 64, proto, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
