@@ -81,6 +81,14 @@ class Attack:
                              env=self.world.env, cwd=str(self.project), timeout=30,
                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
 
+    def started(self, child: pexpect.spawn) -> None:
+        """The attack failed (checked first: on a vulnerable build it is what fails), then
+        the product works: the agent started."""
+        started = child.expect(["READY", pexpect.EOF], timeout=60) == 0
+        self.victim.untouched()
+        self.no_leak()
+        assert started, f"the agent did not start: {child.before[-300:]!r}"
+
     def status(self, pid: int) -> dict:
         return control.request(control.socket_path(self.run, pid), {"op": "status"})["status"]
 
@@ -150,7 +158,7 @@ def test_symlinks_planted_before_the_start_lead_nowhere(attack: Attack, injectio
         f"pid, run, target = sys.argv[1], {str(attack.run)!r}, {str(attack.victim.precious)!r}")
     child = attack.spawn("--netmon=preload", "fake", "--behaviour", "read-mcp-json",
                          plant=plant)
-    child.expect("READY")
+    attack.started(child)
     pid = child.pid
 
     def injected(start: int) -> None:
@@ -190,7 +198,7 @@ def test_hard_links_planted_before_the_start_are_replaced(attack: Attack) -> Non
     for name in NAMES:
         os.link(attack.victim.precious, attack.run / name.format(pid=pid))
     (attack.run / "linked").touch()
-    child.expect("READY")
+    attack.started(child)
     attack.mcp_seen(pid)
     child.sendline("restart after the links|go on")
     child.expect("READY")
@@ -202,37 +210,61 @@ def test_hard_links_planted_before_the_start_are_replaced(attack: Attack) -> Non
     finish(child)
 
 
-SWAP = """
-import os, sys
-run, target, pid = sys.argv[1:]
-for name in ("mcp-overlay-{pid}.json", "netmon-{pid}.jsonl.summary.json"):
-    path = os.path.join(run, name.format(pid=pid))
-    tmp = path + ".swap"
-    os.symlink(target, tmp)
-    os.replace(tmp, path)  # swapped in under the supervisor's feet
+RACE = """
+import os, sys, time
+run, target, pid, seconds = sys.argv[1:]
 with open(os.path.join(run, f"netmon-{pid}.jsonl"), "a") as log:  # so the summary refreshes
     log.write('{"event": "connect", "t": 1.0, "pid": 1, "fd": 3, "peer": "127.0.0.1:9"}\\n')
+# Swapped in under the supervisor's feet, again and again: the overlay once (a restart must
+# replace it), the old temporary overlay name and the netmon summary in a loop, to win any
+# check-then-use window (root chowning the summary by name after a refresh, say).
+names = ["mcp-overlay-{pid}.json"] + ["mcp-overlay-{pid}.tmp",
+                                      "netmon-{pid}.jsonl.summary.json"] * 1000000
+end = time.monotonic() + float(seconds)
+for name in names:
+    if time.monotonic() > end:
+        break
+    path = os.path.join(run, name.format(pid=pid))
+    try:
+        os.symlink(target, path + ".swap")
+        os.replace(path + ".swap", path)
+    except OSError:
+        pass
 """
 
 
 def test_names_swapped_during_restarts_and_summary_refreshes(attack: Attack) -> None:
     child = attack.spawn("--netmon=preload", "fake")
-    child.expect("READY")
+    attack.started(child)
     pid = child.pid
     attack.mcp_seen(pid)
     summary = attack.run / f"netmon-{pid}.jsonl.summary.json"
-    for round_ in range(2):
-        attack.as_attacker(SWAP, str(attack.run), str(attack.victim.precious), str(pid))
-        # The supervisor refreshes the summary within NETMON_REFRESH_SECONDS of a log change.
-        wait_for(lambda: summary.exists() and not summary.is_symlink(), 30,
-                 "the netmon summary refreshed over the swapped-in link")
-        child.sendline(f"restart swap {round_}|go on")
-        child.expect("READY")
-        attack.mcp_seen(pid)
-        overlay = attack.run / f"mcp-overlay-{pid}.json"
-        assert not overlay.is_symlink() and overlay.lstat().st_uid == attack.user.pw_uid
-        attack.victim.untouched()
-    assert json.loads(summary.read_text())  # the summary is a real one, the user's
+    # NETMON_REFRESH_SECONDS is 5: the race spans at least one refresh, and a restart.
+    attack.as_attacker(RACE, str(attack.run), str(attack.victim.precious), str(pid), "0")
+    race = subprocess.Popen(
+        ["setpriv", f"--reuid={attack.user.pw_uid}", f"--regid={attack.user.pw_gid}",
+         "--init-groups", sys.executable, "-c", RACE.replace('["mcp-overlay-{pid}.json"] + ',
+                                                             ""),
+         str(attack.run), str(attack.victim.precious), str(pid), "7"], cwd="/")
+    try:
+        child.sendline("restart during the race|go on")
+        restarted = child.expect(["READY", pexpect.EOF], timeout=60) == 0
+        race.wait(timeout=60)
+    finally:
+        if race.poll() is None:
+            race.kill()
+    attack.victim.untouched()
+    assert restarted, f"the agent did not restart: {child.before[-300:]!r}"
+    # After the race: the product still works, with files of the user's own.
+    attack.as_attacker(RACE, str(attack.run), str(attack.victim.precious), str(pid), "0")
+    wait_for(lambda: summary.exists() and not summary.is_symlink(), 30,
+             "the netmon summary refreshed over the swapped-in link")
+    assert json.loads(summary.read_text())
+    child.sendline("restart after the race|go on")
+    child.expect("READY")
+    attack.mcp_seen(pid)
+    overlay = attack.run / f"mcp-overlay-{pid}.json"
+    assert not overlay.is_symlink() and overlay.lstat().st_uid == attack.user.pw_uid
     finish(child)
     attack.victim.untouched()
 
@@ -249,7 +281,7 @@ def test_runtime_directory_replaced_by_a_symlink(attack: Attack) -> None:
     # The user puts it right; the product works.
     attack.as_attacker(f"import os; os.unlink({str(attack.run)!r})")
     child = attack.spawn("fake")
-    child.expect("READY")
+    attack.started(child)
     attack.mcp_seen(child.pid)
     # Swapped for a symlink while the agent runs: the next start fails with one line, as
     # the user (never root) tried to write there.
@@ -281,7 +313,7 @@ def test_config_files_linked_to_root_only_files_do_not_leak(attack: Attack) -> N
         str(attack.project), str(home), str(attack.victim.secret_json))
     try:
         child = attack.spawn("fake", "--behaviour", "read-mcp-json")
-        child.expect("READY")
+        attack.started(child)
         start = attack.world.starts()[0]
         assert start["mcp_json"] == ["aegis-mcp"]  # our server, and nothing of root's file
         attack.no_leak()
@@ -316,7 +348,9 @@ def shadowed(attack: Attack) -> Iterator[Path]:
 def test_shadowed_stdlib_in_the_project_is_never_imported(attack: Attack, shadowed: Path,
                                                           mode: str) -> None:
     child = attack.spawn(f"--netmon={mode}", "fake")
-    child.expect("READY", timeout=60)
+    started = child.expect(["READY", pexpect.EOF], timeout=60) == 0
+    assert sorted(p.name for p in shadowed.iterdir()) == []
+    assert started, f"the agent did not start: {child.before[-300:]!r}"
     status = attack.mcp_seen(child.pid)
     assert status["netmon_mode"] == mode
     if mode == "netns":
