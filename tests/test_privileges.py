@@ -271,3 +271,50 @@ def test_the_whole_job_as_an_ordinary_user(
         if child.isalive():
             child.kill(9)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _whoami() -> list[int]:
+    return [os.getuid(), os.geteuid(), os.getgid(), *sorted(os.getgroups())]
+
+
+def _open_for_reading(path: str) -> list[int]:
+    return [os.open(path, os.O_RDONLY)]
+
+
+def _fail_like(kind: str) -> None:
+    from aegis_mcp.errors import AegisError
+
+    if kind == "os":
+        os.open("/root/.aegis-nothing-here", os.O_RDONLY)
+    raise AegisError("one clear line")
+
+
+def test_as_user_drops_fully_and_brings_back_results_errors_and_fds(
+        throwaway_user: pwd.struct_passwd) -> None:
+    from aegis_mcp.errors import AegisError
+    from aegis_mcp.privileges import User, as_user, fds_as_user
+
+    user = User.from_uid(throwaway_user.pw_uid)
+    uid, gid = throwaway_user.pw_uid, throwaway_user.pw_gid
+    assert as_user(user, _whoami) == [uid, uid, gid, *sorted(user.groups)]
+    assert as_user(None, _whoami)[0] == 0  # no user: inline, as we are
+    with pytest.raises(PermissionError):  # the kernel's check, as that user: /root is 0700
+        as_user(user, _fail_like, "os")
+    with pytest.raises(AegisError, match="one clear line"):
+        as_user(user, _fail_like, "aegis")
+    tmp_path = Path(tempfile.mkdtemp(prefix="aegis-asuser-"))
+    os.chmod(tmp_path, 0o755)
+    secret = tmp_path / "root-only"
+    secret.write_text("s")
+    os.chmod(secret, 0o600)
+    with pytest.raises(PermissionError):
+        fds_as_user(user, _open_for_reading, str(secret))
+    readable = tmp_path / "readable"
+    readable.write_text("shared")
+    os.chmod(readable, 0o644)
+    (fd,) = fds_as_user(user, _open_for_reading, str(readable))
+    try:
+        assert os.read(fd, 100) == b"shared"
+    finally:
+        os.close(fd)
+        shutil.rmtree(tmp_path)

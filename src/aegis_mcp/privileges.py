@@ -1,9 +1,12 @@
-"""Who the agent runs as.
+"""Who the agent runs as, and the root boundary.
 
 Started through sudo, the supervisor keeps root only for what needs it (network namespace,
-capture) and runs the agent as SUDO_UID/SUDO_GID with that user's groups, HOME, USER and
-LOGNAME: Claude Code refuses --dangerously-skip-permissions as root, and an agent should not
-hold root anyway. `--keep-root` keeps root for the agent, loudly.
+nftables, sysctls, the capture, starting the agent) and runs the agent as SUDO_UID/SUDO_GID
+with that user's groups, HOME, USER and LOGNAME: Claude Code refuses
+--dangerously-skip-permissions as root, and an agent should not hold root anyway.
+`--keep-root` keeps root for the agent, loudly. Everything root would otherwise do on a path
+the user controls (the runtime directory, the project's config files) is done with the user's
+identity instead (`as_user`), like bubblewrap's privilege phases: the kernel's own checks apply.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class Supervisor:
                     f"{self.profile.name} does its networking in a statically linked binary: "
                     "LD_PRELOAD cannot see its connections; use `sudo aegis-mcp "
                     f"{self.profile.name} --netmon=netns` instead")
-            if not is_preload_visible(self.executable):
+            if not as_user(self.user, is_preload_visible, self.executable):  # a file they chose
                 raise AegisError(
                     f"{self.executable} is statically linked: LD_PRELOAD cannot see its "
                     "connections; use `sudo aegis-mcp ... --netmon=netns` instead"
