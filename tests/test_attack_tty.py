@@ -306,3 +306,19 @@ def test_bulk_output_arrives_intact_and_the_relay_idles(world: FakeAgentWorld) -
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
     child.sendline("exit 0")
     assert finish(child) == 0
+
+
+def test_the_relay_in_netns_mode(world: FakeAgentWorld, throwaway_user: pwd.struct_passwd
+                                 ) -> None:
+    # The namespace's command prefix (ip netns exec ... setpriv ...) runs under the monitor.
+    child = world.spawn("--netmon=netns", "fake", timeout=60)
+    child.expect("READY")
+    first = world.wait_starts(1)[0]
+    assert first["uid"] == throwaway_user.pw_uid and first["foreground"] is True
+    assert os.readlink(f"/proc/{first['pid']}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert session_and_tty(child.pid)[0] != first["session"]
+    control.request(Path(first["env"]["AEGIS_CONTROL"]), {"op": "restart", "reason": "ns"})
+    child.expect("READY")
+    assert world.wait_starts(2)[1]["resume"] is True
+    child.sendcontrol("c")
+    assert finish(child) == 130
