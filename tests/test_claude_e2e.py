@@ -162,8 +162,14 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             status = control.request(sock, {"op": "status"})["status"]
             assert status["restart_count"] == 1
             assert "--continue" in status["agent_argv"]
-            # The new claude is the terminal's foreground process group: keys reach it.
-            assert os.tcgetpgrp(child.child_fd) == status["agent_pid"]
+            # The new claude is the foreground process group of a terminal of its own (under
+            # sudo the supervisor relays a pty): keys reach it, and it cannot reach ours.
+            agent_stat = Path(f"/proc/{status['agent_pid']}/stat").read_text()
+            session, tty_nr, tpgid = agent_stat.rsplit(")", 1)[1].split()[3:6]
+            ours = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            assert int(tpgid) == status["agent_pid"]
+            assert (session, tty_nr) != (ours[3], ours[4]) and tty_nr != "0"
+            assert os.tcgetpgrp(child.child_fd) == child.pid  # ours stays the supervisor's
             # ... and it started aegis-mcp's server again (the injection of this start works).
             deadline = time.monotonic() + 30
             while not status["mcp_servers_seen"] and time.monotonic() < deadline:

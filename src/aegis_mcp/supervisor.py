@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import __version__, agentargs, control, injection, proctree
+from aegis_mcp import __version__, agentargs, control, injection, proctree, ptymonitor
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
@@ -46,6 +46,7 @@ from aegis_mcp.profiles import (
     load_config,
     user_bin_dirs,
 )
+from aegis_mcp.ptyrelay import PtyRelay
 from aegis_mcp.signals import SignalInbox
 from aegis_mcp.terminal import Terminal
 
@@ -85,10 +86,14 @@ class AgentRun:
     """One start of the agent."""
 
     proc: subprocess.Popen[bytes]
+    """The child the supervisor waits for: the agent, or its terminal's session leader
+    (ptymonitor.py), which mirrors the agent's stops and end."""
     argv: list[str]
     started: float
     resumed: bool
     prompt: str | None
+    pgid: int
+    """The agent's pid and process group: what signals go to."""
     status: int | None = None  # raw wait status once reaped
     mcp_servers: list[dict[str, Any]] = field(default_factory=list)
     """aegis-mcp MCP servers that said hello during this start: the injection worked."""
@@ -112,6 +117,8 @@ class Supervisor:
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
+    relay: PtyRelay | None = None
+    """The agent's own terminal, while one is relayed (see _uses_pty)."""
     _netmon_seen: tuple[int, int] = (0, 0)
     _netmon_next: float = 0.0
 
@@ -140,7 +147,8 @@ class Supervisor:
                                              allowed, self.user)
         self.terminal = Terminal.from_stdin()
         self.selector = selectors.DefaultSelector()
-        self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN), wake_only=(signal.SIGCHLD,))
+        self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN, signal.SIGWINCH),
+                                 wake_only=(signal.SIGCHLD,))
         self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
         self._watch_stop = threading.Event()
@@ -254,19 +262,38 @@ class Supervisor:
         else:
             argv = agentargs.first_argv(self.profile, self.executable, self.opts.agent_args,
                                         inject_args)
-        kwargs: dict[str, Any] = {}
         command = argv
+        drop = self.user  # who the spawn drops to; None when the command drops by itself
         if self.namespace is not None:
             user = self.user
             command = [*self.namespace.exec_prefix(
                 user.uid if user else 0, user.gid if user else 0,
                 list(user.groups) if user else [0]), *argv]
-        elif self.user is not None:
-            kwargs = {"user": self.user.uid, "group": self.user.gid,
-                      "extra_groups": list(self.user.groups)}
+            drop = None
+        if self._uses_pty():
+            self.relay = PtyRelay(self.terminal)
+            try:
+                proc, pgid = ptymonitor.start(command, env, self.cwd, drop, self.relay.stdio())
+            except BaseException:
+                self.relay.close()
+                self.relay = None
+                raise
+            self.relay.started()
+            self.selector.register(self.relay, selectors.EVENT_READ, "relay")
+            self.terminal.set_raw()
+            self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, pgid)
+            return
+        kwargs: dict[str, Any] = {}
+        if drop is not None:
+            kwargs = {"user": drop.uid, "group": drop.gid, "extra_groups": list(drop.groups)}
+        # Under another identity and with no terminal to relay: a session of its own, with
+        # no controlling terminal at all (no /dev/tty, no TIOCSTI into ours).
+        if self.user is not None:
+            kwargs["start_new_session"] = True
+        else:
+            kwargs["process_group"] = 0
         try:
-            proc = subprocess.Popen(command, env=env, cwd=self.cwd, process_group=0,
-                                    close_fds=True, **kwargs)
+            proc = subprocess.Popen(command, env=env, cwd=self.cwd, close_fds=True, **kwargs)
         except OSError as exc:
             raise AegisError(f"cannot start {argv[0]}: {exc.strerror}",
                              126 if isinstance(exc, PermissionError) else 127) from None
@@ -274,7 +301,24 @@ class Supervisor:
         # leaves a window where an early tcsetattr stops it with SIGTTOU: the reaper sees that
         # stop and continues it (see _child_stopped).
         self.terminal.give_to(proc.pid)
-        self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt)
+        self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, proc.pid)
+
+    def _uses_pty(self) -> bool:
+        """A terminal of its own for an agent under another identity (sudo's use_pty): in
+        ours it could push input to root's shell (TIOCSTI)."""
+        return self.user is not None and self.terminal.interactive
+
+    def _end_relay(self) -> None:
+        """The agent's terminal goes, after what it printed on its way out; ours back to its
+        saved modes."""
+        relay, self.relay = self.relay, None
+        if relay is None:
+            return
+        relay.flush(timeout=2.0, quiet=0.1, until_eof=True)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(relay)
+        relay.close()
+        self.terminal.restore_modes()
 
     def _agent_alive(self) -> bool:
         return self.run is not None and self.run.status is None
@@ -297,10 +341,24 @@ class Supervisor:
                 continue
             run.status = status
             run.proc.returncode = os.waitstatus_to_exitcode(status)
+            if self.relay is not None:
+                self.relay.stop_input()  # its unread input is never anyone else's
 
     def _child_stopped(self, sig: int) -> None:
         assert self.run is not None
-        pgid = self.run.proc.pid
+        pgid = self.run.pgid
+        if self.relay is not None:
+            # Ctrl-Z in the agent's own terminal (its monitor stopped with it): the same as
+            # below, with our terminal back in its own modes while we are stopped.
+            self.relay.flush(timeout=0.5)
+            self.terminal.restore_modes()
+            os.kill(os.getpid(), signal.SIGSTOP)
+            self.terminal.set_raw()
+            self.relay.resize()  # it may have changed while we were stopped
+            proctree.killpg(pgid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.run.proc.pid, signal.SIGCONT)
+            return
         if sig in (signal.SIGTTOU, signal.SIGTTIN):  # touched the terminal before it was given
             self.terminal.give_to(pgid)
             proctree.killpg(pgid, signal.SIGCONT)
@@ -315,9 +373,14 @@ class Supervisor:
         proctree.killpg(pgid, signal.SIGCONT)
 
     def _wait(self, timeout: float) -> None:
-        """Block up to `timeout` for a signal (kept in the inbox for the loop), reap."""
+        """Block up to `timeout` for a signal (kept in the inbox for the loop), reap; the
+        relay keeps running meanwhile, so an agent printing on its way out is not blocked."""
+        relay = self.relay
         with contextlib.suppress(InterruptedError):
-            select.select([self.inbox], [], [], timeout)
+            ready, _, _ = select.select([self.inbox, *([relay] if relay else [])], [], [],
+                                        timeout)
+            if relay is not None and relay in ready:
+                relay.pump()
         self.inbox.clear()  # the signals wait in the inbox for the loop
         self._reap()
 
@@ -360,7 +423,7 @@ class Supervisor:
             "supervisor_version": __version__,
             "supervisor_uptime_s": round(time.time() - self.started_at, 3),
             "agent": self.profile.name,
-            "agent_pid": run.proc.pid if run and run.status is None else None,
+            "agent_pid": run.pgid if run and run.status is None else None,
             "agent_argv": run.argv if run else [],
             "agent_uptime_s": round(now - run.started, 3) if run and run.status is None
             else None,
@@ -385,13 +448,14 @@ class Supervisor:
     def _stop_agent(self, first_signal: int = signal.SIGINT) -> None:
         run = self.run
         proctree.stop_tree(
-            run.proc.pid if run else None, self._agent_alive, self._wait,
+            run.pgid if run else None, self._agent_alive, self._wait,
             self.opts.restart_grace, exclude=getattr(self.namespace, "helper_pids", ()),
             log=say, first_signal=first_signal, interrupts=self.profile.interrupts)
 
     def _stop_and_reclaim(self) -> None:
         """Stop the agent's tree and put the terminal back as it was before the first start."""
         self._stop_agent()
+        self._end_relay()
         self.terminal.take_back()
         self.terminal.restore()
 
@@ -477,6 +541,9 @@ class Supervisor:
                     if self.control.read(conn, self._handle_control):
                         with contextlib.suppress(KeyError, ValueError):
                             self.selector.unregister(fd)
+                elif kind == "relay":
+                    if self.relay is not None:
+                        self.relay.pump()
                 elif kind == "watch":
                     changed = _drain_pipe(self._watch_r)
                     if self.pending is None:
@@ -490,7 +557,9 @@ class Supervisor:
                     return 128 + sig
                 if sig in _FORWARDED and self._agent_alive():
                     assert self.run is not None
-                    proctree.killpg(self.run.proc.pid, sig)
+                    proctree.killpg(self.run.pgid, sig)
+                if sig == signal.SIGWINCH and self.relay is not None:
+                    self.relay.resize()
             if self.netmon_log is not None and time.monotonic() >= self._netmon_next:
                 self._refresh_netmon()
             if not self._agent_alive():
@@ -553,6 +622,8 @@ class Supervisor:
             if self._agent_alive() or proctree.tree(getattr(self.namespace, "helper_pids", ())):
                 self._stop_agent(signal.SIGTERM)
         self._watch_stop.set()
+        with contextlib.suppress(Exception):
+            self._end_relay()
         if getattr(self, "terminal", None) is not None:
             self.terminal.take_back()
         if self.injection is not None:

@@ -4,6 +4,9 @@ The agent runs in its own process group, made the terminal's foreground group, s
 Ctrl-Z reach the agent and not the supervisor. A killed TUI leaves raw mode, the alternate
 screen, mouse reporting and a hidden cursor behind; before a new agent starts, the modes saved
 before the first start are restored and those screen modes are switched off.
+
+An agent running under another identity gets a terminal of its own instead (ptyrelay.py): this
+one then stays the supervisor's, in raw mode while the relay runs.
 """
 
 from __future__ import annotations
@@ -66,13 +69,40 @@ class Terminal:
         """The modes of before the first start, and the screen modes off."""
         if self.fd is None:
             return
+        self.restore_modes()
+        if os.isatty(1):
+            with contextlib.suppress(OSError):
+                os.write(1, RESET_SEQUENCE.encode())
+
+    def restore_modes(self) -> None:
+        """The modes of before the first start (after raw mode, say), nothing written."""
+        if self.saved is not None:
+            self._set_modes(self.saved)
+
+    def set_raw(self) -> None:
+        """Raw mode (cfmakeraw) while the supervisor relays an agent's own terminal: every
+        byte, Ctrl-C and Ctrl-Z included, goes to the agent's terminal, whose own modes
+        decide what they mean."""
+        if self.saved is None:
+            return
+        mode = [*self.saved[:6], list(self.saved[6])]
+        mode[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+                     | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+        mode[1] &= ~termios.OPOST
+        mode[2] = (mode[2] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+        mode[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
+                     | termios.IEXTEN)
+        mode[6][termios.VMIN] = 1
+        mode[6][termios.VTIME] = 0
+        self._set_modes(mode)
+
+    def _set_modes(self, mode: list) -> None:  # type: ignore[type-arg]
+        if self.fd is None:
+            return
+        # TCSADRAIN: what was already typed stays for whoever reads next
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU, signal.SIGTTIN})
         try:
-            if self.saved is not None:
-                with contextlib.suppress(termios.error):
-                    termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            if os.isatty(1):
-                with contextlib.suppress(OSError):
-                    os.write(1, RESET_SEQUENCE.encode())
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, mode)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -6,11 +6,15 @@ positional prompt; it starts the MCP servers of its config as children, reads th
 and exits at once on `--continue` when there is no conversation to resume. Each start appends a
 JSON record to $FAKE_AGENT_LOG (pid, argv, uid, gids, prompt, resume, terminal modes, env), so
 tests see what the supervisor did. Lines typed on the terminal are commands:
-  exit N | restart REASON [| PROMPT] | restart-exit REASON | forget | raw | ping
+  exit N | restart REASON [| PROMPT] | restart-exit REASON | forget | raw | ping | blast N
+With the behaviour `tiocsti` it plays the attacker on its way out: it pushes $FAKE_AGENT_PUSH
+into every terminal it can reach with TIOCSTI, for whoever reads the terminal next.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -64,6 +68,36 @@ def parse(argv: list[str]) -> dict:
             opts["prompt"] = arg
         i += 1
     return opts
+
+
+def session_and_tty() -> tuple[int, int]:
+    """Fields `session` and `tty_nr` of /proc/self/stat."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[3]), int(fields[4])
+
+
+def push_everywhere(text: str) -> dict[str, str]:
+    """TIOCSTI `text` into stdin, stdout, stderr, /dev/tty and a fresh open of stdout's
+    terminal; what each attempt gave ("ok" or the errno's name)."""
+    results = {}
+    targets: list[tuple[str, object]] = [("fd0", 0), ("fd1", 1), ("fd2", 2),
+                                         ("/dev/tty", "/dev/tty"),
+                                         ("reopened fd1", "/proc/self/fd/1")]
+    for name, target in targets:
+        fd = target if isinstance(target, int) else None
+        try:
+            if fd is None:
+                fd = os.open(str(target), os.O_RDWR | os.O_NOCTTY)
+            for ch in text.encode():
+                fcntl.ioctl(fd, termios.TIOCSTI, bytes([ch]))
+            results[name] = "ok"
+        except OSError as exc:
+            results[name] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        finally:
+            if fd is not None and not isinstance(target, int):
+                os.close(fd)
+    return results
 
 
 def control(payload: dict) -> dict:
@@ -125,6 +159,7 @@ def main() -> int:
             mcp_json = "missing"
 
     tty = sys.stdin.isatty()
+    sid, tty_nr = session_and_tty()
     record = {
         "pid": os.getpid(), "argv": sys.argv[1:], "uid": os.getuid(), "gid": os.getgid(),
         "groups": sorted(os.getgroups()), "prompt": opts["prompt"], "resume": opts["resume"],
@@ -132,6 +167,8 @@ def main() -> int:
         "children": children, "cwd": os.getcwd(), "mcp_json": mcp_json,
         "lflag": termios.tcgetattr(0)[3] if tty else None,
         "foreground": os.tcgetpgrp(0) == os.getpgrp() if tty else None,
+        "session": sid, "tty_nr": tty_nr, "pgrp": os.getpgrp(),
+        "size": list(os.get_terminal_size(0)) if tty else None,
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("AEGIS_", "HOME", "USER", "LOGNAME", "CLAUDECODE", "SUDO_",
                                  "LD_PRELOAD"))},
@@ -154,12 +191,22 @@ def main() -> int:
     if "kill-self" in behaviour:
         os.kill(os.getpid(), signal.SIGTERM)
 
+    if tty:
+        signal.signal(signal.SIGWINCH, lambda *_: print(
+            "WINCH {1}x{0}".format(*os.get_terminal_size(0)), flush=True))
+
+    def leave(code: int) -> int:
+        if "tiocsti" in behaviour:
+            results = push_everywhere(os.environ["FAKE_AGENT_PUSH"] + "\n")
+            (state / f"tiocsti-{os.getpid()}.json").write_text(json.dumps(results))
+        return code
+
     print(f"READY pid={os.getpid()} session={count} prompt={opts['prompt']}", flush=True)
     for line in sys.stdin:
         words = line.strip().split(" ", 1)
         cmd, rest = words[0], (words[1] if len(words) > 1 else "")
         if cmd == "exit":
-            return int(rest or 0)
+            return leave(int(rest or 0))
         if cmd in ("restart", "restart-exit"):
             reason, _, prompt = rest.partition("|")
             answer = control({"op": "restart", "reason": reason.strip() or "asked",
@@ -185,7 +232,14 @@ def main() -> int:
                 buf += ch
         elif cmd == "ping":
             print("PONG", flush=True)
-    return 0
+        elif cmd == "blast":  # N numbered 64-byte lines, in one go: the terminal must keep up
+            sys.stdout.write("BLAST-START\n" + blast(int(rest)) + "BLAST-END\n")
+            sys.stdout.flush()
+    return leave(0)
+
+
+def blast(lines: int) -> str:
+    return "".join(f"{i:08d} {'x' * 54}\n" for i in range(lines))
 
 
 if __name__ == "__main__":
