@@ -266,9 +266,13 @@ class Supervisor:
         drop = self.user  # who the spawn drops to; None when the command drops by itself
         if self.namespace is not None:
             user = self.user
+            # The hooks library is the agent's, not root's: `ip netns exec` and `setpriv` run
+            # as root without it, and `env` puts it back once the identity is the user's.
+            preload = [shutil.which("env") or "/usr/bin/env",
+                       f"LD_PRELOAD={env.pop('LD_PRELOAD')}"] if "LD_PRELOAD" in env else []
             command = [*self.namespace.exec_prefix(
                 user.uid if user else 0, user.gid if user else 0,
-                list(user.groups) if user else [0]), *argv]
+                list(user.groups) if user else [0]), *preload, *argv]
             drop = None
         if self._uses_pty():
             self.relay = PtyRelay(self.terminal)
