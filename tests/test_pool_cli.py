@@ -125,3 +125,19 @@ def test_failed_agent_await_exit_status_and_bad_input(env: dict[str, str],
     for args in (("spawn", "--max-iterations", "0", "x"), ("await", "x", "--timeout", "-1")):
         proc = agents(env, *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_the_runner_never_imports_modules_planted_in_the_project(env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """An untrusted checkout shadows standard modules the runner imports at start; spawned
+    from there (the runner starts in the spawner's directory), the runner must not run them."""
+    project = tmp_path / "project"
+    project.mkdir()
+    marker = tmp_path / "planted-module-ran"
+    for name in ("contextlib", "json", "signal"):
+        (project / f"{name}.py").write_text(
+            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n")
+    done = agents(env, "spawn", "--wait", "result=still-works", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed" in done.stdout and "still-works" in done.stdout
+    assert not marker.exists(), marker.read_text()

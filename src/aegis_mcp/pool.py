@@ -24,7 +24,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.launch import python_command
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"
 COMPLETED, FAILED, STOPPED, LOST = "completed", "failed", "stopped", "lost"
@@ -555,8 +555,9 @@ class Pool:
         return [agent_id for agent_id, _ in claimed]
 
     def _launch_runner(self, agent_id: str, claim: str) -> None:
-        cmd = [sys.executable, "-m", "aegis_mcp.runner", "--pool-dir", str(self.dir),
-               "--agent", agent_id, "--claim", claim]
+        # The runner starts in the spawner's directory, often an untrusted checkout.
+        cmd = python_command("aegis_mcp.runner", "--pool-dir", str(self.dir), "--agent", agent_id,
+                             "--claim", claim)
         env = dict(os.environ)
         # The agent id marks an agent's processes (see _kill_orphaned_agent): a runner started
         # from inside a background agent must not carry that agent's mark.
