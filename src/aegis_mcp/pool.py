@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp.agentargs import with_injected
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 
@@ -226,14 +227,15 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
     """The argv of a headless run of `profile` on `prompt`, whether the pool must enforce
     `max_iterations` itself (the agent has no turn limit flag), and notes for the status.
     `{prompt}` in the profile's headless_args becomes the task, `{chat_history}` the agent's
-    own transcript file (Aider's, from which the runner takes its answer)."""
+    own transcript file (Aider's, from which the runner takes its answer). The flags added
+    here go before a `--` in headless_args, so that the task can stay last, after it."""
     notes: list[str] = []
     if not profile.headless_args:
         raise AegisError(f"agent type {profile.name!r} has no headless mode (set headless_args "
                          f"in [agents.{profile.name}] of the config)")
-    argv = [profile.executable(), *profile.command[1:]]
-    argv += [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
-             for a in profile.headless_args]
+    _check_task_is_text(profile, prompt)
+    args = [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
+            for a in profile.headless_args]
     flags = list(profile.permission_flags)
     # Claude Code accepts its permission-skipping flag as root only in a declared sandbox.
     sandbox = (env if env is not None else os.environ).get("IS_SANDBOX") == "1"
@@ -243,14 +245,32 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
         if dropped:
             notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
                          "as root unless IS_SANDBOX=1), so it may be denied tools")
-    argv += flags
     enforce = False
     if max_iterations is not None:
         if profile.max_turns_flag:
-            argv += [profile.max_turns_flag, str(max_iterations)]
+            flags += [profile.max_turns_flag, str(max_iterations)]
         else:
             enforce = True
+    argv = [profile.executable(), *profile.command[1:], *with_injected(args, flags)]
     return argv, enforce, notes
+
+
+def _check_task_is_text(profile: Any, prompt: str) -> None:
+    """The task is untrusted text (a description from an MCP client): it must reach the agent as
+    its prompt, never as an option of the agent CLI."""
+    if not prompt.strip(" -"):
+        # Measured: codex exec reads its prompt from stdin for `-`, argparse (aider) drops `--`.
+        raise AegisError(f"the task {prompt!r} says nothing the agent can do: describe the task")
+    if not prompt.startswith("-"):
+        return
+    args = list(profile.headless_args)
+    for i, arg in enumerate(args):
+        if arg == "{prompt}" and "--" not in args[:i]:
+            raise AegisError(
+                f"the task starts with '-' and agent type {profile.name!r} passes it as a word "
+                f"of its own, which {profile.name} would read as an option: in "
+                f"[agents.{profile.name}] headless_args, put \"--\" before \"{{prompt}}\" or "
+                "use the --option={prompt} form")
 
 
 def agent_environment(agent_id: str, base: dict[str, str] | None = None) -> dict[str, str]:
