@@ -34,6 +34,7 @@ from typing import Any
 from aegis_mcp.agentargs import with_injected
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
+from aegis_mcp.pathcheck import check_path, current_directory
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"
 COMPLETED, FAILED, STOPPED, LOST = "completed", "failed", "stopped", "lost"
@@ -475,17 +476,9 @@ class Pool:
             self._settings = load_settings(raw if isinstance(raw, dict) else None)
         settings = self.settings
         profile = get_profile(agent_type, config)
-        try:
-            wd = working_directory or os.getcwd()
-        except FileNotFoundError:
-            raise AegisError("the current directory no longer exists: give "
-                             "working_directory") from None
-        wd_path = Path(wd).expanduser()
-        if not wd_path.is_absolute():
-            wd_path = Path.cwd() / wd_path
-        if not wd_path.is_dir():
-            raise AegisError(f"working directory {wd} does not exist or is not a directory")
-        wd = os.path.realpath(wd_path)
+        # Checked before anything is stored: a bad path is one line, and no agent.
+        wd = check_path(os.path.expanduser(working_directory) if working_directory
+                        else current_directory(), "working directory", directory=True)
 
         repo_root = _git_toplevel(wd) if (isolation or settings.isolation) == "worktree" else None
         if isolation == "worktree" and repo_root is None:
