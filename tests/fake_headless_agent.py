@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A fake headless agent for the pool tests: takes claude's headless arguments
-(`-p PROMPT --output-format stream-json --verbose [--max-turns N] [permission flags]`) and
+(`-p --output-format stream-json --verbose [--max-turns N] [permission flags] -- PROMPT`) and
 writes claude-like stream-json: a system init event, one assistant event per turn, and a final
 result event (result text, num_turns, total_cost_usd, session_id).
 
@@ -23,6 +23,7 @@ What it does is told by words in the prompt (so that a test can say it through a
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -77,19 +78,23 @@ def emit(event: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Claude's own headless command line, parsed the way its parser does: -p is --print (no
+    value), the prompt is positional, `--` ends the options, and an unknown option is an error
+    (so a task that leaked into the options fails loudly, as with the real CLI)."""
+    parser = argparse.ArgumentParser(prog="fake-claude")
+    parser.add_argument("-p", "--print", action="store_true")
+    parser.add_argument("--output-format")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--max-turns", type=int)
+    parser.add_argument("--dangerously-skip-permissions", action="store_true")
+    parser.add_argument("prompt", nargs="?", default="")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    prompt = ""
-    max_turns = None
-    i = 0
-    while i < len(argv):
-        if argv[i] == "-p" and i + 1 < len(argv):
-            prompt = argv[i + 1]
-            i += 2
-        elif argv[i] == "--max-turns" and i + 1 < len(argv):
-            max_turns = int(argv[i + 1])
-            i += 2
-        else:
-            i += 1
+    args = parse(argv)
+    prompt, max_turns = args.prompt, args.max_turns
     words = prompt.split()
     opts = dict(w.split("=", 1) for w in words if "=" in w)
     flags = {w for w in words if "=" not in w}

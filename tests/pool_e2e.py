@@ -10,15 +10,19 @@ from typing import Any
 from tests.conftest import aegis_bin
 from tests.private_net import PrivateLoopback
 
-TASK = "what is in this project?"
+# Starts like options on purpose: the pool must hand it to each real CLI as its prompt, never
+# as options (before, claude and codex printed their help for it and gemini failed; argparse,
+# Aider's parser, takes a word with a space for a value, so Aider needs one without: ONE_WORD).
+TASK = "--help -v --model x: what is in this project?"
+ONE_WORD = "--help"
 
 
 def spawn_and_wait(net: PrivateLoopback, agent: str, env: dict[str, str],
-                   cwd: Path) -> dict[str, Any]:
+                   cwd: Path, task: str = TASK) -> dict[str, Any]:
     """`aegis-mcp agents spawn --type AGENT --wait --json TASK`: the agent's final status, which
     must be a completed run."""
     out = subprocess.run(net.enter([aegis_bin(), "agents", "spawn", "--type", agent, "--wait",
-                                    "--json", TASK]),
+                                    "--json", "--", task]),
                          env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     done = json.loads(out.stdout)

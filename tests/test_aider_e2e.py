@@ -20,7 +20,7 @@ import pexpect
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
-from tests.pool_e2e import TASK, spawn_and_wait
+from tests.pool_e2e import ONE_WORD, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.tui import Screen
@@ -104,11 +104,14 @@ def test_a_background_aider_agent_completes_with_its_answer(
         api.queue_text("The notes say hello.")
         done = spawn_and_wait(net, "aider", {**aegis_env, "HOME": str(home),
                                              "ANTHROPIC_API_KEY": "sk-ant-test",
-                                             "ANTHROPIC_API_BASE": api.url}, work)
+                                             "ANTHROPIC_API_BASE": api.url}, work,
+                              task=ONE_WORD)
         assert "The notes say hello." in done["last_output"]
         # The answer alone, from the agent's own chat history (not the project's).
         assert done["result"] == "The notes say hello."
         assert done["chat_history_path"] and Path(done["chat_history_path"]).is_file()
         assert not (work / ".aider.chat.history.md").exists()
-        sent = json.dumps(api.message_requests()[-1].body["messages"])
-        assert TASK in sent
+        user = [m for m in api.message_requests()[-1].body["messages"] if m["role"] == "user"]
+        content = user[-1]["content"]
+        sent = content if isinstance(content, str) else content[0]["text"]
+        assert sent.split("\n")[0] == ONE_WORD  # the task, then Aider's own instructions

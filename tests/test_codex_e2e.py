@@ -20,7 +20,7 @@ import psutil
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_openai import CustomToolCall, FakeOpenAIResponses
-from tests.pool_e2e import spawn_and_wait
+from tests.pool_e2e import TASK, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
@@ -97,7 +97,7 @@ def test_a_background_codex_agent_reports_its_answer_and_thread(
         api.queue_text("the codex answer")
         done = spawn_and_wait(net, "codex", {**aegis_env, "HOME": str(home),
                                              "OPENAI_API_KEY": "x"}, project)
-        assert api.input_texts(-1)[-1] == "what is in this project?"
+        assert api.input_texts(-1)[-1] == TASK
     assert done["result"] == "the codex answer" and done["session_id"], done
     assert done["iterations"] == 1
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_gemini import FakeGemini, FunctionCall
-from tests.pool_e2e import spawn_and_wait
+from tests.pool_e2e import TASK, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
 from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
@@ -108,7 +108,7 @@ def test_a_background_gemini_agent_reports_its_answer_and_session(
         api.queue_text("the gemini answer")
         done = spawn_and_wait(net, "gemini", {**env, "GOOGLE_GEMINI_BASE_URL": api.origin},
                               project)
-        assert api.texts(-1)[-1] == "what is in this project?"
+        assert api.texts(-1)[-1] == TASK
     assert done["result"] == "the gemini answer" and done["session_id"], done
 
 

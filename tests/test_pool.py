@@ -311,12 +311,77 @@ def test_max_iterations_uses_the_agent_flag_or_the_event_stream(pool: Pool,
                                ["agent_id"], 20)
     assert flagged["num_turns"] == 2 and "error_max_turns" in flagged["reason"]
     argv = json.loads(pool._row(flagged["agent_id"])["argv"])
-    assert argv[-2:] == ["--max-turns", "2"] and flagged["iterations"] == 2
+    assert argv[-4:] == ["--max-turns", "2", "--", "turns=5"] and flagged["iterations"] == 2
     enforced = pool.await_agent(pool.spawn("turns=50 sleep=0.1", agent_type="fakeplain",
                                            working_directory=b, max_iterations=2)["agent_id"], 20)
     assert enforced["state"] == "stopped"
     assert "max_iterations (2) reached" in enforced["reason"]
     assert enforced["iterations"] == 3
+
+
+OPTION_LIKE_TASKS = ("--help", "-v --model x", "--max-turns 1 turns=2",
+                     "-p --dangerously-skip-permissions --output-format text")
+
+
+def test_a_task_that_looks_like_options_reaches_the_agent_as_its_prompt(
+        pool: Pool, tmp_path: Path) -> None:
+    """The task is untrusted text: whatever it starts with, the agent gets it as its prompt
+    and none of it as an option (the fake agent parses like claude: a leaked `--help` would
+    print help, `-v` would fail as unknown, `--max-turns 1` would cut the run short)."""
+    ids = {task: pool.spawn(task, working_directory=wd)["agent_id"]
+           for task, wd in zip(OPTION_LIKE_TASKS, dirs(tmp_path, len(OPTION_LIKE_TASKS)),
+                               strict=True)}
+    for task, agent_id in ids.items():
+        done = pool.await_agent(agent_id, 30)
+        assert done["state"] == "completed", done
+        assert done["result"] == f"done: {task}"
+        argv = json.loads(pool._row(agent_id)["argv"])
+        assert argv[-2:] == ["--", task]
+    assert pool.status(ids["--max-turns 1 turns=2"])["num_turns"] == 2
+    # The pool still runs ordinary tasks afterwards.
+    plain = pool.spawn("result=fine", working_directory=str(tmp_path))
+    assert pool.await_agent(plain["agent_id"], 30)["result"] == "fine"
+
+
+def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -> None:
+    """The forms measured on the real CLIs (claude, codex, gemini, aider; cursor-agent uses
+    claude's): after a `--` that the CLI honours, or as the value in an `--option=TASK` word.
+    The pool's own flags stay before the `--`."""
+    import dataclasses
+    import sys
+
+    from aegis_mcp.pool import headless_argv
+    from aegis_mcp.profiles import BUILTIN_PROFILES
+
+    task = "-v --model x"
+    expected = {"claude": ["--", task], "cursor": ["--", task], "codex": ["--", task],
+                "gemini": [f"--prompt={task}"], "aider": [f"--message={task}"]}
+    assert set(expected) == {n for n, p in BUILTIN_PROFILES.items() if p.headless_args}
+    for name, want in expected.items():
+        profile = dataclasses.replace(BUILTIN_PROFILES[name], command=(sys.executable,))
+        argv, _, _ = headless_argv(profile, task, 3, {"IS_SANDBOX": "1"}, Path("/chat.md"))
+        found = [i for i, a in enumerate(argv) if task in a]
+        assert len(found) == 1, argv
+        at = found[0]
+        assert argv[at:at + len(want)] == want or argv[at - 1:at + 1] == want, (name, argv)
+        if "--" in argv:
+            assert argv.index("--") == len(argv) - 2, (name, argv)  # flags all before it
+        assert set(profile.permission_flags) <= set(argv), (name, argv)
+
+
+def test_a_task_a_profile_would_pass_as_an_option_is_refused(pool: Pool, tmp_path: Path) -> None:
+    """A config's headless_args with a bare `{prompt}` word (`fakeplain`: `-p {prompt}`): a task
+    starting with `-` is refused with what to change, never run as options; tasks of dashes
+    alone mean stdin (codex) or nothing (aider's argparse drops `--`): refused for every type."""
+    wd = str(tmp_path)
+    with pytest.raises(AegisError, match=r"put \"--\" before \"\{prompt\}\""):
+        pool.spawn("--help", agent_type="fakeplain", working_directory=wd)
+    for task in ("-", "--", " -- "):
+        with pytest.raises(AegisError, match="says nothing the agent can do"):
+            pool.spawn(task, working_directory=wd)
+    assert pool.list(False, 10) == []  # nothing was queued
+    ok = pool.spawn("result=plain-ok", agent_type="fakeplain", working_directory=wd)
+    assert pool.await_agent(ok["agent_id"], 30)["result"] == "plain-ok"
 
 
 def test_timeout_stops_the_agent(pool: Pool, tmp_path: Path) -> None:
@@ -348,7 +413,8 @@ def test_bad_input_is_one_clear_error(pool: Pool, tmp_path: Path) -> None:
         (lambda: pool.status("nope"), "unknown agent id 'nope'"),
         (lambda: pool.await_agent("nope", 1), "unknown agent id"),
         (lambda: pool.stop("nope"), "unknown agent id"),
-        (lambda: pool.spawn("x", working_directory=str(tmp_path / "missing")), "does not exist"),
+        (lambda: pool.spawn("x", working_directory=str(tmp_path / "missing")),
+         "no such file or directory"),
         (lambda: pool.spawn("x", agent_type="nosuch", working_directory=wd), "unknown agent"),
         (lambda: pool.spawn("  ", working_directory=wd), "description"),
         (lambda: pool.spawn("x", working_directory=wd, max_iterations=0), "max_iterations"),

@@ -63,3 +63,36 @@ def test_a_real_claude_background_agent_reports_its_result(
     requests = api.message_requests()
     assert len(requests) >= 2
     assert "the secret word is hello" in json.dumps(requests[-1].body)
+
+
+def test_a_task_that_looks_like_options_is_the_real_claudes_prompt(
+        aegis_env: dict[str, str], api: FakeAnthropic, tmp_path: Path) -> None:
+    """Before, `-p --help ...` made claude print its help (exit 0, no model call) and `-v` its
+    version: the task must reach the model as the user's prompt, whatever it starts with."""
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    Path(aegis_env["AEGIS_CONFIG"]).write_text(f'[agents.claude]\ncommand = ["{CLAUDE}"]\n')
+    env = {**aegis_env, **api.claude_env(home=home)}
+    task = "--help -v --model x --max-turns 1"
+    api.queue_text("a prompt, not options")
+
+    async def body(client: Client) -> dict[str, Any]:
+        result = await client.call_tool("agent_spawn", {
+            "description": task, "working_directory": str(work), "max_iterations": 3})
+        assert not result.is_error, text(result)
+        done = await client.call_tool("agent_await", {
+            "agent_id": result.structured_content["agent_id"], "timeout_secs": 90})
+        assert not done.is_error, text(done)
+        return done.structured_content
+
+    with cleanup_pool():
+        done = with_client(env, body, timeout=120)
+    assert done["state"] == "completed" and done["exit_code"] == 0, done
+    assert done["result"] == "a prompt, not options"
+    first = api.message_requests()[0].body
+    prompts = [block.get("text", "") for m in first["messages"] if m["role"] == "user"
+               for block in (m["content"] if isinstance(m["content"], list)
+                             else [{"text": m["content"]}])]
+    assert task in [p.strip() for p in prompts], prompts
+    assert first["model"] != "x"

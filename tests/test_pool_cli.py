@@ -114,7 +114,7 @@ def test_failed_agent_await_exit_status_and_bad_input(env: dict[str, str],
     for args, message in [
         (("status", "nope"), "unknown agent id 'nope'"),
         (("stop", "nope"), "unknown agent id"),
-        (("spawn", "-C", str(tmp_path / "missing"), "x"), "does not exist"),
+        (("spawn", "-C", str(tmp_path / "missing"), "x"), "no such file or directory"),
         (("spawn", "-t", "nosuch", "x"), "unknown agent 'nosuch'"),
         (("spawn", "--isolation", "worktree", "-C", str(tmp_path), "x"), "git repository"),
     ]:
@@ -125,3 +125,56 @@ def test_failed_agent_await_exit_status_and_bad_input(env: dict[str, str],
     for args in (("spawn", "--max-iterations", "0", "x"), ("await", "x", "--timeout", "-1")):
         proc = agents(env, *args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_the_runner_never_imports_modules_planted_in_the_project(env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """An untrusted checkout shadows standard modules the runner imports at start; spawned
+    from there (the runner starts in the spawner's directory), the runner must not run them."""
+    project = tmp_path / "project"
+    project.mkdir()
+    marker = tmp_path / "planted-module-ran"
+    for name in ("contextlib", "json", "signal"):
+        (project / f"{name}.py").write_text(
+            f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n")
+    done = agents(env, "spawn", "--wait", "result=still-works", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed" in done.stdout and "still-works" in done.stdout
+    assert not marker.exists(), marker.read_text()
+
+
+def bad_directories(tmp_path: Path) -> list[tuple[str, str]]:
+    """Working directories that are no place to work, and the words their error says."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    return [
+        ("/" + "a" * 4094, "file name too long"),  # 4,095 characters: one name too long
+        # 4,096 characters of short names: the whole path is too long (PATH_MAX counts the NUL)
+        (str(tmp_path / "/".join(["b" * 200] * 21))[:4096], "file name too long"),
+        (str(tmp_path / "missing"), "no such file or directory"),
+        (str(a_file), "not a directory"),
+        (str(a_file / "below"), "not a directory"),
+    ]
+
+
+def test_a_bad_working_directory_is_one_line_and_nothing_is_stored(env: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    for path, words in bad_directories(tmp_path):
+        proc = agents(env, "spawn", "-C", path, "x")
+        assert proc.returncode == 2, (path[:80], proc.stderr)
+        assert proc.stderr.startswith("aegis-mcp: working directory ") and words in proc.stderr
+        assert proc.stderr.count("\n") == 1 and len(proc.stderr) < 200, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert as_json(env, "list") == []
+    logs = Path(env["AEGIS_STATE_DIR"]) / "pool" / "logs"
+    assert not logs.exists() or not list(logs.iterdir())
+    # A spawn from a deleted current directory, without -C: the same kind of line.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" agents spawn x',
+                           aegis_bin()], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "the current directory no longer exists" in proc.stderr
+    # And the pool still works.
+    done = agents(env, "spawn", "--wait", "-C", str(tmp_path), "result=fine")
+    assert done.returncode == 0 and "fine" in done.stdout, done.stderr

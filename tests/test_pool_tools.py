@@ -16,6 +16,7 @@ from mcp import Client, StdioServerParameters
 from tests.conftest import aegis_bin
 from tests.mcp_helpers import text, with_client
 from tests.poolkit import cleanup_pool, pid_alive, pool_config
+from tests.test_pool_cli import bad_directories
 
 POOL_TOOLS = {"agent_spawn", "agent_list", "agent_status", "agent_await", "agent_stop",
               "agent_pool_stats", "agent_file_locks"}
@@ -111,8 +112,14 @@ def test_bad_input_comes_back_as_a_tool_error(env: dict[str, str], tmp_path: Pat
         assert "unknown agent id" in await err(client, "agent_await", agent_id="nope")
         assert "timeout_secs" in await err(client, "agent_await", agent_id="nope",
                                            timeout_secs=-1)
-        assert "does not exist" in await err(client, "agent_spawn", description="x",
-                                             working_directory=str(tmp_path / "missing"))
+        assert "no such file or directory" in await err(
+            client, "agent_spawn", description="x", working_directory=str(tmp_path / "missing"))
+        for path, words in bad_directories(tmp_path):
+            message = await err(client, "agent_spawn", description="x", working_directory=path)
+            assert words in message and len(message) < 200, message
+        assert "NUL character" in await err(client, "agent_spawn", description="x",
+                                            working_directory=f"{tmp_path}/a\0b")
+        assert (await ok(client, "agent_list"))["agents"] == []  # nothing half-created
         assert "unknown agent 'nosuch'" in await err(client, "agent_spawn", description="x",
                                                      agent_type="nosuch",
                                                      working_directory=str(tmp_path))

@@ -315,6 +315,7 @@ def run_cli(world: FakeAgentWorld, *args: str) -> subprocess.CompletedProcess[st
         (["--netmon=bogus", "fake"], 2, "the mode must be preload, netns or auto"),
         (["--restart-grace", "x", "fake"], 2, "give a number of seconds"),
         (["--watch", "/no/such/path", "fake"], 1, "--watch /no/such/path: no such file"),
+        (["--watch", "/" + "w" * 4094, "fake"], 1, "characters): file name too long"),
         (["restart"], 1, "no aegis-mcp supervisor is running"),
         (["restart", "--pid", "999999"], 1, "no aegis-mcp supervisor with pid 999999"),
         ([], 2, "usage: aegis-mcp"),
@@ -329,6 +330,18 @@ def test_bad_input_gets_one_clear_line(world: FakeAgentWorld, args: list[str], c
     assert "Traceback" not in text
     run_dir = Path(world.env["AEGIS_RUNTIME_DIR"])
     assert not run_dir.exists() or not list(run_dir.iterdir())  # nothing left behind
+
+
+def test_a_deleted_current_directory_is_one_line(world: FakeAgentWorld) -> None:
+    gone = world.root / "gone"
+    gone.mkdir()
+    out = subprocess.run(["sh", "-c", f'cd "{gone}" && rmdir "{gone}" && exec "$0" fake',
+                          aegis_bin()], env=world.env, capture_output=True, text=True,
+                         timeout=30, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "aegis-mcp: the current directory no longer exists")
+    assert "Traceback" not in out.stderr and not world.starts()
 
 
 def test_missing_agent_binary_names_the_install_hint(world: FakeAgentWorld) -> None:

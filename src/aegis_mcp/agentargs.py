@@ -70,9 +70,10 @@ def _without_resume_flags(profile: AgentProfile, args: list[str]) -> list[str]:
     return out
 
 
-def _with_injected(args: list[str], inject_args: list[str]) -> list[str]:
+def with_injected(args: list[str], inject_args: list[str]) -> list[str]:
     """Injected options go last (before a `--`): put first, a variadic option such as
-    `--mcp-config` would swallow the user's prompt."""
+    `--mcp-config` would swallow the user's prompt; put after a `--`, they would be
+    positional words."""
     if "--" in args:
         i = args.index("--")
         return [*args[:i], *inject_args, *args[i:]]
@@ -90,7 +91,7 @@ def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
     if is_subcommand(profile, user_args):
         return [executable, *profile.command[1:], *user_args]
     flags = [f for f in profile.permission_flags if f not in user_args]
-    return [executable, *profile.command[1:], *flags, *_with_injected(user_args, inject_args)]
+    return [executable, *profile.command[1:], *flags, *with_injected(user_args, inject_args)]
 
 
 def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
@@ -108,7 +109,7 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     prefix = list(profile.resume_prefix) if resume else []
     resume_flags = list(profile.resume_flags) if resume else []
     return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
-            *_with_injected(args, inject_args)]
+            *with_injected(args, inject_args)]
 
 
 def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[str]:

@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"aegis-mcp: {exc}", file=sys.stderr)
             return 2
+        from aegis_mcp.pathcheck import current_directory
         from aegis_mcp.supervisor import run_supervisor
 
+        current_directory()  # the agent starts there: deleted, it is one line, not a traceback
         return run_supervisor(opts)
     except AegisError as exc:
         print(f"aegis-mcp: {exc}", file=sys.stderr)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp.display import plain, text
+
 POLL = 0.5
 
 
@@ -45,7 +47,12 @@ def _clock(ts: Any) -> str:
 
 
 def event_line(ev: dict[str, Any]) -> str:
-    """One event in words, for the terminal."""
+    """One event in words, for the terminal: inert text (see `display`), as every field of an
+    event may come from the agent or a peer (host names, paths, reasons)."""
+    return plain(_event_words(ev))
+
+
+def _event_words(ev: dict[str, Any]) -> str:
     kind = ev.get("event", "?")
     who = f"{ev.get('exe') or '-'}[{ev.get('pid') if ev.get('pid') is not None else '-'}]"
     port = ev.get("port")
@@ -74,7 +81,7 @@ def _render(status: dict[str, Any], events: list[dict[str, Any]]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    head = Text(
+    head = text(
         f"{status['log_path']}: {status['connections']} connections "
         f"({status['failed_connections']} failed, {status['accepted']} accepted), "
         f"{status['unique_addresses']} addresses, sent {_size(status['bytes_sent'])}, "
@@ -84,7 +91,7 @@ def _render(status: dict[str, Any], events: list[dict[str, Any]]) -> Any:
     for col in ("target", "conns", "sent", "recv"):
         targets.add_column(col, justify="left" if col == "target" else "right")
     for row in status["top_by_bytes"]:
-        targets.add_row(row["target"], str(row["connections"]), _size(row["sent"]),
+        targets.add_row(text(row["target"]), str(row["connections"]), _size(row["sent"]),
                         _size(row["recv"]))
     parts: list[Any] = [head, targets]
     if status["open"]:
@@ -92,12 +99,12 @@ def _render(status: dict[str, Any], events: list[dict[str, Any]]) -> Any:
         for col in ("target", "process", "since", "sent", "recv"):
             opened.add_column(col)
         for c in status["open"][-15:]:
-            opened.add_row(str(c.get("target")), f"{c.get('exe')}[{c.get('pid')}]",
+            opened.add_row(text(c.get("target")), text(f"{c.get('exe')}[{c.get('pid')}]"),
                            _clock(c.get("ts")), _size(c.get("sent") or 0),
                            _size(c.get("recv") or 0))
         parts.append(opened)
     for gap in status["recent_gaps"][-3:]:
-        parts.append(Text(f"gap: {gap.get('target') or ''} {gap.get('reason')}", style="yellow"))
+        parts.append(text(f"gap: {gap.get('target') or ''} {gap.get('reason')}", style="yellow"))
     if events:
         parts.append(Text("recent events:", style="bold"))
         parts.extend(Text(event_line(ev)) for ev in events)

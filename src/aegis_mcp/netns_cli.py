@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+from aegis_mcp.display import plain
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -36,9 +38,9 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
     print(f"{'NAME':<16} {'OWNER':>8} {'STATUS':<8} {'NAMESPACE ADDR':<16} {'HOST END':<16} AGE")
     for row in rows:
         status = "foreign" if not row["ours"] else "alive" if row["alive"] else "stale"
-        print(f"{row['name']:<16} {row.get('owner_pid') or '?':>8} {status:<8} "
-              f"{row.get('ns_addr') or '-':<16} {row.get('host_addr') or '-':<16} "
-              f"{_age(row.get('age'))}")
+        print(plain(f"{row['name']:<16} {row.get('owner_pid') or '?':>8} {status:<8} "
+                    f"{row.get('ns_addr') or '-':<16} {row.get('host_addr') or '-':<16} "
+                    f"{_age(row.get('age'))}"))
     stale = sum(1 for r in rows if r.get("stale"))
     if stale:
         print(f"{stale} stale: remove with `sudo aegis-mcp netns cleanup`")
@@ -63,6 +65,6 @@ def run(args: argparse.Namespace) -> int:
     for row in removed:
         left = row["processes_left_inside"]
         extra = f" ({len(left)} processes still inside: {left})" if left else ""
-        print(f"removed {row['name']} (owner pid {row['owner_pid']} gone): namespace, veth "
-              f"{row['veth']}, nftables table {row['table']}{extra}")
+        print(plain(f"removed {row['name']} (owner pid {row['owner_pid']} gone): namespace, "
+                    f"veth {row['veth']}, nftables table {row['table']}{extra}"))
     return 0

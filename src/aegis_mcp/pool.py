@@ -24,7 +24,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp.agentargs import with_injected
 from aegis_mcp.errors import AegisError
+from aegis_mcp.launch import python_command
+from aegis_mcp.pathcheck import check_path, current_directory
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"
 COMPLETED, FAILED, STOPPED, LOST = "completed", "failed", "stopped", "lost"
@@ -226,14 +228,15 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
     """The argv of a headless run of `profile` on `prompt`, whether the pool must enforce
     `max_iterations` itself (the agent has no turn limit flag), and notes for the status.
     `{prompt}` in the profile's headless_args becomes the task, `{chat_history}` the agent's
-    own transcript file (Aider's, from which the runner takes its answer)."""
+    own transcript file (Aider's, from which the runner takes its answer). The flags added
+    here go before a `--` in headless_args, so that the task can stay last, after it."""
     notes: list[str] = []
     if not profile.headless_args:
         raise AegisError(f"agent type {profile.name!r} has no headless mode (set headless_args "
                          f"in [agents.{profile.name}] of the config)")
-    argv = [profile.executable(), *profile.command[1:]]
-    argv += [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
-             for a in profile.headless_args]
+    _check_task_is_text(profile, prompt)
+    args = [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
+            for a in profile.headless_args]
     flags = list(profile.permission_flags)
     # Claude Code accepts its permission-skipping flag as root only in a declared sandbox.
     sandbox = (env if env is not None else os.environ).get("IS_SANDBOX") == "1"
@@ -243,14 +246,32 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
         if dropped:
             notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
                          "as root unless IS_SANDBOX=1), so it may be denied tools")
-    argv += flags
     enforce = False
     if max_iterations is not None:
         if profile.max_turns_flag:
-            argv += [profile.max_turns_flag, str(max_iterations)]
+            flags += [profile.max_turns_flag, str(max_iterations)]
         else:
             enforce = True
+    argv = [profile.executable(), *profile.command[1:], *with_injected(args, flags)]
     return argv, enforce, notes
+
+
+def _check_task_is_text(profile: Any, prompt: str) -> None:
+    """The task is untrusted text (a description from an MCP client): it must reach the agent as
+    its prompt, never as an option of the agent CLI."""
+    if not prompt.strip(" -"):
+        # Measured: codex exec reads its prompt from stdin for `-`, argparse (aider) drops `--`.
+        raise AegisError(f"the task {prompt!r} says nothing the agent can do: describe the task")
+    if not prompt.startswith("-"):
+        return
+    args = list(profile.headless_args)
+    for i, arg in enumerate(args):
+        if arg == "{prompt}" and "--" not in args[:i]:
+            raise AegisError(
+                f"the task starts with '-' and agent type {profile.name!r} passes it as a word "
+                f"of its own, which {profile.name} would read as an option: in "
+                f"[agents.{profile.name}] headless_args, put \"--\" before \"{{prompt}}\" or "
+                "use the --option={prompt} form")
 
 
 def agent_environment(agent_id: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -455,17 +476,9 @@ class Pool:
             self._settings = load_settings(raw if isinstance(raw, dict) else None)
         settings = self.settings
         profile = get_profile(agent_type, config)
-        try:
-            wd = working_directory or os.getcwd()
-        except FileNotFoundError:
-            raise AegisError("the current directory no longer exists: give "
-                             "working_directory") from None
-        wd_path = Path(wd).expanduser()
-        if not wd_path.is_absolute():
-            wd_path = Path.cwd() / wd_path
-        if not wd_path.is_dir():
-            raise AegisError(f"working directory {wd} does not exist or is not a directory")
-        wd = os.path.realpath(wd_path)
+        # Checked before anything is stored: a bad path is one line, and no agent.
+        wd = check_path(os.path.expanduser(working_directory) if working_directory
+                        else current_directory(), "working directory", directory=True)
 
         repo_root = _git_toplevel(wd) if (isolation or settings.isolation) == "worktree" else None
         if isolation == "worktree" and repo_root is None:
@@ -555,8 +568,9 @@ class Pool:
         return [agent_id for agent_id, _ in claimed]
 
     def _launch_runner(self, agent_id: str, claim: str) -> None:
-        cmd = [sys.executable, "-m", "aegis_mcp.runner", "--pool-dir", str(self.dir),
-               "--agent", agent_id, "--claim", claim]
+        # The runner starts in the spawner's directory, often an untrusted checkout.
+        cmd = python_command("aegis_mcp.runner", "--pool-dir", str(self.dir), "--agent", agent_id,
+                             "--claim", claim)
         env = dict(os.environ)
         # The agent id marks an agent's processes (see _kill_orphaned_agent): a runner started
         # from inside a background agent must not carry that agent's mark.

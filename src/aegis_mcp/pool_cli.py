@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from aegis_mcp.display import lines, plain, text
 from aegis_mcp.errors import AegisError
 
 DESCRIPTION = """\
@@ -154,7 +155,7 @@ def _prune(pool: Any, args: argparse.Namespace) -> int:
         return 0
     print(f"removed {len(result['removed'])} ended agent(s)")
     for kept in result["kept"]:
-        print(f"kept {kept['agent_id']} (branch {kept['branch']}): {kept['why']}")
+        print(plain(f"kept {kept['agent_id']} (branch {kept['branch']}): {kept['why']}"))
     return 0
 
 
@@ -182,8 +183,8 @@ _STATE_STYLE = {"queued": "yellow", "starting": "cyan", "running": "cyan", "comp
                 "failed": "red", "stopped": "magenta", "lost": "red"}
 
 
-def _state(s: dict[str, Any]) -> str:
-    return f"[{_STATE_STYLE.get(s['state'], '')}]{s['state']}[/]"
+def _state(s: dict[str, Any]) -> Any:
+    return text(s["state"], style=_STATE_STYLE.get(s["state"], ""))
 
 
 def _spawn(pool: Any, args: argparse.Namespace) -> int:
@@ -200,7 +201,7 @@ def _spawn(pool: Any, args: argparse.Namespace) -> int:
             if status["state"] == "queued" else ""
         waits = f", waiting for {', '.join(status['waiting_for'])}" \
             if status["waiting_for"] else ""
-        print(f"{status['agent_id']}  {status['state']}{queued}{waits}{where}")
+        print(plain(f"{status['agent_id']}  {status['state']}{queued}{waits}{where}"))
     return 0
 
 
@@ -213,7 +214,6 @@ def _list(pool: Any, args: argparse.Namespace) -> int:
         print("no background agents (start one with `aegis-mcp agents spawn TASK`)")
         return 0
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD)
@@ -227,15 +227,15 @@ def _list(pool: Any, args: argparse.Namespace) -> int:
         if a["state"] == "queued":
             last = f"queue #{a['queue_position']}" + (
                 f", waits for {', '.join(a['waiting_for'])}" if a["waiting_for"] else "")
-        table.add_row(a["agent_id"], _state(a), a["agent_type"], str(a["iterations"]),
+        table.add_row(text(a["agent_id"]), _state(a), text(a["agent_type"]),
+                      str(a["iterations"]),
                       f"{a['elapsed_secs']:.0f}s" if a["elapsed_secs"] is not None else "-",
-                      escape(a["description"]), escape((last or "").replace("\n", " ")))
+                      text(a["description"]), text((last or "").replace("\n", " ")))
     _console().print(table)
     return 0
 
 
 def _status_table(s: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
@@ -245,14 +245,13 @@ def _status_table(s: dict[str, Any]) -> None:
     for key, value in s.items():
         if key in skip or value is None or value == []:
             continue
-        text = _state(s) if key == "state" else escape(str(value))
-        table.add_row(key, text)
+        table.add_row(key, _state(s) if key == "state" else text(value))
     if s["waiting_for"]:
-        table.add_row("waiting_for", ", ".join(s["waiting_for"]))
+        table.add_row("waiting_for", text(", ".join(s["waiting_for"])))
     for note in s["notes"]:
-        table.add_row("note", escape(note))
+        table.add_row("note", text(note))
     if s["last_output"]:
-        table.add_row("last_output", escape("\n".join(s["last_output"])))
+        table.add_row("last_output", lines(s["last_output"]))
     _console().print(table)
 
 
@@ -269,8 +268,8 @@ def _print_await(status: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
     elif status["timed_out"]:
-        print(f"{status['agent_id']} is still {status['state']} (stopped waiting; it keeps "
-              "running)")
+        print(plain(f"{status['agent_id']} is still {status['state']} (stopped waiting; it "
+                    "keeps running)"))
     else:
         _status_table(status)
     if status["timed_out"]:
@@ -287,10 +286,10 @@ def _stop(pool: Any, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
     elif status["stopped_now"]:
-        print(f"{status['agent_id']} stopped" + (f": {status['reason']}"
-                                                  if status["reason"] else ""))
+        print(plain(f"{status['agent_id']} stopped" + (f": {status['reason']}"
+                                                        if status["reason"] else "")))
     else:
-        print(f"{status['agent_id']} had already ended ({status['state']})")
+        print(plain(f"{status['agent_id']} had already ended ({status['state']})"))
     return 0
 
 
@@ -320,8 +319,8 @@ def _locks(pool: Any, args: argparse.Namespace) -> int:
 
     table = Table("path", "agent", "kind", "since", "waiting")
     for lock in locks:
-        table.add_row(lock["path"], lock["agent_id"], lock["kind"], lock["since"] or "-",
-                      ", ".join(lock["waiting"]) or "-")
+        table.add_row(text(lock["path"]), text(lock["agent_id"]), text(lock["kind"]),
+                      text(lock["since"] or "-"), text(", ".join(lock["waiting"]) or "-"))
     _console().print(table)
     return 0
 
@@ -367,7 +366,7 @@ def _logs(pool: Any, args: argparse.Namespace) -> int:
                     return 0
                 time.sleep(0.2)
             return _logs(pool, args)
-        print(f"{agent_id} has no output yet (state {pool.status(agent_id)['state']})")
+        print(plain(f"{agent_id} has no output yet (state {pool.status(agent_id)['state']})"))
         return 0
     except BrokenPipeError:
         return 0

@@ -56,7 +56,10 @@ class AgentProfile:
     static_binary: bool = False
     """Known to be statically linked: LD_PRELOAD hooks cannot see it."""
     headless_args: tuple[str, ...] = ()
-    """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task."""
+    """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task.
+    The task is untrusted text: it must never be read as an option, so it comes after a `--`
+    or in an `--option={prompt}` word, whichever the agent's parser honours (measured per CLI
+    below). The permission and turn limit flags go before the `--`."""
     subcommands: tuple[str, ...] = ()
     """First words that make the run a management command (`claude mcp list`, `gemini mcp
     list`), passed through as given: no permission, resume or injected flags."""
@@ -123,7 +126,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             injection="mcp-config",
             subcommands=("mcp", "config", "doctor", "update", "install", "setup-token", "plugin",
                          "migrate-installer", "auth"),
-            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--verbose"),
+            # -p is --print (no value); the prompt is positional, and commander honours `--`
+            headless_args=("-p", "--output-format", "stream-json", "--verbose", "--",
+                           "{prompt}"),
             max_turns_flag="--max-turns",
             refuses_root_flags=("--dangerously-skip-permissions",),
             description="Claude Code (Anthropic)",
@@ -147,8 +152,10 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             config_files=(".cursor/mcp.json", "~/.cursor/mcp.json"),
             subcommands=("mcp", "ls", "resume", "create-chat", "login", "logout", "status",
                          "update", "install-shell-integration"),
-            # a headless run cannot answer the workspace-trust prompt
-            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--trust"),
+            # --trust: a headless run cannot answer the workspace-trust prompt; -p and the
+            # prompt as for claude (the same commander-style parser; not measured here)
+            headless_args=("-p", "--output-format", "stream-json", "--trust", "--",
+                           "{prompt}"),
             description="Cursor CLI (cursor-agent)",
         ),
         AgentProfile(
@@ -163,7 +170,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "--api-key", "--openai-api-key", "--anthropic-api-key",
                            "--chat-history-file", "--input-history-file", "--config", "-c"),
             injection="none",
-            headless_args=("--message", "{prompt}", "--no-pretty", "--no-stream",
+            # argparse: `--message -x` is an error, `--message=-x` is the text
+            headless_args=("--message={prompt}", "--no-pretty", "--no-stream",
                            "--chat-history-file", "{chat_history}"),
             interrupts=2,  # the first Ctrl-C only says "^C again to exit"
             description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
@@ -182,7 +190,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             injection="codex-config",
             static_binary=True,
             subcommands=("mcp", "login", "logout", "completion", "apply", "sandbox", "app-server"),
-            headless_args=("exec", "--json", "{prompt}"),
+            headless_args=("exec", "--json", "--", "{prompt}"),  # clap honours `--`
             description="OpenAI Codex CLI",
         ),
         AgentProfile(
@@ -203,8 +211,10 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             injection="preload",
             config_files=(".gemini/settings.json", "~/.gemini/settings.json"),
             subcommands=("mcp", "extensions", "skills", "hooks", "update"),
-            # a headless run cannot answer the trusted-folder prompt: it refuses to start
-            headless_args=("-p", "{prompt}", "--output-format", "stream-json", "--skip-trust"),
+            # --skip-trust: a headless run cannot answer the trusted-folder prompt. yargs takes
+            # `--prompt=-x` as the text; a positional prompt after `--` is not headless.
+            headless_args=("--prompt={prompt}", "--output-format", "stream-json",
+                           "--skip-trust"),
             description="Gemini CLI (Google)",
         ),
     )

@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import asdict
 
+from aegis_mcp.display import text
 from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
 
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     table = Table("agent", "executable", "installed", "resume", "injection", "origin")
     for row in rows:
         resume = " ".join([*row["resume_prefix"], *row["resume_flags"]]) or "-"
-        table.add_row(row["name"], " ".join(row["command"]), row["found"] or "no", resume,
-                      row["injection"], row["origin"])
+        table.add_row(*(text(cell) for cell in (
+            row["name"], " ".join(row["command"]), row["found"] or "no", resume,
+            row["injection"], row["origin"])))
     Console().print(table)
     return 0

@@ -1,5 +1,5 @@
-"""The runner of one background agent: `python -m aegis_mcp.runner --pool-dir DIR --agent ID
---claim TOKEN`, started detached (own session, stdio on the agent's log) by `Pool.promote`.
+"""The runner of one background agent: `python -P -m aegis_mcp.runner --pool-dir DIR --agent
+ID --claim TOKEN`, started detached (own session, stdio on the agent's log) by `Pool.promote`.
 
 It takes over its claimed agent in the store, sets up the git worktree when the agent is
 isolated, starts the agent CLI headless in its own session, copies the agent's output to the

@@ -127,9 +127,10 @@ class Supervisor:
     def _setup(self) -> None:
         """Everything before the first start; all checks that can fail come before anything
         that would need cleaning up (the socket, the signal handlers)."""
+        from aegis_mcp.pathcheck import check_path
+
         for path in self.opts.watch:
-            if not os.path.exists(path):
-                raise AegisError(f"--watch {path}: no such file or directory")
+            check_path(path, "--watch", exit_code=1)
         self.pid = os.getpid()
         self.runtime = runtime_dir() if self.user is None else user_runtime_dir(self.user)
         self._resolve_netmon()

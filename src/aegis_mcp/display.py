@@ -1,0 +1,51 @@
+"""Untrusted text on the user's terminal: data, never markup, never a terminal command.
+
+What the CLI shows comes largely from others: an agent's restart reason and command line, a
+peer's host name, a socket path, a task description, a namespace name. Two ways it could act
+instead of being read:
+- Rich markup: a `[/bold]` with no opening tag makes Rich raise (the command dies), a
+  `[link=...]` makes a hyperlink. Data goes to Rich as `Text` objects, which Rich never
+  parses for markup (nor emoji codes, nor highlighting).
+- Terminal escapes: Rich passes control characters inside a `Text` through (it strips only
+  BEL, BS, VT, FF and CR), so `\\x1b]52;...` would set the clipboard and `\\x1b[2J` clear the
+  screen. Every control character, and the Unicode ones that reorder or break what the user
+  reads (bidi overrides, line separators), is shown as its escape (`\\x1b`, `\\u202e`).
+
+The rule, one way everywhere: data printed with `print` goes through `plain()`, data given to
+Rich goes through `text()`. JSON output needs neither (`json.dumps` escapes control characters).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+# C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals).
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0)]
+# Bidi embeddings, overrides and isolates, and the line/paragraph separators.
+_INVISIBLE = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028,
+              0x2029]
+_VISIBLE = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _INVISIBLE}
+_VISIBLE |= {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def plain(value: object) -> str:
+    """`value` as one line of inert text: control characters shown as escapes."""
+    return str(value).translate(_VISIBLE)
+
+
+def text(value: object, style: str = "") -> Text:
+    """`value` as a Rich `Text`: printed literally (no markup), its control characters shown
+    as escapes."""
+    from rich.text import Text
+
+    return Text(plain(value), style=style)
+
+
+def lines(values: list[str], style: str = "") -> Text:
+    """Several untrusted lines as one Rich `Text`, one per line."""
+    from rich.text import Text
+
+    return Text("\n".join(plain(v) for v in values), style=style)
