@@ -36,13 +36,23 @@ if url and "GATEWAY" in url:  # inside a namespace: the host is the default rout
     url = url.replace("GATEWAY", gateway)
     info["url"] = url
 if url:
-    info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
+    try:
+        info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError as exc:
+        info["error"] = str(exc)
+if os.environ.get("AEGIS_CONTROL"):
+    from aegis_mcp import control
+    status = control.request(os.environ["AEGIS_CONTROL"], {"op": "status"})["status"]
+    info["host_access"] = status["netns_host_access"]
 open(sys.argv[1], "w").write(json.dumps(info))
 """
 
 
 class Hello(BaseHTTPRequestHandler):
+    requests = 0
+
     def do_GET(self) -> None:  # noqa: N802
+        type(self).requests += 1
         body = b"hello " * 100
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -124,6 +134,8 @@ def test_netns_forward_outside_netns_mode_is_ignored_with_a_word(
               cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "--netns-forward is for --netmon=netns only: ignored" in out.stderr
+    out = run(aegis_env, "--netmon=preload", "--netns-host-access", "--", "true", cwd=tmp_path)
+    assert out.returncode == 0 and "--netns-host-access is for --netmon=netns only" in out.stderr
     bad = run(aegis_env, "--netns-forward", "70000", "--", "true", cwd=tmp_path)
     assert bad.returncode == 2 and "give a TCP port from 1 to 65535" in bad.stderr
 
@@ -156,6 +168,27 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netns mode needs root
 
 
 @needs_root
+def test_netns_mode_keeps_the_agent_off_the_hosts_services(
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
+        http_server: ThreadingHTTPServer) -> None:
+    """The attack: a host service on 0.0.0.0, reached through the namespace's gateway (the
+    host end of the veth). Refused at once, the service sees nothing, and the agent (and its
+    control socket) works as before."""
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+    Hello.requests = 0
+    port = http_server.server_address[1]
+    out = run(env, "--netmon=netns", "--", sys.executable, str(shared_dir / "agent.py"),
+              str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
+    assert out.returncode == 0, out.stderr
+    assert "--netns-host-access" not in out.stderr
+    info = json.loads((shared_dir / "info.json").read_text())
+    assert info["netns"].startswith("aegis-") and info["uid"] == throwaway_user.pw_uid
+    assert "body" not in info and "Connection refused" in info["error"]
+    assert info["host_access"] is False and Hello.requests == 0
+
+
+@needs_root
 def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
         aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
         http_server: ThreadingHTTPServer) -> None:
@@ -164,16 +197,20 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
            "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/"}
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     port = http_server.server_address[1]
-    out = run(env, "--netmon", "--", sys.executable, str(shared_dir / "agent.py"),
-              str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
+    # The host's own service is out of reach unless the user says otherwise, with a warning.
+    out = run(env, "--netmon", "--netns-host-access", "--", sys.executable,
+              str(shared_dir / "agent.py"), str(shared_dir / "info.json"),
+              f"http://GATEWAY:{port}/", cwd=shared_dir)
     assert out.returncode == 0, out.stderr
     assert "using netns mode" in out.stderr
+    assert ("warning: --netns-host-access: the agent can reach every service of this machine"
+            in out.stderr)
     assert ("ANTHROPIC_BASE_URL=http://127.0.0.1:9/: the host's 127.0.0.1:9 is forwarded"
             in out.stderr)
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")
-    assert info["body"] == "hello " * 100
+    assert info["body"] == "hello " * 100 and info["host_access"] is True
     # The capture on the host end of the veth recorded the connection with its bytes, in the
     # same format (and the same summary) as preload mode.
     log = Path(info["log"])

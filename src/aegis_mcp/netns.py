@@ -116,6 +116,9 @@ class State:
     nameservers: list[str] = field(default_factory=list)
     forwards: list[str] = field(default_factory=list)
     """Host loopback `ip:port`s reachable from inside at the same address."""
+    host_access: bool = False
+    """The agent may reach the host's own services (--netns-host-access); by default only
+    DNS and the forwards."""
     log_path: str | None = None
     capture_pid: int | None = None
     capture_start: int | None = None
@@ -366,7 +369,7 @@ def _add_nft_table(state: State, nft: str) -> None:
     _nft(nft, f"""
 table ip {state.table} {{
   comment "aegis-mcp network namespace {state.name}"
-  chain prerouting {{
+{"" if state.host_access else _host_guard(state)}  chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
 {dnat}  }}
   chain postrouting {{
@@ -380,6 +383,39 @@ table ip {state.table} {{
   }}
 }}
 """)
+
+
+def _host_guard(state: State) -> str:
+    """The chain that keeps the agent off the host itself: of what arrives from the namespace,
+    only replies, DNS and the forwarded loopback ports may end on the host; anything else for
+    one of the host's own addresses (any of them: Linux answers on every interface for each),
+    a broadcast or a multicast address is refused, before any DNAT (ours or a container
+    engine's port publishing) can turn it into something else. Unicast to other machines goes
+    on to the NAT. A reset rather than a silent drop: the agent fails at once instead of
+    hanging on a timeout, and learns nothing more (every port answers alike)."""
+    veth = f'iifname "{state.veth}"'
+    allow = [f"{veth} ct state established,related accept"]
+    if state.dns.startswith("dnat:"):
+        allow += [f"{veth} ip daddr {state.host_addr} {p} dport 53 accept" for p in ("udp", "tcp")]
+    else:
+        # Copied resolvers may be one of the host's own addresses (dnsmasq on the LAN address).
+        servers = sorted({s for s in state.nameservers if _is_ipv4(s)})
+        if servers:
+            allow += [f"{veth} ip daddr {{ {', '.join(servers)} }} {p} dport 53 accept"
+                      for p in ("udp", "tcp")]
+    ports = sorted({int(port) for _, port in state.forward_pairs()})
+    if ports:
+        allow.append(f"{veth} ip daddr {state.host_addr} tcp dport "
+                     f"{{ {', '.join(map(str, ports))} }} accept")
+    rules = "".join(f"    {rule}\n" for rule in [
+        *allow,
+        f"{veth} fib daddr type != unicast meta l4proto tcp reject with tcp reset",
+        f"{veth} fib daddr type != unicast reject",
+    ])
+    return f"""  chain host_guard {{
+    type filter hook prerouting priority mangle; policy accept;
+{rules}  }}
+"""
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
@@ -402,8 +438,26 @@ table ip aegis_forward {{
 }}
 """
     _nft(tools["nft"], script, enter)
-    subprocess.run([*enter, "sh", "-c", f"echo 1 > /proc/sys/net/ipv4/conf/{NS_IFNAME}/"
-                    "route_localnet"], check=True, capture_output=True, timeout=30)
+    _write_inner_sysctls(state, tools, {f"net.ipv4.conf.{NS_IFNAME}.route_localnet": "1"})
+
+
+def _disable_ipv6(state: State, tools: dict[str, str]) -> None:
+    """No IPv6 on either end of the veth. The kernel gives both ends a link-local address of
+    their own, and through the host end's the agent reached every host service bound to
+    [::]; the capture and the nftables table are IPv4 only, so that traffic was not even
+    recorded. The namespace's loopback keeps its ::1."""
+    key = "net.ipv6.conf.{}.disable_ipv6"
+    if not _sysctl_path(key.format("all")).exists():
+        return  # no IPv6 in this kernel at all
+    _write_sysctl(key.format(state.veth), "1")
+    _write_inner_sysctls(state, tools, {key.format(NS_IFNAME): "1"})
+
+
+def _write_inner_sysctls(state: State, tools: dict[str, str], values: dict[str, str]) -> None:
+    """Write sysctls inside the namespace (/proc/sys/net shows the writer's namespace)."""
+    script = "; ".join(f"echo {value} > {_sysctl_path(key)}" for key, value in values.items())
+    subprocess.run([tools["ip"], "netns", "exec", state.name, "sh", "-c", script], check=True,
+                   capture_output=True, timeout=30)
 
 
 def _set_sysctls(state: State, nft: str, capture: bool) -> None:
@@ -537,14 +591,17 @@ class Namespace:
 
 
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
-           capture: bool = True, forwards: tuple[tuple[str, int], ...] = ()) -> Namespace:
+           capture: bool = True, forwards: tuple[tuple[str, int], ...] = (),
+           host_access: bool = False) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
     does). Raises AegisError with one line on any failure, after undoing what was done.
     `resolv_conf` is the host's resolver configuration to follow; `capture=False` (for the
     benchmark) sets up the namespace without recording anything. `forwards` are host
-    loopback (ip, port)s that stay reachable at the same address from inside."""
+    loopback (ip, port)s that stay reachable at the same address from inside. The agent
+    reaches the host itself only through DNS and those forwards, unless `host_access`
+    (--netns-host-access) lets it reach every service of the host as before."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -555,11 +612,13 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     with _locked():
         state = _reserve(owner_pid, Path(log_path), resolv_conf)
         state.forwards = sorted({f"{ip}:{port}" for ip, port in forwards})
+        state.host_access = host_access
         state.save()
     namespace = Namespace(state, tools, None)
     try:
         _add_namespace(state)
         _add_veth(state)
+        _disable_ipv6(state, tools)
         _add_nft_table(state, tools["nft"])
         _add_inner_forwards(state, tools)
         with _locked():
@@ -594,8 +653,8 @@ def list_namespaces() -> list[dict[str, Any]]:
             row.update(owner_pid=state.owner_pid, alive=alive, stale=not alive,
                        subnet=state.subnet, host_addr=state.host_addr, ns_addr=state.ns_addr,
                        veth=state.veth, table=state.table, dns=state.dns,
-                       created=state.created, age=round(now - state.created, 1),
-                       log_path=state.log_path,
+                       host_access=state.host_access, created=state.created,
+                       age=round(now - state.created, 1), log_path=state.log_path,
                        capture_alive=_alive(state.capture_pid, state.capture_start))
         else:
             pid = int(m.group(1)) if m else None

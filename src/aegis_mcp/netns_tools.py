@@ -28,6 +28,9 @@ class NamespaceInfo(BaseModel):
     table: str | None = Field(None, description="Its nftables table (family ip)")
     dns: str | None = Field(None, description="copy (host resolvers through NAT) or "
                             "dnat:<loopback resolver>")
+    host_access: bool | None = Field(None, description="True: the agent may reach the host's "
+                                     "own services (--netns-host-access); False: only the "
+                                     "internet, DNS and the forwarded loopback ports")
     age: float | None = Field(None, description="Seconds since it was created")
     log_path: str | None = Field(None, description="Its netmon JSONL log")
     capture_alive: bool | None = Field(None, description="Its capture helper is running")
