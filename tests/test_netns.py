@@ -6,6 +6,7 @@ namespaces), and attacking the host's own services, which must stay out of reach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -376,10 +377,15 @@ def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
 
 
 OWNER = textwrap.dedent("""\
-    import os, sys, time
+    import os, subprocess, sys, time
     from pathlib import Path
     from aegis_mcp import netns
     ns = netns.create(os.getpid(), Path(sys.argv[1]), resolv_conf=Path(sys.argv[2]))
+    # What an agent leaves behind when its supervisor is killed: a process that obeys SIGTERM,
+    # one that ignores it with a child that does too, and an orphan in a session of its own.
+    agent = ns.exec_prefix(65534, 65534, [])
+    subprocess.Popen([*agent, "sleep", "300"])
+    subprocess.Popen([*agent, "sh", "-c", "trap '' TERM; sleep 300 & setsid sleep 300 & wait"])
     print(ns.name, ns.helper_pids[0], flush=True)
     time.sleep(120)
 """)
@@ -406,6 +412,9 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
         assert _cli_json(aegis_env, "cleanup")["removed"] == []
         assert Path(f"/run/netns/{name}").exists()
 
+        bystander = subprocess.Popen(["sleep", "60"])  # on the host: never signalled
+        inode = os.stat(f"/run/netns/{name}")
+        left = wait_for_pids(inode, 4)
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         listing = {r["name"]: r for r in _cli_json(aegis_env, "list")["namespaces"]}
@@ -415,13 +424,62 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
         assert f"{name}" in text and "stale" in text and "netns cleanup" in text
         _wait_gone(int(capture))  # the capture helper follows its owner
 
+        started = time.monotonic()
         removed = _cli_json(aegis_env, "cleanup")["removed"]
+        took = time.monotonic() - started
         assert [r["name"] for r in removed] == [name]
+        # All of them were stopped, the ones that ignore SIGTERM after the grace with SIGKILL,
+        # and nothing else was.
+        assert set(left) <= set(removed[0]["processes_stopped"])
+        assert removed[0]["processes_left_inside"] == []
+        assert pids_in(inode) == [] and not Path(f"/run/netns/{name}").exists()
+        assert bystander.poll() is None
+        assert netns.STOP_GRACE <= took < netns.STOP_GRACE + 10
         assert _cli_json(aegis_env, "cleanup")["removed"] == []
         assert Path(f"/run/netns/{foreign}").exists()
     finally:
         subprocess.run(["ip", "netns", "delete", foreign], check=False)
+        with contextlib.suppress(NameError):
+            bystander.kill()
+            bystander.wait()
     assert normalise(host_snapshot()) == before
+
+
+def pids_in(inode: os.stat_result) -> list[int]:
+    """The processes (not zombies) in the network namespace whose file had this stat."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
+                pids.append(int(entry))
+    return pids
+
+
+def wait_for_pids(inode: os.stat_result, n: int, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(pids := pids_in(inode)) < n:
+        assert time.monotonic() < deadline, f"only {pids} in the namespace"
+        time.sleep(0.05)
+    return pids
+
+
+def test_stop_processes_inside_is_quick_when_they_obey(ns: netns.Namespace) -> None:
+    inode = os.stat(f"/run/netns/{ns.name}")
+    procs = [subprocess.Popen([*ns.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []), "sleep",
+                               "300"]) for _ in range(3)]
+    pids = wait_for_pids(inode, 3)
+    started = time.monotonic()
+    stopped = netns.stop_processes_inside(ns.name)
+    took = time.monotonic() - started
+    assert stopped == sorted(pids) and pids_in(inode) == []
+    assert took < netns.STOP_GRACE  # a pidfd wakes the wait at the exit, no grace to sit out
+    assert [p.wait(5) for p in procs] == [-signal.SIGTERM] * 3
+    assert netns.stop_processes_inside(ns.name) == []
+    with pytest.raises(AegisError, match="not the name of an aegis namespace"):
+        netns.cleanup_one("../etc")
+    assert netns.cleanup_one(ns.name) is None  # its owner (this process) is alive
+    assert Path(f"/run/netns/{ns.name}").exists()
 
 
 NOT_ROOT = textwrap.dedent("""\

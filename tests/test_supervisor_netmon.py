@@ -338,3 +338,55 @@ def test_watch_restarts_an_agent_in_netns_mode(aegis_env: dict[str, str],
             sup.wait()
     assert sup.returncode == 128 + signal.SIGTERM
     assert "restarting" in err and "files changed: watched/server.py" in err, err
+
+
+@needs_root
+def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
+        aegis_env: dict[str, str], tmp_path: Path, throwaway_user: pwd.struct_passwd) -> None:
+    """kill -9 of the supervisor: its teardown never runs. `netns cleanup` stops the agent and
+    its children still inside (here one that ignores SIGTERM), then removes the namespace."""
+    import contextlib
+    import time
+
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid)}
+    runtime = Path(env["AEGIS_RUNTIME_DIR"])
+    runtime.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sh", "-c",
+                            "trap '' TERM; sleep 300 & echo started; wait"], env=env,
+                           cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    name = f"aegis-{sup.pid}"
+    try:
+        assert sup.stdout is not None and sup.stdout.readline() == "started\n"
+        inode = os.stat(f"/run/netns/{name}")
+
+        def inside() -> list[int]:
+            pids = []
+            for entry in filter(str.isdigit, os.listdir("/proc")):
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{entry}/ns/net")
+                    if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
+                        pids.append(int(entry))
+            return pids
+
+        assert len(inside()) >= 2  # the agent's shell and its sleep
+        sup.kill()
+        sup.wait(10)
+        out = run(env, "netns", "cleanup", "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 10
+        while inside():  # a watchdog of the supervisor may also be at work: bounded wait
+            assert time.monotonic() < deadline, f"left inside: {inside()}"
+            time.sleep(0.1)
+        assert not Path(f"/run/netns/{name}").exists()
+        mine = [r for r in json.loads(out.stdout)["removed"] if r["name"] == name]
+        if mine:  # removed by this cleanup (not already by the supervisor's own watchdog)
+            assert mine[0]["processes_stopped"] and mine[0]["processes_left_inside"] == []
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        subprocess.run([aegis_bin(), "netns", "cleanup"], env=env, capture_output=True,
+                       timeout=60)

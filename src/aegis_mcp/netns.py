@@ -294,8 +294,7 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     if existing.exists() or (NETNS_RUN / name).exists():
         old = State.load(existing)
         if old is not None and not _alive(old.owner_pid, old.owner_start):
-            _stop_process(old.capture_pid, old.capture_start)
-            _remove(old)
+            _remove_dead(old)
         else:
             raise AegisError(f"network namespace {name} already exists; if its supervisor is "
                              "gone, run `sudo aegis-mcp netns cleanup`")
@@ -668,21 +667,143 @@ def list_namespaces() -> list[dict[str, Any]]:
 
 
 def cleanup_stale() -> list[dict[str, Any]]:
-    """Remove every aegis namespace whose owner is dead, with its veth, nftables table,
-    /etc/netns directory and state file. Live ones and ones without our state file are left
-    alone. Returns one row per namespace removed."""
+    """Remove every aegis namespace whose owner is dead (see `cleanup_one`). Live ones and
+    ones without our state file are left alone. Returns one row per namespace removed."""
     require_root("`aegis-mcp netns cleanup`")
-    removed: list[dict[str, Any]] = []
-    for state in _states():
-        if _alive(state.owner_pid, state.owner_start):
-            continue
-        leftover = _pids_inside(state.name)
-        _stop_process(state.capture_pid, state.capture_start)
-        _remove(state)
-        removed.append({"name": state.name, "owner_pid": state.owner_pid,
-                        "subnet": state.subnet, "veth": state.veth, "table": state.table,
-                        "processes_left_inside": leftover})
-    return removed
+    return [row for state in _states() if (row := cleanup_one(state.name)) is not None]
+
+
+def cleanup_one(name: str) -> dict[str, Any] | None:
+    """Remove namespace `name` if aegis-mcp made it and its owner is dead (a supervisor killed
+    with -9, say): first stop every process still inside it (`stop_processes_inside`) and its
+    capture helper, then the veth, nftables table, /etc/netns directory and state file. Returns
+    what was removed and stopped, or None when `name` is not ours or its owner still lives.
+    Needs root."""
+    require_root("removing an aegis network namespace")
+    if not NAME_RE.match(name):
+        raise AegisError(f"{name!r} is not the name of an aegis namespace (aegis-<pid>)")
+    state = State.load(STATE_DIR / f"{name}.json")
+    if state is None or _alive(state.owner_pid, state.owner_start):
+        return None
+    stopped, left = _remove_dead(state)
+    return {"name": state.name, "owner_pid": state.owner_pid, "subnet": state.subnet,
+            "veth": state.veth, "table": state.table, "processes_stopped": stopped,
+            "processes_left_inside": left}
+
+
+def _remove_dead(state: State) -> tuple[list[int], list[int]]:
+    """Take down the namespace of a dead owner: (pids stopped inside, pids that survived)."""
+    stopped = stop_processes_inside(state.name)
+    _stop_process(state.capture_pid, state.capture_start)
+    left = _pids_inside(state.name)
+    _remove(state)
+    return stopped, left
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping what is left inside a namespace.
+
+STOP_GRACE = 2.0
+"""Seconds the processes left in a dead owner's namespace get between SIGTERM and SIGKILL."""
+KILL_ROUNDS = 20
+"""SIGKILL sweeps at most: each catches what forked since the one before."""
+
+
+def stop_processes_inside(name: str, grace: float = STOP_GRACE) -> list[int]:
+    """Stop every process in network namespace `name` (an agent, its MCP servers and whatever
+    they started, when the supervisor that owned it was killed): SIGTERM (and SIGCONT, for a
+    suspended one), up to `grace` seconds to exit, then SIGKILL until none is left. Each
+    signal goes through a pidfd opened on the pid and only after checking that the process
+    is still in that namespace, so a pid reused by another process is never signalled.
+    Returns the pids signalled. Needs root (the processes belong to the agent's user)."""
+    target = _netns_id(name)
+    if target is None:
+        return []
+    pidfds: dict[int, int] = {}
+    signalled: set[int] = set()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            signalled.update(_signal_inside(target, sig, pidfds))
+        _wait_exit(list(pidfds.values()), grace)
+        for _ in range(KILL_ROUNDS):
+            hit = _signal_inside(target, signal.SIGKILL, pidfds)
+            if not hit:
+                break
+            signalled.update(hit)
+            _wait_exit([pidfds[pid] for pid in hit if pid in pidfds], 1.0)
+    finally:
+        for fd in pidfds.values():
+            os.close(fd)
+    return sorted(signalled)
+
+
+def _netns_id(name: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(NETNS_RUN / name)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _in_netns(pid: int, target: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:  # gone, or a zombie (whose namespaces are already released)
+        return False
+    return (st.st_dev, st.st_ino) == target
+
+
+def _pids_in(target: tuple[int, int]) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()
+            and _in_netns(int(e), target)]
+
+
+def _pids_inside(name: str) -> list[int]:
+    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
+    target = _netns_id(name)
+    return [] if target is None else _pids_in(target)
+
+
+def _signal_inside(target: tuple[int, int], sig: int, pidfds: dict[int, int]) -> list[int]:
+    """Send `sig` to every process in the namespace `target`; returns the pids it reached."""
+    hit: list[int] = []
+    for pid in _pids_in(target):
+        for _ in range(2):  # a second time with a fresh pidfd if the kept one is of a dead pid
+            fd = pidfds.get(pid)
+            if fd is None:
+                try:
+                    fd = pidfds[pid] = os.pidfd_open(pid)
+                except OSError:
+                    break
+            # The pidfd names one process for good: if the check below saw another one (the
+            # first died and its pid was reused in between), the signal finds the first dead.
+            if not _in_netns(pid, target):
+                break
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                os.close(pidfds.pop(pid))
+                continue
+            except PermissionError:
+                break
+            hit.append(pid)
+            break
+    return hit
+
+
+def _wait_exit(pidfds: list[int], timeout: float) -> None:
+    """Wait up to `timeout` for all of these processes to exit (a pidfd polls readable then)."""
+    import select
+
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    left = len(pidfds)
+    deadline = time.monotonic() + timeout
+    while left and (remaining := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(remaining * 1000):
+            poller.unregister(fd)
+            left -= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,22 +827,6 @@ def _stop_process(pid: int | None, start: int | None, grace: float = 2.0) -> Non
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-def _pids_inside(name: str) -> list[int]:
-    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
-    try:
-        target = os.stat(NETNS_RUN / name)
-    except OSError:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                st = os.stat(f"/proc/{entry}/ns/net")
-                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                    pids.append(int(entry))
-    return pids
 
 
 def _remove(state: State) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "List the aegis-* network namespaces of --netmon=netns supervisors (owner pid, alive or "
-        "stale, addresses, age), or remove the stale ones (owner dead) with their veth, "
-        "nftables table and /etc/netns directory. cleanup needs root; it never touches a live "
-        "namespace or one aegis-mcp did not create.")
+        "stale, addresses, age), or remove the stale ones (owner dead): the processes still "
+        "running inside are stopped (SIGTERM, then SIGKILL), then the namespace goes with its "
+        "veth, nftables table and /etc/netns directory. cleanup needs root; it never touches "
+        "a live namespace or one aegis-mcp did not create.")
     parser.add_argument("action", choices=("list", "cleanup"), help="what to do")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -61,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if not removed:
         print("nothing to clean up: no stale aegis namespace")
     for row in removed:
-        left = row["processes_left_inside"]
-        extra = f" ({len(left)} processes still inside: {left})" if left else ""
+        stopped, left = row["processes_stopped"], row["processes_left_inside"]
+        extra = f"; stopped {len(stopped)} processes left inside: {stopped}" if stopped else ""
+        if left:
+            extra += f"; {len(left)} would not stop: {left}"
         print(f"removed {row['name']} (owner pid {row['owner_pid']} gone): namespace, veth "
               f"{row['veth']}, nftables table {row['table']}{extra}")
     return 0

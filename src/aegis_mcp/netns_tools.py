@@ -47,8 +47,11 @@ class RemovedNamespace(BaseModel):
     subnet: str
     veth: str
     table: str
+    processes_stopped: list[int] = Field(
+        description="Pids of the processes that were still running inside (an agent that "
+        "outlived its supervisor): stopped with SIGTERM, then SIGKILL")
     processes_left_inside: list[int] = Field(
-        description="Processes still in the namespace (they lost their network with it)")
+        description="Processes that would not stop (normally none): they lost their network")
 
 
 class CleanupResult(BaseModel):
@@ -70,9 +73,10 @@ def register(server: MCPServer) -> None:
 
     @server.tool()
     def netmon_namespace_cleanup() -> CleanupResult:
-        """Remove the stale aegis network namespaces (their supervisor died, e.g. killed)
-        with their veth, nftables table and /etc/netns directory. Requires root; live
-        namespaces and ones not created by aegis-mcp are never touched."""
+        """Remove the stale aegis network namespaces (their supervisor died, e.g. killed):
+        stop the processes still running inside, then remove the namespace with its veth,
+        nftables table and /etc/netns directory. Requires root; live namespaces and ones not
+        created by aegis-mcp are never touched."""
         import os
 
         from aegis_mcp import netns
