@@ -13,6 +13,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -887,3 +888,62 @@ def test_aegis_namespaces_cannot_reach_each_other(world: Path) -> None:
         first.teardown()
         sleeper.kill()
         sleeper.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The namespace state: root's own, private, never written through a symlink.
+
+
+def test_state_files_are_private_and_never_written_through_a_symlink(world: Path) -> None:
+    state_dir = netns.STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o755)  # as an earlier version left it
+    victims = {}
+    for name in (f".aegis-{os.getpid()}.json.tmp", f".{netns.BASELINE}.tmp"):
+        victim = world / f"victim-{name}"
+        victim.write_text("precious\n")
+        os.chmod(victim, 0o644)
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / name).unlink()
+        (state_dir / name).symlink_to(victim)
+        victims[name] = victim
+    private = ["lock"] if (state_dir / netns.BASELINE).exists() else ["lock", netns.BASELINE]
+    ns = netns.create(os.getpid(), world / "s.jsonl", resolv_conf=world / "resolv.conf")
+    try:
+        for victim in victims.values():
+            st = os.lstat(victim)
+            assert victim.read_text() == "precious\n" and stat.S_IMODE(st.st_mode) == 0o644
+        st = os.lstat(ns.state.path())
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+        assert json.loads(ns.state.path().read_text())["name"] == ns.name
+        st = os.lstat(state_dir)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0
+        for name in private:  # the baseline if this namespace made it (the first one)
+            st = os.lstat(state_dir / name)
+            assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
+        assert not (state_dir / f".aegis-{os.getpid()}.json.tmp").is_symlink()
+        # /etc/netns/<name>/resolv.conf stays world-readable: the agent reads it as itself.
+        resolv = Path(f"/etc/netns/{ns.name}/resolv.conf")
+        assert stat.S_IMODE(resolv.stat().st_mode) == 0o644
+        assert "nameserver 192.0.2.53" in run_inside(ns, ["cat", "/etc/resolv.conf"]).stdout
+    finally:
+        ns.teardown()
+        for name in victims:
+            with contextlib.suppress(FileNotFoundError):
+                (state_dir / name).unlink()
+
+
+def test_netns_list_as_another_user_names_the_namespaces(ns: netns.Namespace) -> None:
+    cmd = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+           aegis_bin(), "netns", "list"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    text = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=60, env=env)
+    assert text.returncode == 0, text.stderr
+    assert ns.name in text.stdout and "sudo aegis-mcp netns list" in text.stdout
+    assert ns.state.ns_addr not in text.stdout  # the details are root's
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd="/", timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in json.loads(out.stdout)["namespaces"] if r["name"] == ns.name)
+    assert row["ours"] is None and row["owner_pid"] == os.getpid() and row["alive"]
+    assert "sudo" in row["note"]

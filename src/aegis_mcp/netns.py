@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -64,6 +65,8 @@ SYSCTLS = {
     "net.netfilter.nf_conntrack_acct": "1",
 }
 READY_TIMEOUT = 10.0
+NO_DETAILS = ("the namespace state is readable by root only: run `sudo aegis-mcp netns list` "
+              "for owners, addresses and which ones are stale")
 NS_IFNAME = "eth0"
 """The namespace's end of the veth."""
 
@@ -132,15 +135,12 @@ class State:
         return [(ip, port) for ip, port in (f.rsplit(":", 1) for f in self.forwards)]
 
     def save(self) -> None:
-        tmp = STATE_DIR / f".{self.name}.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path())
+        _write_private(self.path().name, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> State | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(_read_private(path))
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
             state = cls(**known)
         except (OSError, ValueError, TypeError):
@@ -171,6 +171,60 @@ def _alive(pid: int | None, start: int | None) -> bool:
     return now is not None and (start is None or now == start)
 
 
+def _open_state_dir() -> int:
+    """The state directory, opened: root's own and private (0700), never through a symlink.
+    What it holds (owners, subnets, log paths, the sysctl baseline) is for root; `netns list`
+    as another user shows the names under /run/netns instead."""
+    STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(STATE_DIR, 0o700)
+    try:
+        fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AegisError(f"cannot use {STATE_DIR} for the namespace state ({exc.strerror}): "
+                         f"if it is a symlink or a file, remove it and try again") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise AegisError(f"{STATE_DIR} belongs to uid {st.st_uid}, not to root: someone else "
+                         f"made it; remove it (`sudo rm -r {STATE_DIR}`) and try again")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)  # made 0755 by an earlier version
+    return fd
+
+
+def _write_private(name: str, text: str) -> None:
+    """Write state file `name` (0600) atomically, relative to the directory's fd, through a
+    temporary name created with O_EXCL|O_NOFOLLOW: a symlink planted at either name is never
+    written through (rename replaces a symlink, it does not follow it)."""
+    dfd = _open_state_dir()
+    try:
+        tmp = f".{name}.tmp"
+        for attempt in range(2):
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                break
+            except FileExistsError:
+                if attempt:
+                    raise
+                # Left by a crash mid-write, or planted: unlink removes the name itself,
+                # never what it points at.
+                os.unlink(tmp, dir_fd=dfd)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            out.write(text)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_private(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd) as f:
+        return f.read()
+
+
 _lock_depth = 0
 
 
@@ -186,9 +240,15 @@ def _locked() -> Iterator[None]:
         finally:
             _lock_depth -= 1
         return
-    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    dfd = _open_state_dir()
     try:
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         _lock_depth = 1
         yield
@@ -198,9 +258,17 @@ def _locked() -> Iterator[None]:
 
 
 def _states() -> list[State]:
-    if not STATE_DIR.is_dir():
+    try:
+        names = sorted(n for n in os.listdir(STATE_DIR)
+                       if n.startswith(PREFIX) and n.endswith(".json"))
+    except OSError:  # none yet, or not root
         return []
-    return [s for p in sorted(STATE_DIR.glob("aegis-*.json")) if (s := State.load(p))]
+    return [s for n in names if (s := State.load(STATE_DIR / n))]
+
+
+def _state_readable() -> bool:
+    """False for a user who may not read the state (not root)."""
+    return not STATE_DIR.exists() or os.access(STATE_DIR, os.R_OK | os.X_OK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,14 +369,13 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     subnet = _pick_subnet(_used_networks())
     hosts = list(subnet.hosts())
     dns, _ = _dns_plan(resolv_conf, str(hosts[0]))
-    baseline_file = STATE_DIR / BASELINE
     try:
-        baseline = json.loads(baseline_file.read_text())
+        baseline = json.loads(_read_private(STATE_DIR / BASELINE))
     except (OSError, ValueError):
         # nf_conntrack may not be loaded yet (our nft table loads it): its default is 0.
         baseline = {key: _sysctl(key) or "0" for key in SYSCTLS}
         baseline["guard"] = "1" if baseline.get("net.ipv4.ip_forward") == "0" else "0"
-        baseline_file.write_text(json.dumps(baseline) + "\n")
+        _write_private(BASELINE, json.dumps(baseline) + "\n")
     state = State(
         name=name, owner_pid=owner_pid, owner_start=_start_time(owner_pid), created=time.time(),
         subnet=str(subnet), host_addr=str(hosts[0]), ns_addr=str(hosts[1]), veth=name,
@@ -635,7 +702,10 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
 
 def list_namespaces() -> list[dict[str, Any]]:
     """Every `aegis-*` namespace (and every aegis state file without one), with its owner pid,
-    whether that owner is alive, addresses and age. Needs no root."""
+    whether that owner is alive, addresses and age. Needs no root, but without it the state
+    files are out of reach: the rows then say only what /run/netns and /proc show (`ours`
+    and `stale` are None, and `note` says to use sudo)."""
+    detailed = _state_readable()
     states = {s.name: s for s in _states()}
     names = set(states)
     with contextlib.suppress(OSError):
@@ -660,8 +730,11 @@ def list_namespaces() -> list[dict[str, Any]]:
             alive = pid is not None and _start_time(pid) is not None
             with contextlib.suppress(OSError):
                 row["age"] = round(now - (NETNS_RUN / name).stat().st_mtime, 1)
-            row.update(owner_pid=pid, alive=alive, stale=False,
-                       note="no aegis-mcp state file: not created by aegis-mcp, left alone")
+            if detailed:
+                row.update(owner_pid=pid, alive=alive, stale=False,
+                           note="no aegis-mcp state file: not created by aegis-mcp, left alone")
+            else:
+                row.update(ours=None, owner_pid=pid, alive=alive, stale=None, note=NO_DETAILS)
         rows.append(row)
     return rows
 
@@ -860,7 +933,7 @@ def _restore_baseline(nft: str) -> None:
     """The last aegis namespace is gone: put the sysctls back as they were before the first."""
     path = STATE_DIR / BASELINE
     try:
-        baseline = json.loads(path.read_text())
+        baseline = json.loads(_read_private(path))
     except (OSError, ValueError):
         return
     for key in SYSCTLS:

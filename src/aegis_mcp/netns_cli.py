@@ -36,13 +36,17 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
         return
     print(f"{'NAME':<16} {'OWNER':>8} {'STATUS':<8} {'NAMESPACE ADDR':<16} {'HOST END':<16} AGE")
     for row in rows:
-        status = "foreign" if not row["ours"] else "alive" if row["alive"] else "stale"
+        status = ("?" if row["ours"] is None else "foreign" if not row["ours"]
+                  else "alive" if row["alive"] else "stale")
         print(f"{row['name']:<16} {row.get('owner_pid') or '?':>8} {status:<8} "
               f"{row.get('ns_addr') or '-':<16} {row.get('host_addr') or '-':<16} "
               f"{_age(row.get('age'))}")
     stale = sum(1 for r in rows if r.get("stale"))
     if stale:
         print(f"{stale} stale: remove with `sudo aegis-mcp netns cleanup`")
+    if any(r["ours"] is None for r in rows):
+        print("run `sudo aegis-mcp netns list` for owners, addresses and which ones are stale "
+              "(the namespace state is readable by root only)")
 
 
 def run(args: argparse.Namespace) -> int:

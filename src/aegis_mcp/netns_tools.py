@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 class NamespaceInfo(BaseModel):
     name: str = Field(description="The namespace, aegis-<supervisor pid>")
-    ours: bool = Field(description="False: named aegis-* but without aegis-mcp's state file, "
-                       "so never cleaned up by aegis-mcp")
+    ours: bool | None = Field(description="False: named aegis-* but without aegis-mcp's state "
+                              "file, so never cleaned up by aegis-mcp; None: unknown (the "
+                              "state is readable by root only, see note)")
     exists: bool = Field(description="The namespace itself is still mounted under /run/netns")
     owner_pid: int | None = Field(description="The supervisor that created it")
     alive: bool = Field(description="That supervisor is still running")
-    stale: bool = Field(description="Ours and its owner is gone: netmon_namespace_cleanup "
-                        "removes it")
+    stale: bool | None = Field(description="Ours and its owner is gone: "
+                               "netmon_namespace_cleanup removes it; None: unknown (not root)")
     subnet: str | None = None
     ns_addr: str | None = Field(None, description="The agent's address inside")
     host_addr: str | None = Field(None, description="The host end of the veth (gateway)")
@@ -34,6 +35,7 @@ class NamespaceInfo(BaseModel):
     age: float | None = Field(None, description="Seconds since it was created")
     log_path: str | None = Field(None, description="Its netmon JSONL log")
     capture_alive: bool | None = Field(None, description="Its capture helper is running")
+    note: str | None = Field(None, description="Why some fields are missing")
 
 
 class NamespaceList(BaseModel):
