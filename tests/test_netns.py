@@ -845,6 +845,28 @@ def test_the_agent_cannot_reach_the_hosts_services(world: Path, outside: Outside
     assert normalise(host_snapshot()) == before
 
 
+def test_without_reject_in_prerouting_the_host_is_still_off_limits(
+        world: Path, host_services: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 5.9 refuse `reject` in a prerouting chain: the guard drops instead."""
+    real = netns._nft
+
+    def old_kernel(nft: str, script: str, enter: tuple[str, ...] = ()) -> None:
+        if "reject" in script:
+            raise AegisError("nft failed: Error: Could not process rule: Operation not supported")
+        real(nft, script, enter)
+
+    monkeypatch.setattr(netns, "_nft", old_kernel)
+    port: dict[str, int] = host_services["port"]  # type: ignore[assignment]
+    ns = netns.create(os.getpid(), world / "old.jsonl", resolv_conf=world / "resolv.conf")
+    try:
+        got = probe(ns, [("any4", "tcp", ns.state.host_addr, port["any4"])])
+        assert got == {"any4": "TimeoutError"}
+        socks: dict[str, socket.socket] = host_services["socks"]  # type: ignore[assignment]
+        assert not reached(socks["any4"])
+    finally:
+        ns.teardown()
+
+
 def test_netns_host_access_lets_the_agent_reach_the_host_again(
         world: Path, host_services: dict[str, object]) -> None:
     port: dict[str, int] = host_services["port"]  # type: ignore[assignment]

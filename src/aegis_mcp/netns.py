@@ -432,10 +432,12 @@ def _add_nft_table(state: State, nft: str) -> None:
     for ip, port in state.forward_pairs():
         dnat += (f'    iifname "{state.veth}" ip daddr {state.host_addr} tcp dport {port} '
                  f"dnat to {ip}:{port}\n")
-    _nft(nft, f"""
+
+    def table(guard: str) -> str:
+        return f"""
 table ip {state.table} {{
   comment "aegis-mcp network namespace {state.name}"
-{"" if state.host_access else _host_guard(state)}  chain prerouting {{
+{guard}  chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
 {dnat}  }}
   chain postrouting {{
@@ -448,10 +450,20 @@ table ip {state.table} {{
     oifname "{state.veth}" drop
   }}
 }}
-""")
+"""
+
+    if state.host_access:
+        _nft(nft, table(""))
+        return
+    try:
+        _nft(nft, table(_host_guard(state, reject=True)))
+    except AegisError:
+        # Kernels before 5.9 cannot reject in prerouting: drop there (a connection attempt to
+        # the host then times out instead of failing at once). Anything else fails again.
+        _nft(nft, table(_host_guard(state, reject=False)))
 
 
-def _host_guard(state: State) -> str:
+def _host_guard(state: State, reject: bool) -> str:
     """The chain that keeps the agent off the host itself: of what arrives from the namespace,
     only replies, DNS and the forwarded loopback ports may end on the host; anything else for
     one of the host's own addresses (any of them: Linux answers on every interface for each),
@@ -473,11 +485,10 @@ def _host_guard(state: State) -> str:
     if ports:
         allow.append(f"{veth} ip daddr {state.host_addr} tcp dport "
                      f"{{ {', '.join(map(str, ports))} }} accept")
-    rules = "".join(f"    {rule}\n" for rule in [
-        *allow,
-        f"{veth} fib daddr type != unicast meta l4proto tcp reject with tcp reset",
-        f"{veth} fib daddr type != unicast reject",
-    ])
+    refuse = ([f"{veth} fib daddr type != unicast meta l4proto tcp reject with tcp reset",
+               f"{veth} fib daddr type != unicast reject"] if reject
+              else [f"{veth} fib daddr type != unicast drop"])
+    rules = "".join(f"    {rule}\n" for rule in [*allow, *refuse])
     return f"""  chain host_guard {{
     type filter hook prerouting priority mangle; policy accept;
 {rules}  }}
