@@ -8,9 +8,12 @@ bubblewrap names its phases):
               /run/aegis-mcp/netns/aegis-<pid>.json FIRST, so that whatever happens next,
               `cleanup` knows exactly what is ours to remove
   namespace   `aegis-<pid>` (pyroute2), loopback up
-  veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1
-  nftables    table `ip aegis_<pid>`: masquerade for the subnet, DNS DNAT when the host uses a
-              loopback resolver, forwarding only for replies into the namespace
+  veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1;
+              IPv6 off on both ends
+  nftables    table `ip aegis_<pid>`: a host_guard chain that refuses what the agent sends to
+              the host itself (but DNS and the forwards; unless host access is asked for),
+              masquerade for the subnet, DNS DNAT when the host uses a loopback resolver,
+              forwarding only for replies into the namespace
   forwards    host-loopback TCP ports the agent must reach (its API URLs name 127.0.0.1):
               inside the namespace 127.0.0.1:PORT is DNATed to the host end, and there to the
               host's 127.0.0.1:PORT (httptap #19: a namespace cannot reach the host's loopback)
@@ -27,7 +30,8 @@ enters the namespace (and a private mount namespace for the resolv.conf), `setpr
 the user. Every process the agent starts inherits the namespace.
 
 `teardown()` undoes the phases in reverse, tolerates any of them missing, and is safe to call
-twice; `cleanup_stale()` does the same from the state file of a namespace whose owner died.
+twice; `cleanup_one()` does the same from the state file of a namespace whose owner died, after
+stopping what still runs inside it, and `cleanup_stale()` for every such namespace.
 """
 
 from __future__ import annotations
