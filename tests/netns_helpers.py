@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -10,8 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from tests.private_net import run_in_netns
+
+T = TypeVar("T")
 SYSCTLS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
 
 
@@ -180,3 +185,54 @@ class DnsResponder:
         self.stop.set()
         self.thread.join(5)
         self.sock.close()
+
+
+class Outside:
+    """A stand-in for the internet: a network namespace of the test's own behind a veth of its
+    own, that an aegis namespace reaches through the host's routing and NAT like any other
+    machine (the host itself is off limits to the agent). Servers made by `run` listen in it.
+
+        with Outside() as out:
+            server = out.run(lambda: TcpServer(out.addr, expect=10, reply=5))
+    """
+
+    def __init__(self) -> None:
+        n = os.getpid()
+        self.name, self.link = f"aegistest-{n}", f"aegt{n % 10**9}"
+        self.host_addr = self.addr = ""
+
+    def __enter__(self) -> Outside:
+        used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True,
+                              check=True).stdout
+        # TEST-NET-2, one /30 per concurrent test run on this machine
+        for net in ipaddress.ip_network("198.51.100.0/24").subnets(new_prefix=30):
+            host, addr = (str(a) for a in net.hosts())
+            if f" {host}/" not in used:
+                self.host_addr, self.addr = host, addr
+                break
+        run = ["ip", "netns", "exec", self.name]
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        try:
+            for cmd in (["ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0",
+                         "netns", self.name],
+                        ["ip", "addr", "add", f"{self.host_addr}/30", "dev", self.link],
+                        ["ip", "link", "set", self.link, "up"],
+                        [*run, "ip", "addr", "add", f"{self.addr}/30", "dev", "eth0"],
+                        [*run, "ip", "link", "set", "eth0", "up"],
+                        [*run, "ip", "link", "set", "lo", "up"]):
+                subprocess.run(cmd, check=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "link", "del", self.link], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """fn() in a thread inside the outside namespace."""
+        return run_in_netns(f"/run/netns/{self.name}", fn)
+
+    def exec(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]

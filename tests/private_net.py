@@ -56,26 +56,32 @@ class PrivateLoopback:
 
     def run(self, fn: Callable[[], T]) -> T:
         """fn() called in a thread that has joined the namespace."""
-        result: list[T] = []
-        errors: list[BaseException] = []
+        return run_in_netns(self.path, fn)
 
-        def target() -> None:
+
+def run_in_netns(path: str, fn: Callable[[], T]) -> T:
+    """fn() called in a thread that has joined the network namespace at `path` (sockets it
+    creates stay in that namespace, whichever thread uses them afterwards)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
             try:
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    if libc.setns(fd, CLONE_NEWNET) != 0:
-                        err = ctypes.get_errno()
-                        raise OSError(err, f"setns: {os.strerror(err)}")
-                finally:
-                    os.close(fd)
-                result.append(fn())
-            except BaseException as exc:  # handed to the caller's thread
-                errors.append(exc)
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
 
-        thread = threading.Thread(target=target, name="private-loopback")
-        thread.start()
-        thread.join()
-        if errors:
-            raise errors[0]
-        return result[0]
+    thread = threading.Thread(target=target, name="in-netns")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]

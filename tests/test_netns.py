@@ -1,16 +1,19 @@
 """Network-namespace mode for real: namespaces, veths, nftables and the capture helper, with
-clients inside the namespace talking to servers on the host end of the veth (no traffic ever
-leaves this machine's loopback and the test's own namespaces)."""
+clients inside the namespace talking to servers in a namespace of the test's own that stands in
+for the internet (no traffic ever leaves this machine's loopback and the test's own
+namespaces), and attacking the host's own services, which must stay out of reach."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,7 @@ from aegis_mcp.errors import AegisError
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.netns_helpers import (
     DnsResponder,
+    Outside,
     TcpServer,
     UdpEcho,
     host_snapshot,
@@ -68,6 +72,12 @@ def ns(world: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[netns.Namespace
         assert normalise(host_snapshot()) == before
 
 
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    with Outside() as out:
+        yield out
+
+
 def run_inside(ns: netns.Namespace, argv: list[str], user: pwd.struct_passwd = NOBODY,
                timeout: float = 20) -> subprocess.CompletedProcess[str]:
     prefix = ns.exec_prefix(user.pw_uid, user.pw_gid, [user.pw_gid])
@@ -95,10 +105,10 @@ def log_of(ns: netns.Namespace) -> Path:
     return Path(ns.state.log_path)
 
 
-def test_tcp_connection_and_exact_totals(ns: netns.Namespace) -> None:
-    server = TcpServer(ns.state.host_addr, expect=123_457, reply=345_679)
+def test_tcp_connection_and_exact_totals(ns: netns.Namespace, outside: Outside) -> None:
+    server = outside.run(lambda: TcpServer(outside.addr, expect=123_457, reply=345_679))
     try:
-        out = run_inside(ns, [PY, "-c", CLIENT, ns.state.host_addr, str(server.port), "123457"])
+        out = run_inside(ns, [PY, "-c", CLIENT, outside.addr, str(server.port), "123457"])
     finally:
         server.close()
     assert out.stdout.strip() == "345679" and server.received == [123_457]
@@ -113,27 +123,27 @@ def test_tcp_connection_and_exact_totals(ns: netns.Namespace) -> None:
     assert connect["result"] == "EINPROGRESS" and connect["ts"] <= close["ts"]
     for event in (connect, close):
         assert event["source"] == "netns" and event["pid"] is None and event["fd"] is None
-        assert event["addr"] == ns.state.host_addr and event["family"] == "ipv4"
+        assert event["addr"] == outside.addr and event["family"] == "ipv4"
         assert event["local_addr"] == ns.state.ns_addr
         assert event["local_port"] == connect["local_port"]
     assert close["duration"] >= 0
 
 
-def test_refused_connection_is_recorded(ns: netns.Namespace) -> None:
-    probe = socket.socket()
-    probe.bind((ns.state.host_addr, 0))
+def test_refused_connection_is_recorded(ns: netns.Namespace, outside: Outside) -> None:
+    probe = outside.run(socket.socket)
+    probe.bind((outside.addr, 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
     code = ("import socket,sys\ntry:\n socket.create_connection(sys.argv[1:3] and "
             "(sys.argv[1], int(sys.argv[2])), timeout=5)\nexcept ConnectionRefusedError:\n "
             "print('refused')")
-    assert run_inside(ns, [PY, "-c", code, ns.state.host_addr, str(port)]).stdout == "refused\n"
+    assert run_inside(ns, [PY, "-c", code, outside.addr, str(port)]).stdout == "refused\n"
     close = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
     assert close["result"] == "ECONNREFUSED" and (close["sent"], close["recv"]) == (0, 0)
 
 
-def test_udp_flow_totals(ns: netns.Namespace) -> None:
-    echo = UdpEcho(ns.state.host_addr, reply_size=50, replies=2)
+def test_udp_flow_totals(ns: netns.Namespace, outside: Outside) -> None:
+    echo = outside.run(lambda: UdpEcho(outside.addr, reply_size=50, replies=2))
     code = textwrap.dedent("""\
         import socket, sys
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -144,7 +154,7 @@ def test_udp_flow_totals(ns: netns.Namespace) -> None:
         print(len(s.recv(100)) + len(s.recv(100)))
     """)
     try:
-        out = run_inside(ns, [PY, "-c", code, ns.state.host_addr, str(echo.port)])
+        out = run_inside(ns, [PY, "-c", code, outside.addr, str(echo.port)])
     finally:
         echo.close()
     assert out.stdout.strip() == "100"
@@ -158,9 +168,9 @@ def test_udp_flow_totals(ns: netns.Namespace) -> None:
     assert totals["recv"] == 100 and totals["proto"] == "udp"
 
 
-def test_long_tcp_flow_gets_periodic_totals(ns: netns.Namespace) -> None:
-    server = socket.socket()
-    server.bind((ns.state.host_addr, 0))
+def test_long_tcp_flow_gets_periodic_totals(ns: netns.Namespace, outside: Outside) -> None:
+    server = outside.run(socket.socket)
+    server.bind((outside.addr, 0))
     server.listen(1)
     server.settimeout(10)
     code = textwrap.dedent("""\
@@ -171,7 +181,7 @@ def test_long_tcp_flow_gets_periodic_totals(ns: netns.Namespace) -> None:
         s.close()
     """)
     proc = subprocess.Popen([*ns.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []), PY, "-c", code,
-                             ns.state.host_addr, str(server.getsockname()[1])])
+                             outside.addr, str(server.getsockname()[1])])
     try:
         conn, _ = server.accept()
         got = 0
@@ -224,7 +234,8 @@ int main(int argc, char **argv) {
 """
 
 
-def test_static_binary_traffic_is_recorded(ns: netns.Namespace, world: Path) -> None:
+def test_static_binary_traffic_is_recorded(ns: netns.Namespace, world: Path,
+                                           outside: Outside) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("needs gcc (scripts/test installs gcc and libc6-dev)")
@@ -235,9 +246,9 @@ def test_static_binary_traffic_is_recorded(ns: netns.Namespace, world: Path) -> 
     assert build.returncode == 0, f"static build failed (libc6-dev missing?): {build.stderr}"
     os.chmod(binary, 0o755)
     assert b"ld-linux" not in binary.read_bytes()[:4096]  # no program interpreter: static
-    server = TcpServer(ns.state.host_addr, expect=50_000, reply=7_777)
+    server = outside.run(lambda: TcpServer(outside.addr, expect=50_000, reply=7_777))
     try:
-        out = run_inside(ns, [str(binary), ns.state.host_addr, str(server.port), "50000"])
+        out = run_inside(ns, [str(binary), outside.addr, str(server.port), "50000"])
     finally:
         server.close()
     assert out.stdout.strip() == "7777"
@@ -281,8 +292,7 @@ def test_agent_runs_inside_as_the_dropped_user(ns: netns.Namespace,
     assert "nameserver 192.0.2.53" in out.stdout and "search example.test" in out.stdout
 
 
-def test_dns_names_the_peer_through_a_loopback_resolver(world: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dns_names_the_peer_through_a_loopback_resolver(world: Path, outside: Outside) -> None:
     """The host uses a loopback resolver (as with systemd-resolved): the namespace asks the
     host end of its veth, which is DNAT-ed to it; the answer is logged and names the peer."""
     resolver = "127.83.0.1"
@@ -291,8 +301,8 @@ def test_dns_names_the_peer_through_a_loopback_resolver(world: Path,
     ns = netns.create(os.getpid(), world / "dns.jsonl", resolv_conf=world / "resolv.conf")
     try:
         assert ns.state.dns == f"dnat:{resolver}"
-        dns = DnsResponder(resolver, {"api.example.test": ns.state.host_addr})
-        server = TcpServer(ns.state.host_addr, expect=10, reply=5)
+        dns = DnsResponder(resolver, {"api.example.test": outside.addr})
+        server = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
         code = textwrap.dedent("""\
             import socket, sys
             addr = socket.getaddrinfo("api.example.test", None, socket.AF_INET)[0][4][0]
@@ -306,12 +316,12 @@ def test_dns_names_the_peer_through_a_loopback_resolver(world: Path,
         finally:
             server.close()
             dns.close()
-        assert out.stdout.split() == [ns.state.host_addr, "5"]
+        assert out.stdout.split() == [outside.addr, "5"]
         assert "api.example.test" in dns.questions
         log = log_of(ns)
         answer = wait_for(log, lambda e: e["event"] == "dns" and e["answers"])
         assert answer["host"] == "api.example.test"
-        assert answer["answers"] == [ns.state.host_addr] and answer["result"] == "ok"
+        assert answer["answers"] == [outside.addr] and answer["result"] == "ok"
         assert (answer["addr"], answer["port"]) == (ns.state.host_addr, 53)
         port = server.port
         connect = wait_for(log, lambda e: e.get("port") == port and e["event"] == "connect")
@@ -351,7 +361,7 @@ def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
             assert Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
             ping = run_inside(second, [PY, "-c", "import socket;s=socket.socket();"
                                        f"s.settimeout(2);print(s.connect_ex(('{second.state.host_addr}',9)))"])
-            assert ping.stdout.strip() == "111"  # ECONNREFUSED: the host end answers
+            assert ping.stdout.strip() == "111"  # ECONNREFUSED: the host is off limits
         finally:
             second.teardown()
     finally:
@@ -368,10 +378,15 @@ def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
 
 
 OWNER = textwrap.dedent("""\
-    import os, sys, time
+    import os, subprocess, sys, time
     from pathlib import Path
     from aegis_mcp import netns
     ns = netns.create(os.getpid(), Path(sys.argv[1]), resolv_conf=Path(sys.argv[2]))
+    # What an agent leaves behind when its supervisor is killed: a process that obeys SIGTERM,
+    # one that ignores it with a child that does too, and an orphan in a session of its own.
+    agent = ns.exec_prefix(65534, 65534, [])
+    subprocess.Popen([*agent, "sleep", "300"])
+    subprocess.Popen([*agent, "sh", "-c", "trap '' TERM; sleep 300 & setsid sleep 300 & wait"])
     print(ns.name, ns.helper_pids[0], flush=True)
     time.sleep(120)
 """)
@@ -394,10 +409,14 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
         assert listing[name]["ns_addr"] and listing[name]["age"] >= 0
         assert not listing[foreign]["ours"] and not listing[foreign]["stale"]
 
-        # cleanup with the owner alive touches nothing.
-        assert _cli_json(aegis_env, "cleanup")["removed"] == []
+        # cleanup with the owner alive touches nothing. (Only this test's namespaces are
+        # looked at: other runs on the machine may leave stale ones of their own.)
+        assert name not in cleaned(aegis_env)
         assert Path(f"/run/netns/{name}").exists()
 
+        bystander = subprocess.Popen(["sleep", "60"])  # on the host: never signalled
+        inode = os.stat(f"/run/netns/{name}")
+        left = wait_for_pids(inode, 4)
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         listing = {r["name"]: r for r in _cli_json(aegis_env, "list")["namespaces"]}
@@ -407,13 +426,62 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
         assert f"{name}" in text and "stale" in text and "netns cleanup" in text
         _wait_gone(int(capture))  # the capture helper follows its owner
 
-        removed = _cli_json(aegis_env, "cleanup")["removed"]
-        assert [r["name"] for r in removed] == [name]
-        assert _cli_json(aegis_env, "cleanup")["removed"] == []
+        started = time.monotonic()
+        removed = [r for r in _cli_json(aegis_env, "cleanup")["removed"] if r["name"] == name]
+        took = time.monotonic() - started
+        assert len(removed) == 1
+        # All of them were stopped, the ones that ignore SIGTERM after the grace with SIGKILL,
+        # and nothing else was.
+        assert set(left) <= set(removed[0]["processes_stopped"])
+        assert removed[0]["processes_left_inside"] == []
+        assert pids_in(inode) == [] and not Path(f"/run/netns/{name}").exists()
+        assert bystander.poll() is None
+        assert netns.STOP_GRACE <= took < netns.STOP_GRACE + 10
+        assert name not in cleaned(aegis_env)
         assert Path(f"/run/netns/{foreign}").exists()
     finally:
         subprocess.run(["ip", "netns", "delete", foreign], check=False)
+        with contextlib.suppress(NameError):
+            bystander.kill()
+            bystander.wait()
     assert normalise(host_snapshot()) == before
+
+
+def pids_in(inode: os.stat_result) -> list[int]:
+    """The processes (not zombies) in the network namespace whose file had this stat."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
+                pids.append(int(entry))
+    return pids
+
+
+def wait_for_pids(inode: os.stat_result, n: int, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(pids := pids_in(inode)) < n:
+        assert time.monotonic() < deadline, f"only {pids} in the namespace"
+        time.sleep(0.05)
+    return pids
+
+
+def test_stop_processes_inside_is_quick_when_they_obey(ns: netns.Namespace) -> None:
+    inode = os.stat(f"/run/netns/{ns.name}")
+    procs = [subprocess.Popen([*ns.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []), "sleep",
+                               "300"]) for _ in range(3)]
+    pids = wait_for_pids(inode, 3)
+    started = time.monotonic()
+    stopped = netns.stop_processes_inside(ns.name)
+    took = time.monotonic() - started
+    assert stopped == sorted(pids) and pids_in(inode) == []
+    assert took < netns.STOP_GRACE  # a pidfd wakes the wait at the exit, no grace to sit out
+    assert [p.wait(5) for p in procs] == [-signal.SIGTERM] * 3
+    assert netns.stop_processes_inside(ns.name) == []
+    with pytest.raises(AegisError, match="not the name of an aegis namespace"):
+        netns.cleanup_one("../etc")
+    assert netns.cleanup_one(ns.name) is None  # its owner (this process) is alive
+    assert Path(f"/run/netns/{ns.name}").exists()
 
 
 NOT_ROOT = textwrap.dedent("""\
@@ -478,6 +546,10 @@ def test_mcp_tools_in_memory(ns: netns.Namespace) -> None:
     assert cleaned["removed"] == [] and Path(f"/run/netns/{ns.name}").exists()
 
 
+def cleaned(env: dict[str, str]) -> list[str]:
+    return [r["name"] for r in _cli_json(env, "cleanup")["removed"]]
+
+
 def _cli_json(env: dict[str, str], action: str) -> dict:
     out = subprocess.run([aegis_bin(), "netns", action, "--json"], capture_output=True,
                          text=True, env=env, timeout=60)
@@ -501,9 +573,9 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> None:
 
 
 OUTSIDE_SERVER = textwrap.dedent("""\
-    import socket
+    import socket, sys
     s = socket.socket()
-    s.bind(("198.51.100.2", 8080))
+    s.bind((sys.argv[1], 8080))
     s.listen(1)
     print("listening", flush=True)
     s.settimeout(20)
@@ -514,47 +586,38 @@ OUTSIDE_SERVER = textwrap.dedent("""\
 """)
 
 
-def test_traffic_is_forwarded_and_masqueraded(ns: netns.Namespace) -> None:
-    """A stand-in for the outside world: a namespace of the test's own behind another veth.
-    The agent's connection is forwarded (ip_forward on, the guard table lets aegis traffic
-    through), masqueraded (the server sees the host's address), and recorded."""
-    out, link = f"aegistest-{os.getpid()}", f"aegt{os.getpid() % 10**9}"
+def test_traffic_is_forwarded_and_masqueraded(ns: netns.Namespace, outside: Outside) -> None:
+    """The agent's connection to the outside is forwarded (ip_forward on, the guard table lets
+    aegis traffic through), masqueraded (the server sees the host's address), and recorded."""
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"table ip {ns.state.table}" in tables
-    run = ["ip", "netns", "exec", out]
-    subprocess.run(["ip", "netns", "add", out], check=True)
+    server = subprocess.Popen(outside.exec([PY, "-c", OUTSIDE_SERVER, outside.addr]),
+                              stdout=subprocess.PIPE, text=True)
     try:
-        subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0",
-                        "netns", out], check=True)
-        subprocess.run(["ip", "addr", "add", "198.51.100.1/30", "dev", link], check=True)
-        subprocess.run(["ip", "link", "set", link, "up"], check=True)
-        subprocess.run([*run, "ip", "addr", "add", "198.51.100.2/30", "dev", "eth0"], check=True)
-        subprocess.run([*run, "ip", "link", "set", "eth0", "up"], check=True)
-        server = subprocess.Popen([*run, PY, "-c", OUTSIDE_SERVER], stdout=subprocess.PIPE,
-                                  text=True)
         assert server.stdout is not None and server.stdout.readline() == "listening\n"
-        code = ("import socket;s=socket.create_connection(('198.51.100.2',8080),timeout=10);"
+        code = (f"import socket;s=socket.create_connection(('{outside.addr}',8080),timeout=10);"
                 "s.sendall(b'ping');print(s.recv(100).decode())")
         answer = run_inside(ns, [PY, "-c", code]).stdout.strip()
-        assert answer == "hello 198.51.100.1"  # the source was rewritten to the host's
+        assert answer == f"hello {outside.host_addr}"  # the source was rewritten to the host's
         server.wait(10)
-        close = wait_for(log_of(ns), lambda e: e.get("addr") == "198.51.100.2"
-                         and e["event"] == "close")
-        assert (close["sent"], close["recv"], close["port"]) == (4, len(answer), 8080)
     finally:
-        subprocess.run(["ip", "link", "del", link], check=False)
-        subprocess.run(["ip", "netns", "delete", out], check=False)
+        server.kill()
+        server.wait()
+    close = wait_for(log_of(ns), lambda e: e.get("addr") == outside.addr
+                     and e["event"] == "close")
+    assert (close["sent"], close["recv"], close["port"]) == (4, len(answer), 8080)
 
 
-def test_teardown_writes_final_totals_of_open_flows(ns: netns.Namespace) -> None:
-    server = socket.socket()
-    server.bind((ns.state.host_addr, 0))
+def test_teardown_writes_final_totals_of_open_flows(ns: netns.Namespace,
+                                                   outside: Outside) -> None:
+    server = outside.run(socket.socket)
+    server.bind((outside.addr, 0))
     server.listen(1)
     server.settimeout(10)
     code = ("import socket,sys,time;s=socket.create_connection((sys.argv[1],int(sys.argv[2])));"
             "s.sendall(b'z'*3000);time.sleep(30)")
     proc = subprocess.Popen([*ns.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []), PY, "-c", code,
-                             ns.state.host_addr, str(server.getsockname()[1])])
+                             outside.addr, str(server.getsockname()[1])])
     try:
         conn, _ = server.accept()
         got = 0
@@ -571,3 +634,343 @@ def test_teardown_writes_final_totals_of_open_flows(ns: netns.Namespace) -> None
         proc.kill()
         proc.wait()
         server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent as an attacker of the host: only the outside (through NAT), DNS and the forwarded
+# loopback ports may be reachable.
+
+PROBE = textwrap.dedent("""\
+    import json, socket, sys
+    out = {}
+    for label, proto, addr, port in json.loads(sys.argv[1]):
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        s.settimeout(3)
+        try:
+            target = socket.getaddrinfo(addr, port, family)[0][4]
+            if proto == "tcp":
+                s.connect(target)
+                s.sendall(b"hi")
+                out[label] = "connected"
+            else:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                s.sendto(b"hi", target)
+                out[label] = "sent"
+        except OSError as exc:
+            out[label] = type(exc).__name__
+        finally:
+            s.close()
+    print(json.dumps(out))
+""")
+
+
+def probe(ns: netns.Namespace, targets: list[tuple[str, str, str, int]]) -> dict[str, str]:
+    """What an agent (nobody) inside gets for each (label, tcp|udp, address, port)."""
+    return json.loads(run_inside(ns, [PY, "-c", PROBE, json.dumps(targets)]).stdout)
+
+
+def listener(family: int, addr: str, kind: int = socket.SOCK_STREAM,
+             v6only: bool = True) -> socket.socket:
+    sock = socket.socket(family, kind)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+    sock.bind((addr, 0))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+def reached(sock: socket.socket) -> bool:
+    """Whether anything got through to this host-side socket (a queued connection or a
+    datagram)."""
+    try:
+        if sock.type == socket.SOCK_STREAM:
+            sock.accept()[0].close()
+        else:
+            sock.recv(100)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def link_local_of(link: str) -> str:
+    """The IPv6 link-local address the kernel would give `link` (EUI-64 of its MAC)."""
+    mac = bytearray.fromhex(Path(f"/sys/class/net/{link}/address").read_text().strip()
+                            .replace(":", ""))
+    mac[0] ^= 2
+    eui = mac[:3] + b"\xff\xfe" + mac[3:]
+    return "fe80::" + ":".join(f"{eui[i] << 8 | eui[i + 1]:x}" for i in range(0, 8, 2))
+
+
+@pytest.fixture
+def host_services() -> Iterator[dict[str, object]]:
+    """Services on the host that the agent must not reach: TCP and UDP on 0.0.0.0, TCP on
+    another of the host's addresses (on a link of the test's own: a veth pair, since not every
+    kernel has the dummy driver), TCP on an unforwarded 127.0.0.1 port, and TCP on [::] (IPv6
+    only, and dual stack)."""
+    n = os.getpid()
+    dummy, other = f"aegd{n % 10**7}", f"203.0.113.{n % 250 + 1}"
+    subprocess.run(["ip", "link", "add", dummy, "type", "veth", "peer", "name", f"{dummy}p"],
+                   check=True)
+    subprocess.run(["ip", "addr", "add", f"{other}/32", "dev", dummy], check=True)
+    subprocess.run(["ip", "link", "set", dummy, "up"], check=True)
+    socks = {
+        "any4": listener(socket.AF_INET, "0.0.0.0"),
+        "udp_any4": listener(socket.AF_INET, "0.0.0.0", socket.SOCK_DGRAM),
+        "other": listener(socket.AF_INET, other),
+        "loopback": listener(socket.AF_INET, "127.0.0.1"),
+        "any6": listener(socket.AF_INET6, "::"),
+        "dual": listener(socket.AF_INET6, "::", v6only=False),
+    }
+    try:
+        yield {"other": other, "socks": socks,
+               "port": {k: s.getsockname()[1] for k, s in socks.items()}}
+    finally:
+        for sock in socks.values():
+            sock.close()
+        subprocess.run(["ip", "link", "del", dummy], check=False)
+
+
+def host_addresses() -> list[str]:
+    """The host's own non-loopback IPv4 addresses, but not those of test or aegis links."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines()
+            if not line.split()[1].startswith(("aegis-", "aegt", "aegd"))]
+
+
+def attacks(ns: netns.Namespace, services: dict[str, object]) -> list[tuple[str, str, str, int]]:
+    port: dict[str, int] = services["port"]  # type: ignore[assignment]
+    net = netns.ipaddress.ip_network(ns.state.subnet)
+    targets = [
+        ("0.0.0.0 via the host end", "tcp", ns.state.host_addr, port["any4"]),
+        ("0.0.0.0 via another host address", "tcp", str(services["other"]), port["any4"]),
+        ("bound on another host address", "tcp", str(services["other"]), port["other"]),
+        ("unforwarded 127.0.0.1 port", "tcp", "127.0.0.1", port["loopback"]),
+        ("unforwarded 127.0.0.1 port via the host end", "tcp", ns.state.host_addr,
+         port["loopback"]),
+        ("dual-stack [::] via the host end", "tcp", ns.state.host_addr, port["dual"]),
+        ("[::] via the host end's link-local", "tcp", f"{link_local_of(ns.state.veth)}%eth0",
+         port["any6"]),
+        ("UDP 0.0.0.0 via the host end", "udp", ns.state.host_addr, port["udp_any4"]),
+        ("UDP 0.0.0.0 via the broadcast", "udp", str(net.broadcast_address), port["udp_any4"]),
+    ]
+    targets += [(f"0.0.0.0 via the host's {addr}", "tcp", addr, port["any4"])
+                for addr in host_addresses()]
+    return targets
+
+
+def test_the_agent_cannot_reach_the_hosts_services(world: Path, outside: Outside,
+                                                   host_services: dict[str, object]) -> None:
+    resolver = f"127.84.0.{os.getpid() % 250 + 1}"
+    (world / "resolv.conf").write_text(f"nameserver {resolver}\n")
+    api = listener(socket.AF_INET, "127.0.0.1")  # a forwarded loopback service (an API proxy)
+    api_port = api.getsockname()[1]
+    before = normalise(host_snapshot())
+    ns = netns.create(os.getpid(), world / "attack.jsonl", resolv_conf=world / "resolv.conf",
+                      forwards=(("127.0.0.1", api_port),))
+    try:
+        assert not ns.state.host_access
+        v6 = subprocess.run(["ip", "-6", "addr", "show", "dev", ns.state.veth],
+                            capture_output=True, text=True).stdout
+        assert "inet6" not in v6  # no link-local on the host end
+        inside_v6 = subprocess.run(["ip", "netns", "exec", ns.name, "ip", "-6", "addr", "show",
+                                    "dev", "eth0"], capture_output=True, text=True).stdout
+        assert "inet6" not in inside_v6
+        targets = attacks(ns, host_services)
+        # A port a container engine publishes: DNAT of a host address to a container (here
+        # the outside namespace), as docker's rules do, in a table of the test's own.
+        container = outside.run(lambda: listener(socket.AF_INET, outside.addr))
+        published = 40000 + os.getpid() % 20000
+        publish = f"aegistest_publish_{os.getpid()}"
+        to = f"{outside.addr}:{container.getsockname()[1]}"
+        subprocess.run(["nft", "-f", "-"], check=True, text=True, input=f"""
+            table ip {publish} {{
+              chain prerouting {{
+                type nat hook prerouting priority dstnat; policy accept;
+                fib daddr type local tcp dport {published} dnat to {to}
+              }}
+            }}""")
+        targets.append(("a container's published port", "tcp", ns.state.host_addr, published))
+        try:
+            started = time.monotonic()
+            got = probe(ns, targets)
+            elapsed = time.monotonic() - started
+        finally:
+            subprocess.run(["nft", "delete", "table", "ip", publish], check=True)
+        assert not reached(container)
+        container.close()
+        # Every TCP attempt is refused at once (a reset, not a hang); UDP sends, but nothing
+        # arrives (checked below).
+        for label, proto, _, _ in targets:
+            assert got[label] != "connected", f"{label}: reached the host ({got})"
+            if proto == "tcp" and "link-local" not in label:
+                assert got[label] == "ConnectionRefusedError", (label, got)
+        assert elapsed < 10, f"refusals took {elapsed:.1f}s: a drop, not a reset?"
+        socks: dict[str, socket.socket] = host_services["socks"]  # type: ignore[assignment]
+        time.sleep(0.2)  # a datagram in flight
+        assert [k for k, s in socks.items() if reached(s)] == []
+
+        # And the product still works: the forwarded port, DNS, the outside through NAT.
+        dns = DnsResponder(resolver, {"api.example.test": outside.addr})
+        server = outside.run(lambda: TcpServer(outside.addr, expect=4, reply=3))
+        code = textwrap.dedent("""\
+            import socket, sys
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+            s.sendall(b"api")
+            addr = socket.getaddrinfo("api.example.test", None, socket.AF_INET)[0][4][0]
+            t = socket.create_connection((addr, int(sys.argv[2])), timeout=10)
+            t.sendall(b"ping")
+            t.shutdown(socket.SHUT_WR)
+            print(addr, len(t.recv(100)))
+        """)
+        try:
+            out = run_inside(ns, [PY, "-c", code, str(api_port), str(server.port)])
+        finally:
+            server.close()
+            dns.close()
+        assert out.stdout.split() == [outside.addr, "3"]
+        api.setblocking(True)
+        api.settimeout(5)
+        conn, _ = api.accept()
+        assert conn.recv(10) == b"api"
+        conn.close()
+        # The refused attempts are recorded like any other: the log shows what the agent tried.
+        log = log_of(ns)
+        any4 = host_services["port"]["any4"]  # type: ignore[index]
+        refused = wait_for(log, lambda e: e.get("addr") == ns.state.host_addr
+                           and e.get("port") == any4 and e["event"] == "close")
+        assert refused["result"] == "ECONNREFUSED" and refused["sent"] == 0
+        wait_for(log, lambda e: e.get("addr") == outside.addr and e["event"] == "close")
+    finally:
+        ns.teardown()
+        api.close()
+    assert normalise(host_snapshot()) == before
+
+
+def test_without_reject_in_prerouting_the_host_is_still_off_limits(
+        world: Path, host_services: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 5.9 refuse `reject` in a prerouting chain: the guard drops instead."""
+    real = netns._nft
+
+    def old_kernel(nft: str, script: str, enter: tuple[str, ...] = ()) -> None:
+        if "reject" in script:
+            raise AegisError("nft failed: Error: Could not process rule: Operation not supported")
+        real(nft, script, enter)
+
+    monkeypatch.setattr(netns, "_nft", old_kernel)
+    port: dict[str, int] = host_services["port"]  # type: ignore[assignment]
+    ns = netns.create(os.getpid(), world / "old.jsonl", resolv_conf=world / "resolv.conf")
+    try:
+        got = probe(ns, [("any4", "tcp", ns.state.host_addr, port["any4"])])
+        assert got == {"any4": "TimeoutError"}
+        socks: dict[str, socket.socket] = host_services["socks"]  # type: ignore[assignment]
+        assert not reached(socks["any4"])
+    finally:
+        ns.teardown()
+
+
+def test_netns_host_access_lets_the_agent_reach_the_host_again(
+        world: Path, host_services: dict[str, object]) -> None:
+    port: dict[str, int] = host_services["port"]  # type: ignore[assignment]
+    ns = netns.create(os.getpid(), world / "open.jsonl", resolv_conf=world / "resolv.conf",
+                      host_access=True)
+    try:
+        assert ns.state.host_access
+        saved = json.loads(ns.state.path().read_text())
+        assert saved["host_access"] is True
+        got = probe(ns, [("any4", "tcp", ns.state.host_addr, port["any4"]),
+                         ("other", "tcp", str(host_services["other"]), port["other"])])
+        assert got == {"any4": "connected", "other": "connected"}
+        rows = {r["name"]: r for r in netns.list_namespaces()}
+        assert rows[ns.name]["host_access"] is True
+    finally:
+        ns.teardown()
+
+
+def test_aegis_namespaces_cannot_reach_each_other(world: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])
+    first = netns.create(os.getpid(), world / "a.jsonl", resolv_conf=world / "resolv.conf")
+    try:
+        second = netns.create(sleeper.pid, world / "b.jsonl", resolv_conf=world / "resolv.conf")
+        try:
+            # a service of the other agent, on every address of its namespace
+            serve = ("import socket;s=socket.socket();s.bind(('0.0.0.0',7777));s.listen(8);"
+                     "print('up',flush=True);s.settimeout(5);"
+                     "print('accepted' if s.accept() else '')")
+            victim = subprocess.Popen([*second.exec_prefix(NOBODY.pw_uid, NOBODY.pw_gid, []),
+                                       PY, "-c", serve], stdout=subprocess.PIPE, text=True,
+                                      stderr=subprocess.DEVNULL)
+            assert victim.stdout is not None and victim.stdout.readline() == "up\n"
+            got = probe(first, [("agent", "tcp", second.state.ns_addr, 7777),
+                                ("host end", "tcp", second.state.host_addr, 7777)])
+            assert got["agent"] in ("TimeoutError", "ConnectionRefusedError"), got
+            assert got["host end"] == "ConnectionRefusedError", got
+            assert victim.wait(15) != 0 or "accepted" not in victim.stdout.read()
+        finally:
+            second.teardown()
+    finally:
+        first.teardown()
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The namespace state: root's own, private, never written through a symlink.
+
+
+def test_state_files_are_private_and_never_written_through_a_symlink(world: Path) -> None:
+    state_dir = netns.STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o755)  # as an earlier version left it
+    victims = {}
+    for name in (f".aegis-{os.getpid()}.json.tmp", f".{netns.BASELINE}.tmp"):
+        victim = world / f"victim-{name}"
+        victim.write_text("precious\n")
+        os.chmod(victim, 0o644)
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / name).unlink()
+        (state_dir / name).symlink_to(victim)
+        victims[name] = victim
+    private = ["lock"] if (state_dir / netns.BASELINE).exists() else ["lock", netns.BASELINE]
+    ns = netns.create(os.getpid(), world / "s.jsonl", resolv_conf=world / "resolv.conf")
+    try:
+        for victim in victims.values():
+            st = os.lstat(victim)
+            assert victim.read_text() == "precious\n" and stat.S_IMODE(st.st_mode) == 0o644
+        st = os.lstat(ns.state.path())
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+        assert json.loads(ns.state.path().read_text())["name"] == ns.name
+        st = os.lstat(state_dir)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == 0
+        for name in private:  # the baseline if this namespace made it (the first one)
+            st = os.lstat(state_dir / name)
+            assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
+        assert not (state_dir / f".aegis-{os.getpid()}.json.tmp").is_symlink()
+        # /etc/netns/<name>/resolv.conf stays world-readable: the agent reads it as itself.
+        resolv = Path(f"/etc/netns/{ns.name}/resolv.conf")
+        assert stat.S_IMODE(resolv.stat().st_mode) == 0o644
+        assert "nameserver 192.0.2.53" in run_inside(ns, ["cat", "/etc/resolv.conf"]).stdout
+    finally:
+        ns.teardown()
+        for name in victims:
+            with contextlib.suppress(FileNotFoundError):
+                (state_dir / name).unlink()
+
+
+def test_netns_list_as_another_user_names_the_namespaces(ns: netns.Namespace) -> None:
+    cmd = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
+           aegis_bin(), "netns", "list"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    text = subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=60, env=env)
+    assert text.returncode == 0, text.stderr
+    assert ns.name in text.stdout and "sudo aegis-mcp netns list" in text.stdout
+    assert ns.state.ns_addr not in text.stdout  # the details are root's
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd="/", timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    row = next(r for r in json.loads(out.stdout)["namespaces"] if r["name"] == ns.name)
+    assert row["ours"] is None and row["owner_pid"] == os.getpid() and row["alive"]
+    assert "sudo" in row["note"]

@@ -36,13 +36,23 @@ if url and "GATEWAY" in url:  # inside a namespace: the host is the default rout
     url = url.replace("GATEWAY", gateway)
     info["url"] = url
 if url:
-    info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
+    try:
+        info["body"] = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError as exc:
+        info["error"] = str(exc)
+if os.environ.get("AEGIS_CONTROL"):
+    from aegis_mcp import control
+    status = control.request(os.environ["AEGIS_CONTROL"], {"op": "status"})["status"]
+    info["host_access"] = status["netns_host_access"]
 open(sys.argv[1], "w").write(json.dumps(info))
 """
 
 
 class Hello(BaseHTTPRequestHandler):
+    requests = 0
+
     def do_GET(self) -> None:  # noqa: N802
+        type(self).requests += 1
         body = b"hello " * 100
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -124,6 +134,8 @@ def test_netns_forward_outside_netns_mode_is_ignored_with_a_word(
               cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "--netns-forward is for --netmon=netns only: ignored" in out.stderr
+    out = run(aegis_env, "--netmon=preload", "--netns-host-access", "--", "true", cwd=tmp_path)
+    assert out.returncode == 0 and "--netns-host-access is for --netmon=netns only" in out.stderr
     bad = run(aegis_env, "--netns-forward", "70000", "--", "true", cwd=tmp_path)
     assert bad.returncode == 2 and "give a TCP port from 1 to 65535" in bad.stderr
 
@@ -156,6 +168,27 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="netns mode needs root
 
 
 @needs_root
+def test_netns_mode_keeps_the_agent_off_the_hosts_services(
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
+        http_server: ThreadingHTTPServer) -> None:
+    """The attack: a host service on 0.0.0.0, reached through the namespace's gateway (the
+    host end of the veth). Refused at once, the service sees nothing, and the agent (and its
+    control socket) works as before."""
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+    Hello.requests = 0
+    port = http_server.server_address[1]
+    out = run(env, "--netmon=netns", "--", sys.executable, str(shared_dir / "agent.py"),
+              str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
+    assert out.returncode == 0, out.stderr
+    assert "--netns-host-access" not in out.stderr
+    info = json.loads((shared_dir / "info.json").read_text())
+    assert info["netns"].startswith("aegis-") and info["uid"] == throwaway_user.pw_uid
+    assert "body" not in info and "Connection refused" in info["error"]
+    assert info["host_access"] is False and Hello.requests == 0
+
+
+@needs_root
 def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
         aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd,
         http_server: ThreadingHTTPServer) -> None:
@@ -164,16 +197,20 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
            "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/"}
     before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     port = http_server.server_address[1]
-    out = run(env, "--netmon", "--", sys.executable, str(shared_dir / "agent.py"),
-              str(shared_dir / "info.json"), f"http://GATEWAY:{port}/", cwd=shared_dir)
+    # The host's own service is out of reach unless the user says otherwise, with a warning.
+    out = run(env, "--netmon", "--netns-host-access", "--", sys.executable,
+              str(shared_dir / "agent.py"), str(shared_dir / "info.json"),
+              f"http://GATEWAY:{port}/", cwd=shared_dir)
     assert out.returncode == 0, out.stderr
     assert "using netns mode" in out.stderr
+    assert ("warning: --netns-host-access: the agent can reach every service of this machine"
+            in out.stderr)
     assert ("ANTHROPIC_BASE_URL=http://127.0.0.1:9/: the host's 127.0.0.1:9 is forwarded"
             in out.stderr)
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")
-    assert info["body"] == "hello " * 100
+    assert info["body"] == "hello " * 100 and info["host_access"] is True
     # The capture on the host end of the veth recorded the connection with its bytes, in the
     # same format (and the same summary) as preload mode.
     log = Path(info["log"])
@@ -301,3 +338,55 @@ def test_watch_restarts_an_agent_in_netns_mode(aegis_env: dict[str, str],
             sup.wait()
     assert sup.returncode == 128 + signal.SIGTERM
     assert "restarting" in err and "files changed: watched/server.py" in err, err
+
+
+@needs_root
+def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
+        aegis_env: dict[str, str], tmp_path: Path, throwaway_user: pwd.struct_passwd) -> None:
+    """kill -9 of the supervisor: its teardown never runs. `netns cleanup` stops the agent and
+    its children still inside (here one that ignores SIGTERM), then removes the namespace."""
+    import contextlib
+    import time
+
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid)}
+    runtime = Path(env["AEGIS_RUNTIME_DIR"])
+    runtime.mkdir(parents=True, exist_ok=True)
+    os.chown(runtime, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sh", "-c",
+                            "trap '' TERM; sleep 300 & echo started; wait"], env=env,
+                           cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    name = f"aegis-{sup.pid}"
+    try:
+        assert sup.stdout is not None and sup.stdout.readline() == "started\n"
+        inode = os.stat(f"/run/netns/{name}")
+
+        def inside() -> list[int]:
+            pids = []
+            for entry in filter(str.isdigit, os.listdir("/proc")):
+                with contextlib.suppress(OSError):
+                    st = os.stat(f"/proc/{entry}/ns/net")
+                    if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
+                        pids.append(int(entry))
+            return pids
+
+        assert len(inside()) >= 2  # the agent's shell and its sleep
+        sup.kill()
+        sup.wait(10)
+        out = run(env, "netns", "cleanup", "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 10
+        while inside():  # a watchdog of the supervisor may also be at work: bounded wait
+            assert time.monotonic() < deadline, f"left inside: {inside()}"
+            time.sleep(0.1)
+        assert not Path(f"/run/netns/{name}").exists()
+        mine = [r for r in json.loads(out.stdout)["removed"] if r["name"] == name]
+        if mine:  # removed by this cleanup (not already by the supervisor's own watchdog)
+            assert mine[0]["processes_stopped"] and mine[0]["processes_left_inside"] == []
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+        subprocess.run([aegis_bin(), "netns", "cleanup"], env=env, capture_output=True,
+                       timeout=60)

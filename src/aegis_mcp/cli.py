@@ -32,6 +32,9 @@ options (before or after AGENT; put agent flags of the same name after `--`):
   --netns-forward PORT    with --netmon=netns, let the agent reach this TCP port of the host's
                           127.0.0.1 (repeatable; ports of loopback URLs in the environment,
                           such as ANTHROPIC_BASE_URL, are forwarded without asking)
+  --netns-host-access     with --netmon=netns, let the agent reach every service of this
+                          machine too (databases, admin ports, ...); without it the agent
+                          reaches the internet, DNS and the forwarded ports only
   --no-inject-mcp         do not give the agent aegis-mcp's MCP server
   --keep-root             under sudo, run the agent as root instead of as you (not advised)
   --watch PATH            restart the agent when a file under PATH changes (repeatable)
@@ -66,6 +69,7 @@ class SupervisorOptions:
     agent_args: list[str] = field(default_factory=list)
     netmon: str | None = None
     netns_forward: list[int] = field(default_factory=list)
+    netns_host_access: bool = False
     inject_mcp: bool = True
     keep_root: bool = False
     watch: list[str] = field(default_factory=list)
@@ -112,6 +116,9 @@ def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
             if not value.isdigit() or not 0 < int(value) < 65536:
                 raise UsageError(f"--netns-forward {value!r}: give a TCP port from 1 to 65535")
             opts.netns_forward.append(int(value))
+        elif arg == "--netns-host-access":
+            opts.netns_host_access = True
+            i += 1
         elif arg == "--no-inject-mcp":
             opts.inject_mcp = False
             i += 1

@@ -59,7 +59,8 @@ class ServerStatus(BaseModel):
     supervisor: dict[str, Any] | None = Field(
         description="The supervisor's view: pids, agent command line, uptime, restart count "
         "and last reason, injection mechanism, netmon mode and log, and in netns mode the "
-        "host loopback ip:ports reachable from inside (netns_forwards)")
+        "host loopback ip:ports reachable from inside (netns_forwards) and whether the "
+        "agent may reach the host's own services (netns_host_access)")
 
 
 class AegisMCPServer(MCPServer):

@@ -8,9 +8,12 @@ bubblewrap names its phases):
               /run/aegis-mcp/netns/aegis-<pid>.json FIRST, so that whatever happens next,
               `cleanup` knows exactly what is ours to remove
   namespace   `aegis-<pid>` (pyroute2), loopback up
-  veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1
-  nftables    table `ip aegis_<pid>`: masquerade for the subnet, DNS DNAT when the host uses a
-              loopback resolver, forwarding only for replies into the namespace
+  veth        host end `aegis-<pid>` with .1, namespace end `eth0` with .2, default route .1;
+              IPv6 off on both ends
+  nftables    table `ip aegis_<pid>`: a host_guard chain that refuses what the agent sends to
+              the host itself (but DNS and the forwards; unless host access is asked for),
+              masquerade for the subnet, DNS DNAT when the host uses a loopback resolver,
+              forwarding only for replies into the namespace
   forwards    host-loopback TCP ports the agent must reach (its API URLs name 127.0.0.1):
               inside the namespace 127.0.0.1:PORT is DNATed to the host end, and there to the
               host's 127.0.0.1:PORT (httptap #19: a namespace cannot reach the host's loopback)
@@ -27,7 +30,8 @@ enters the namespace (and a private mount namespace for the resolv.conf), `setpr
 the user. Every process the agent starts inherits the namespace.
 
 `teardown()` undoes the phases in reverse, tolerates any of them missing, and is safe to call
-twice; `cleanup_stale()` does the same from the state file of a namespace whose owner died.
+twice; `cleanup_one()` does the same from the state file of a namespace whose owner died, after
+stopping what still runs inside it, and `cleanup_stale()` for every such namespace.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -65,6 +70,8 @@ SYSCTLS = {
     "net.netfilter.nf_conntrack_acct": "1",
 }
 READY_TIMEOUT = 10.0
+NO_DETAILS = ("the namespace state is readable by root only: run `sudo aegis-mcp netns list` "
+              "for owners, addresses and which ones are stale")
 NS_IFNAME = "eth0"
 """The namespace's end of the veth."""
 
@@ -117,6 +124,9 @@ class State:
     nameservers: list[str] = field(default_factory=list)
     forwards: list[str] = field(default_factory=list)
     """Host loopback `ip:port`s reachable from inside at the same address."""
+    host_access: bool = False
+    """The agent may reach the host's own services (--netns-host-access); by default only
+    DNS and the forwards."""
     log_path: str | None = None
     capture_pid: int | None = None
     capture_start: int | None = None
@@ -130,15 +140,12 @@ class State:
         return [(ip, port) for ip, port in (f.rsplit(":", 1) for f in self.forwards)]
 
     def save(self) -> None:
-        tmp = STATE_DIR / f".{self.name}.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path())
+        _write_private(self.path().name, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> State | None:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(_read_private(path))
             known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
             state = cls(**known)
         except (OSError, ValueError, TypeError):
@@ -169,6 +176,60 @@ def _alive(pid: int | None, start: int | None) -> bool:
     return now is not None and (start is None or now == start)
 
 
+def _open_state_dir() -> int:
+    """The state directory, opened: root's own and private (0700), never through a symlink.
+    What it holds (owners, subnets, log paths, the sysctl baseline) is for root; `netns list`
+    as another user shows the names under /run/netns instead."""
+    STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(STATE_DIR, 0o700)
+    try:
+        fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise AegisError(f"cannot use {STATE_DIR} for the namespace state ({exc.strerror}): "
+                         f"if it is a symlink or a file, remove it and try again") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise AegisError(f"{STATE_DIR} belongs to uid {st.st_uid}, not to root: someone else "
+                         f"made it; remove it (`sudo rm -r {STATE_DIR}`) and try again")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.fchmod(fd, 0o700)  # made 0755 by an earlier version
+    return fd
+
+
+def _write_private(name: str, text: str) -> None:
+    """Write state file `name` (0600) atomically, relative to the directory's fd, through a
+    temporary name created with O_EXCL|O_NOFOLLOW: a symlink planted at either name is never
+    written through (rename replaces a symlink, it does not follow it)."""
+    dfd = _open_state_dir()
+    try:
+        tmp = f".{name}.tmp"
+        for attempt in range(2):
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                break
+            except FileExistsError:
+                if attempt:
+                    raise
+                # Left by a crash mid-write, or planted: unlink removes the name itself,
+                # never what it points at.
+                os.unlink(tmp, dir_fd=dfd)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            out.write(text)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_private(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd) as f:
+        return f.read()
+
+
 _lock_depth = 0
 
 
@@ -184,9 +245,15 @@ def _locked() -> Iterator[None]:
         finally:
             _lock_depth -= 1
         return
-    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    dfd = _open_state_dir()
     try:
+        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         _lock_depth = 1
         yield
@@ -196,9 +263,17 @@ def _locked() -> Iterator[None]:
 
 
 def _states() -> list[State]:
-    if not STATE_DIR.is_dir():
+    try:
+        names = sorted(n for n in os.listdir(STATE_DIR)
+                       if n.startswith(PREFIX) and n.endswith(".json"))
+    except OSError:  # none yet, or not root
         return []
-    return [s for p in sorted(STATE_DIR.glob("aegis-*.json")) if (s := State.load(p))]
+    return [s for n in names if (s := State.load(STATE_DIR / n))]
+
+
+def _state_readable() -> bool:
+    """False for a user who may not read the state (not root)."""
+    return not STATE_DIR.exists() or os.access(STATE_DIR, os.R_OK | os.X_OK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,22 +367,20 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     if existing.exists() or (NETNS_RUN / name).exists():
         old = State.load(existing)
         if old is not None and not _alive(old.owner_pid, old.owner_start):
-            _stop_process(old.capture_pid, old.capture_start)
-            _remove(old)
+            _remove_dead(old)
         else:
             raise AegisError(f"network namespace {name} already exists; if its supervisor is "
                              "gone, run `sudo aegis-mcp netns cleanup`")
     subnet = _pick_subnet(_used_networks())
     hosts = list(subnet.hosts())
     dns, _ = _dns_plan(resolv_conf, str(hosts[0]))
-    baseline_file = STATE_DIR / BASELINE
     try:
-        baseline = json.loads(baseline_file.read_text())
+        baseline = json.loads(_read_private(STATE_DIR / BASELINE))
     except (OSError, ValueError):
         # nf_conntrack may not be loaded yet (our nft table loads it): its default is 0.
         baseline = {key: _sysctl(key) or "0" for key in SYSCTLS}
         baseline["guard"] = "1" if baseline.get("net.ipv4.ip_forward") == "0" else "0"
-        baseline_file.write_text(json.dumps(baseline) + "\n")
+        _write_private(BASELINE, json.dumps(baseline) + "\n")
     state = State(
         name=name, owner_pid=owner_pid, owner_start=_start_time(owner_pid), created=time.time(),
         subnet=str(subnet), host_addr=str(hosts[0]), ns_addr=str(hosts[1]), veth=name,
@@ -364,10 +437,12 @@ def _add_nft_table(state: State, nft: str) -> None:
     for ip, port in state.forward_pairs():
         dnat += (f'    iifname "{state.veth}" ip daddr {state.host_addr} tcp dport {port} '
                  f"dnat to {ip}:{port}\n")
-    _nft(nft, f"""
+
+    def table(guard: str) -> str:
+        return f"""
 table ip {state.table} {{
   comment "aegis-mcp network namespace {state.name}"
-  chain prerouting {{
+{guard}  chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
 {dnat}  }}
   chain postrouting {{
@@ -380,7 +455,49 @@ table ip {state.table} {{
     oifname "{state.veth}" drop
   }}
 }}
-""")
+"""
+
+    if state.host_access:
+        _nft(nft, table(""))
+        return
+    try:
+        _nft(nft, table(_host_guard(state, reject=True)))
+    except AegisError:
+        # Kernels before 5.9 cannot reject in prerouting: drop there (a connection attempt to
+        # the host then times out instead of failing at once). Anything else fails again.
+        _nft(nft, table(_host_guard(state, reject=False)))
+
+
+def _host_guard(state: State, reject: bool) -> str:
+    """The chain that keeps the agent off the host itself: of what arrives from the namespace,
+    only replies, DNS and the forwarded loopback ports may end on the host; anything else for
+    one of the host's own addresses (any of them: Linux answers on every interface for each),
+    a broadcast or a multicast address is refused, before any DNAT (ours or a container
+    engine's port publishing) can turn it into something else. Unicast to other machines goes
+    on to the NAT. A reset rather than a silent drop: the agent fails at once instead of
+    hanging on a timeout, and learns nothing more (every port answers alike)."""
+    veth = f'iifname "{state.veth}"'
+    allow = [f"{veth} ct state established,related accept"]
+    if state.dns.startswith("dnat:"):
+        allow += [f"{veth} ip daddr {state.host_addr} {p} dport 53 accept" for p in ("udp", "tcp")]
+    else:
+        # Copied resolvers may be one of the host's own addresses (dnsmasq on the LAN address).
+        servers = sorted({s for s in state.nameservers if _is_ipv4(s)})
+        if servers:
+            allow += [f"{veth} ip daddr {{ {', '.join(servers)} }} {p} dport 53 accept"
+                      for p in ("udp", "tcp")]
+    ports = sorted({int(port) for _, port in state.forward_pairs()})
+    if ports:
+        allow.append(f"{veth} ip daddr {state.host_addr} tcp dport "
+                     f"{{ {', '.join(map(str, ports))} }} accept")
+    refuse = ([f"{veth} fib daddr type != unicast meta l4proto tcp reject with tcp reset",
+               f"{veth} fib daddr type != unicast reject"] if reject
+              else [f"{veth} fib daddr type != unicast drop"])
+    rules = "".join(f"    {rule}\n" for rule in [*allow, *refuse])
+    return f"""  chain host_guard {{
+    type filter hook prerouting priority mangle; policy accept;
+{rules}  }}
+"""
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
@@ -403,8 +520,26 @@ table ip aegis_forward {{
 }}
 """
     _nft(tools["nft"], script, enter)
-    subprocess.run([*enter, "sh", "-c", f"echo 1 > /proc/sys/net/ipv4/conf/{NS_IFNAME}/"
-                    "route_localnet"], check=True, capture_output=True, timeout=30)
+    _write_inner_sysctls(state, tools, {f"net.ipv4.conf.{NS_IFNAME}.route_localnet": "1"})
+
+
+def _disable_ipv6(state: State, tools: dict[str, str]) -> None:
+    """No IPv6 on either end of the veth. The kernel gives both ends a link-local address of
+    their own, and through the host end's the agent reached every host service bound to
+    [::]; the capture and the nftables table are IPv4 only, so that traffic was not even
+    recorded. The namespace's loopback keeps its ::1."""
+    key = "net.ipv6.conf.{}.disable_ipv6"
+    if not _sysctl_path(key.format("all")).exists():
+        return  # no IPv6 in this kernel at all
+    _write_sysctl(key.format(state.veth), "1")
+    _write_inner_sysctls(state, tools, {key.format(NS_IFNAME): "1"})
+
+
+def _write_inner_sysctls(state: State, tools: dict[str, str], values: dict[str, str]) -> None:
+    """Write sysctls inside the namespace (/proc/sys/net shows the writer's namespace)."""
+    script = "; ".join(f"echo {value} > {_sysctl_path(key)}" for key, value in values.items())
+    subprocess.run([tools["ip"], "netns", "exec", state.name, "sh", "-c", script], check=True,
+                   capture_output=True, timeout=30)
 
 
 def _set_sysctls(state: State, nft: str, capture: bool) -> None:
@@ -439,7 +574,9 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subproce
     fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
     err_path = STATE_DIR / f"{state.name}.capture.err"
     try:
-        with open(err_path, "wb") as err:
+        err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        with os.fdopen(err_fd, "wb") as err:
             proc = subprocess.Popen(
                 python_command(
                     "aegis_mcp.capture", "--name", state.name, "--veth", state.veth,
@@ -534,14 +671,16 @@ class Namespace:
 
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
            capture: bool = True, forwards: tuple[tuple[str, int], ...] = (),
-           log_fd: int | None = None) -> Namespace:
+           host_access: bool = False, log_fd: int | None = None) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
     does). Raises AegisError with one line on any failure, after undoing what was done.
     `resolv_conf` is the host's resolver configuration to follow; `capture=False` (for the
     benchmark) sets up the namespace without recording anything. `forwards` are host
-    loopback (ip, port)s that stay reachable at the same address from inside. `log_fd`, when
+    loopback (ip, port)s that stay reachable at the same address from inside. The agent
+    reaches the host itself only through DNS and those forwards, unless `host_access`
+    (--netns-host-access) lets it reach every service of the host as before. `log_fd`, when
     given, is `log_path` already open for appending (by the user who owns its directory):
     root then never opens a path there itself."""
     require_root()
@@ -554,11 +693,13 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     with _locked():
         state = _reserve(owner_pid, Path(log_path), resolv_conf)
         state.forwards = sorted({f"{ip}:{port}" for ip, port in forwards})
+        state.host_access = host_access
         state.save()
     namespace = Namespace(state, tools, None)
     try:
         _add_namespace(state)
         _add_veth(state)
+        _disable_ipv6(state, tools)
         _add_nft_table(state, tools["nft"])
         _add_inner_forwards(state, tools)
         with _locked():
@@ -576,7 +717,10 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
 
 def list_namespaces() -> list[dict[str, Any]]:
     """Every `aegis-*` namespace (and every aegis state file without one), with its owner pid,
-    whether that owner is alive, addresses and age. Needs no root."""
+    whether that owner is alive, addresses and age. Needs no root, but without it the state
+    files are out of reach: the rows then say only what /run/netns and /proc show (`ours`
+    and `stale` are None, and `note` says to use sudo)."""
+    detailed = _state_readable()
     states = {s.name: s for s in _states()}
     names = set(states)
     with contextlib.suppress(OSError):
@@ -593,36 +737,161 @@ def list_namespaces() -> list[dict[str, Any]]:
             row.update(owner_pid=state.owner_pid, alive=alive, stale=not alive,
                        subnet=state.subnet, host_addr=state.host_addr, ns_addr=state.ns_addr,
                        veth=state.veth, table=state.table, dns=state.dns,
-                       created=state.created, age=round(now - state.created, 1),
-                       log_path=state.log_path,
+                       host_access=state.host_access, created=state.created,
+                       age=round(now - state.created, 1), log_path=state.log_path,
                        capture_alive=_alive(state.capture_pid, state.capture_start))
         else:
             pid = int(m.group(1)) if m else None
             alive = pid is not None and _start_time(pid) is not None
             with contextlib.suppress(OSError):
                 row["age"] = round(now - (NETNS_RUN / name).stat().st_mtime, 1)
-            row.update(owner_pid=pid, alive=alive, stale=False,
-                       note="no aegis-mcp state file: not created by aegis-mcp, left alone")
+            if detailed:
+                row.update(owner_pid=pid, alive=alive, stale=False,
+                           note="no aegis-mcp state file: not created by aegis-mcp, left alone")
+            else:
+                row.update(ours=None, owner_pid=pid, alive=alive, stale=None, note=NO_DETAILS)
         rows.append(row)
     return rows
 
 
 def cleanup_stale() -> list[dict[str, Any]]:
-    """Remove every aegis namespace whose owner is dead, with its veth, nftables table,
-    /etc/netns directory and state file. Live ones and ones without our state file are left
-    alone. Returns one row per namespace removed."""
+    """Remove every aegis namespace whose owner is dead (see `cleanup_one`). Live ones and
+    ones without our state file are left alone. Returns one row per namespace removed."""
     require_root("`aegis-mcp netns cleanup`")
-    removed: list[dict[str, Any]] = []
-    for state in _states():
-        if _alive(state.owner_pid, state.owner_start):
-            continue
-        leftover = _pids_inside(state.name)
-        _stop_process(state.capture_pid, state.capture_start)
-        _remove(state)
-        removed.append({"name": state.name, "owner_pid": state.owner_pid,
-                        "subnet": state.subnet, "veth": state.veth, "table": state.table,
-                        "processes_left_inside": leftover})
-    return removed
+    return [row for state in _states() if (row := cleanup_one(state.name)) is not None]
+
+
+def cleanup_one(name: str) -> dict[str, Any] | None:
+    """Remove namespace `name` if aegis-mcp made it and its owner is dead (a supervisor killed
+    with -9, say): first stop every process still inside it (`stop_processes_inside`) and its
+    capture helper, then the veth, nftables table, /etc/netns directory and state file. Returns
+    what was removed and stopped, or None when `name` is not ours or its owner still lives.
+    Needs root."""
+    require_root("removing an aegis network namespace")
+    if not NAME_RE.match(name):
+        raise AegisError(f"{name!r} is not the name of an aegis namespace (aegis-<pid>)")
+    state = State.load(STATE_DIR / f"{name}.json")
+    if state is None or _alive(state.owner_pid, state.owner_start):
+        return None
+    stopped, left = _remove_dead(state)
+    return {"name": state.name, "owner_pid": state.owner_pid, "subnet": state.subnet,
+            "veth": state.veth, "table": state.table, "processes_stopped": stopped,
+            "processes_left_inside": left}
+
+
+def _remove_dead(state: State) -> tuple[list[int], list[int]]:
+    """Take down the namespace of a dead owner: (pids stopped inside, pids that survived)."""
+    stopped = stop_processes_inside(state.name)
+    _stop_process(state.capture_pid, state.capture_start)
+    left = _pids_inside(state.name)
+    _remove(state)
+    return stopped, left
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping what is left inside a namespace.
+
+STOP_GRACE = 2.0
+"""Seconds the processes left in a dead owner's namespace get between SIGTERM and SIGKILL."""
+KILL_ROUNDS = 20
+"""SIGKILL sweeps at most: each catches what forked since the one before."""
+
+
+def stop_processes_inside(name: str, grace: float = STOP_GRACE) -> list[int]:
+    """Stop every process in network namespace `name` (an agent, its MCP servers and whatever
+    they started, when the supervisor that owned it was killed): SIGTERM (and SIGCONT, for a
+    suspended one), up to `grace` seconds to exit, then SIGKILL until none is left. Each
+    signal goes through a pidfd opened on the pid and only after checking that the process
+    is still in that namespace, so a pid reused by another process is never signalled.
+    Returns the pids signalled. Needs root (the processes belong to the agent's user)."""
+    target = _netns_id(name)
+    if target is None:
+        return []
+    pidfds: dict[int, int] = {}
+    signalled: set[int] = set()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            signalled.update(_signal_inside(target, sig, pidfds))
+        _wait_exit(list(pidfds.values()), grace)
+        for _ in range(KILL_ROUNDS):
+            hit = _signal_inside(target, signal.SIGKILL, pidfds)
+            if not hit:
+                break
+            signalled.update(hit)
+            _wait_exit([pidfds[pid] for pid in hit if pid in pidfds], 1.0)
+    finally:
+        for fd in pidfds.values():
+            os.close(fd)
+    return sorted(signalled)
+
+
+def _netns_id(name: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(NETNS_RUN / name)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _in_netns(pid: int, target: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:  # gone, or a zombie (whose namespaces are already released)
+        return False
+    return (st.st_dev, st.st_ino) == target
+
+
+def _pids_in(target: tuple[int, int]) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()
+            and _in_netns(int(e), target)]
+
+
+def _pids_inside(name: str) -> list[int]:
+    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
+    target = _netns_id(name)
+    return [] if target is None else _pids_in(target)
+
+
+def _signal_inside(target: tuple[int, int], sig: int, pidfds: dict[int, int]) -> list[int]:
+    """Send `sig` to every process in the namespace `target`; returns the pids it reached."""
+    hit: list[int] = []
+    for pid in _pids_in(target):
+        for _ in range(2):  # a second time with a fresh pidfd if the kept one is of a dead pid
+            fd = pidfds.get(pid)
+            if fd is None:
+                try:
+                    fd = pidfds[pid] = os.pidfd_open(pid)
+                except OSError:
+                    break
+            # The pidfd names one process for good: if the check below saw another one (the
+            # first died and its pid was reused in between), the signal finds the first dead.
+            if not _in_netns(pid, target):
+                break
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                os.close(pidfds.pop(pid))
+                continue
+            except PermissionError:
+                break
+            hit.append(pid)
+            break
+    return hit
+
+
+def _wait_exit(pidfds: list[int], timeout: float) -> None:
+    """Wait up to `timeout` for all of these processes to exit (a pidfd polls readable then)."""
+    import select
+
+    poller = select.poll()
+    for fd in pidfds:
+        poller.register(fd, select.POLLIN)
+    left = len(pidfds)
+    deadline = time.monotonic() + timeout
+    while left and (remaining := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(remaining * 1000):
+            poller.unregister(fd)
+            left -= 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,22 +915,6 @@ def _stop_process(pid: int | None, start: int | None, grace: float = 2.0) -> Non
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-def _pids_inside(name: str) -> list[int]:
-    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
-    try:
-        target = os.stat(NETNS_RUN / name)
-    except OSError:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                st = os.stat(f"/proc/{entry}/ns/net")
-                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-                    pids.append(int(entry))
-    return pids
 
 
 def _remove(state: State) -> None:
@@ -695,7 +948,7 @@ def _restore_baseline(nft: str) -> None:
     """The last aegis namespace is gone: put the sysctls back as they were before the first."""
     path = STATE_DIR / BASELINE
     try:
-        baseline = json.loads(path.read_text())
+        baseline = json.loads(_read_private(path))
     except (OSError, ValueError):
         return
     for key in SYSCTLS:

@@ -13,9 +13,10 @@ from aegis_mcp.display import plain
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "List the aegis-* network namespaces of --netmon=netns supervisors (owner pid, alive or "
-        "stale, addresses, age), or remove the stale ones (owner dead) with their veth, "
-        "nftables table and /etc/netns directory. cleanup needs root; it never touches a live "
-        "namespace or one aegis-mcp did not create.")
+        "stale, addresses, age), or remove the stale ones (owner dead): the processes still "
+        "running inside are stopped (SIGTERM, then SIGKILL), then the namespace goes with its "
+        "veth, nftables table and /etc/netns directory. cleanup needs root; it never touches "
+        "a live namespace or one aegis-mcp did not create.")
     parser.add_argument("action", choices=("list", "cleanup"), help="what to do")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -37,13 +38,17 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
         return
     print(f"{'NAME':<16} {'OWNER':>8} {'STATUS':<8} {'NAMESPACE ADDR':<16} {'HOST END':<16} AGE")
     for row in rows:
-        status = "foreign" if not row["ours"] else "alive" if row["alive"] else "stale"
+        status = ("?" if row["ours"] is None else "foreign" if not row["ours"]
+                  else "alive" if row["alive"] else "stale")
         print(plain(f"{row['name']:<16} {row.get('owner_pid') or '?':>8} {status:<8} "
                     f"{row.get('ns_addr') or '-':<16} {row.get('host_addr') or '-':<16} "
                     f"{_age(row.get('age'))}"))
     stale = sum(1 for r in rows if r.get("stale"))
     if stale:
         print(f"{stale} stale: remove with `sudo aegis-mcp netns cleanup`")
+    if any(r["ours"] is None for r in rows):
+        print("run `sudo aegis-mcp netns list` for owners, addresses and which ones are stale "
+              "(the namespace state is readable by root only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if not removed:
         print("nothing to clean up: no stale aegis namespace")
     for row in removed:
-        left = row["processes_left_inside"]
-        extra = f" ({len(left)} processes still inside: {left})" if left else ""
+        stopped, left = row["processes_stopped"], row["processes_left_inside"]
+        extra = f"; stopped {len(stopped)} processes left inside: {stopped}" if stopped else ""
+        if left:
+            extra += f"; {len(left)} would not stop: {left}"
         print(plain(f"removed {row['name']} (owner pid {row['owner_pid']} gone): namespace, "
                     f"veth {row['veth']}, nftables table {row['table']}{extra}"))
     return 0

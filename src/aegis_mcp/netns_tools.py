@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 class NamespaceInfo(BaseModel):
     name: str = Field(description="The namespace, aegis-<supervisor pid>")
-    ours: bool = Field(description="False: named aegis-* but without aegis-mcp's state file, "
-                       "so never cleaned up by aegis-mcp")
+    ours: bool | None = Field(description="False: named aegis-* but without aegis-mcp's state "
+                              "file, so never cleaned up by aegis-mcp; None: unknown (the "
+                              "state is readable by root only, see note)")
     exists: bool = Field(description="The namespace itself is still mounted under /run/netns")
     owner_pid: int | None = Field(description="The supervisor that created it")
     alive: bool = Field(description="That supervisor is still running")
-    stale: bool = Field(description="Ours and its owner is gone: netmon_namespace_cleanup "
-                        "removes it")
+    stale: bool | None = Field(description="Ours and its owner is gone: "
+                               "netmon_namespace_cleanup removes it; None: unknown (not root)")
     subnet: str | None = None
     ns_addr: str | None = Field(None, description="The agent's address inside")
     host_addr: str | None = Field(None, description="The host end of the veth (gateway)")
@@ -28,9 +29,13 @@ class NamespaceInfo(BaseModel):
     table: str | None = Field(None, description="Its nftables table (family ip)")
     dns: str | None = Field(None, description="copy (host resolvers through NAT) or "
                             "dnat:<loopback resolver>")
+    host_access: bool | None = Field(None, description="True: the agent may reach the host's "
+                                     "own services (--netns-host-access); False: only the "
+                                     "internet, DNS and the forwarded loopback ports")
     age: float | None = Field(None, description="Seconds since it was created")
     log_path: str | None = Field(None, description="Its netmon JSONL log")
     capture_alive: bool | None = Field(None, description="Its capture helper is running")
+    note: str | None = Field(None, description="Why some fields are missing")
 
 
 class NamespaceList(BaseModel):
@@ -44,8 +49,11 @@ class RemovedNamespace(BaseModel):
     subnet: str
     veth: str
     table: str
+    processes_stopped: list[int] = Field(
+        description="Pids of the processes that were still running inside (an agent that "
+        "outlived its supervisor): stopped with SIGTERM, then SIGKILL")
     processes_left_inside: list[int] = Field(
-        description="Processes still in the namespace (they lost their network with it)")
+        description="Processes that would not stop (normally none): they lost their network")
 
 
 class CleanupResult(BaseModel):
@@ -67,9 +75,10 @@ def register(server: MCPServer) -> None:
 
     @server.tool()
     def netmon_namespace_cleanup() -> CleanupResult:
-        """Remove the stale aegis network namespaces (their supervisor died, e.g. killed)
-        with their veth, nftables table and /etc/netns directory. Requires root; live
-        namespaces and ones not created by aegis-mcp are never touched."""
+        """Remove the stale aegis network namespaces (their supervisor died, e.g. killed):
+        stop the processes still running inside, then remove the namespace with its veth,
+        nftables table and /etc/netns directory. Requires root; live namespaces and ones not
+        created by aegis-mcp are never touched."""
         import os
 
         from aegis_mcp import netns

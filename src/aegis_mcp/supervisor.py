@@ -444,6 +444,8 @@ class Supervisor:
             "netns": getattr(self.namespace, "name", None),
             # host loopback services reachable from inside the namespace, at the same address
             "netns_forwards": self.namespace.state.forwards if self.namespace else [],
+            # whether the agent may reach the host's own services (--netns-host-access)
+            "netns_host_access": self.namespace.state.host_access if self.namespace else None,
             "watch": self.opts.watch,
             "control_socket": str(self.control.path),
         }
@@ -591,12 +593,19 @@ class Supervisor:
                 (log_fd,) = fds_as_user(self.user, netmon.open_log, str(self.netmon_log))
                 try:
                     self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
-                                                  forwards=tuple(forwards.values()))
+                                                  forwards=tuple(forwards.values()),
+                                                  host_access=self.opts.netns_host_access)
                 finally:
                     os.close(log_fd)
                 self._say_forwards(forwards, unreachable)
-            elif self.opts.netns_forward:
-                say("--netns-forward is for --netmon=netns only: ignored")
+                if self.opts.netns_host_access:
+                    say("warning: --netns-host-access: the agent can reach every service of "
+                        "this machine, not only the internet, DNS and the forwarded ports")
+            else:
+                for flag, given in (("--netns-forward", self.opts.netns_forward),
+                                    ("--netns-host-access", self.opts.netns_host_access)):
+                    if given:
+                        say(f"{flag} is for --netmon=netns only: ignored")
             # Only now: pyroute2 made the namespace in forks of this process, which must not
             # copy a process with a second thread running (a lock it held stays locked there).
             self._start_watch()
