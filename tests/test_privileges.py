@@ -318,3 +318,18 @@ def test_as_user_drops_fully_and_brings_back_results_errors_and_fds(
     finally:
         os.close(fd)
         shutil.rmtree(tmp_path)
+
+
+def test_a_runtime_directory_the_user_cannot_reach_is_one_clear_line(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    closed = Path(tempfile.mkdtemp(prefix="aegis-closed-"))  # 0700 root: no way through
+    try:
+        env = {**sudo_world.env, "AEGIS_RUNTIME_DIR": str(closed / "run")}
+        out = subprocess.run([aegis_bin(), "fake"], env=env, capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL, cwd=sudo_world.root)
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert f"user {throwaway_user.pw_name} cannot reach {closed}/run" in out.stderr
+    assert sudo_world.starts() == []

@@ -342,17 +342,15 @@ def test_watch_restarts_an_agent_in_netns_mode(aegis_env: dict[str, str],
 
 @needs_root
 def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
-        aegis_env: dict[str, str], tmp_path: Path, throwaway_user: pwd.struct_passwd) -> None:
+        aegis_env: dict[str, str], tmp_path: Path, throwaway_user: pwd.struct_passwd,
+        shared_dir: Path) -> None:
     """kill -9 of the supervisor: its teardown never runs. `netns cleanup` stops the agent and
     its children still inside (here one that ignores SIGTERM), then removes the namespace."""
     import contextlib
     import time
 
     env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
-           "SUDO_GID": str(throwaway_user.pw_gid)}
-    runtime = Path(env["AEGIS_RUNTIME_DIR"])
-    runtime.mkdir(parents=True, exist_ok=True)
-    os.chown(runtime, throwaway_user.pw_uid, throwaway_user.pw_gid)
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
     sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sh", "-c",
                             "trap '' TERM; sleep 300 & echo started; wait"], env=env,
                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -101,7 +101,13 @@ def user_runtime_dir(user: User) -> Path:
         return Path(as_user(user, _ensure_private_dir_str, str(path)))
     except PermissionError:
         _root_makes_dir_for(path, user)
-    return Path(as_user(user, _ensure_private_dir_str, str(path)))
+    try:
+        return Path(as_user(user, _ensure_private_dir_str, str(path)))
+    except PermissionError:
+        raise AegisError(
+            f"user {user.name} cannot reach {path} (a directory on the way is closed to it), "
+            "and the agent's MCP server and network log live there: set AEGIS_RUNTIME_DIR to "
+            "a directory that user can reach, or leave it unset") from None
 
 
 def _ensure_private_dir_str(path: str) -> str:
