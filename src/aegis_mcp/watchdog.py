@@ -1,0 +1,250 @@
+"""The supervisor's watchdog: when the supervisor dies without its cleanup (`kill -9`, the OOM
+killer), it ends what the supervisor left running.
+
+The supervisor's own tree stop works only while it lives (it is the child subreaper of the
+agent's tree), and PR_SET_PDEATHSIG reaches only a direct child. So the supervisor starts this
+small process of its own identity (root under sudo) at setup, before any thread or the agent:
+a fresh `python -I -m aegis_mcp.watchdog` from `/` with a scrubbed environment, in a session of
+its own (a terminal hangup or a kill of the supervisor's process group does not reach it), with
+no fd of the supervisor but the read end of a pipe whose write end only the supervisor holds
+(O_CLOEXEC: the agent never inherits it). It blocks in read(): no polling, no CPU while idle.
+
+- The supervisor ends normally: it writes QUIT, and the watchdog exits without doing anything.
+- The supervisor dies: read() returns EOF, and the watchdog ends every process carrying the
+  supervisor's mark (AEGIS_SUPERVISOR_PID and AEGIS_CONTROL, see proctree.leftovers), minus
+  pool runners and their trees, which outlive the supervisor by design; in netns mode also every
+  process inside the namespace `aegis-<pid>`, and then removes the namespace. SIGTERM, the
+  supervisor's --restart-grace, SIGKILL; the mark (or the namespace) is checked again right
+  before each signal, so a reused pid is never signalled.
+
+A fresh Python rather than a fork of the supervisor: a fork would carry a copy of the
+supervisor's memory, fds and signal handlers into a process that lives as long as it does, and
+show up in `ps` as a second supervisor; the exec'd watchdog holds nothing of it, and the
+supervisor pays only for the spawn (the interpreter's start runs in the watchdog, in parallel;
+bench/bench_supervisor.py measures both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aegis_mcp.errors import AegisError
+
+if TYPE_CHECKING:
+    import psutil
+
+QUIT = b"q"
+"""What the supervisor writes before it closes the pipe on a normal exit."""
+STOP_WAIT = 2.0
+"""How long a normal exit of the supervisor waits for the watchdog to go."""
+KILL_ROUNDS = 20
+"""SIGKILL sweeps after the grace: a leftover may still fork while it is being killed."""
+
+
+class Watchdog:
+    """The supervisor's handle on its watchdog."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], write_fd: int) -> None:
+        self._proc = proc
+        self._fd = write_fd
+
+    @classmethod
+    def start(cls, supervisor_pid: int, control: Path, grace: float, netns: bool = False
+              ) -> Watchdog:
+        """Start the watchdog of this supervisor (before any thread and before the agent);
+        `netns`: the supervisor runs the agent in namespace `aegis-<supervisor_pid>`."""
+        from aegis_mcp.launch import python_command, root_env
+
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        args = ["--fd", str(read_fd), "--supervisor-pid", str(supervisor_pid),
+                "--control", str(control), "--grace", f"{grace:g}"]
+        try:
+            proc = subprocess.Popen(
+                python_command("aegis_mcp.watchdog", *args, *(["--netns"] if netns else []),
+                               root_side=True),
+                env=root_env(), cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(read_fd,), close_fds=True,
+                start_new_session=True)
+        except OSError as exc:
+            os.close(write_fd)
+            raise AegisError(f"cannot start the watchdog: {exc.strerror or exc}") from None
+        finally:
+            os.close(read_fd)
+        return cls(proc, write_fd)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The watchdog's pid while it runs: the supervisor's tree stops leave it alone."""
+        if self._proc.poll() is not None:
+            return ()
+        return (self._proc.pid,)
+
+    def stop(self) -> None:
+        """A normal end of the supervisor (its own cleanup done): the watchdog goes quietly."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._fd, QUIT)
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            self._proc.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The watchdog process.
+
+
+def _wait_for_supervisor(fd: int) -> bool:
+    """Block until the supervisor ends; True when it died (EOF without QUIT)."""
+    try:
+        return os.read(fd, 1) != QUIT
+    except OSError:
+        return True
+
+
+Target = tuple["psutil.Process", Callable[["psutil.Process"], bool]]
+"""A process to end, and the check that it is still one of ours (asked before each signal)."""
+
+
+def _targets(mark: tuple[int, str], namespace: tuple[int, int] | None) -> list[Target]:
+    from aegis_mcp import proctree
+
+    found: dict[int, Target] = {
+        proc.pid: (proc, lambda p: proctree.still_marked(p, mark))
+        for proc in proctree.leftovers(lambda m: m == mark).get(mark, [])}
+    if namespace is not None:
+        for proc in _processes_inside(namespace):
+            found.setdefault(proc.pid, (proc, lambda p: _inside(p, namespace)))
+    return list(found.values())
+
+
+def _signal(targets: list[Target], sig: int) -> list[psutil.Process]:
+    import psutil
+
+    sent = []
+    for proc, ours in targets:
+        if not ours(proc):
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)  # psutil refuses a pid reused since `proc` was made
+            if sig == signal.SIGTERM:
+                proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            sent.append(proc)
+    return sent
+
+
+def _gone(proc: psutil.Process) -> bool:
+    import psutil
+
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _settle(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait up to `timeout` for `procs` to end (zombies count as ended: init reaps them, or
+    not; they hold nothing)."""
+    deadline = time.monotonic() + timeout
+    while any(not _gone(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def end_leftovers(mark: tuple[int, str], grace: float, netns: str | None = None) -> int:
+    """SIGTERM what the supervisor of `mark` left, wait up to `grace`, SIGKILL what is still
+    there (and what appeared meanwhile); then remove its namespace. How many got a signal."""
+    namespace = _namespace_id(netns) if netns is not None else None
+    first = _signal(_targets(mark, namespace), signal.SIGTERM)
+    _settle(first, grace)
+    signalled = {p.pid for p in first}
+    for _ in range(KILL_ROUNDS):
+        left = _signal(_targets(mark, namespace), signal.SIGKILL)
+        if not left:
+            break
+        signalled.update(p.pid for p in left)
+        _settle(left, 1.0)
+    if netns is not None:
+        _remove_namespace(netns)
+    return len(signalled)
+
+
+# In netns mode. These stand in for netns.stop_processes_inside(name) and the one-namespace
+# cleanup that netns.py is getting; switch to those when both are in.
+
+
+def _namespace_id(name: str) -> tuple[int, int] | None:
+    from aegis_mcp import netns
+
+    try:
+        st = os.stat(netns.NETNS_RUN / name)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(proc: psutil.Process, namespace: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(f"/proc/{proc.pid}/ns/net")
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == namespace and not _gone(proc)
+
+
+def _processes_inside(namespace: tuple[int, int]) -> list[psutil.Process]:
+    import psutil
+
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid != me and _inside(proc, namespace):
+            found.append(proc)
+    return found
+
+
+def _remove_namespace(name: str) -> None:
+    from aegis_mcp import netns
+
+    for state in netns._states():
+        if state.name == name and not netns._alive(state.owner_pid, state.owner_start):
+            netns._stop_process(state.capture_pid, state.capture_start)
+            netns._remove(state)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aegis_mcp.watchdog", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--supervisor-pid", type=int, required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--grace", type=float, default=3.0)
+    parser.add_argument("--netns", action="store_true",
+                        help="the supervisor's agent runs in namespace aegis-<supervisor pid>")
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    if not _wait_for_supervisor(args.fd):
+        return 0
+    namespace = None
+    if args.netns:
+        from aegis_mcp import netns
+
+        namespace = f"{netns.PREFIX}{args.supervisor_pid}"
+    end_leftovers((args.supervisor_pid, args.control), args.grace, namespace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
