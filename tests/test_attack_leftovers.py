@@ -263,3 +263,63 @@ def test_under_sudo_in_netns_mode_kill_9_leaves_nothing_inside_and_no_namespace(
                             capture_output=True, text=True, timeout=60)
     assert name not in [r["name"] for r in json.loads(listed.stdout)["namespaces"]]
     still_works(sudo_world, "--netmon=netns")
+
+
+def test_the_sweep_ends_only_its_supervisors_marked_processes_and_rechecks_before_a_signal(
+        tmp_path: Path) -> None:
+    import sys
+
+    from aegis_mcp import proctree, watchdog
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mark = (dead.pid, str(tmp_path / f"supervisor-{dead.pid}.sock"))
+    env = {**os.environ, "AEGIS_SUPERVISOR_PID": str(mark[0]), "AEGIS_CONTROL": mark[1]}
+    env.pop("AEGIS_POOL_RUNNER", None)
+    runner_code = ("import os, subprocess, sys, time\n"
+                   "env = {k: v for k, v in os.environ.items() if k != 'AEGIS_POOL_RUNNER'}\n"
+                   "child = subprocess.Popen(['sleep', '120'], env=env)\n"
+                   "print(child.pid, flush=True)\n"
+                   "time.sleep(120)\n")
+    procs = {
+        "marked": subprocess.Popen(["sleep", "120"], env=env),
+        "stubborn": subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 120 & wait"], env=env),
+        "another supervisor's": subprocess.Popen(
+            ["sleep", "120"], env={**env, "AEGIS_CONTROL": mark[1] + ".other"}),
+        "unmarked": subprocess.Popen(["sleep", "120"]),
+        "pool runner": subprocess.Popen([sys.executable, "-c", runner_code],
+                                        env={**env, "AEGIS_POOL_RUNNER": "a1"},
+                                        stdout=subprocess.PIPE, text=True),
+        # Marked when the sweep looks, then the same pid becomes something else (as a reused
+        # pid would): it must not be signalled.
+        "changeling": subprocess.Popen(
+            ["sh", "-c", "read line; exec env -u AEGIS_SUPERVISOR_PID sleep 120"], env=env,
+            stdin=subprocess.PIPE),
+    }
+    runner_out = procs["pool runner"].stdout
+    assert runner_out is not None
+    runner_child = int(runner_out.readline())
+    try:
+        found = {p.pid for p in proctree.leftovers(lambda m: m == mark).get(mark, [])}
+        assert found == {procs[k].pid for k in ("marked", "stubborn", "changeling")} | {
+            p.pid for p in psutil.Process(procs["stubborn"].pid).children()}
+        targets = watchdog._targets(mark, None)
+        stdin = procs["changeling"].stdin
+        assert stdin is not None
+        stdin.write(b"go\n")
+        stdin.close()
+        wait_for(lambda: "AEGIS_SUPERVISOR_PID" not in
+                 psutil.Process(procs["changeling"].pid).environ(), 30, "the exec")
+        assert procs["changeling"].pid not in {p.pid for p in watchdog._signal(targets, 0)}
+        assert watchdog.end_leftovers(mark, grace=0.5) == 3  # sleep, sh, its sleep
+        for name in ("marked", "stubborn"):
+            assert procs[name].wait(GONE_WITHIN) is not None
+        for name in ("another supervisor's", "unmarked", "pool runner", "changeling"):
+            assert procs[name].poll() is None, f"{name} was signalled"
+        assert pid_alive(runner_child)  # a pool runner's tree is spared, marked or not
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+        if pid_alive(runner_child):
+            os.kill(runner_child, signal.SIGKILL)
