@@ -300,6 +300,8 @@ def test_the_sweep_ends_only_its_supervisors_marked_processes_and_rechecks_befor
     assert runner_out is not None
     runner_child = int(runner_out.readline())
     try:
+        wait_for(lambda: psutil.Process(procs["stubborn"].pid).children(), 30,
+                 "the stubborn shell's child")
         found = {p.pid for p in proctree.leftovers(lambda m: m == mark).get(mark, [])}
         assert found == {procs[k].pid for k in ("marked", "stubborn", "changeling")} | {
             p.pid for p in psutil.Process(procs["stubborn"].pid).children()}
