@@ -107,7 +107,6 @@ class Watchdog:
             self._proc.wait()
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The sweep, once the supervisor is dead.
 
