@@ -23,6 +23,10 @@ MAX_REQUEST = 64 * 1024
 SOCKET_PREFIX = "supervisor-"
 
 
+class NoSupervisorError(AegisError):
+    """Nobody listens on the socket (gone, or a stale file of a dead supervisor)."""
+
+
 def socket_path(runtime: Path, pid: int) -> Path:
     return runtime / f"{SOCKET_PREFIX}{pid}.sock"
 
@@ -142,9 +146,10 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 5.0) -> 
                 break
             data += chunk
     except FileNotFoundError:
-        raise AegisError(f"no supervisor at {path} (it has exited)") from None
+        raise NoSupervisorError(f"no supervisor at {path} (it has exited)") from None
     except ConnectionRefusedError:
-        raise AegisError(f"the supervisor at {path} is not running (stale socket)") from None
+        raise NoSupervisorError(f"the supervisor at {path} is not running (stale socket)") \
+            from None
     except PermissionError:
         raise AegisError(f"not allowed to talk to the supervisor at {path}") from None
     except TimeoutError:
@@ -174,13 +179,16 @@ def pid_running(pid: int) -> bool:
     return True
 
 
-def live_sockets(runtime: Path) -> list[tuple[int, Path]]:
-    """(pid, path) of the supervisor sockets in `runtime` whose supervisor is alive."""
+def sockets(runtime: Path) -> list[tuple[int, Path]]:
+    """(pid, path) of every supervisor socket in `runtime`, its supervisor alive or not."""
     found = []
     for path in sorted(runtime.glob(f"{SOCKET_PREFIX}*.sock")):
         pid_text = path.name[len(SOCKET_PREFIX) : -len(".sock")]
-        if not pid_text.isdigit():
-            continue
-        if pid_running(int(pid_text)):
+        if pid_text.isdigit():
             found.append((int(pid_text), path))
     return found
+
+
+def live_sockets(runtime: Path) -> list[tuple[int, Path]]:
+    """(pid, path) of the supervisor sockets in `runtime` whose supervisor is alive."""
+    return [(pid, path) for pid, path in sockets(runtime) if pid_running(pid)]

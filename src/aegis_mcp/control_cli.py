@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aegis_mcp import control
+from aegis_mcp import control, proctree
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import control_dirs
 
@@ -36,7 +36,8 @@ def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None
             "List the aegis-mcp supervisors running for you (one per `aegis-mcp <agent>` "
             "terminal): supervisor pid, agent, agent pid, restart count, uptime, last restart "
             "reason, network monitoring mode and working directory. Use a pid with "
-            "`aegis-mcp restart --pid`.")
+            "`aegis-mcp restart --pid`. Supervisors that died without cleaning up are listed "
+            "as stale, with the processes they left running (pid, command).")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -84,15 +85,48 @@ def wait_for_restart(path: Path, count: int, timeout: float) -> dict[str, Any]:
 
 
 def supervisors() -> list[dict[str, Any]]:
-    rows = []
-    for _pid, path in _live_sockets():
+    """A row per supervisor: the status of each live one (`stale: false`), then one per dead
+    supervisor whose socket is left or whose marked processes still run (`stale: true`, with
+    `leftovers`: the processes carrying its mark, which outlived it)."""
+    dirs = control_dirs()
+    rows: list[dict[str, Any]] = []
+    answering: set[str] = set()  # live, or alive but not answering: not stale
+    stale: dict[str, int] = {}
+    for pid, path in (found for runtime in dirs for found in control.sockets(runtime)):
+        if not control.pid_running(pid):
+            stale[str(path)] = pid
+            continue
         try:
             answer = control.request(path, {"op": "status"}, timeout=2)
-        except AegisError:
+        except control.NoSupervisorError:
+            stale[str(path)] = pid  # its pid now belongs to another process
             continue
+        except AegisError:
+            answering.add(str(path))
+            continue
+        answering.add(str(path))
         if answer.get("ok"):
-            rows.append(answer["status"])
+            rows.append({**answer["status"], "stale": False})
+    roots = {str(d) for d in dirs} | {str(d.resolve()) for d in dirs}
+    left = proctree.leftovers(lambda mark: mark[1] not in answering
+                              and str(Path(mark[1]).parent) in roots)
+    for pid, path in left:
+        stale.setdefault(path, pid)
+    for path, pid in sorted(stale.items(), key=lambda item: item[1]):
+        procs = left.get((pid, path), [])
+        rows.append({"supervisor_pid": pid, "control_socket": path, "stale": True,
+                     "leftovers": [_describe(p) for p in sorted(procs, key=lambda p: p.pid)]})
     return rows
+
+
+def _describe(proc: Any) -> dict[str, Any]:
+    import psutil
+
+    try:
+        command = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        command = "?"
+    return {"pid": proc.pid, "command": command}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,15 +160,49 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print("no aegis-mcp supervisors running", file=sys.stderr)
         return 0
+    _print_rows(rows)
+    return 0
+
+
+def _short(command: str, width: int = 100) -> str:
+    flat = " ".join(command.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    # Every cell is display.text: a restart reason or a path is untrusted, never Rich markup
+    # and never a terminal escape.
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("pid", "agent", "agent pid", "restarts", "up", "last restart", "netmon",
-                  "cwd")
-    for row in rows:
-        up = time.strftime("%H:%M:%S", time.gmtime(row["supervisor_uptime_s"]))
-        table.add_row(str(row["supervisor_pid"]), row["agent"], str(row["agent_pid"] or "-"),
-                      str(row["restart_count"]), up, row["last_restart_reason"] or "-",
-                      row["netmon_mode"] or "off", row["cwd"])
-    Console().print(table)
-    return 0
+    from aegis_mcp.display import text as Text
+
+    console = Console()
+    live = [r for r in rows if not r["stale"]]
+    if live:
+        table = Table("pid", "agent", "agent pid", "restarts", "up", "last restart", "netmon",
+                      "cwd")
+        for row in live:
+            up = time.strftime("%H:%M:%S", time.gmtime(row["supervisor_uptime_s"]))
+            table.add_row(*(Text(str(cell)) for cell in (
+                row["supervisor_pid"], row["agent"], row["agent_pid"] or "-",
+                row["restart_count"], up, row["last_restart_reason"] or "-",
+                row["netmon_mode"] or "off", row["cwd"])))
+        console.print(table)
+    stale = [r for r in rows if r["stale"]]
+    if not stale:
+        return
+    table = Table(title=Text("stale: supervisors that died without cleaning up"))
+    table.add_column("pid", no_wrap=True)
+    table.add_column("control socket", overflow="fold", min_width=16)
+    table.add_column("left running", no_wrap=True)
+    table.add_column("command", overflow="fold", min_width=16)
+    for row in stale:
+        first = [Text(str(row["supervisor_pid"])), Text(row["control_socket"])]
+        for proc in row["leftovers"] or [{"pid": "-", "command": "-"}]:
+            table.add_row(*first, Text(str(proc["pid"])), Text(_short(proc["command"])))
+            first = [Text(""), Text("")]
+    console.print(table)
+    pids = " ".join(str(p["pid"]) for r in stale for p in r["leftovers"])
+    if pids:
+        console.print(Text(f"end what they left with: kill {pids}"))

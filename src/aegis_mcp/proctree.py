@@ -1,11 +1,15 @@
-"""Stopping an agent's whole process tree.
+"""Stopping an agent's whole process tree, and finding what a dead supervisor left.
 
 The supervisor is a child subreaper (PR_SET_CHILD_SUBREAPER): a process the agent started that
 double-forked away from its parent is re-parented to the supervisor instead of init, so "every
 descendant of the supervisor" is the agent's tree, however it detached. Helpers the supervisor
-starts itself (the netns capture) are excluded by pid, and the agent pool's runners (marked by
-`AEGIS_POOL_RUNNER` in their environment) are excluded with their trees: background agents
-outlive hot-reloads and the supervisor.
+starts itself (the netns capture, the watchdog) are excluded by pid, and the agent pool's
+runners (marked by `AEGIS_POOL_RUNNER` in their environment) are excluded with their trees:
+background agents outlive hot-reloads and the supervisor.
+
+Once the supervisor is dead its tree is gone (the orphans went to init), so what it left is
+found by the mark every process of the agent's tree inherits: `AEGIS_SUPERVISOR_PID` and
+`AEGIS_CONTROL` in its environment (`leftovers`), again minus pool runners and their trees.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ def set_child_subreaper(on: bool = True) -> None:
 
 
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
+SUPERVISOR_PID_MARK = "AEGIS_SUPERVISOR_PID"
+CONTROL_MARK = "AEGIS_CONTROL"
+
+Mark = tuple[int, str]
+"""(supervisor pid, control socket path): whose agent tree a process belongs to."""
 
 
 def _is_pool_runner(proc: psutil.Process) -> bool:
@@ -147,3 +156,64 @@ def stop_tree(
         if agent_pgid is not None:
             killpg(agent_pgid, signal.SIGKILL)
         settle(lambda: not tree(exclude) and not agent_alive(), 1.0)
+
+
+def mark_of(env: dict[str, str]) -> Mark | None:
+    """The supervisor mark in a process's environment, if it has one (both variables: the pid
+    alone is reused; the socket path names the supervisor's runtime directory too)."""
+    pid, path = env.get(SUPERVISOR_PID_MARK, ""), env.get(CONTROL_MARK, "")
+    if not pid.isdigit() or not path:
+        return None
+    return int(pid), path
+
+
+def leftovers(wanted: Callable[[Mark], bool]) -> dict[Mark, list[psutil.Process]]:
+    """The live processes whose mark `wanted` picks, by mark; pool runners and their
+    descendants, zombies and this process are left out. Processes whose environment we may not
+    read (another uid, when not root) are not seen."""
+    import psutil
+
+    parent: dict[int, int] = {}
+    runners: set[int] = set()
+    marked: dict[int, tuple[Mark, psutil.Process]] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["ppid", "status"]):
+        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        parent[proc.pid] = proc.info["ppid"]
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if POOL_RUNNER_MARK in env:
+            runners.add(proc.pid)
+        elif (mark := mark_of(env)) is not None and wanted(mark):
+            marked[proc.pid] = (mark, proc)
+    found: dict[Mark, list[psutil.Process]] = {}
+    for pid, (mark, proc) in marked.items():
+        if not _under(pid, runners, parent):
+            found.setdefault(mark, []).append(proc)
+    return found
+
+
+def _under(pid: int, ancestors: set[int], parent: dict[int, int]) -> bool:
+    for _ in range(4096):  # a pid chain is far shorter; bounded against a ppid loop in a race
+        pid = parent.get(pid, 0)
+        if pid <= 1:
+            return False
+        if pid in ancestors:
+            return True
+    return False
+
+
+def still_marked(proc: psutil.Process, mark: Mark) -> bool:
+    """Whether `proc` is still the same live process with `mark` and not a pool runner: asked
+    again right before each signal, so a pid reused meanwhile is never signalled."""
+    import psutil
+
+    try:
+        env = proc.environ()
+        return (proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+                and mark_of(env) == mark and POOL_RUNNER_MARK not in env)
+    except psutil.Error:
+        return False

@@ -49,6 +49,7 @@ from aegis_mcp.profiles import (
 from aegis_mcp.ptyrelay import PtyRelay
 from aegis_mcp.signals import SignalInbox
 from aegis_mcp.terminal import Terminal
+from aegis_mcp.watchdog import Watchdog
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
@@ -119,6 +120,7 @@ class Supervisor:
     injection: injection.Injection | None = None
     relay: PtyRelay | None = None
     """The agent's own terminal, while one is relayed (see _uses_pty)."""
+    watchdog: Watchdog | None = None
     _netmon_seen: tuple[int, int] = (0, 0)
     _netmon_next: float = 0.0
 
@@ -146,6 +148,11 @@ class Supervisor:
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
         self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
                                              allowed, self.user)
+        try:  # now: before any thread and the agent, after what can fail
+            self.watchdog = Watchdog.start(self.pid, self.control.path, self.opts.restart_grace,
+                                           netns=self.netmon_mode == "netns")
+        except AegisError as exc:
+            say(f"{exc}: a kill -9 of aegis-mcp would leave the agent running")
         self.terminal = Terminal.from_stdin()
         self.selector = selectors.DefaultSelector()
         self.inbox = SignalInbox((*_FORWARDED, *_SHUTDOWN, signal.SIGWINCH),
@@ -452,11 +459,16 @@ class Supervisor:
 
     # -- restart and shutdown -----------------------------------------------------------------
 
+    def _helper_pids(self) -> tuple[int, ...]:
+        """The supervisor's own children that are not the agent's (capture, watchdog)."""
+        return (*getattr(self.namespace, "helper_pids", ()),
+                *(self.watchdog.pids if self.watchdog else ()))
+
     def _stop_agent(self, first_signal: int = signal.SIGINT) -> None:
         run = self.run
         proctree.stop_tree(
             run.pgid if run else None, self._agent_alive, self._wait,
-            self.opts.restart_grace, exclude=getattr(self.namespace, "helper_pids", ()),
+            self.opts.restart_grace, exclude=self._helper_pids(),
             log=say, first_signal=first_signal, interrupts=self.profile.interrupts)
 
     def _stop_and_reclaim(self) -> None:
@@ -633,7 +645,7 @@ class Supervisor:
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_IGN)
         with contextlib.suppress(Exception):
-            if self._agent_alive() or proctree.tree(getattr(self.namespace, "helper_pids", ())):
+            if self._agent_alive() or proctree.tree(self._helper_pids()):
                 self._stop_agent(signal.SIGTERM)
         self._watch_stop.set()
         with contextlib.suppress(Exception):
@@ -648,6 +660,8 @@ class Supervisor:
         self._refresh_netmon()
         self.control.close()
         self.inbox.close()
+        if self.watchdog is not None:  # last: a kill -9 during the cleanup above is covered
+            self.watchdog.stop()
 
 
 def loopback_forwards(env: dict[str, str], ports: list[int]
