@@ -305,7 +305,7 @@ def test_the_sweep_ends_only_its_supervisors_marked_processes_and_rechecks_befor
         found = {p.pid for p in proctree.leftovers(lambda m: m == mark).get(mark, [])}
         assert found == {procs[k].pid for k in ("marked", "stubborn", "changeling")} | {
             p.pid for p in psutil.Process(procs["stubborn"].pid).children()}
-        targets = watchdog._targets(mark, None)
+        targets = watchdog._targets(mark)
         stdin = procs["changeling"].stdin
         assert stdin is not None
         stdin.write(b"go\n")
