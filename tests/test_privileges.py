@@ -333,3 +333,22 @@ def test_a_runtime_directory_the_user_cannot_reach_is_one_clear_line(
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert f"user {throwaway_user.pw_name} cannot reach {closed}/run" in out.stderr
     assert sudo_world.starts() == []
+
+
+def test_the_agents_environment_is_the_users_not_roots(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    env = {**sudo_world.env, "MAIL": "/var/mail/root", "XDG_CONFIG_HOME": "/root/.config",
+           "PYTHONSTARTUP": "/root/.pythonrc", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/x",
+           "PATH": f"/root/.local/bin:{sudo_world.env['PATH']}:/root/bin",
+           "MY_API_BASE": "http://127.0.0.1:9"}
+    out = subprocess.run([aegis_bin(), "--no-inject-mcp", "--", "env"], env=env,
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                         cwd=sudo_world.root)
+    assert out.returncode == 0, out.stderr
+    seen = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    assert seen["MAIL"] == f"/var/mail/{throwaway_user.pw_name}"
+    assert seen["HOME"] == throwaway_user.pw_dir and seen["USER"] == throwaway_user.pw_name
+    assert not any(p == "/root" or p.startswith("/root/") for p in seen["PATH"].split(":"))
+    for gone in ("XDG_CONFIG_HOME", "PYTHONSTARTUP", "DBUS_SESSION_BUS_ADDRESS", "SUDO_UID"):
+        assert gone not in seen
+    assert seen["MY_API_BASE"] == "http://127.0.0.1:9"  # what the user passed on stays
