@@ -20,6 +20,24 @@ T = TypeVar("T")
 SYSCTLS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
 
 
+def pids_in(inode: os.stat_result) -> list[int]:
+    """The live (not zombie) processes in the network namespace whose file (/run/netns/NAME)
+    had this stat: it names the namespace even after the file is gone."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if (st.st_dev, st.st_ino) != (inode.st_dev, inode.st_ino):
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        pids.append(int(entry))
+    return pids
+
+
 def host_snapshot() -> dict[str, Any]:
     """What a namespace may change on the host; teardown/cleanup must restore all of it."""
 

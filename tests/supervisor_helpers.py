@@ -56,6 +56,14 @@ class FakeAgentWorld:
         return child
 
 
+def fake_world(root: Path, env: dict[str, str], **extra: str) -> FakeAgentWorld:
+    """The fake agent's world under `root`, with the fake profile in env's AEGIS_CONFIG."""
+    state = root / "agent-state"
+    state.mkdir()
+    Path(env["AEGIS_CONFIG"]).write_text(fake_profile())
+    return FakeAgentWorld(root, state, {**env, "FAKE_AGENT_STATE": str(state), **extra})
+
+
 def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -23,7 +23,8 @@ import pytest
 
 from tests import test_privileges
 from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.supervisor_helpers import FakeAgentWorld, fake_profile, pid_alive, wait_for
+from tests.netns_helpers import pids_in
+from tests.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
 
 sudo_world = test_privileges.sudo_world
 
@@ -37,10 +38,7 @@ GONE_WITHIN = 30.0
 
 @pytest.fixture
 def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    state = tmp_path / "agent-state"
-    state.mkdir()
-    Path(aegis_env["AEGIS_CONFIG"]).write_text(fake_profile())
-    return FakeAgentWorld(tmp_path, state, {**aegis_env, "FAKE_AGENT_STATE": str(state)})
+    return fake_world(tmp_path, aegis_env)
 
 
 class Session:
@@ -220,24 +218,6 @@ def test_under_sudo_kill_9_ends_the_users_agent_tree_and_the_agent_cannot_stop_t
     still_works(sudo_world, "--netmon=preload")
 
 
-def _namespace_inode(name: str) -> tuple[int, int]:
-    st = os.stat(f"/run/netns/{name}")
-    return st.st_dev, st.st_ino
-
-
-def _inside(namespace: tuple[int, int]) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                st = os.stat(f"/proc/{entry}/ns/net")
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == namespace and pid_alive(int(entry)):
-                pids.append(int(entry))
-    return pids
-
-
 def _namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                           timeout=30).stdout
@@ -250,15 +230,15 @@ def test_under_sudo_in_netns_mode_kill_9_leaves_nothing_inside_and_no_namespace(
                       "--behaviour", TREE)
     sessions.append(session)
     name = f"aegis-{session.supervisor.pid}"
-    namespace = _namespace_inode(name)
-    inside = _inside(namespace)
+    namespace = os.stat(f"/run/netns/{name}")
+    inside = pids_in(namespace)
     assert set(session.tree) <= set(inside) and session.runner in inside
     os.kill(session.supervisor.pid, signal.SIGKILL)
     # Inside the namespace the pool runner goes too: its network goes with the namespace.
     wait_gone(inside, "the processes inside the namespace")
     wait_for(lambda: name not in _namespaces(), GONE_WITHIN, f"namespace {name} to be removed")
     wait_gone([session.watchdog.pid], "the watchdog, its work done")
-    assert _inside(namespace) == []
+    assert pids_in(namespace) == []
     listed = subprocess.run([aegis_bin(), "netns", "list", "--json"], env=sudo_world.env,
                             capture_output=True, text=True, timeout=60)
     assert name not in [r["name"] for r in json.loads(listed.stdout)["namespaces"]]

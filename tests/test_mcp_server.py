@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mcp import Client
 
 from tests.mcp_helpers import call, text, with_client
-from tests.supervisor_helpers import FakeAgentWorld, fake_profile
+from tests.supervisor_helpers import FakeAgentWorld, fake_world
 
 SPEC_TOOLS = {
     "restart_claude", "server_status", "agent_spawn", "agent_list", "agent_status",
@@ -25,10 +25,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture
 def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    state = tmp_path / "agent-state"
-    state.mkdir()
-    Path(aegis_env["AEGIS_CONFIG"]).write_text(fake_profile())
-    return FakeAgentWorld(tmp_path, state, {**aegis_env, "FAKE_AGENT_STATE": str(state)})
+    return fake_world(tmp_path, aegis_env)
 
 
 def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str, str]) -> None:

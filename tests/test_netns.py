@@ -34,6 +34,7 @@ from tests.netns_helpers import (
     UdpEcho,
     host_snapshot,
     normalise,
+    pids_in,
     read_events,
     wait_for,
 )
@@ -445,17 +446,6 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
             bystander.kill()
             bystander.wait()
     assert normalise(host_snapshot()) == before
-
-
-def pids_in(inode: os.stat_result) -> list[int]:
-    """The processes (not zombies) in the network namespace whose file had this stat."""
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            st = os.stat(f"/proc/{entry}/ns/net")
-            if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
-                pids.append(int(entry))
-    return pids
 
 
 def wait_for_pids(inode: os.stat_result, n: int, timeout: float = 10) -> list[int]:

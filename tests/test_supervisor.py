@@ -18,7 +18,7 @@ from aegis_mcp import control
 from tests.conftest import aegis_bin
 from tests.supervisor_helpers import (
     FakeAgentWorld,
-    fake_profile,
+    fake_world,
     inotify_watches,
     pid_alive,
     wait_for,
@@ -27,11 +27,7 @@ from tests.supervisor_helpers import (
 
 @pytest.fixture
 def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    state = tmp_path / "agent-state"
-    state.mkdir()
-    Path(aegis_env["AEGIS_CONFIG"]).write_text(fake_profile())
-    env = {**aegis_env, "FAKE_AGENT_STATE": str(state), "CLAUDECODE": "1"}
-    return FakeAgentWorld(tmp_path, state, env)
+    return fake_world(tmp_path, aegis_env, CLAUDECODE="1")
 
 
 def socket_of(world: FakeAgentWorld) -> Path:

@@ -19,6 +19,7 @@ import pytest
 
 from aegis_mcp import netmon
 from tests.conftest import aegis_bin
+from tests.netns_helpers import pids_in
 from tests.supervisor_helpers import inotify_watches, wait_for
 
 AGENT = """
@@ -346,7 +347,6 @@ def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
         shared_dir: Path) -> None:
     """kill -9 of the supervisor: its teardown never runs. `netns cleanup` stops the agent and
     its children still inside (here one that ignores SIGTERM), then removes the namespace."""
-    import contextlib
     import time
 
     env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
@@ -361,13 +361,7 @@ def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
         inode = os.stat(f"/run/netns/{name}")
 
         def inside() -> list[int]:
-            pids = []
-            for entry in filter(str.isdigit, os.listdir("/proc")):
-                with contextlib.suppress(OSError):
-                    st = os.stat(f"/proc/{entry}/ns/net")
-                    if (st.st_dev, st.st_ino) == (inode.st_dev, inode.st_ino):
-                        pids.append(int(entry))
-            return pids
+            return pids_in(inode)
 
         assert len(inside()) >= 2  # the agent's shell and its sleep
         sup.kill()
