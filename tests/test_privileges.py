@@ -352,3 +352,36 @@ def test_the_agents_environment_is_the_users_not_roots(
     for gone in ("XDG_CONFIG_HOME", "PYTHONSTARTUP", "DBUS_SESSION_BUS_ADDRESS", "SUDO_UID"):
         assert gone not in seen
     assert seen["MY_API_BASE"] == "http://127.0.0.1:9"  # what the user passed on stays
+
+
+def test_a_squatted_tmp_runtime_directory_is_refused_with_what_to_do(
+        throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> None:
+    """Another user made /tmp/aegis-mcp-<uid> first (the /tmp fallback of a user without
+    /run/user/<uid>): it is never used, and the message says what the victim can do."""
+    uid, gid = throwaway_user.pw_uid, throwaway_user.pw_gid
+    squatted = runtime_base(uid)
+    assert squatted.parent == Path("/tmp")
+    shutil.rmtree(squatted, ignore_errors=True)
+    nobody = pwd.getpwnam("nobody")
+    subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                    "--clear-groups", "mkdir", "-m", "0777", str(squatted)], check=True)
+    env = {k: v for k, v in aegis_env.items()
+           if k not in ("AEGIS_RUNTIME_DIR", "XDG_RUNTIME_DIR", "SUDO_UID")}
+    env.update(HOME=throwaway_user.pw_dir, USER=throwaway_user.pw_name)
+
+    def ps(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([aegis_bin(), "ps"], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60, cwd="/", user=uid, group=gid)
+
+    own = Path(throwaway_user.pw_dir) / "aegis-run"
+    try:
+        out = ps({})
+        assert out.returncode == 1 and out.stderr.count("\n") == 1
+        assert f"{squatted} belongs to uid {nobody.pw_uid}" in out.stderr
+        assert "set AEGIS_RUNTIME_DIR to a directory of your own" in out.stderr
+        assert list(squatted.iterdir()) == []  # nothing of the victim's went in there
+        fixed = ps({"AEGIS_RUNTIME_DIR": str(own)})  # what the message says: it works
+        assert fixed.returncode == 0, fixed.stderr
+    finally:
+        shutil.rmtree(squatted, ignore_errors=True)
+        shutil.rmtree(own, ignore_errors=True)
