@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.private_net import PrivateLoopback
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -80,3 +82,20 @@ def throwaway_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", name], check=False)
         subprocess.run(["groupdel", f"{name}x"], check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def project(throwaway_user: pwd.struct_passwd) -> Iterator[Path]:
+    """A project directory the throwaway user owns, for a real agent CLI run as that user."""
+    path = Path(tempfile.mkdtemp(prefix="aegis-project-"))
+    os.chmod(path, 0o755)
+    os.chown(path, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture
+def net() -> Iterator[PrivateLoopback]:
+    """A loopback-only network namespace of the test's own, for real agent CLIs."""
+    with PrivateLoopback() as private:
+        yield private

@@ -9,13 +9,10 @@ import json
 import os
 import pwd
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
@@ -26,21 +23,6 @@ from tests.tui import Screen
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user
-
-
-@pytest.fixture
-def project(throwaway_user: pwd.struct_passwd) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="aegis-claude-"))
-    os.chmod(path, 0o755)
-    os.chown(path, throwaway_user.pw_uid, throwaway_user.pw_gid)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-@pytest.fixture
-def net() -> Iterator[PrivateLoopback]:
-    with PrivateLoopback() as private:
-        yield private
 
 
 def sudo_env(api: FakeAnthropic, user: pwd.struct_passwd, cwd: Path,
