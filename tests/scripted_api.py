@@ -7,6 +7,7 @@ requests take a reply and how a reply is encoded, and may answer the other reque
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -67,7 +68,7 @@ class ScriptedAPI:
 
     def __enter__(self) -> Self:
         def create() -> ThreadingHTTPServer:
-            return ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+            return _QuietServer(("127.0.0.1", 0), _make_handler(self))
 
         self._server = self._bind(create) if self._bind else create()
         self._server.daemon_threads = True
@@ -135,6 +136,15 @@ class ScriptedAPI:
             self._released.wait(120)
             reply = self.default_text
         return (200, *self.encode(request.path, request.body, reply))
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # An agent killed mid-turn (a restart) closes its connection before its held answer
+        # goes out: expected, not worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def _make_handler(api: ScriptedAPI) -> type[BaseHTTPRequestHandler]:
