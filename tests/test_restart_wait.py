@@ -5,6 +5,7 @@ this agent, and only the current start's MCP servers count."""
 from __future__ import annotations
 
 import json
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ import pexpect
 import pytest
 
 from aegis_mcp import control
-from tests.conftest import aegis_bin
+from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
+from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 GRACE = 3.0  # the default --restart-grace: a stop that takes it all lasts over 6 s
 QUICK = 1.0  # how long any request may wait for its answer, whatever the supervisor does
@@ -236,3 +238,24 @@ def test_a_restart_asked_while_the_supervisor_shuts_down_is_refused_in_one_line(
                       "start it again with `aegis-mcp fake`"}
     assert finish(child) == 128 + 15
     assert len(world.starts()) == 1
+
+
+@NEEDS_ROOT
+def test_under_sudo_the_relay_and_the_socket_both_run_through_a_slow_stop(
+        sudo_world: FakeAgentWorld,  # noqa: F811 - the fixture
+        throwaway_user: pwd.struct_passwd) -> None:
+    child = sudo_world.spawn("--restart-grace", "2", "fake", "--behaviour",
+                             "ignore-sigint,ignore-sigterm", timeout=60)
+    child.expect("READY")
+    sock = socket_of(sudo_world)
+    waiting = restart_cli(sudo_world, "--pid", str(child.pid), "--wait", "60", "--json")
+    child.expect("GOT SIGINT")  # printed in the agent's own terminal, relayed during the stop
+    assert control.request(sock, {"op": "status"}, timeout=QUICK)["status"]["phase"] == \
+        "restarting"
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert json.loads(out)["verified"] == ["restarted", "mcp_server"]
+    child.expect("READY")
+    assert sudo_world.wait_starts(2)[1]["uid"] == throwaway_user.pw_uid
+    child.sendline("exit 0")
+    assert finish(child) == 0
