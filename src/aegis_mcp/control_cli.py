@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None
                             help="seconds to wait before stopping the agent (0 to 10)")
         parser.add_argument("--wait", type=float, nargs="?", const=30.0, default=None,
                             metavar="SECS",
-                            help="wait (up to SECS, default 30) until the new agent runs, and "
-                            "say its pid and whether its aegis-mcp MCP server came up")
+                            help="wait (up to SECS, default 30) for what can be verified of "
+                            "this agent's restart, and say each as soon as it is known: the "
+                            "new agent's pid, and its aegis-mcp MCP server's hello where the "
+                            "agent can start it. Exit 0 when all of it was verified, "
+                            f"{NOT_RESTARTED} when the agent was not running again, "
+                            f"{SERVER_NOT_SEEN} when its MCP server was not seen in time")
     else:
         parser.description = (
             "List the aegis-mcp supervisors running for you (one per `aegis-mcp <agent>` "
@@ -67,21 +72,95 @@ def find_supervisor(pid: int | None) -> Path:
     return live[0][1]
 
 
-def wait_for_restart(path: Path, count: int, timeout: float) -> dict[str, Any]:
-    """The supervisor's status once restart number `count` has a running agent (and, if it
-    comes within the time, that agent's MCP server has said hello)."""
+NOT_RESTARTED = 1
+SERVER_NOT_SEEN = 3
+"""Exit statuses of `restart --wait` (0: everything verifiable was verified)."""
+POLL_SECONDS = 0.05
+
+
+def _status(path: Path, deadline: float) -> dict[str, Any] | None:
+    """The supervisor's status, or None when it did not answer in time (a busy machine): the
+    wait goes on until its own deadline; a supervisor that is gone ends it."""
+    try:
+        answer = control.request(path, {"op": "status"},
+                                 timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+    except control.NoSupervisorError:
+        raise AegisError(f"the supervisor at {path} exited before the agent ran again "
+                         "(see its terminal)", NOT_RESTARTED) from None
+    except AegisError:
+        return None
+    return answer.get("status") if answer.get("ok") else None
+
+
+def wait_for_restart(path: Path, count: int, timeout: float, verifiable: list[str],
+                     report: Callable[[str, dict[str, Any]], None] = lambda _w, _s: None
+                     ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """Wait for what can be verified of restart number `count`: "restarted" (an agent runs
+    again after it), then, if in `verifiable`, "mcp_server" (that start's aegis-mcp server said
+    hello). `report(item, status)` is called as soon as each is known. Returns the last status,
+    what was verified, and what was not seen in time (item: why)."""
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
+    verified: list[str] = []
     while time.monotonic() < deadline:
-        status = control.request(path, {"op": "status"}, timeout=5)["status"]
-        running = status["restart_count"] >= count and status["agent_pid"]
-        no_server = status["injection"] == "disabled" or status["injection"].startswith("none")
-        if running and (status["mcp_servers_seen"] or no_server):
-            return status
-        time.sleep(0.1)
-    if status.get("restart_count", 0) >= count and status.get("agent_pid"):
-        return status  # running; its MCP server did not come up in time
-    raise AegisError(f"the agent was not running again after {timeout:g}s (see `aegis-mcp ps`)")
+        status = _status(path, deadline) or status
+        if not verified and status.get("restart_count", 0) >= count and status["agent_pid"]:
+            verified.append("restarted")
+            report("restarted", status)
+        if verified and "mcp_server" in verifiable and status["mcp_servers_seen"]:
+            verified.append("mcp_server")
+            report("mcp_server", status)
+        if verified and all(item in verified for item in verifiable):
+            return status, verified, {}
+        time.sleep(POLL_SECONDS)
+    if not verified:
+        raise AegisError(f"the agent was not running again after {timeout:g}s (see `aegis-mcp "
+                         "ps`)", NOT_RESTARTED)
+    return status, verified, {"mcp_server": "the new agent's aegis-mcp MCP server did not say "
+                                            f"hello within {timeout:g}s"}
+
+
+def _wait_and_report(path: Path, answer: dict[str, Any], timeout: float, as_json: bool) -> int:
+    """`restart --wait`: say at once what cannot be verified for this agent, then each item as
+    soon as it is verified; with --json, one object at the end."""
+    # A supervisor that predates "verifiable" can verify the restart only.
+    verifiable = answer.get("verifiable", ["restarted"])
+    cannot = answer.get("cannot_verify", {})
+    started = time.monotonic()
+
+    def say(item: str, status: dict[str, Any]) -> None:
+        if as_json:
+            return
+        after = f"{time.monotonic() - started:.1f}s"
+        if item == "restarted":
+            print(f"restarted: {status['agent']} pid {status['agent_pid']} (restart "
+                  f"{status['restart_count']}, after {after})", flush=True)
+        else:
+            server = status["mcp_servers_seen"][0]
+            print(f"aegis-mcp MCP server: up (pid {server['pid']}, after {after})", flush=True)
+
+    if not as_json:
+        print(answer["message"], flush=True)
+        for item, why in cannot.items():
+            print(f"{_NAMES.get(item, item)}: cannot be verified: {why}", flush=True)
+    try:
+        status, verified, missed = wait_for_restart(path, answer["restart_count"], timeout,
+                                                    verifiable, say)
+    except AegisError as exc:
+        if as_json:
+            print(json.dumps({**answer, "verified": [], "not_verified": {
+                "restarted": str(exc)}}))
+        raise
+    if as_json:
+        print(json.dumps({**answer, "restarted": status, "verified": verified,
+                          "not_verified": missed}))
+    for item, why in missed.items():
+        if not as_json:
+            print(f"{_NAMES.get(item, item)}: not verified: {why}", flush=True)
+    return SERVER_NOT_SEEN if missed else 0
+
+
+_NAMES = {"restarted": "restart", "mcp_server": "aegis-mcp MCP server"}
 
 
 def supervisors() -> list[dict[str, Any]]:
@@ -142,17 +221,10 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(answer))
             raise AegisError(answer.get("error", "the supervisor refused the restart"))
-        if args.wait is not None:
-            answer["restarted"] = wait_for_restart(path, answer["restart_count"], args.wait)
-        if args.json:
-            print(json.dumps(answer))
+        if args.wait is None:
+            print(json.dumps(answer) if args.json else answer["message"])
             return 0
-        print(answer["message"])
-        if args.wait is not None:
-            done = answer["restarted"]
-            mcp = "up" if done["mcp_servers_seen"] else "not seen (yet)"
-            print(f"restarted: {done['agent']} pid {done['agent_pid']}, aegis-mcp MCP server {mcp}")
-        return 0
+        return _wait_and_report(path, answer, args.wait, args.json)
     rows = supervisors()
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -58,7 +58,9 @@ class ServerStatus(BaseModel):
     supervised: bool = Field(description="False when started by hand, outside aegis-mcp")
     supervisor: dict[str, Any] | None = Field(
         description="The supervisor's view: pids, agent command line, uptime, restart count "
-        "and last reason, injection mechanism, netmon mode and log, and in netns mode the "
+        "and last reason, what it is doing (phase: running, restart-pending, restarting, "
+        "ending, shutdown), injection mechanism, the aegis-mcp servers seen up in this start "
+        "of the agent, what a restart can verify, netmon mode and log, and in netns mode the "
         "host loopback ip:ports reachable from inside (netns_forwards) and whether the "
         "agent may reach the host's own services (netns_host_access)")
 
@@ -218,6 +220,9 @@ def _say_hello() -> None:
         return
     from aegis_mcp import control
 
+    start = os.environ.get("AEGIS_AGENT_START", "")
+    hello = {"op": "hello", "pid": os.getpid(), "ppid": os.getppid(),
+             # which start of the agent this server belongs to: only those count for it
+             "start": int(start) if start.isdigit() else None}
     with contextlib.suppress(AegisError):
-        control.request(path, {"op": "hello", "pid": os.getpid(), "ppid": os.getppid()},
-                        timeout=0.5)
+        control.request(path, hello, timeout=0.5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import selectors
 import shutil
 import signal
@@ -121,6 +120,16 @@ class Supervisor:
     relay: PtyRelay | None = None
     """The agent's own terminal, while one is relayed (see _uses_pty)."""
     watchdog: Watchdog | None = None
+    agent_start: int = 0
+    """Which start of the agent this is (1, 2, ...): its MCP servers get it as
+    AEGIS_AGENT_START and say it in their hello, so a late hello of an older start's server
+    is never counted for this one."""
+    phase: str = "running"
+    """What the supervisor is doing besides running the agent: `restarting` (the stop and the
+    start of a restart), `ending` (the agent ended on its own; its leftovers are stopped) or
+    `shutdown` (the supervisor ends). The control socket answers in every phase."""
+    restarting: RestartRequest | None = None
+    """The restart in progress (phase `restarting`): later requests join it."""
     _netmon_seen: tuple[int, int] = (0, 0)
     _netmon_next: float = 0.0
 
@@ -226,8 +235,10 @@ class Supervisor:
         if self.user is not None:
             env = self.user.agent_env(env)
             env["AEGIS_RUNTIME_DIR"] = str(self.runtime)
+        self.agent_start += 1  # once per start: _spawn calls _env once
         server_env = {"AEGIS_CONTROL": str(self.control.path),
-                      "AEGIS_SUPERVISOR_PID": str(self.pid)}
+                      "AEGIS_SUPERVISOR_PID": str(self.pid),
+                      "AEGIS_AGENT_START": str(self.agent_start)}
         env.update(server_env)
         env["AEGIS_AGENT"] = self.profile.name
         exe_dir = os.path.dirname(self.executable)
@@ -385,16 +396,51 @@ class Supervisor:
         proctree.killpg(pgid, signal.SIGCONT)
 
     def _wait(self, timeout: float) -> None:
-        """Block up to `timeout` for a signal (kept in the inbox for the loop), reap; the
-        relay keeps running meanwhile, so an agent printing on its way out is not blocked."""
-        relay = self.relay
-        with contextlib.suppress(InterruptedError):
-            ready, _, _ = select.select([self.inbox, *([relay] if relay else [])], [], [],
-                                        timeout)
-            if relay is not None and relay in ready:
-                relay.pump()
-        self.inbox.clear()  # the signals wait in the inbox for the loop
+        """Block up to `timeout` for a signal (kept in the inbox for the loop), reap. What must
+        go on at every moment goes on meanwhile: the relay, so an agent printing on its way
+        out is not blocked, and the control socket, so a stop's grace periods never leave a
+        request unanswered."""
+        for key, _ in self.selector.select(timeout):
+            self._serve(key)
         self._reap()
+
+    def _serve_ready(self) -> None:
+        """Serve what is ready now, without waiting (a connection takes two rounds: accept,
+        then its request)."""
+        for _ in range(64):  # bounded: a flood of connections must not hold up the restart
+            ready = self.selector.select(0)
+            if not ready:
+                return
+            for key, _ in ready:
+                self._serve(key)
+
+    def _serve(self, key: selectors.SelectorKey) -> None:
+        """One ready event of the selector, in the loop or inside a stop (_wait). Signals stay
+        in the inbox for the loop."""
+        kind = key.data
+        if kind == "signal":
+            self.inbox.clear()
+        elif kind == "accept":
+            conn = self.control.accept()
+            if conn is not None:
+                self.selector.register(conn, selectors.EVENT_READ, "conn")
+        elif kind == "conn":
+            conn = key.fileobj
+            assert isinstance(conn, socket.socket)
+            fd = conn.fileno()
+            if self.control.read(conn, self._handle_control):
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(fd)
+        elif kind == "relay":
+            if self.relay is not None:
+                self.relay.pump()
+        elif kind == "watch":
+            changed = _drain_pipe(self._watch_r)
+            # A change during a restart is seen by the agent it starts; once the supervisor
+            # ends, there is nothing to restart.
+            if self.pending is None and self.phase == "running":
+                self.pending = RestartRequest(f"files changed: {changed}", None,
+                                              time.monotonic())
 
     def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -406,26 +452,68 @@ class Supervisor:
             if prompt is not None and not isinstance(prompt, str):
                 return {"ok": False, "error": "prompt must be a string"}
             delay = request.get("delay", 0)
-            if not isinstance(delay, int | float) or not 0 <= delay <= 10:
+            if not isinstance(delay, int | float) or isinstance(delay, bool) \
+                    or not 0 <= delay <= 10:
                 return {"ok": False, "error": "delay must be a number of seconds from 0 to 10"}
-            self.pending = RestartRequest(reason, prompt or None, time.monotonic() + delay)
-            note = "" if self.profile.prompt != "none" or not prompt else (
-                f" ({self.profile.name} takes no prompt on restart; the prompt is dropped)")
-            how = " ".join([*self.profile.resume_prefix, *self.profile.resume_flags])
-            return {"ok": True, "message": (
-                f"{self.profile.name} will be stopped and started again"
-                f"{' with ' + how if how else ''} in {delay:g}s (reason: {reason}){note}"),
-                "restart_count": self.restart_count + 1}
+            return self._request_restart(reason, prompt or None, float(delay))
         if op == "hello":
-            if self.run is not None and isinstance(request.get("pid"), int):
-                self.run.mcp_servers.append({
-                    "pid": request["pid"], "ppid": request.get("ppid"),
-                    "after_s": round(time.monotonic() - self.run.started, 3)})
-                del self.run.mcp_servers[:-20]
-            return {"ok": True}
+            return {"ok": True, "counted": self._hello(request)}
         if op == "ping":
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, hello, ping)"}
+
+    def _request_restart(self, reason: str, prompt: str | None, delay: float
+                         ) -> dict[str, Any]:
+        """Record a restart request (it is acknowledged only once recorded): a new one, or
+        joined to the one pending or in progress, so that requests that cross are one
+        restart, never lost and never run twice."""
+        if self.phase == "shutdown":
+            raise AegisError(f"aegis-mcp is shutting down, and {self.profile.name} with it: "
+                             f"start it again with `aegis-mcp {self.profile.name}`")
+        joined = self.restarting if self.phase == "restarting" else self.pending
+        note = ""
+        if prompt is not None and self.profile.prompt == "none":
+            note = f" ({self.profile.name} takes no prompt on restart; the prompt is dropped)"
+        elif prompt is not None and joined is not None and joined.prompt not in (None, prompt):
+            # The agent starts with one prompt: the first one given
+            note = " (that restart has a prompt of its own; this prompt is dropped)"
+        if joined is None:
+            self.pending = RestartRequest(reason, prompt, time.monotonic() + delay)
+            how = " ".join([*self.profile.resume_prefix, *self.profile.resume_flags])
+            message = (f"{self.profile.name} will be stopped and started again"
+                       f"{' with ' + how if how else ''} in {delay:g}s (reason: {reason})")
+        else:
+            joined.prompt = joined.prompt or prompt
+            if joined is self.pending:  # every requester's delay is honoured (up to 10 s)
+                joined.due = max(joined.due, time.monotonic() + delay)
+            when = "in progress" if joined is self.restarting else "pending"
+            message = (f"a restart of {self.profile.name} is already {when} (reason: "
+                       f"{joined.reason}): this request (reason: {reason}) is part of it")
+        # restart_count is raised only once the restart's stop is over: this is the next one
+        return {"ok": True, "message": message + note, "restart_count": self.restart_count + 1,
+                "coalesced": joined is not None, **self._verifiable()}
+
+    def _hello(self, request: dict[str, Any]) -> bool:
+        """An aegis-mcp MCP server is up: counted for the running start only when it carries
+        that start's id (a late hello of the stopped agent's server, or one of a server that
+        predates start ids, is not)."""
+        run = self.run
+        if run is None or not isinstance(request.get("pid"), int):
+            return False
+        if request.get("start") != self.agent_start or run.status is not None:
+            return False
+        run.mcp_servers.append({"pid": request["pid"], "ppid": request.get("ppid"),
+                                "after_s": round(time.monotonic() - run.started, 3)})
+        del run.mcp_servers[:-20]
+        return True
+
+    def _verifiable(self) -> dict[str, Any]:
+        """What `restart --wait` can verify of a start of this agent: always that it runs
+        again; the aegis-mcp MCP server's hello only when the injection can make this agent
+        start it. `cannot_verify` says why not, per item."""
+        why = mcp_server_unverifiable(self.profile, self.opts.inject_mcp)
+        return {"verifiable": ["restarted"] + ([] if why else ["mcp_server"]),
+                "cannot_verify": {"mcp_server": why} if why else {}}
 
     def status(self) -> dict[str, Any]:
         run = self.run
@@ -445,7 +533,11 @@ class Supervisor:
             "last_restart_reason": self.last_reason,
             "last_restart_at": self.last_restart_at,
             "injection": self.injection.mechanism if self.injection else "disabled",
+            "agent_start": self.agent_start,
             "mcp_servers_seen": run.mcp_servers if run else [],
+            **self._verifiable(),
+            "phase": "restart-pending" if self.phase == "running" and self.pending
+            else self.phase,
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
             "netns": getattr(self.namespace, "name", None),
@@ -479,24 +571,33 @@ class Supervisor:
         self.terminal.restore()
 
     def _restart(self, req: RestartRequest) -> int | None:
-        """Stop the agent and start it again; an exit status when the supervisor must end."""
+        """Stop the agent and start it again; an exit status when the supervisor must end.
+        Requests that arrive meanwhile join this restart (see _request_restart)."""
         now = time.monotonic()
         while self.restart_times and now - self.restart_times[0] > 60:
             self.restart_times.popleft()
         if len(self.restart_times) >= self.opts.max_restarts_per_minute:
+            self.phase = "shutdown"
             self._stop_and_reclaim()
             say(f"restart storm: more than {self.opts.max_restarts_per_minute} restarts in a "
                 f"minute (last reason: {req.reason}); stopping. Raise --max-restarts if this "
                 "is expected.")
             return 1
         self.restart_times.append(now)
-        self._stop_and_reclaim()
-        say(f"restarting {self.profile.name} (reason: {req.reason})")
-        self.restart_count += 1
-        self.last_reason = req.reason
-        self.last_restart_at = time.time()
-        resume = bool(self.profile.resume_flags or self.profile.resume_prefix)
-        self._spawn(resume=resume, prompt=req.prompt)
+        self.phase, self.restarting = "restarting", req
+        try:
+            self._stop_and_reclaim()
+            # What came in while the terminal was reclaimed joins this restart too: the rule
+            # is that requests received before the new agent starts are part of it.
+            self._serve_ready()
+            say(f"restarting {self.profile.name} (reason: {req.reason})")
+            self.restart_count += 1
+            self.last_reason = req.reason
+            self.last_restart_at = time.time()
+            resume = bool(self.profile.resume_flags or self.profile.resume_prefix)
+            self._spawn(resume=resume, prompt=req.prompt)  # the prompt joined requests left
+        finally:
+            self.phase, self.restarting = "running", None
         return None
 
     def _agent_ended(self) -> int | None:
@@ -516,7 +617,12 @@ class Supervisor:
                 "conversation to resume? starting a new one")
             self._spawn(resume=False, prompt=run.prompt)
             return None
+        self.phase = "ending"
         self._stop_agent(signal.SIGTERM)  # what the agent left behind (MCP servers, ...)
+        self.phase = "running"
+        if self.pending is not None:  # asked for while that stop went on: still honoured
+            req, self.pending = self.pending, None
+            return self._restart(req)
         return exit_status
 
     def _refresh_netmon(self) -> None:
@@ -546,32 +652,12 @@ class Supervisor:
                 deadlines.append(self._netmon_next)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in self.selector.select(timeout):
-                kind = key.data
-                if kind == "signal":
-                    self.inbox.clear()
-                elif kind == "accept":
-                    conn = self.control.accept()
-                    if conn is not None:
-                        self.selector.register(conn, selectors.EVENT_READ, "conn")
-                elif kind == "conn":
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
-                    fd = conn.fileno()
-                    if self.control.read(conn, self._handle_control):
-                        with contextlib.suppress(KeyError, ValueError):
-                            self.selector.unregister(fd)
-                elif kind == "relay":
-                    if self.relay is not None:
-                        self.relay.pump()
-                elif kind == "watch":
-                    changed = _drain_pipe(self._watch_r)
-                    if self.pending is None:
-                        self.pending = RestartRequest(f"files changed: {changed}", None,
-                                                      time.monotonic())
+                self._serve(key)
             self._reap()
             for sig in self.inbox.drain():
                 if sig in _SHUTDOWN:
                     say(f"received {signal.Signals(sig).name}: stopping {self.profile.name}")
+                    self.phase = "shutdown"
                     self._stop_agent(sig)
                     return 128 + sig
                 if sig in _FORWARDED and self._agent_alive():
@@ -644,6 +730,7 @@ class Supervisor:
         # exit, unlike a handler), so the exit status stays the agent's.
         for sig in _FORWARDED:
             signal.signal(sig, signal.SIG_IGN)
+        self.phase = "shutdown"
         with contextlib.suppress(Exception):
             if self._agent_alive() or proctree.tree(self._helper_pids()):
                 self._stop_agent(signal.SIGTERM)
@@ -662,6 +749,28 @@ class Supervisor:
         self.inbox.close()
         if self.watchdog is not None:  # last: a kill -9 during the cleanup above is covered
             self.watchdog.stop()
+
+
+LIBC_CONFIG_READERS = ("cursor", "gemini")
+"""Profiles injected by the LD_PRELOAD redirect whose CLI is known to read its MCP config
+through libc (Node CLIs, measured), so that the redirect makes it start aegis-mcp's server.
+Any other command may never open that file, or open it with raw system calls (Bun-built CLIs,
+static binaries), which the redirect never sees."""
+
+
+def mcp_server_unverifiable(profile: AgentProfile, inject: bool) -> str | None:
+    """Why a start of this agent cannot be expected to start aegis-mcp's MCP server (so
+    `restart --wait` does not wait for its hello), or None when it can."""
+    if not inject:
+        return "the MCP injection is off (--no-inject-mcp)"
+    if profile.injection == "none":
+        return f"{profile.name} has no MCP support"
+    if profile.injection == "preload" and (profile.static_binary
+                                           or profile.name not in LIBC_CONFIG_READERS):
+        files = ", ".join(profile.config_files) or "its config"
+        return (f"{profile.name} gets it only if it reads {files} through libc (the "
+                "LD_PRELOAD redirect), which it is not known to do")
+    return None
 
 
 def loopback_forwards(env: dict[str, str], ports: list[int]
