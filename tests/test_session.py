@@ -91,6 +91,7 @@ def test_the_supervisor_names_the_session_follows_the_hook_and_resumes_exactly_i
     import pexpect
 
     from aegis_mcp import control
+    from tests.conftest import aegis_bin
     from tests.supervisor_helpers import fake_profile, fake_world
 
     world = fake_world(tmp_path, aegis_env)
@@ -120,6 +121,11 @@ def test_the_supervisor_names_the_session_follows_the_hook_and_resumes_exactly_i
         assert argv[argv.index("--model") + 1] == "big" and "go on" in argv
         status = control.request(sock, {"op": "status"})["status"]
         assert status["session_id"] == SID and status["restart_count"] == 1
+        ps = [subprocess.run([aegis_bin(), "ps", *args], env={**world.env, "COLUMNS": "250"},
+                             capture_output=True, text=True, timeout=30) for args in
+              (["--json"], [])]
+        assert [r["session_id"] for r in json.loads(ps[0].stdout)] == [SID]
+        assert SID[:8] in ps[1].stdout and "session" in ps[1].stdout
         child.sendline("exit 0")
         child.expect(pexpect.EOF)
     finally:
