@@ -284,3 +284,24 @@ def test_two_supervisors_in_one_directory_each_resume_their_own_conversation(
     assert status["session_id"] == a_session and argv[argv.index("--resume") + 1] == a_session
     assert "resumes its latest conversation" not in err
     assert _transcripts(throwaway_user) - earlier == {a_session, *b_sessions}
+
+
+def test_a_session_the_user_chose_is_learned_from_claudes_hook_and_resumed(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    # `--continue` chooses the session: only claude knows which, and its SessionStart hook
+    # tells the supervisor, whose restart then resumes that id.
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
+        earlier = _transcripts(throwaway_user)
+        first = run_claude(net, api, throwaway_user, project, aegis_env, "-p", "first run")
+        assert first.returncode == 0, first.stderr
+        (chosen,) = _transcripts(throwaway_user) - earlier
+        api.queue_tool_use("mcp__aegis-mcp__restart_claude", {"reason": "r", "prompt": "on"})
+        api.queue_text("scheduled")
+        again = run_claude(net, api, throwaway_user, project, aegis_env, "--continue", "-p",
+                           "second run")
+        assert again.returncode == 0, again.stderr
+        requests = [json.dumps(r.body["messages"]) for r in api.message_requests()]
+    assert any(f"with --resume {chosen}" in r for r in requests)  # the tool's answer
+    assert "first run" in requests[-1] and "on" in requests[-1]
+    assert _transcripts(throwaway_user) - earlier == {chosen}

@@ -40,6 +40,9 @@ def test_the_hook_is_left_out_when_the_user_gives_settings_of_their_own() -> Non
     hook = json.loads(value)["hooks"]["SessionStart"][0]["hooks"][0]
     assert flag == "--settings" and "aegis_mcp.session" in hook["command"]
     assert session.hook_args(CLAUDE, ["--settings", "mine.json"]) == []
+    # a print run cannot change sessions: with its id known it needs no hook
+    assert session.hook_args(CLAUDE, ["-p", "x"], known=True) == []
+    assert session.hook_args(CLAUDE, ["x"], known=True)
     assert session.hook_args(BUILTIN_PROFILES["codex"], []) == []
 
 

@@ -278,7 +278,7 @@ class Supervisor:
         sid = None if agentargs.is_subcommand(self.profile, user_args) else \
             self._session_for(resume)
         inject_args = [*(self.injection.args if self.injection else []),
-                       *session.hook_args(self.profile, user_args)]
+                       *session.hook_args(self.profile, user_args, known=sid is not None)]
         named = sid if not resume and session.names_own_session(self.profile, user_args) \
             else None
         if resume:
