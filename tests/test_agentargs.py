@@ -107,3 +107,45 @@ def test_management_subcommands_pass_through_untouched() -> None:
     assert restart_argv(gemini, "gemini", ["mcp", "list"], [], "p") == ["gemini", "mcp", "list"]
     # a prompt that happens to start with another word is still a session
     assert first_argv(CLAUDE, "claude", ["mcpx"], [])[1] == "--dangerously-skip-permissions"
+
+
+SID = "3f2c1a9e-7b6d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
+def test_claude_first_start_names_its_session_and_a_restart_resumes_exactly_it() -> None:
+    first = first_argv(CLAUDE, "claude", ["-p", "task"], INJECT, session=SID)
+    assert first == ["claude", "--dangerously-skip-permissions", "--session-id", SID, "-p",
+                     "task", *INJECT]
+    # the user's own --session-id is dropped: claude refuses it next to --resume
+    user = ["--session-id", SID, "-p", "task", "--model", "opus"]
+    assert restart_argv(CLAUDE, "claude", user, INJECT, "go on", session=SID) == [
+        "claude", "--dangerously-skip-permissions", "--resume", SID, "-p", "go on",
+        "--model", "opus", *INJECT]
+    # not known: the directory's latest, as before
+    assert "--continue" in restart_argv(CLAUDE, "claude", ["-p", "task"], [], "go on")
+    # a fresh start after a failed resume names a new session
+    fresh = restart_argv(CLAUDE, "claude", ["-p", "task"], [], "go on", resume=False,
+                         session="new-id")
+    assert fresh == ["claude", "--dangerously-skip-permissions", "--session-id", "new-id",
+                     "-p", "go on"]
+
+
+def test_profiles_without_resume_by_id_keep_their_latest_words() -> None:
+    codex = BUILTIN_PROFILES["codex"]
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert restart_argv(codex, "codex", ["exec", "t"], [], "p", session=SID)[:4] == [
+        "codex", "exec", "resume", "--last"]
+    assert restart_argv(gemini, "gemini", ["t"], [], "p", session=SID)[2:4] == [
+        "--resume", "latest"]
+
+
+def test_resume_by_id_takes_the_place_of_a_resume_prefix() -> None:
+    from dataclasses import replace
+
+    codex = replace(BUILTIN_PROFILES["codex"], resume_session=("resume", "{session}"))
+    assert restart_argv(codex, "codex", ["exec", "--json", "task"], [], "go on",
+                        session=SID) == [
+        "codex", "exec", "--json", "resume", SID,
+        "--dangerously-bypass-approvals-and-sandbox", "go on"]
+    assert restart_argv(codex, "codex", ["-m", "o3"], [], "go on", session=SID)[:3] == [
+        "codex", "resume", SID]

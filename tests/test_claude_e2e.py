@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -83,7 +84,8 @@ def test_restart_tool_restarts_claude_with_continue_and_prompt(
         # The tool's answer reached the old claude, which sent it back to the model.
         results = [b for b in json.dumps(requests[1]["messages"]).split('"tool_result"')[1:]]
         assert results and "stopped and started again" in json.dumps(requests[1]["messages"])
-        # The new claude resumed the conversation (--continue) and got the restart prompt.
+        # The new claude resumed its own conversation (--resume <id>) and got the restart
+        # prompt.
         last = json.dumps(requests[-1]["messages"])
         assert "first prompt" in last and "continue after restart" in last
 
@@ -139,11 +141,14 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             child.expect_exact("aegis-mcp: restarting claude (reason: MCP server updated)")
             assert api.wait_for_messages(3, timeout=60)
             last = json.dumps(api.message_requests()[-1].body["messages"])
-            assert "first prompt" in last and "continue after restart" in last  # --continue
+            assert "first prompt" in last and "continue after restart" in last  # resumed
             sock = control.socket_path(project / ".aegis-run", child.pid)
             status = control.request(sock, {"op": "status"})["status"]
             assert status["restart_count"] == 1
-            assert "--continue" in status["agent_argv"]
+            # the TUI's own session, named at the first start, resumed by its id
+            argv = status["agent_argv"]
+            assert argv[argv.index("--resume") + 1] == status["session_id"]
+            assert "--continue" not in argv
             # The new claude is the foreground process group of a terminal of its own (under
             # sudo the supervisor relays a pty): keys reach it, and it cannot reach ours.
             agent_stat = Path(f"/proc/{status['agent_pid']}/stat").read_text()
@@ -192,7 +197,7 @@ def test_a_print_run_restarted_mid_turn_continues_its_conversation(
         throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
         net: PrivateLoopback) -> None:
     # `aegis-mcp restart` from another terminal while claude -p waits at the model: the new
-    # claude runs with --continue and the restart prompt in place of the first.
+    # claude resumes its own session and gets the restart prompt in place of the first.
     with FakeAnthropic(default_text="second claude here", bind=net.run) as api:
         result = restart_mid_turn(net, api, ["claude", "-p", "first task"],
                                   sudo_env(api, throwaway_user, project, aegis_env), project)
@@ -200,7 +205,85 @@ def test_a_print_run_restarted_mid_turn_continues_its_conversation(
     assert result.returncode == 0, result.err
     assert result.status["mcp_servers_seen"], "the new claude did not start aegis-mcp's server"
     argv = result.status["agent_argv"]
-    assert "--continue" in argv and argv[argv.index("-p") + 1] == RESTART_PROMPT
+    assert argv[argv.index("--resume") + 1] == result.status["session_id"]
+    assert argv[argv.index("-p") + 1] == RESTART_PROMPT
     assert "first task" not in argv
     assert "second claude here" in result.out
     assert "first task" in last and RESTART_PROMPT in last
+
+
+def _transcripts(user: pwd.struct_passwd) -> set[str]:
+    """The session ids of the user's Claude Code transcripts (~/.claude/projects/*/<id>.jsonl)."""
+    return {p.stem for p in Path(user.pw_dir, ".claude", "projects").glob("*/*.jsonl")}
+
+
+def test_two_supervisors_in_one_directory_each_resume_their_own_conversation(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    # Terminal A's claude waits at the model; terminal B's claude runs a conversation of its
+    # own in the same directory and writes after A; A's claude then hangs (SIGSTOP: it
+    # ignores SIGINT and SIGTERM) and is killed after the grace, without the transcript write
+    # a stopping claude makes on its way out. "The directory's newest conversation" is B's
+    # now (`--continue` takes it: measured): A's restart must resume A's, by its id.
+    with FakeAnthropic(default_text="resumed reply", bind=net.run) as api:
+        api.queue_hold()  # A's first turn
+        api.queue_text("B's reply")
+        env = sudo_env(api, throwaway_user, project, aegis_env)
+        earlier = _transcripts(throwaway_user)  # the user's other tests' conversations
+        a = subprocess.Popen(net.enter([aegis_bin(), "--restart-grace", "1", "claude", "-p",
+                                        "task of terminal A"]),
+                             env=env, cwd=project, text=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert api.wait_for_messages(1, timeout=90), "A's claude never asked the model"
+            sock = control.socket_path(project / ".aegis-run", a.pid)
+            before = control.request(sock, {"op": "status"})["status"]
+            a_session = before["session_id"]
+            b = run_claude(net, api, throwaway_user, project, aegis_env, "-p",
+                           "task of terminal B")
+            assert b.returncode == 0 and "B's reply" in b.stdout, b.stderr
+            b_sessions = _transcripts(throwaway_user) - earlier - {a_session}
+            assert len(b_sessions) == 1  # B's own, written after A's
+            os.killpg(before["agent_pid"], signal.SIGSTOP)  # A's claude hangs
+            restart = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(a.pid), "--reason", "A's MCP server",
+                 "--prompt", "A goes on", "--wait", "90", "--json"],
+                env=env, capture_output=True, text=True, timeout=120)
+            assert restart.returncode == 0, restart.stderr
+            status = json.loads(restart.stdout)["restarted"]
+            out, err = a.communicate(timeout=90)
+        finally:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+        assert a.returncode == 0, err
+        assert "resumed reply" in out
+        resumed = api.message_requests()[-1].body
+        last = json.dumps(resumed["messages"])
+        assert "task of terminal A" in last and "A goes on" in last
+        assert "task of terminal B" not in last and "B's reply" not in last
+    argv = status["agent_argv"]
+    assert status["session_id"] == a_session and argv[argv.index("--resume") + 1] == a_session
+    assert "resumes its latest conversation" not in err
+    assert _transcripts(throwaway_user) - earlier == {a_session, *b_sessions}
+
+
+def test_a_session_the_user_chose_is_learned_from_claudes_hook_and_resumed(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    # `--continue` chooses the session: only claude knows which, and its SessionStart hook
+    # tells the supervisor, whose restart then resumes that id.
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
+        earlier = _transcripts(throwaway_user)
+        first = run_claude(net, api, throwaway_user, project, aegis_env, "-p", "first run")
+        assert first.returncode == 0, first.stderr
+        (chosen,) = _transcripts(throwaway_user) - earlier
+        api.queue_tool_use("mcp__aegis-mcp__restart_claude", {"reason": "r", "prompt": "on"})
+        api.queue_text("scheduled")
+        again = run_claude(net, api, throwaway_user, project, aegis_env, "--continue", "-p",
+                           "second run")
+        assert again.returncode == 0, again.stderr
+        requests = [json.dumps(r.body["messages"]) for r in api.message_requests()]
+    assert any(f"with --resume {chosen}" in r for r in requests)  # the tool's answer
+    assert "first run" in requests[-1] and "on" in requests[-1]
+    assert _transcripts(throwaway_user) - earlier == {chosen}

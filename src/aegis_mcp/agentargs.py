@@ -86,28 +86,45 @@ def is_subcommand(profile: AgentProfile, user_args: list[str]) -> bool:
 
 
 def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
-               inject_args: list[str]) -> list[str]:
-    """The command line of the first start."""
+               inject_args: list[str], session: str | None = None) -> list[str]:
+    """The command line of the first start; `session` names its new session (the caller
+    checked session.names_own_session)."""
     if is_subcommand(profile, user_args):
         return [executable, *profile.command[1:], *user_args]
     flags = [f for f in profile.permission_flags if f not in user_args]
-    return [executable, *profile.command[1:], *flags, *with_injected(user_args, inject_args)]
+    return [executable, *profile.command[1:], *flags, *_naming(profile, session),
+            *with_injected(user_args, inject_args)]
+
+
+def _naming(profile: AgentProfile, session: str | None) -> list[str]:
+    return [profile.session_id_flag, session] if session and profile.session_id_flag else []
+
+
+def resume_words(profile: AgentProfile, session: str | None) -> tuple[list[str], list[str]]:
+    """The (prefix, flags) a restart resumes with: the known session's own when the profile
+    can resume by id, else the profile's "latest" words."""
+    if session and profile.resume_session:
+        words = [w.replace("{session}", session) for w in profile.resume_session]
+        return (words, []) if profile.resume_prefix else ([], words)
+    return list(profile.resume_prefix), list(profile.resume_flags)
 
 
 def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
-                 inject_args: list[str], prompt: str | None, resume: bool = True) -> list[str]:
+                 inject_args: list[str], prompt: str | None, resume: bool = True,
+                 session: str | None = None) -> list[str]:
     """The command line of a restart: resume flags plus the restart prompt, if any, in place of
-    the user's first prompt. `resume=False` gives a fresh start with the same arguments."""
+    the user's first prompt. `session` is the session to resume (its id), or with
+    `resume=False` (a fresh start with the same arguments) the name of the new one."""
     if is_subcommand(profile, user_args):
         return first_argv(profile, executable, user_args, inject_args)
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
     if resume and args and args[0] in profile.modes:
-        return _mode_restart_argv(profile, executable, args, inject_args, prompt)
+        return _mode_restart_argv(profile, executable, args, inject_args, prompt, session)
     if prompt is not None and profile.prompt != "none":
         args = _with_prompt(profile, args, prompt)
     flags = [f for f in profile.permission_flags if f not in args]
-    prefix = list(profile.resume_prefix) if resume else []
-    resume_flags = list(profile.resume_flags) if resume else []
+    prefix, resume_flags = resume_words(profile, session) if resume else (
+        [], _naming(profile, session))
     return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
             *with_injected(args, inject_args)]
 
@@ -131,7 +148,8 @@ def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[st
 
 
 def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
-                       inject_args: list[str], prompt: str | None) -> list[str]:
+                       inject_args: list[str], prompt: str | None,
+                       session: str | None) -> list[str]:
     """`codex exec [opts] resume --last [flags] PROMPT [injected]`: the mode's own options stay
     before the resume words (its resume form does not take them all), and the prompt (the
     restart prompt, else the first one again) comes after them."""
@@ -143,5 +161,6 @@ def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
     again = prompt if prompt is not None else first
     flags = [f for f in profile.permission_flags if f not in rest]
     tail = [] if again is None else ["--", again] if again.startswith("-") else [again]
-    return [executable, *profile.command[1:], mode, *rest, *profile.resume_prefix, *flags,
-            *profile.resume_flags, *inject_args, *tail]
+    prefix, resume_flags = resume_words(profile, session)
+    return [executable, *profile.command[1:], mode, *rest, *prefix, *flags, *resume_flags,
+            *inject_args, *tail]

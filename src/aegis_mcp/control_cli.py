@@ -252,12 +252,15 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     console = Console()
     live = [r for r in rows if not r["stale"]]
     if live:
-        table = Table("pid", "agent", "agent pid", "restarts", "up", "last restart", "netmon",
-                      "cwd")
+        table = Table("pid", "agent", "agent pid", "session", "restarts", "up", "last restart",
+                      "netmon", "cwd")
         for row in live:
             up = time.strftime("%H:%M:%S", time.gmtime(row["supervisor_uptime_s"]))
+            # the first 8 characters tell sessions apart, as a short commit id does; --json
+            # has the whole id
+            sid = (row.get("session_id") or "-")[:8]
             table.add_row(*(Text(str(cell)) for cell in (
-                row["supervisor_pid"], row["agent"], row["agent_pid"] or "-",
+                row["supervisor_pid"], row["agent"], row["agent_pid"] or "-", sid,
                 row["restart_count"], up, row["last_restart_reason"] or "-",
                 row["netmon_mode"] or "off", row["cwd"])))
         console.print(table)

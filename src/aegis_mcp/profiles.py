@@ -39,6 +39,19 @@ class AgentProfile:
     PROMPT`)."""
     drop_on_resume: tuple[str, ...] = ()
     """User flags that are dropped on restart because the resume flags replace them."""
+    resume_session: tuple[str, ...] = ()
+    """Resume words for a known session, `{session}` its id (`--resume {session}`): on
+    restart they take the place of `resume_prefix` when the profile has one, else of
+    `resume_flags`. Empty: the CLI resumes only its latest conversation, which with two
+    sessions in one directory may be the other one's (the supervisor says so once)."""
+    session_id_flag: str = ""
+    """The option that names a new session (`--session-id <uuid>`): each fresh start gets
+    one, so the supervisor knows its agent's session from the start."""
+    session_id_options: tuple[str, ...] = ()
+    """Options whose value is the id of the session the user chose (`--resume <id>`)."""
+    session_hook: str = ""
+    """How the agent reports the session it is in now (after a `/clear`, say): `claude-settings`
+    (a SessionStart hook given with `--settings`, see session.py), or empty for none."""
     prompt: str = "positional"
     """How a restart prompt is passed: `positional`, `option:<flag>`, or `none`."""
     prompt_options: tuple[str, ...] = ()
@@ -120,7 +133,13 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             install_hint="npm install -g @anthropic-ai/claude-code",
             permission_flags=("--dangerously-skip-permissions",),
             resume_flags=("--continue",),
-            drop_on_resume=("--continue", "-c", "--resume", "-r", "--fork-session"),
+            # measured on 2.1.331 and 2.1.332, print mode and the TUI (see session.py)
+            resume_session=("--resume", "{session}"),
+            session_id_flag="--session-id",
+            session_id_options=("--resume", "-r"),
+            session_hook="claude-settings",
+            drop_on_resume=("--continue", "-c", "--resume", "-r", "--fork-session",
+                            "--session-id"),
             value_options=_CLAUDE_VALUE_OPTIONS + ("--resume", "-r"),
             variadic_options=_CLAUDE_VARIADIC_OPTIONS,
             injection="mcp-config",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import __version__, agentargs, control, injection, proctree, ptymonitor
+from aegis_mcp import __version__, agentargs, control, injection, proctree, ptymonitor, session
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
@@ -97,6 +97,9 @@ class AgentRun:
     status: int | None = None  # raw wait status once reaped
     mcp_servers: list[dict[str, Any]] = field(default_factory=list)
     """aegis-mcp MCP servers that said hello during this start: the injection worked."""
+    session_id: str | None = None
+    """The agent's own conversation: the id this start named or resumed, then what its
+    session hook last reported (a `/clear` starts a new one); None when not known."""
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Supervisor:
     `shutdown` (the supervisor ends). The control socket answers in every phase."""
     restarting: RestartRequest | None = None
     """The restart in progress (phase `restarting`): later requests join it."""
+    _said_latest: bool = False
     _netmon_seen: tuple[int, int] = (0, 0)
     _netmon_next: float = 0.0
 
@@ -269,18 +273,34 @@ class Supervisor:
             env["LD_PRELOAD"] = " ".join([lib, *preload])
         return env
 
+    def _session_for(self, resume: bool) -> str | None:
+        """The session a start resumes (the last one's own) or, fresh, names: a new id when
+        the profile can name one and the user chose none, else the one the user chose."""
+        user_args = self.opts.agent_args
+        if resume:
+            return self.run.session_id if self.run else None
+        if session.names_own_session(self.profile, user_args):
+            return session.new_id()
+        return session.user_id(self.profile, user_args)
+
     def _spawn(self, resume: bool, prompt: str | None) -> None:
         env = self._env()
-        inject_args = self.injection.args if self.injection else []
+        user_args = self.opts.agent_args
+        sid = None if agentargs.is_subcommand(self.profile, user_args) else \
+            self._session_for(resume)
+        inject_args = [*(self.injection.args if self.injection else []),
+                       *session.hook_args(self.profile, user_args, known=sid is not None)]
+        named = sid if not resume and session.names_own_session(self.profile, user_args) \
+            else None
         if resume:
-            argv = agentargs.restart_argv(self.profile, self.executable, self.opts.agent_args,
-                                          inject_args, prompt)
+            argv = agentargs.restart_argv(self.profile, self.executable, user_args,
+                                          inject_args, prompt, session=sid)
         elif prompt is not None:  # a fresh start after a failed resume keeps the prompt
-            argv = agentargs.restart_argv(self.profile, self.executable, self.opts.agent_args,
-                                          inject_args, prompt, resume=False)
+            argv = agentargs.restart_argv(self.profile, self.executable, user_args,
+                                          inject_args, prompt, resume=False, session=named)
         else:
-            argv = agentargs.first_argv(self.profile, self.executable, self.opts.agent_args,
-                                        inject_args)
+            argv = agentargs.first_argv(self.profile, self.executable, user_args,
+                                        inject_args, session=named)
         command = argv
         drop = self.user  # who the spawn drops to; None when the command drops by itself
         if self.namespace is not None:
@@ -304,7 +324,8 @@ class Supervisor:
             self.relay.started()
             self.selector.register(self.relay, selectors.EVENT_READ, "relay")
             self.terminal.set_raw()
-            self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, pgid)
+            self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, pgid,
+                                session_id=sid)
             return
         kwargs: dict[str, Any] = {}
         if drop is not None:
@@ -324,7 +345,8 @@ class Supervisor:
         # leaves a window where an early tcsetattr stops it with SIGTTOU: the reaper sees that
         # stop and continues it (see _child_stopped).
         self.terminal.give_to(proc.pid)
-        self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, proc.pid)
+        self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, proc.pid,
+                            session_id=sid)
 
     def _uses_pty(self) -> bool:
         """A terminal of its own for an agent under another identity (sudo's use_pty): in
@@ -458,9 +480,17 @@ class Supervisor:
             return self._request_restart(reason, prompt or None, float(delay))
         if op == "hello":
             return {"ok": True, "counted": self._hello(request)}
+        if op == "session":  # from the agent's session hook (session.py)
+            sid = request.get("session_id")
+            if not session.valid_id(sid):
+                return {"ok": False, "error": "session_id must be a session id"}
+            if self.run is not None and self.run.status is None:
+                self.run.session_id = sid
+            return {"ok": True}
         if op == "ping":
             return {"ok": True}
-        return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, hello, ping)"}
+        return {"ok": False,
+                "error": f"unknown op {op!r} (known: status, restart, hello, session, ping)"}
 
     def _request_restart(self, reason: str, prompt: str | None, delay: float
                          ) -> dict[str, Any]:
@@ -479,7 +509,9 @@ class Supervisor:
             note = " (that restart has a prompt of its own; this prompt is dropped)"
         if joined is None:
             self.pending = RestartRequest(reason, prompt, time.monotonic() + delay)
-            how = " ".join([*self.profile.resume_prefix, *self.profile.resume_flags])
+            prefix, flags = agentargs.resume_words(
+                self.profile, self.run.session_id if self.run else None)
+            how = " ".join([*prefix, *flags])
             message = (f"{self.profile.name} will be stopped and started again"
                        f"{' with ' + how if how else ''} in {delay:g}s (reason: {reason})")
         else:
@@ -538,6 +570,7 @@ class Supervisor:
             **self._verifiable(),
             "phase": "restart-pending" if self.phase == "running" and self.pending
             else self.phase,
+            "session_id": run.session_id if run else None,
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
             "netns": getattr(self.namespace, "name", None),
@@ -595,10 +628,23 @@ class Supervisor:
             self.last_reason = req.reason
             self.last_restart_at = time.time()
             resume = bool(self.profile.resume_flags or self.profile.resume_prefix)
+            if resume:
+                self._say_if_latest()
             self._spawn(resume=resume, prompt=req.prompt)  # the prompt joined requests left
         finally:
             self.phase, self.restarting = "running", None
         return None
+
+    def _say_if_latest(self) -> None:
+        """Once: a resume by "latest" may take another session of this directory."""
+        sid = self.run.session_id if self.run else None
+        if self._said_latest or (sid and self.profile.resume_session):
+            return
+        self._said_latest = True
+        why = "its session id is not known" if self.profile.resume_session else \
+            "it cannot resume a session by id"
+        say(f"{self.profile.name} resumes its latest conversation in this directory ({why}): "
+            "with another session here, that one may be taken")
 
     def _agent_ended(self) -> int | None:
         """The agent exited on its own: restart when one was asked for, start fresh when a
