@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-from aegis_mcp.agentargs import first_argv, prompt_index, restart_argv
+from dataclasses import replace
+
+from aegis_mcp.agentargs import allow_tools_flags, first_argv, prompt_index, restart_argv
 from aegis_mcp.profiles import BUILTIN_PROFILES
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 INJECT = ["--mcp-config", "/run/overlay.json"]
+ALLOW = "--allowedTools=mcp__aegis-mcp"
 
 
 def test_claude_first_start_puts_injection_after_the_prompt() -> None:
     argv = first_argv(CLAUDE, "/bin/claude", ["fix the tests"], INJECT)
-    assert argv == ["/bin/claude", "--dangerously-skip-permissions", "fix the tests", *INJECT]
+    assert argv == ["/bin/claude", "--dangerously-skip-permissions", ALLOW,
+                    "fix the tests", *INJECT]
 
 
 def test_claude_restart_replaces_only_the_prompt_and_keeps_options() -> None:
     user = ["--model", "opus", "-p", "first prompt", "--allowedTools", "Bash", "Read"]
     argv = restart_argv(CLAUDE, "claude", user, INJECT, "go on")
-    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "--model", "opus",
+    assert argv == ["claude", "--dangerously-skip-permissions", ALLOW,
+                    "--continue", "--model", "opus",
                     "-p", "go on", "--allowedTools", "Bash", "Read", *INJECT]
 
 
 def test_claude_restart_without_prompt_keeps_the_first_prompt() -> None:
     argv = restart_argv(CLAUDE, "claude", ["-p", "first"], [], None)
-    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "-p", "first"]
+    assert argv == ["claude", "--dangerously-skip-permissions", ALLOW, "--continue",
+                    "-p", "first"]
 
 
 def test_claude_users_resume_flags_are_replaced_by_continue() -> None:
     argv = restart_argv(CLAUDE, "claude", ["--resume", "abc123", "--continue", "hi"], [], "p")
-    assert argv == ["claude", "--dangerously-skip-permissions", "--continue", "p"]
+    assert argv == ["claude", "--dangerously-skip-permissions", ALLOW, "--continue", "p"]
 
 
 def test_prompt_after_a_variadic_option_is_what_claude_would_take_too() -> None:
@@ -98,7 +104,7 @@ def test_gemini_restart_prompt_replaces_the_value_of_its_prompt_option() -> None
 
 def test_fresh_start_after_failed_resume_has_no_resume_flag() -> None:
     argv = restart_argv(CLAUDE, "claude", ["first"], [], "again", resume=False)
-    assert argv == ["claude", "--dangerously-skip-permissions", "again"]
+    assert argv == ["claude", "--dangerously-skip-permissions", ALLOW, "again"]
 
 
 def test_management_subcommands_pass_through_untouched() -> None:
@@ -149,3 +155,23 @@ def test_resume_by_id_takes_the_place_of_a_resume_prefix() -> None:
         "--dangerously-bypass-approvals-and-sandbox", "go on"]
     assert restart_argv(codex, "codex", ["-m", "o3"], [], "go on", session=SID)[:3] == [
         "codex", "resume", SID]
+
+
+def test_aegis_tools_stay_allowed_when_the_permission_flag_is_left_out() -> None:
+    # as plain root the supervisor starts claude without its permission flag
+    root = replace(CLAUDE, permission_flags=())
+    assert allow_tools_flags(root) == [ALLOW]
+    argv = first_argv(root, "claude", ["fix it"], INJECT)
+    assert argv == ["claude", ALLOW, "fix it", *INJECT]
+    # one word: claude's variadic --allowedTools does not take the prompt as a tool
+    assert prompt_index(root, argv[1:]) == 1
+    argv = restart_argv(root, "claude", ["-p", "first"], INJECT, "go on")
+    assert argv == ["claude", ALLOW, "--continue", "-p", "go on", *INJECT]
+    codex = restart_argv(BUILTIN_PROFILES["codex"], "codex", ["exec", "task"], [], "p")
+    assert not [a for a in codex if "allowed" in a.lower()]  # its bypass flag covers them
+
+
+def test_aegis_tools_allowed_once_when_the_user_allowed_them_too() -> None:
+    argv = first_argv(CLAUDE, "claude", [ALLOW, "hi"], [])
+    assert argv.count(ALLOW) == 1
+    assert first_argv(CLAUDE, "claude", ["mcp", "list"], [])[1:] == ["mcp", "list"]

@@ -287,3 +287,49 @@ def test_a_session_the_user_chose_is_learned_from_claudes_hook_and_resumed(
     assert any(f"with --resume {chosen}" in r for r in requests)  # the tool's answer
     assert "first run" in requests[-1] and "on" in requests[-1]
     assert _transcripts(throwaway_user) - earlier == {chosen}
+
+
+def test_as_plain_root_the_model_restarts_claude_through_the_tool(
+        tmp_path: Path, aegis_env: dict[str, str], net: PrivateLoopback) -> None:
+    # Plain root (no SUDO_UID): claude refuses --dangerously-skip-permissions, so it starts
+    # without; aegis-mcp's own tools must still be allowed, or the restart is refused.
+    home = tmp_path / "home"
+    home.mkdir()
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
+        api.queue_tool_use("mcp__aegis-mcp__restart_claude",
+                           {"reason": "MCP server updated", "prompt": "continue after restart"})
+        api.queue_text("the restart is scheduled")
+        api.queue_hold()  # the new claude's first turn: held while its status is read
+        env = {**aegis_env, **api.claude_env(home=home),
+               "PATH": f"{Path(CLAUDE).parent}{os.pathsep}{aegis_env['PATH']}"}
+        env = {k: v for k, v in env.items() if not k.startswith("SUDO_")}
+        sup = subprocess.Popen(net.enter([aegis_bin(), "claude", "-p", "first prompt"]),
+                               env=env, cwd=tmp_path, text=True, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 90
+            while len(api.message_requests()) < 3 and sup.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(api.message_requests()) == 3, (sup.poll(), api.message_requests())
+            sock = control.socket_path(Path(aegis_env["AEGIS_RUNTIME_DIR"]), sup.pid)
+            status = control.request(sock, {"op": "status"})["status"]
+            api.release()
+            out, err = sup.communicate(timeout=90)
+        finally:
+            if sup.poll() is None:
+                sup.kill()
+                sup.communicate()
+        requests = [r.body for r in api.message_requests()]
+    assert sup.returncode == 0, err
+    assert "--dangerously-skip-permissions" not in status["agent_argv"]
+    argv = status["agent_argv"]
+    assert status["restart_count"] == 1 and argv[argv.index("--resume") + 1] == \
+        status["session_id"]  # its own session, by id
+    assert "aegis-mcp: restarting claude (reason: MCP server updated)" in err
+    assert err.count("with aegis-mcp's own tools allowed (--allowedTools=mcp__aegis-mcp)") == 1
+    # The tool ran (not refused) and the new claude resumed that conversation.
+    assert "stopped and started again" in json.dumps(requests[1]["messages"])
+    last = json.dumps(requests[2]["messages"])
+    assert "first prompt" in last and "continue after restart" in last
+    assert "default reply" in out

@@ -90,3 +90,6 @@ def test_codex_overrides_are_valid_toml(tmp_path: Path) -> None:
     assert parsed["mcp_servers.aegis-mcp.command"] == sys.executable
     assert parsed["mcp_servers.aegis-mcp.args"] == ["-P", "-m", "aegis_mcp", "--mcp-server"]
     assert parsed["mcp_servers.aegis-mcp.env"] == {"AEGIS_CONTROL": "/run/x \"quoted\".sock"}
+    # waited for before the first turn, with a bound that holds under load
+    assert parsed["mcp_servers.aegis-mcp.required"] is True
+    assert parsed["mcp_servers.aegis-mcp.startup_timeout_sec"] >= 30

@@ -70,3 +70,12 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str) 
 
 def test_one_interrupt_leaves_such_an_agent_to_sigterm() -> None:
     assert stop(interrupts=1, grace=1) == -signal.SIGTERM
+
+
+def test_allow_tools_flags_are_one_word_each() -> None:
+    # given apart from its value, a variadic option (`--allowedTools a b`) would take the
+    # user's prompt as one more tool name
+    for profile in BUILTIN_PROFILES.values():
+        for flag in profile.allow_tools_flags:
+            assert flag.startswith("--") and "=" in flag and "{server}" in flag, profile.name
+    assert BUILTIN_PROFILES["claude"].allow_tools_flags

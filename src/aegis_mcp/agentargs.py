@@ -7,6 +7,7 @@ Telling the prompt from option values needs the profile's lists of options that 
 
 from __future__ import annotations
 
+from aegis_mcp.injection import SERVER_NAME
 from aegis_mcp.profiles import AgentProfile
 
 
@@ -80,6 +81,17 @@ def with_injected(args: list[str], inject_args: list[str]) -> list[str]:
     return [*args, *inject_args]
 
 
+def allow_tools_flags(profile: AgentProfile) -> list[str]:
+    """The profile's flags that allow aegis-mcp's own tools, for this server's name."""
+    return [f.replace("{server}", SERVER_NAME) for f in profile.allow_tools_flags]
+
+
+def _start_flags(profile: AgentProfile, args: list[str]) -> list[str]:
+    """The flags every start adds (permission, then our tools allowed), unless given."""
+    flags = [*profile.permission_flags, *allow_tools_flags(profile)]
+    return [f for f in flags if f not in args]
+
+
 def is_subcommand(profile: AgentProfile, user_args: list[str]) -> bool:
     """`claude mcp list` and the like: a management command, not an agent session."""
     return bool(user_args) and user_args[0] in profile.subcommands
@@ -91,7 +103,7 @@ def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
     checked session.names_own_session)."""
     if is_subcommand(profile, user_args):
         return [executable, *profile.command[1:], *user_args]
-    flags = [f for f in profile.permission_flags if f not in user_args]
+    flags = _start_flags(profile, user_args)
     return [executable, *profile.command[1:], *flags, *_naming(profile, session),
             *with_injected(user_args, inject_args)]
 
@@ -122,7 +134,7 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
         return _mode_restart_argv(profile, executable, args, inject_args, prompt, session)
     if prompt is not None and profile.prompt != "none":
         args = _with_prompt(profile, args, prompt)
-    flags = [f for f in profile.permission_flags if f not in args]
+    flags = _start_flags(profile, args)
     prefix, resume_flags = resume_words(profile, session) if resume else (
         [], _naming(profile, session))
     return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
@@ -159,7 +171,7 @@ def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
     if rest and rest[-1] == "--":
         rest.pop()
     again = prompt if prompt is not None else first
-    flags = [f for f in profile.permission_flags if f not in rest]
+    flags = _start_flags(profile, rest)
     tail = [] if again is None else ["--", again] if again.startswith("-") else [again]
     prefix, resume_flags = resume_words(profile, session)
     return [executable, *profile.command[1:], mode, *rest, *prefix, *flags, *resume_flags,

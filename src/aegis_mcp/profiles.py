@@ -80,6 +80,11 @@ class AgentProfile:
     """The agent's own turn limit flag, when it has one (`--max-turns`)."""
     refuses_root_flags: tuple[str, ...] = ()
     """Permission flags the agent refuses when it runs as root."""
+    allow_tools_flags: tuple[str, ...] = ()
+    """Added to every start so that aegis-mcp's own tools run without asking, also when the
+    permission flags are left out (as root); `{server}` is the injected server's name. Each
+    flag is one word (`--allowedTools=...`): a variadic option given apart from its value
+    would take the user's prompt as a second value."""
     interrupts: int = 1
     """SIGINTs sent to stop it, like Ctrl-C presses (Aider exits only on the second)."""
     description: str = ""
@@ -150,6 +155,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
                            "{prompt}"),
             max_turns_flag="--max-turns",
             refuses_root_flags=("--dangerously-skip-permissions",),
+            # a whole server's tools (measured on 2.1.331 and 2.1.332): without it, as root
+            # "Claude requested permissions to use mcp__aegis-mcp__restart_claude"
+            allow_tools_flags=("--allowedTools=mcp__{server}",),
             description="Claude Code (Anthropic)",
         ),
         AgentProfile(
@@ -199,6 +207,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             name="codex",
             command=("codex",),
             install_hint="npm install -g @openai/codex",
+            # accepted as root too, and it covers MCP tools (without it, measured: "MCP tool
+            # call requires approval, but approval policy is never"): no allow_tools_flags
             permission_flags=("--dangerously-bypass-approvals-and-sandbox",),
             resume_prefix=("resume", "--last"),
             modes=("exec",),  # non-interactive: `codex exec resume --last PROMPT`
@@ -216,6 +226,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             name="gemini",
             command=("gemini",),
             install_hint="npm install -g @google/gemini-cli",
+            # accepted as root too: no allow_tools_flags. Not --allowed-mcp-server-names: it
+            # filters the servers that load, so the user's own would go.
             permission_flags=("--yolo",),
             resume_flags=("--resume", "latest"),
             drop_on_resume=("--resume", "-r", "--session-id", "--session-file"),

@@ -924,7 +924,9 @@ def run_supervisor(opts: SupervisorOptions) -> int:
         profile = replace(profile, permission_flags=tuple(
             f for f in profile.permission_flags if f not in profile.refuses_root_flags))
         if dropped:
-            say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without; "
+            allowed = agentargs.allow_tools_flags(profile)
+            kept = f", with aegis-mcp's own tools allowed ({' '.join(allowed)})" if allowed else ""
+            say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without{kept}; "
                 "run `sudo aegis-mcp ...` from your own account to keep it")
     sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user)
     return sup.main()
