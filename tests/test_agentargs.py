@@ -120,19 +120,19 @@ SID = "3f2c1a9e-7b6d-4e5f-8a9b-0c1d2e3f4a5b"
 
 def test_claude_first_start_names_its_session_and_a_restart_resumes_exactly_it() -> None:
     first = first_argv(CLAUDE, "claude", ["-p", "task"], INJECT, session=SID)
-    assert first == ["claude", "--dangerously-skip-permissions", "--session-id", SID, "-p",
+    assert first == ["claude", "--dangerously-skip-permissions", ALLOW, "--session-id", SID, "-p",
                      "task", *INJECT]
     # the user's own --session-id is dropped: claude refuses it next to --resume
     user = ["--session-id", SID, "-p", "task", "--model", "opus"]
     assert restart_argv(CLAUDE, "claude", user, INJECT, "go on", session=SID) == [
-        "claude", "--dangerously-skip-permissions", "--resume", SID, "-p", "go on",
+        "claude", "--dangerously-skip-permissions", ALLOW, "--resume", SID, "-p", "go on",
         "--model", "opus", *INJECT]
     # not known: the directory's latest, as before
     assert "--continue" in restart_argv(CLAUDE, "claude", ["-p", "task"], [], "go on")
     # a fresh start after a failed resume names a new session
     fresh = restart_argv(CLAUDE, "claude", ["-p", "task"], [], "go on", resume=False,
                          session="new-id")
-    assert fresh == ["claude", "--dangerously-skip-permissions", "--session-id", "new-id",
+    assert fresh == ["claude", "--dangerously-skip-permissions", ALLOW, "--session-id", "new-id",
                      "-p", "go on"]
 
 
