@@ -136,13 +136,20 @@ def test_claude_first_start_names_its_session_and_a_restart_resumes_exactly_it()
                      "-p", "go on"]
 
 
-def test_profiles_without_resume_by_id_keep_their_latest_words() -> None:
+def test_without_a_known_session_the_latest_words_stay() -> None:
     codex = BUILTIN_PROFILES["codex"]
     gemini = BUILTIN_PROFILES["gemini"]
     assert restart_argv(codex, "codex", ["exec", "t"], [], "p", session=SID)[:4] == [
         "codex", "exec", "resume", "--last"]
-    assert restart_argv(gemini, "gemini", ["t"], [], "p", session=SID)[2:4] == [
-        "--resume", "latest"]
+    assert restart_argv(gemini, "gemini", ["t"], [], "p")[2:4] == ["--resume", "latest"]
+
+
+def test_gemini_names_its_session_and_resumes_exactly_it() -> None:
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert first_argv(gemini, "gemini", ["-p", "t"], [], session=SID) == [
+        "gemini", "--yolo", "--session-id", SID, "-p", "t"]
+    assert restart_argv(gemini, "gemini", ["--session-id", SID, "-p", "t"], [], "go on",
+                        session=SID) == ["gemini", "--yolo", "--resume", SID, "-p", "go on"]
 
 
 def test_resume_by_id_takes_the_place_of_a_resume_prefix() -> None:

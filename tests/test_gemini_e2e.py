@@ -89,8 +89,9 @@ def test_a_gemini_prompt_run_restarts_with_resume_latest_and_its_conversation(
         texts = api.texts(-1)
     assert result.returncode == 0, result.err
     assert result.status["mcp_servers_seen"], "the new gemini did not start aegis-mcp's server"
-    assert result.status["agent_argv"][1:] == ["--yolo", "--resume", "latest", "-m",
-                                            "gemini-2.5-flash", "-p", RESTART_PROMPT]
+    # its own session, by the id the first start named (--session-id), not the latest
+    assert result.status["agent_argv"][1:] == ["--yolo", "--resume", result.status["session_id"],
+                                            "-m", "gemini-2.5-flash", "-p", RESTART_PROMPT]
     assert "second gemini here" in result.out
     # The resumed session sent the first conversation on, then the restart prompt.
     assert "first task" in texts and texts[-1] == RESTART_PROMPT
@@ -137,3 +138,46 @@ def test_the_model_restarts_gemini_through_the_injected_tool(
         # ... and the new gemini resumed the conversation with the restart prompt.
         texts = api.texts(-1)
         assert "first prompt" in texts and texts[-1] == "continue after restart"
+
+
+@NEEDS_ROOT  # its own network namespace
+def test_two_gemini_supervisors_in_one_project_each_resume_their_own_session(
+        gemini_env: tuple[Path, dict[str, str]]) -> None:
+    # A's gemini waits at the model; B's runs a session of its own in the same project after
+    # it, so B's is the project's latest (`--resume latest` would take it): A's restart must
+    # resume A's, by the id its first start named.
+    project, env = gemini_env
+    (Path(env["HOME"]) / ".gemini" / "settings.json").write_text(json.dumps(FakeGemini.SETTINGS))
+    with PrivateLoopback() as net, FakeGemini("resumed reply", bind=net.run) as api:
+        env = {**env, "GOOGLE_GEMINI_BASE_URL": api.origin}
+        api.queue_hold()  # A's first turn
+        api.queue_text("B's reply")
+        a = subprocess.Popen(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash", "-p",
+                                        "task of terminal A"]),
+                             env=env, cwd=project, text=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert api.wait_for_turns(1, timeout=120), "A's gemini never asked the model"
+            b = subprocess.run(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash", "-p",
+                                          "task of terminal B"]),
+                               env=env, cwd=project, capture_output=True, text=True,
+                               timeout=180, stdin=subprocess.DEVNULL)
+            assert b.returncode == 0 and "B's reply" in b.stdout, b.stderr
+            restart = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(a.pid), "--reason", "A's server",
+                 "--prompt", "A goes on", "--wait", "120", "--json"],
+                env=env, capture_output=True, text=True, timeout=180)
+            assert restart.returncode == 0, restart.stderr
+            status = json.loads(restart.stdout)["restarted"]
+            api.release()
+            out, err = a.communicate(timeout=120)
+        finally:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+        texts = api.texts(-1)
+    assert a.returncode == 0, err
+    argv = status["agent_argv"]
+    assert argv[argv.index("--resume") + 1] == status["session_id"]
+    assert "task of terminal A" in texts and texts[-1] == "A goes on"
+    assert "task of terminal B" not in texts and "B's reply" not in texts

@@ -32,7 +32,10 @@ def test_a_fresh_start_names_its_session_unless_the_user_chose_one() -> None:
     assert session.user_id(CLAUDE, ["--resume", SID, "hi"]) == SID
     assert session.user_id(CLAUDE, [f"--session-id={SID}"]) == SID
     assert session.user_id(CLAUDE, ["--resume", "-p"]) is None
-    assert not session.names_own_session(BUILTIN_PROFILES["gemini"], ["task"])
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert session.names_own_session(gemini, ["-p", "task"])
+    assert not session.names_own_session(gemini, ["--resume", "latest", "-p", "task"])
+    assert not session.names_own_session(BUILTIN_PROFILES["codex"], ["exec", "task"])
 
 
 def test_the_hook_is_left_out_when_the_user_gives_settings_of_their_own() -> None:

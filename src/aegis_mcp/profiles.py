@@ -230,6 +230,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # filters the servers that load, so the user's own would go.
             permission_flags=("--yolo",),
             resume_flags=("--resume", "latest"),
+            # measured on 0.61.0: --session-id names a new session, --resume <id> resumes
+            # exactly it (not the project's latest), keeping its id
+            resume_session=("--resume", "{session}"),
+            session_id_flag="--session-id",
+            session_id_options=("--resume", "-r", "--session-id"),
             drop_on_resume=("--resume", "-r", "--session-id", "--session-file"),
             prompt_options=("-p", "--prompt", "-i", "--prompt-interactive"),
             value_options=("--model", "-m", "--approval-mode", "--resume", "-r",
