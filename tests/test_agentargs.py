@@ -139,7 +139,7 @@ def test_claude_first_start_names_its_session_and_a_restart_resumes_exactly_it()
 def test_without_a_known_session_the_latest_words_stay() -> None:
     codex = BUILTIN_PROFILES["codex"]
     gemini = BUILTIN_PROFILES["gemini"]
-    assert restart_argv(codex, "codex", ["exec", "t"], [], "p", session=SID)[:4] == [
+    assert restart_argv(codex, "codex", ["exec", "t"], [], "p")[:4] == [
         "codex", "exec", "resume", "--last"]
     assert restart_argv(gemini, "gemini", ["t"], [], "p")[2:4] == ["--resume", "latest"]
 
@@ -152,16 +152,26 @@ def test_gemini_names_its_session_and_resumes_exactly_it() -> None:
                         session=SID) == ["gemini", "--yolo", "--resume", SID, "-p", "go on"]
 
 
-def test_resume_by_id_takes_the_place_of_a_resume_prefix() -> None:
-    from dataclasses import replace
-
-    codex = replace(BUILTIN_PROFILES["codex"], resume_session=("resume", "{session}"))
+def test_codex_resumes_its_own_session_by_id_in_place_of_resume_last() -> None:
+    codex = BUILTIN_PROFILES["codex"]
     assert restart_argv(codex, "codex", ["exec", "--json", "task"], [], "go on",
                         session=SID) == [
         "codex", "exec", "--json", "resume", SID,
         "--dangerously-bypass-approvals-and-sandbox", "go on"]
     assert restart_argv(codex, "codex", ["-m", "o3"], [], "go on", session=SID)[:3] == [
         "codex", "resume", SID]
+
+
+def test_codex_session_is_read_off_its_open_rollout_file() -> None:
+    import re
+
+    pattern = re.compile(BUILTIN_PROFILES["codex"].session_file)
+    sid = "01a233b7-2b63-7001-bfec-f782093914c5"
+    found = pattern.search(f"/home/u/.codex/sessions/2026/12/01/rollout-2026-12-01T22-26-11-"
+                           f"{sid}.jsonl")
+    assert found and found.group(1) == sid
+    assert not pattern.search(f"/home/u/.codex/thread-writer-locks/{sid}.lock")
+    assert not pattern.search(f"/tmp/x/rollout-{sid}.jsonl")  # not codex's sessions
 
 
 def test_aegis_tools_stay_allowed_when_the_permission_flag_is_left_out() -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
@@ -79,7 +81,9 @@ def test_a_codex_exec_run_restarts_with_exec_resume_and_its_conversation(
     assert result.status["mcp_servers_seen"], "the new codex did not start aegis-mcp's server"
     argv = result.status["agent_argv"]
     at = argv.index("exec")
-    assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume", "--last"]
+    # its own session, read off the rollout file codex held open, not the latest
+    assert argv[at:at + 4] == ["exec", "--skip-git-repo-check", "resume",
+                               result.status["session_id"]]
     assert argv[-1] == RESTART_PROMPT and "--dangerously-bypass-approvals-and-sandbox" in argv
     assert "second codex here" in result.out
     # The resumed session sent the first conversation on, then the restart prompt.
@@ -155,3 +159,60 @@ def test_codex_in_netns_mode_is_recorded_though_its_binary_is_static(
     closes = [e for e in events if e["event"] == "close" and e.get("port") == port]
     assert closes and all(e["source"] == "netns" for e in closes)
     assert sum(e["sent"] for e in closes) > 1000 and sum(e["recv"] for e in closes) > 100
+
+
+@pytest.mark.parametrize("by_id", [True, False], ids=["by-id", "latest"])
+def test_two_codex_supervisors_in_one_project_each_resume_their_own_session(
+        tmp_path: Path, aegis_env: dict[str, str], by_id: bool) -> None:
+    # A's codex waits at the model; B's runs a session of its own in the same project after it,
+    # so B's is the newest (`resume --last` takes it, the "latest" control shows): A's restart
+    # must resume A's.
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    (home / ".codex").mkdir(parents=True)
+    if not by_id:  # the control: a profile that resumes by "latest" takes B's session
+        Path(aegis_env["AEGIS_CONFIG"]).write_text('[agents.codex]\nsession_file = ""\n')
+    with PrivateLoopback() as net, FakeOpenAIResponses("resumed reply", bind=net.run) as api:
+        (home / ".codex" / "config.toml").write_text(api.codex_config())
+        env = codex_env(aegis_env, home)
+        api.queue_hold()  # A's first turn
+        api.queue_text("B's reply")
+        a = subprocess.Popen(net.enter([aegis_bin(), "--restart-grace", "1", "codex", "exec",
+                                        "--skip-git-repo-check", "task of terminal A"]),
+                             env=env, cwd=project, text=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert api.wait_for_turns(1, timeout=120), "A's codex never asked the model"
+            b = subprocess.run(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
+                                          "task of terminal B"]),
+                               env=env, cwd=project, capture_output=True, text=True,
+                               timeout=180, stdin=subprocess.DEVNULL)
+            assert b.returncode == 0 and "B's reply" in b.stdout, b.stderr
+            # A's codex hangs and is killed after the grace, without the write a codex
+            # stopping on SIGINT makes on its way out (which would make A's the newest again).
+            sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), a.pid)
+            os.killpg(control.request(sock, {"op": "status"})["status"]["agent_pid"],
+                      signal.SIGSTOP)
+            restart = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(a.pid), "--reason", "A's server",
+                 "--prompt", "A goes on", "--wait", "120", "--json"],
+                env=env, capture_output=True, text=True, timeout=180)
+            assert restart.returncode == 0, restart.stderr
+            status = json.loads(restart.stdout)["restarted"]
+            api.release()
+            out, err = a.communicate(timeout=120)
+        finally:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+        texts = api.input_texts(-1)
+    assert a.returncode == 0, err
+    if not by_id:
+        assert status["session_id"] is None, status
+        assert "task of terminal B" in texts, texts[-4:]
+        assert "resumes its latest conversation" in err
+        return
+    argv = status["agent_argv"]
+    assert argv[argv.index("resume") + 1] == status["session_id"]
+    assert "task of terminal A" in texts and texts[-1] == "A goes on"
+    assert "task of terminal B" not in texts and "B's reply" not in texts

@@ -49,6 +49,10 @@ class AgentProfile:
     one, so the supervisor knows its agent's session from the start."""
     session_id_options: tuple[str, ...] = ()
     """Options whose value is the id of the session the user chose (`--resume <id>`)."""
+    session_file: str = ""
+    """A regular expression over the paths the agent's processes hold open whose group 1 is
+    the session id (Codex keeps `~/.codex/sessions/.../rollout-<time>-<id>.jsonl` open while it
+    runs): how the supervisor learns the session of a CLI that cannot be told one."""
     session_hook: str = ""
     """How the agent reports the session it is in now (after a `/clear`, say): `claude-settings`
     (a SessionStart hook given with `--settings`, see session.py), or empty for none."""
@@ -212,6 +216,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             permission_flags=("--dangerously-bypass-approvals-and-sandbox",),
             resume_prefix=("resume", "--last"),
             modes=("exec",),  # non-interactive: `codex exec resume --last PROMPT`
+            # measured on 0.169.0 and 0.171.0: while it runs, codex holds its session's rollout
+            # file open, and `codex [exec] resume <id>` resumes exactly that session
+            resume_session=("resume", "{session}"),
+            session_file=r"/\.codex/sessions/(?:.+/)?rollout-[^/]*-"
+                         r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl$",
             value_options=("--model", "-m", "-c", "--config", "--profile", "-p", "--sandbox",
                            "-s", "--ask-for-approval", "-a", "--cd", "-C", "-i", "--image",
                            "--add-dir", "--enable", "--disable", "--local-provider", "--color",

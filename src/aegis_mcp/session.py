@@ -45,6 +45,27 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
 
 
+def from_open_files(profile: AgentProfile, pids: list[int]) -> str | None:
+    """The session id in a path one of `pids` holds open, by the profile's `session_file`
+    pattern (Codex's rollout file); None when there is none. Reads only the processes'
+    descriptor table (/proc/PID/fd), never the files."""
+    if not profile.session_file:
+        return None
+    import psutil
+
+    pattern = re.compile(profile.session_file)
+    for pid in pids:
+        try:
+            paths = [f.path for f in psutil.Process(pid).open_files()]
+        except psutil.Error:
+            continue
+        for path in paths:
+            match = pattern.search(path)
+            if match and valid_id(match.group(1)):
+                return match.group(1)
+    return None
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 

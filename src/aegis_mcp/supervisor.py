@@ -467,6 +467,7 @@ class Supervisor:
     def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
+            self._learn_session()
             return {"ok": True, "status": self.status()}
         if op == "restart":
             reason = str(request.get("reason") or "requested")[:500]
@@ -508,6 +509,7 @@ class Supervisor:
             # The agent starts with one prompt: the first one given
             note = " (that restart has a prompt of its own; this prompt is dropped)"
         if joined is None:
+            self._learn_session()
             self.pending = RestartRequest(reason, prompt, time.monotonic() + delay)
             prefix, flags = agentargs.resume_words(
                 self.profile, self.run.session_id if self.run else None)
@@ -618,6 +620,7 @@ class Supervisor:
             return 1
         self.restart_times.append(now)
         self.phase, self.restarting = "restarting", req
+        self._learn_session()  # while the agent still holds its session open
         try:
             self._stop_and_reclaim()
             # What came in while the terminal was reclaimed joins this restart too: the rule
@@ -634,6 +637,17 @@ class Supervisor:
         finally:
             self.phase, self.restarting = "running", None
         return None
+
+    def _learn_session(self) -> None:
+        """For a CLI that cannot be told its session id (Codex), read it off the session file
+        its processes hold open (profile.session_file), while the agent runs."""
+        run = self.run
+        if run is None or run.status is not None or not self.profile.session_file:
+            return
+        pids = [run.pgid, *(p.pid for p in proctree.tree(self._helper_pids()))]
+        found = session.from_open_files(self.profile, pids)
+        if found is not None:
+            run.session_id = found
 
     def _say_if_latest(self) -> None:
         """Once: a resume by "latest" may take another session of this directory."""
