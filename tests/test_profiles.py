@@ -79,3 +79,23 @@ def test_allow_tools_flags_are_one_word_each() -> None:
         for flag in profile.allow_tools_flags:
             assert flag.startswith("--") and "=" in flag and "{server}" in flag, profile.name
     assert BUILTIN_PROFILES["claude"].allow_tools_flags
+
+
+def test_profiles_say_what_each_agent_waits_for(aegis_env: dict[str, str]) -> None:
+    import json
+    import subprocess
+
+    from tests.conftest import aegis_bin
+
+    out = subprocess.run([aegis_bin(), "profiles", "--json"], env=aegis_env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    for name in ("claude", "codex", "gemini"):  # measured; the others say so
+        assert rows[name]["mcp_readiness"], name
+    assert "2.1.331" in rows["claude"]["mcp_readiness"]
+    assert rows["codex"]["resume_session"] == ["resume", "{session}"]
+    table = subprocess.run([aegis_bin(), "profiles"], env={**aegis_env, "COLUMNS": "250"},
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "not measured" in table.stdout
+    assert "--resume {session}" in table.stdout

@@ -91,6 +91,9 @@ class AgentProfile:
     would take the user's prompt as a second value."""
     interrupts: int = 1
     """SIGINTs sent to stop it, like Ctrl-C presses (Aider exits only on the second)."""
+    mcp_readiness: str = ""
+    """Whether the CLI itself waits for MCP servers that are still connecting before its first
+    turn uses them, as measured, by version (`aegis-mcp profiles` shows it)."""
     description: str = ""
 
     def executable(self, extra_dirs: tuple[str, ...] = ()) -> str:
@@ -147,6 +150,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             session_id_flag="--session-id",
             session_id_options=("--resume", "-r"),
             session_hook="claude-settings",
+            mcp_readiness=("waits: a tool of a server still connecting is called once it is up "
+                           "(2.1.331, 2.1.332; a 40 s server is not waited for); 2.1.197 did "
+                           "not wait"),
             drop_on_resume=("--continue", "-c", "--resume", "-r", "--fork-session",
                             "--session-id"),
             value_options=_CLAUDE_VALUE_OPTIONS + ("--resume", "-r"),
@@ -218,6 +224,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             modes=("exec",),  # non-interactive: `codex exec resume --last PROMPT`
             # measured on 0.169.0 and 0.171.0: while it runs, codex holds its session's rollout
             # file open, and `codex [exec] resume <id>` resumes exactly that session
+            mcp_readiness=("aegis-mcp's server: waited for (injected as required, 60 s bound); "
+                           "your other servers: not waited for, the first turn goes out without "
+                           "a slow one's tools (0.169.0, 0.171.0)"),
             resume_session=("resume", "{session}"),
             session_file=r"/\.codex/sessions/(?:.+/)?rollout-[^/]*-"
                          r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl$",
@@ -244,6 +253,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             resume_session=("--resume", "{session}"),
             session_id_flag="--session-id",
             session_id_options=("--resume", "-r", "--session-id"),
+            mcp_readiness=("waits: the first turn goes out once every server has connected "
+                           "(0.61.0, print mode: a server 3 s slow delays it 3 s, its tools "
+                           "offered)"),
             drop_on_resume=("--resume", "-r", "--session-id", "--session-file"),
             prompt_options=("-p", "--prompt", "-i", "--prompt-interactive"),
             value_options=("--model", "-m", "--approval-mode", "--resume", "-r",
