@@ -63,9 +63,15 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
             assert restart.returncode == 0, restart.stderr
             new = json.loads(restart.stdout)["restarted"]
             assert "--restore-chat-history" in new["agent_argv"]
+            # a conversation record of this terminal's own, not the directory's shared one
+            history = Path(new["history_file"])
+            argv = new["agent_argv"]
+            assert argv[argv.index("--chat-history-file") + 1] == str(history)
+            assert history.parent == Path(env["AEGIS_RUNTIME_DIR"])
             assert "--yes-always" in new["agent_argv"]
-            assert new["agent_argv"][-4:] == ["--no-git", "--no-check-update",
-                                              "--analytics-disable", "--no-show-model-warnings"]
+            assert new["agent_argv"][-6:-2] == ["--no-git", "--no-check-update",
+                                                "--analytics-disable",
+                                                "--no-show-model-warnings"]
             screen.wait_for(r"aegis-mcp: restarting aider \(reason: config changed\)")
             screen.wait_for(prompt_after("Restored previous conversation history"))
             # Two SIGINTs ended it the way Ctrl-C twice does: no SIGTERM was needed.
@@ -86,7 +92,8 @@ def test_restart_restores_aiders_chat_history(tmp_path: Path, aegis_env: dict[st
                 child.kill(9)
             child.close()
         assert child.exitstatus == 0, screen.dump()  # Aider's own exit status, forwarded
-    assert "first prompt" in (project / ".aider.chat.history.md").read_text()
+    assert "first prompt" in history.read_text() and "second prompt" in history.read_text()
+    assert not (project / ".aider.chat.history.md").exists()
 
 
 def test_a_background_aider_agent_completes_with_its_answer(

@@ -53,6 +53,11 @@ class AgentProfile:
     """A regular expression over the paths the agent's processes hold open whose group 1 is
     the session id (Codex keeps `~/.codex/sessions/.../rollout-<time>-<id>.jsonl` open while it
     runs): how the supervisor learns the session of a CLI that cannot be told one."""
+    own_history: tuple[str, ...] = ()
+    """Words that give each supervisor's agent a conversation record of its own, `{history}`
+    its path in the runtime directory (Aider: `--chat-history-file {history}`), added unless
+    the user gave that option: a restart restores exactly it, not a file of the directory's
+    that another terminal's agent writes too."""
     session_hook: str = ""
     """How the agent reports the session it is in now (after a `/clear`, say): `claude-settings`
     (a SessionStart hook given with `--settings`, see session.py), or empty for none."""
@@ -202,6 +207,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             permission_flags=("--yes-always",),
             resume_flags=("--restore-chat-history",),
             drop_on_resume=("--restore-chat-history",),
+            # the project's .aider.chat.history.md is shared by every aider of that directory:
+            # restored from it, a restart could take another terminal's last session
+            own_history=("--chat-history-file", "{history}"),
             prompt="none",
             value_options=("--model", "--message", "-m", "--message-file", "-f", "--edit-format",
                            "--api-key", "--openai-api-key", "--anthropic-api-key",

@@ -289,7 +289,8 @@ class Supervisor:
         sid = None if agentargs.is_subcommand(self.profile, user_args) else \
             self._session_for(resume)
         inject_args = [*(self.injection.args if self.injection else []),
-                       *session.hook_args(self.profile, user_args, known=sid is not None)]
+                       *session.hook_args(self.profile, user_args, known=sid is not None),
+                       *self._history_args()]
         named = sid if not resume and session.names_own_session(self.profile, user_args) \
             else None
         if resume:
@@ -573,6 +574,7 @@ class Supervisor:
             "phase": "restart-pending" if self.phase == "running" and self.pending
             else self.phase,
             "session_id": run.session_id if run else None,
+            "history_file": str(path) if (path := self._history_file()) else None,
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
             "netns": getattr(self.namespace, "name", None),
@@ -649,10 +651,29 @@ class Supervisor:
         if found is not None:
             run.session_id = found
 
+    def _history_file(self) -> Path | None:
+        """The agent's own conversation record (profile.own_history), unless the user chose
+        one (then the profile's words are not added, and a restart resumes by "latest")."""
+        words = self.profile.own_history
+        if not words or agentargs.is_subcommand(self.profile, self.opts.agent_args) or any(
+                arg.split("=", 1)[0] == words[0] for arg in self.opts.agent_args):
+            return None
+        return self.runtime / f"{self.profile.name}-history-{self.pid}.md"
+
+    def _history_args(self) -> list[str]:
+        path = self._history_file()
+        if path is None:
+            return []
+        if self.run is None:
+            say(f"{self.profile.name} keeps this terminal's conversation in {path}: a restart "
+                "restores exactly it")
+        return [w.replace("{history}", str(path)) for w in self.profile.own_history]
+
     def _say_if_latest(self) -> None:
         """Once: a resume by "latest" may take another session of this directory."""
         sid = self.run.session_id if self.run else None
-        if self._said_latest or (sid and self.profile.resume_session):
+        if self._said_latest or (sid and self.profile.resume_session) or \
+                self._history_file() is not None:
             return
         self._said_latest = True
         why = "its session id is not known" if self.profile.resume_session else \
