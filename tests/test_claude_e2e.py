@@ -20,7 +20,7 @@ from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
 from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.tui import Screen
+from tests.tui import Screen, type_prompt
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user
@@ -124,18 +124,7 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             # The TUI is up and owns the terminal: its mode line and its input box are drawn.
             screen.wait_for(r"bypass permissions on")
             screen.wait_for(r"❯")
-            for attempt in range(5):  # typed before the input box is ready, keys are dropped
-                time.sleep(0.5)
-                child.send("first prompt")
-                try:
-                    screen.wait_for(r"❯\s*first prompt", timeout=5)
-                    break
-                except AssertionError:
-                    if attempt == 4:
-                        raise
-                child.sendcontrol("u")
-            time.sleep(0.3)
-            child.send("\r")
+            type_prompt(child, screen, "first prompt")
             child.expect_exact("\x1b[?1049l")  # the supervisor's terminal reset ...
             # ... and its one-line notice: our own output, written in one piece
             child.expect_exact("aegis-mcp: restarting claude (reason: MCP server updated)")

@@ -21,7 +21,7 @@ from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
 from tests.test_claude_e2e import needs_claude, sudo_env, trust_project
-from tests.tui import Screen
+from tests.tui import Screen, type_prompt
 
 pytestmark = [needs_claude, NEEDS_ROOT]
 
@@ -52,21 +52,6 @@ def add_slow_server(user: pwd.struct_passwd, project: Path) -> None:
                                        "args": [str(script)]}}
     config_path.write_text(json.dumps(config))
     os.chown(config_path, user.pw_uid, user.pw_gid)
-
-
-def type_prompt(child: pexpect.spawn, screen: Screen, text: str) -> None:
-    for attempt in range(5):  # typed before the input box is ready, keys are dropped
-        time.sleep(0.5)
-        child.send(text)
-        try:
-            screen.wait_for(rf"❯\s*{text}", timeout=5)
-            break
-        except AssertionError:
-            if attempt == 4:
-                raise
-        child.sendcontrol("u")
-    time.sleep(0.3)
-    child.send("\r")
 
 
 def tool_result_of(api: FakeAnthropic, tool_use_id: str, timeout: float) -> str:

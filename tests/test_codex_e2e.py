@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from tests.fake_openai import CustomToolCall, FakeOpenAIResponses
 from tests.pool_e2e import TASK, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
+from tests.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
 
 CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
@@ -174,43 +173,17 @@ def test_two_codex_supervisors_in_one_project_each_resume_their_own_session(
         Path(aegis_env["AEGIS_CONFIG"]).write_text('[agents.codex]\nsession_file = ""\n')
     with PrivateLoopback() as net, FakeOpenAIResponses("resumed reply", bind=net.run) as api:
         (home / ".codex" / "config.toml").write_text(api.codex_config())
-        env = codex_env(aegis_env, home)
-        api.queue_hold()  # A's first turn
-        api.queue_text("B's reply")
-        a = subprocess.Popen(net.enter([aegis_bin(), "--restart-grace", "1", "codex", "exec",
-                                        "--skip-git-repo-check", "task of terminal A"]),
-                             env=env, cwd=project, text=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert api.wait_for_turns(1, timeout=120), "A's codex never asked the model"
-            b = subprocess.run(net.enter([aegis_bin(), "codex", "exec", "--skip-git-repo-check",
-                                          "task of terminal B"]),
-                               env=env, cwd=project, capture_output=True, text=True,
-                               timeout=180, stdin=subprocess.DEVNULL)
-            assert b.returncode == 0 and "B's reply" in b.stdout, b.stderr
-            # A's codex hangs and is killed after the grace, without the write a codex
-            # stopping on SIGINT makes on its way out (which would make A's the newest again).
-            sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), a.pid)
-            os.killpg(control.request(sock, {"op": "status"})["status"]["agent_pid"],
-                      signal.SIGSTOP)
-            restart = subprocess.run(
-                [aegis_bin(), "restart", "--pid", str(a.pid), "--reason", "A's server",
-                 "--prompt", "A goes on", "--wait", "120", "--json"],
-                env=env, capture_output=True, text=True, timeout=180)
-            assert restart.returncode == 0, restart.stderr
-            status = json.loads(restart.stdout)["restarted"]
-            api.release()
-            out, err = a.communicate(timeout=120)
-        finally:
-            if a.poll() is None:
-                a.kill()
-                a.wait()
+        result = restart_beside_another(
+            net, api, ["codex", "exec", "--skip-git-repo-check", "task of terminal A"],
+            ["codex", "exec", "--skip-git-repo-check", "task of terminal B"],
+            codex_env(aegis_env, home), project, hang=True)
         texts = api.input_texts(-1)
-    assert a.returncode == 0, err
+    status = result.status
+    assert result.returncode == 0, result.err
     if not by_id:
         assert status["session_id"] is None, status
         assert "task of terminal B" in texts, texts[-4:]
-        assert "resumes its latest conversation" in err
+        assert "resumes its latest conversation" in result.err
         return
     argv = status["agent_argv"]
     assert argv[argv.index("resume") + 1] == status["session_id"]

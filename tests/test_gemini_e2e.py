@@ -19,7 +19,7 @@ from tests.fake_gemini import FakeGemini, FunctionCall
 from tests.pool_e2e import TASK, spawn_and_wait
 from tests.poolkit import cleanup_pool
 from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
+from tests.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
 
 GEMINI, pytestmark = real_cli("AEGIS_TEST_GEMINI", "the npm Gemini CLI")
 
@@ -149,35 +149,13 @@ def test_two_gemini_supervisors_in_one_project_each_resume_their_own_session(
     project, env = gemini_env
     (Path(env["HOME"]) / ".gemini" / "settings.json").write_text(json.dumps(FakeGemini.SETTINGS))
     with PrivateLoopback() as net, FakeGemini("resumed reply", bind=net.run) as api:
-        env = {**env, "GOOGLE_GEMINI_BASE_URL": api.origin}
-        api.queue_hold()  # A's first turn
-        api.queue_text("B's reply")
-        a = subprocess.Popen(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash", "-p",
-                                        "task of terminal A"]),
-                             env=env, cwd=project, text=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert api.wait_for_turns(1, timeout=120), "A's gemini never asked the model"
-            b = subprocess.run(net.enter([aegis_bin(), "gemini", "-m", "gemini-2.5-flash", "-p",
-                                          "task of terminal B"]),
-                               env=env, cwd=project, capture_output=True, text=True,
-                               timeout=180, stdin=subprocess.DEVNULL)
-            assert b.returncode == 0 and "B's reply" in b.stdout, b.stderr
-            restart = subprocess.run(
-                [aegis_bin(), "restart", "--pid", str(a.pid), "--reason", "A's server",
-                 "--prompt", "A goes on", "--wait", "120", "--json"],
-                env=env, capture_output=True, text=True, timeout=180)
-            assert restart.returncode == 0, restart.stderr
-            status = json.loads(restart.stdout)["restarted"]
-            api.release()
-            out, err = a.communicate(timeout=120)
-        finally:
-            if a.poll() is None:
-                a.kill()
-                a.wait()
+        result = restart_beside_another(
+            net, api, ["gemini", "-m", "gemini-2.5-flash", "-p", "task of terminal A"],
+            ["gemini", "-m", "gemini-2.5-flash", "-p", "task of terminal B"],
+            {**env, "GOOGLE_GEMINI_BASE_URL": api.origin}, project)
         texts = api.texts(-1)
-    assert a.returncode == 0, err
-    argv = status["agent_argv"]
-    assert argv[argv.index("--resume") + 1] == status["session_id"]
+    assert result.returncode == 0, result.err
+    argv = result.status["agent_argv"]
+    assert argv[argv.index("--resume") + 1] == result.status["session_id"]
     assert "task of terminal A" in texts and texts[-1] == "A goes on"
     assert "task of terminal B" not in texts and "B's reply" not in texts

@@ -58,3 +58,20 @@ class Screen:
         while lines and not lines[-1]:
             lines.pop()
         return "\n".join(f"  |{line}" for line in lines)
+
+
+def type_prompt(child: pexpect.spawn, screen: Screen, text: str, attempts: int = 5) -> None:
+    """Type `text` into a TUI's input box and submit it: keys typed before the box is ready
+    are dropped, so it is typed again (after clearing the line) until the screen shows it."""
+    for attempt in range(attempts):
+        time.sleep(0.5)
+        child.send(text)
+        try:
+            screen.wait_for(rf"❯\s*{re.escape(text)}", timeout=5)
+            break
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+        child.sendcontrol("u")
+    time.sleep(0.3)
+    child.send("\r")
