@@ -322,3 +322,53 @@ def test_as_plain_root_the_model_restarts_claude_through_the_tool(
     last = json.dumps(requests[2]["messages"])
     assert "first prompt" in last and "continue after restart" in last
     assert "default reply" in out
+
+
+def test_after_clear_in_the_tui_a_restart_resumes_the_new_session(
+        throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
+        net: PrivateLoopback) -> None:
+    # `/clear` starts a new session in the same claude: its SessionStart hook (source "clear")
+    # tells the supervisor, and the restart resumes that one, not the first.
+    key = "sk-ant-test-0123456789abcdefghijklmnop"
+    trust_project(throwaway_user, project, key)
+    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
+        env = {**sudo_env(api, throwaway_user, project, aegis_env), "ANTHROPIC_API_KEY": key,
+               "TERM": "xterm-256color"}
+        command = net.enter([aegis_bin(), "claude"])
+        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=90,
+                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
+        screen = Screen(child, rows=40, cols=120)
+        sock = control.socket_path(project / ".aegis-run", child.pid)
+        try:
+            screen.wait_for(r"bypass permissions on", timeout=90)
+            screen.wait_for(r"❯")
+            first = control.request(sock, {"op": "status"})["status"]["session_id"]
+            assert first
+            type_prompt(child, screen, "before the clear")
+            assert api.wait_for_messages(1, timeout=90)
+            type_prompt(child, screen, "/clear")
+            deadline = time.monotonic() + 60
+            now = first
+            while now == first and time.monotonic() < deadline:
+                time.sleep(0.2)
+                now = control.request(sock, {"op": "status"})["status"]["session_id"]
+            assert now and now != first, "the hook never reported the cleared session"
+            type_prompt(child, screen, "after the clear")
+            assert api.wait_for_messages(2, timeout=90)
+            status = subprocess.run(
+                [aegis_bin(), "restart", "--pid", str(child.pid), "--reason", "r", "--prompt",
+                 "go on", "--wait", "90", "--json"], env=env, capture_output=True, text=True,
+                timeout=150)
+            assert status.returncode == 0, status.stderr
+            argv = json.loads(status.stdout)["restarted"]["agent_argv"]
+            assert argv[argv.index("--resume") + 1] == now
+            assert api.wait_for_messages(3, timeout=90)
+            last = json.dumps(api.message_requests()[-1].body["messages"])
+            assert "after the clear" in last and "go on" in last
+            assert "before the clear" not in last  # the cleared conversation stays behind
+        finally:
+            for _ in range(3):
+                child.sendcontrol("c")
+                time.sleep(0.5)
+            child.expect(pexpect.EOF, timeout=30)
+            child.wait()
