@@ -27,17 +27,22 @@ import fcntl
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
 import sys
 import termios
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
 
+IDLE_STEP = 0.02
+"""Seconds between calls of `start`'s idle callback while the monitor comes up."""
 START_TIMEOUT = 20.0
 """Seconds the supervisor waits for the monitor's answer (a Python start, under load)."""
 _IGNORED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
@@ -45,10 +50,12 @@ _IGNORED = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 the terminal closed) still ends us, as it ends the agent."""
 
 
-def start(argv: list[str], env: dict[str, str], cwd: Path, user: Any, stdio: dict[str, Any]
-          ) -> tuple[subprocess.Popen[bytes], int]:
+def start(argv: list[str], env: dict[str, str], cwd: Path, user: Any, stdio: dict[str, Any],
+          idle: Callable[[], None] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """Start the monitor with `stdio` (stdin the slave), have it start `argv` as `user` (a
-    privileges.User, or None: the command drops by itself), return it and the agent's pid."""
+    privileges.User, or None: the command drops by itself), return it and the agent's pid.
+    `idle` is called while the monitor's answer is awaited (the supervisor serves its control
+    socket there: it answers at every moment)."""
     ours, theirs = socket.socketpair()
     spec = {"argv": argv, "env": env, "cwd": str(cwd),
             "drop": None if user is None else [user.uid, user.gid, list(user.groups)]}
@@ -63,12 +70,20 @@ def start(argv: list[str], env: dict[str, str], cwd: Path, user: Any, stdio: dic
     finally:
         theirs.close()
     answer = b""
+    deadline = time.monotonic() + START_TIMEOUT
     try:
         with ours:
             ours.settimeout(START_TIMEOUT)
             ours.sendall(json.dumps(spec).encode())
             ours.shutdown(socket.SHUT_WR)
-            while chunk := ours.recv(4096):
+            while time.monotonic() < deadline:
+                if not select.select([ours], [], [], IDLE_STEP)[0]:
+                    if idle is not None:
+                        idle()
+                    continue
+                chunk = ours.recv(4096)
+                if not chunk:
+                    break
                 answer += chunk
     except OSError:
         pass

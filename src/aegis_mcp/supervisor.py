@@ -317,7 +317,8 @@ class Supervisor:
         if self._uses_pty():
             self.relay = PtyRelay(self.terminal)
             try:
-                proc, pgid = ptymonitor.start(command, env, self.cwd, drop, self.relay.stdio())
+                proc, pgid = ptymonitor.start(command, env, self.cwd, drop, self.relay.stdio(),
+                                              idle=self._serve_ready)
             except BaseException:
                 self.relay.close()
                 self.relay = None
