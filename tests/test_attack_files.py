@@ -364,3 +364,34 @@ def test_shadowed_stdlib_in_the_project_is_never_imported(attack: Attack, shadow
     attack.mcp_seen(child.pid)
     finish(child)
     assert sorted(p.name for p in shadowed.iterdir()) == []
+
+
+def test_the_working_directory_swapped_for_a_symlink_into_roots_files(attack: Attack) -> None:
+    """The agent's working directory is entered as the user: root following a symlink swapped
+    in at its path would hand the agent a directory inside one closed to it (and, through
+    relative paths, what lies below)."""
+    closed = Path(tempfile.mkdtemp(prefix="aegis-closed-"))  # 0700, root's
+    inside = closed / "open"  # itself open, but under the closed one
+    inside.mkdir()
+    os.chmod(inside, 0o755)
+    try:
+        child = attack.spawn("fake")
+        attack.started(child)
+        attack.as_attacker(
+            "import os, sys; project, target = sys.argv[1:]; "
+            "os.rename(project, project + '.old'); os.symlink(target, project)",
+            str(attack.project), str(inside))
+        child.sendline("restart into roots directory")
+        child.expect(pexpect.EOF, timeout=60)
+        child.close()
+        cwds = [s["cwd"] for s in attack.world.starts()]
+        assert not any(c.startswith(str(closed)) for c in cwds), cwds
+        assert child.exitstatus != 0  # the user cannot enter it: the agent does not start
+        # The user puts it back; the product works.
+        attack.as_attacker("import os, sys; p = sys.argv[1]; os.unlink(p); "
+                           "os.rename(p + '.old', p)", str(attack.project))
+        again = attack.spawn("fake")
+        attack.started(again)
+        finish(again)
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)

@@ -385,3 +385,16 @@ def test_a_squatted_tmp_runtime_directory_is_refused_with_what_to_do(
     finally:
         shutil.rmtree(squatted, ignore_errors=True)
         shutil.rmtree(own, ignore_errors=True)
+
+
+def test_a_working_directory_the_user_cannot_enter_is_one_clear_line(
+        sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd) -> None:
+    closed = Path(tempfile.mkdtemp(prefix="aegis-closed-cwd-"))  # 0700 root
+    try:
+        out = subprocess.run([aegis_bin(), "fake"], env=sudo_world.env, capture_output=True,
+                             text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=closed)
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert f"user {throwaway_user.pw_name} cannot enter {closed}" in out.stderr
+    assert sudo_world.starts() == []

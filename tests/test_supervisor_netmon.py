@@ -353,7 +353,7 @@ def test_netns_cleanup_stops_what_a_killed_supervisor_left_inside(
            "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
     sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sh", "-c",
                             "trap '' TERM; sleep 300 & echo started; wait"], env=env,
-                           cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           cwd=shared_dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     name = f"aegis-{sup.pid}"
     try:

@@ -151,6 +151,9 @@ class Supervisor:
         self._resolve_netmon()
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
+        if self.user is not None and not as_user(self.user, _can_enter, str(self.cwd)):
+            raise AegisError(f"user {self.user.name} cannot enter {self.cwd}, where the agent "
+                             "would run: start aegis-mcp from a directory that user can reach")
         as_user(self.user, _remove_stale_files, str(self.runtime))
         if self.netmon_mode == "preload":  # the hooks append to it: a fresh file of the user's
             from aegis_mcp import netmon
@@ -302,22 +305,28 @@ class Supervisor:
         else:
             argv = agentargs.first_argv(self.profile, self.executable, user_args,
                                         inject_args, session=named)
-        command = argv
         drop = self.user  # who the spawn drops to; None when the command drops by itself
+        # What `env` does once the identity is the user's. The working directory: entered as
+        # root, a symlink swapped in at its path would hand the agent a directory it could
+        # not reach itself. In netns mode the hooks library too: `ip netns exec` and `setpriv`
+        # run as root without it.
+        after_drop = [f"--chdir={self.cwd}"] if self.user is not None else []
+        cwd = Path("/") if self.user is not None else self.cwd
+        prefix: list[str] = []
         if self.namespace is not None:
             user = self.user
-            # The hooks library is the agent's, not root's: `ip netns exec` and `setpriv` run
-            # as root without it, and `env` puts it back once the identity is the user's.
-            preload = [shutil.which("env") or "/usr/bin/env",
-                       f"LD_PRELOAD={env.pop('LD_PRELOAD')}"] if "LD_PRELOAD" in env else []
-            command = [*self.namespace.exec_prefix(
+            if "LD_PRELOAD" in env:
+                after_drop.append(f"LD_PRELOAD={env.pop('LD_PRELOAD')}")
+            prefix = self.namespace.exec_prefix(
                 user.uid if user else 0, user.gid if user else 0,
-                list(user.groups) if user else [0]), *preload, *argv]
+                list(user.groups) if user else [0])
             drop = None
+        command = [*prefix, *([shutil.which("env") or "/usr/bin/env", *after_drop]
+                              if after_drop else []), *argv]
         if self._uses_pty():
             self.relay = PtyRelay(self.terminal)
             try:
-                proc, pgid = ptymonitor.start(command, env, self.cwd, drop, self.relay.stdio(),
+                proc, pgid = ptymonitor.start(command, env, cwd, drop, self.relay.stdio(),
                                               idle=self._serve_ready)
             except BaseException:
                 self.relay.close()
@@ -339,7 +348,7 @@ class Supervisor:
         else:
             kwargs["process_group"] = 0
         try:
-            proc = subprocess.Popen(command, env=env, cwd=self.cwd, close_fds=True, **kwargs)
+            proc = subprocess.Popen(command, env=env, cwd=cwd, close_fds=True, **kwargs)
         except OSError as exc:
             raise AegisError(f"cannot start {argv[0]}: {exc.strerror}",
                              126 if isinstance(exc, PermissionError) else 127) from None
@@ -898,6 +907,10 @@ def _drain_pipe(fd: int) -> str:
 
 _STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-overlay-(\d+)\.json|"
                             r"config-overlay-(\d+)-\d+\.json)$")
+
+
+def _can_enter(path: str) -> bool:
+    return os.access(path, os.X_OK) and os.path.isdir(path)
 
 
 def _refresh_summary(log: str) -> None:
