@@ -104,22 +104,32 @@ def trust_project(user: pwd.struct_passwd, project: Path, api_key: str) -> None:
     subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
 
 
+TUI_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
+
+
+def spawn_tui(api: FakeAnthropic, user: pwd.struct_passwd, project: Path,
+              aegis_env: dict[str, str], net: PrivateLoopback, timeout: float = 60
+              ) -> tuple[pexpect.spawn, Screen, dict[str, str]]:
+    """`aegis-mcp claude` (the TUI, under sudo) in a 40x120 pty, with the environment it got."""
+    env = {**sudo_env(api, user, project, aegis_env), "ANTHROPIC_API_KEY": TUI_KEY,
+           "TERM": "xterm-256color"}
+    command = net.enter([aegis_bin(), "claude"])
+    child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=timeout,
+                          encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
+    return child, Screen(child, rows=40, cols=120), env
+
+
 def test_interactive_tui_restarts_in_the_same_terminal(
         throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
         net: PrivateLoopback) -> None:
-    key = "sk-ant-test-0123456789abcdefghijklmnop"
-    trust_project(throwaway_user, project, key)
+    trust_project(throwaway_user, project, TUI_KEY)
     with FakeAnthropic(default_text="default reply", bind=net.run) as api:
         api.queue_tool_use("mcp__aegis-mcp__restart_claude",
                            {"reason": "MCP server updated", "prompt": "continue after restart"})
         api.queue_text("restart scheduled")
         api.queue_text("second claude here")
-        env = {**sudo_env(api, throwaway_user, project, aegis_env), "ANTHROPIC_API_KEY": key,
-               "TERM": "xterm-256color"}
-        command = net.enter([aegis_bin(), "claude"])
-        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=60,
-                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
-        screen = Screen(child, rows=40, cols=120)
+        child, screen, env = spawn_tui(api, throwaway_user, project, aegis_env, net,
+                                       timeout=60)
         try:
             # The TUI is up and owns the terminal: its mode line and its input box are drawn.
             screen.wait_for(r"bypass permissions on")
@@ -329,15 +339,10 @@ def test_after_clear_in_the_tui_a_restart_resumes_the_new_session(
         net: PrivateLoopback) -> None:
     # `/clear` starts a new session in the same claude: its SessionStart hook (source "clear")
     # tells the supervisor, and the restart resumes that one, not the first.
-    key = "sk-ant-test-0123456789abcdefghijklmnop"
-    trust_project(throwaway_user, project, key)
+    trust_project(throwaway_user, project, TUI_KEY)
     with FakeAnthropic(default_text="default reply", bind=net.run) as api:
-        env = {**sudo_env(api, throwaway_user, project, aegis_env), "ANTHROPIC_API_KEY": key,
-               "TERM": "xterm-256color"}
-        command = net.enter([aegis_bin(), "claude"])
-        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=90,
-                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
-        screen = Screen(child, rows=40, cols=120)
+        child, screen, env = spawn_tui(api, throwaway_user, project, aegis_env, net,
+                                       timeout=90)
         sock = control.socket_path(project / ".aegis-run", child.pid)
         try:
             screen.wait_for(r"bypass permissions on", timeout=90)

@@ -20,8 +20,8 @@ from aegis_mcp import control
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
-from tests.test_claude_e2e import needs_claude, sudo_env, trust_project
-from tests.tui import Screen, type_prompt
+from tests.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
+from tests.tui import type_prompt
 
 pytestmark = [needs_claude, NEEDS_ROOT]
 
@@ -73,8 +73,7 @@ def tool_result_of(api: FakeAnthropic, tool_use_id: str, timeout: float) -> str:
 
 def run_tui(throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[str, str],
             net: PrivateLoopback, via_tool: bool) -> None:
-    key = "sk-ant-test-0123456789abcdefghijklmnop"
-    trust_project(throwaway_user, project, key)
+    trust_project(throwaway_user, project, TUI_KEY)
     add_slow_server(throwaway_user, project)
     with FakeAnthropic(default_text="default reply", bind=net.run) as api:
         if via_tool:
@@ -85,12 +84,8 @@ def run_tui(throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[st
             api.queue_text("first answer")
         api.queue_tool_use("mcp__second__ping", {}, id="toolu_second_ping")
         api.queue_text("the second server answered")
-        env = {**sudo_env(api, throwaway_user, project, aegis_env), "ANTHROPIC_API_KEY": key,
-               "TERM": "xterm-256color"}
-        command = net.enter([aegis_bin(), "claude"])
-        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=90,
-                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
-        screen = Screen(child, rows=40, cols=120)
+        child, screen, env = spawn_tui(api, throwaway_user, project, aegis_env, net,
+                                       timeout=90)
         try:
             screen.wait_for(r"bypass permissions on", timeout=90)
             screen.wait_for(r"❯")
