@@ -34,6 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from aegis_mcp import proctree
+
 # netlink / nfnetlink / ctnetlink constants (linux/netlink.h, linux/netfilter/nfnetlink*.h)
 NETLINK_NETFILTER = 12
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -52,7 +54,6 @@ SO_RCVBUFFORCE = 33
 ETH_P_IP, ETH_P_ALL = 0x0800, 0x0003
 SOL_PACKET, PACKET_STATISTICS = 263, 6
 SO_ATTACH_FILTER = 26
-PR_SET_PDEATHSIG = 1
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SNAPLEN = 4096
@@ -620,11 +621,6 @@ def _dropped(sock: socket.socket) -> int:
 # Main loop
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _start_time(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -634,9 +630,7 @@ def _start_time(pid: int) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
+    if not proctree.die_with_parent(signal.SIGTERM):
         return 0
     owner_start = _start_time(args.owner_pid)
     if owner_start is None:

@@ -25,14 +25,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import psutil
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def set_child_subreaper(on: bool = True) -> None:
+def prctl(option: int, value: int) -> None:
+    """prctl(2) with one integer argument; OSError on failure."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) != 0:
+    if libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, int(on))
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """`sig` to this process when its parent dies; False when the parent is already gone
+    (it died before the prctl took effect: the process was re-parented)."""
+    parent = os.getppid()
+    prctl(PR_SET_PDEATHSIG, sig)
+    return os.getppid() == parent
 
 
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"

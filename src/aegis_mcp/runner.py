@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import selectors
@@ -33,22 +32,15 @@ from aegis_mcp import proctree
 from aegis_mcp.pool import COMPLETED, FAILED, STOPPED, Pool
 from aegis_mcp.signals import SignalInbox
 
-_PR_SET_PDEATHSIG = 1
 _FLUSH_EVERY = 0.25
 """Progress is written to the store at most this often (and at the end)."""
 _LINES_KEPT = 20
 
 
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
 def _die_with_runner() -> None:
     """In the agent, before exec: if the runner is killed, the agent gets SIGKILL too (and
     the next pool operation kills the rest of its tree by the agent id in its environment)."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    proctree.prctl(proctree.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- the process tree (stopping it is proctree's job) ----------------------------------------
