@@ -16,6 +16,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from aegis_mcp import control
 from aegis_mcp.paths import hooks_library, runtime_base
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
@@ -66,6 +67,11 @@ def test_agent_runs_as_the_sudo_user_with_its_groups(
     assert second["uid"] == throwaway_user.pw_uid and second["prompt"] == "again"
     mcp = next(c for c in second["children"] if c["name"] == "aegis-mcp")
     assert os.stat(f"/proc/{mcp['pid']}").st_uid == throwaway_user.pw_uid
+    # The warm server the relay talks to is the agent's too, its socket the user's file.
+    warm = control.request(second["env"]["AEGIS_CONTROL"], {"op": "status"})["status"][
+        "warm_mcp_server"]
+    assert os.stat(f"/proc/{warm['pid']}").st_uid == throwaway_user.pw_uid
+    assert os.stat(warm["socket"]).st_uid == throwaway_user.pw_uid
     child.sendline("exit 0")
     child.expect(pexpect.EOF)
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +35,21 @@ default of 10 s against a cold start of 0.5 s idle and 0.8 s with both cores bus
 room for a machine far busier than that."""
 
 
-def server_command() -> list[str]:
+def server_command(warm: Path | None = None) -> list[str]:
     """How the agent starts aegis-mcp's MCP server: this very interpreter and package, so it
-    does not depend on the agent's PATH, and never importing from the project directory."""
-    return python_command("aegis_mcp", "--mcp-server")
+    does not depend on the agent's PATH, and never importing from the project directory.
+    With `warm` (the supervisor's warm server's socket, see mcp_host): the relay, a script of
+    the standard library run isolated (-I) and without site (-S), which falls back to the
+    cold server when the warm one does not answer."""
+    cold = python_command("aegis_mcp", "--mcp-server")
+    if warm is None:
+        return cold
+    relay = Path(__file__).resolve().with_name("mcp_relay.py")
+    return [sys.executable, "-I", "-S", str(relay), str(warm), "--", *cold]
 
 
-def server_entry(env: dict[str, str]) -> dict[str, object]:
-    cmd = server_command()
+def server_entry(env: dict[str, str], warm: Path | None = None) -> dict[str, object]:
+    cmd = server_command(warm)
     return {"type": "stdio", "command": cmd[0], "args": cmd[1:], "env": env}
 
 
@@ -105,18 +113,18 @@ def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, objec
 
 
 def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_env: dict[str, str],
-            cwd: Path, home: str, user: User | None) -> Injection:
+            cwd: Path, home: str, user: User | None, warm: Path | None = None) -> Injection:
     """Write the overlays for one start of the agent (as `user`, the agent's identity, when
     the supervisor is root) and return the arguments and environment that make the agent see
-    them."""
-    entry = server_entry(server_env)
+    them. `warm`: the supervisor's warm server (see server_command)."""
+    entry = server_entry(server_env, warm)
     if profile.injection == "mcp-config":
         path = runtime / f"mcp-overlay-{supervisor_pid}.json"
         as_user(user, write_overlays, [(str(path), None, "mcpServers", entry)])
         return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path],
                          user=user)
     if profile.injection == "codex-config":
-        cmd = server_command()
+        cmd = server_command(warm)
         env_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in server_env.items())
         args = [
             "-c", f"mcp_servers.{SERVER_NAME}.command={json.dumps(cmd[0])}",

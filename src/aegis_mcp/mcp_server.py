@@ -10,6 +10,7 @@ every hot-reload pays this server's cold start.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib
 import inspect
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
@@ -45,6 +47,50 @@ NO_SUPERVISOR = (
 )
 
 
+@dataclass(frozen=True)
+class Peer:
+    """The process the agent started as its aegis-mcp server: this one (a cold server), or a
+    relay of the supervisor's warm server (mcp_host), one per session."""
+
+    pid: int
+    ppid: int | None
+    start: int | None
+    """Which start of the agent it belongs to (AEGIS_AGENT_START)."""
+    cwd: str | None
+    """Its working directory: the agent's, the pool's default; None for this process's own."""
+    relayed: bool = False
+
+    @classmethod
+    def own(cls) -> Peer:
+        start = os.environ.get("AEGIS_AGENT_START", "")
+        return cls(os.getpid(), os.getppid(), int(start) if start.isdigit() else None, None)
+
+    @classmethod
+    def from_greeting(cls, pid: int, greeting: dict[str, Any]) -> Peer:
+        """From a relay's first line (mcp_relay); `pid` is the kernel's word, not the
+        relay's. ValueError or TypeError when it is not one."""
+        start, ppid, cwd = greeting["start"], greeting["ppid"], greeting["cwd"]
+        if not isinstance(ppid, int) or not isinstance(cwd, str) or not isinstance(start, str):
+            raise TypeError("malformed greeting")
+        return cls(pid, ppid, int(start) if start.isdigit() else None, cwd, relayed=True)
+
+    def directory(self, path: str | None) -> str | None:
+        """`path` (None: the peer's working directory) as the peer means it: a relative one
+        is taken from the peer's working directory."""
+        if self.cwd is None:
+            return path
+        return os.path.join(self.cwd, os.path.expanduser(path or ""))
+
+
+PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("aegis_mcp_peer",
+                                                                  default=None)
+"""The session's peer, set by the warm server for each relay's session."""
+
+
+def peer() -> Peer:
+    return PEER.get() or Peer.own()
+
+
 class RestartResult(BaseModel):
     scheduled: bool = Field(description="True: the supervisor accepted the restart")
     message: str = Field(description="What will happen, in words")
@@ -54,7 +100,10 @@ class RestartResult(BaseModel):
 
 class ServerStatus(BaseModel):
     mcp_server_version: str
-    mcp_server_pid: int
+    mcp_server_pid: int = Field(description="The process the agent started as this server")
+    mcp_server_warm: bool = Field(
+        description="True: served by the supervisor's warm server, through a relay (the "
+        "pid above); False: a server process of its own")
     supervised: bool = Field(description="False when started by hand, outside aegis-mcp")
     supervisor: dict[str, Any] | None = Field(
         description="The supervisor's view: pids, agent command line, uptime, restart count "
@@ -157,8 +206,10 @@ def _register_core(server: MCPServer) -> None:
             if not answer.get("ok"):
                 raise AegisError(answer.get("error", "the supervisor refused the status"))
             supervisor = answer["status"]
-        return ServerStatus(mcp_server_version=__version__, mcp_server_pid=os.getpid(),
-                            supervised=supervisor is not None, supervisor=supervisor)
+        me = peer()
+        return ServerStatus(mcp_server_version=__version__, mcp_server_pid=me.pid,
+                            mcp_server_warm=me.relayed, supervised=supervisor is not None,
+                            supervisor=supervisor)
 
 
 def _register_unavailable(server: MCPServer, names: tuple[str, ...], module: str) -> None:
@@ -207,12 +258,12 @@ def serve(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _say_hello()
+    say_hello(Peer.own())
     build_server().run("stdio")
     return 0
 
 
-def _say_hello() -> None:
+def say_hello(me: Peer) -> None:
     """Tell the supervisor this server is up (its injection worked, in this agent); a
     supervisor that is gone or slow must not keep the agent's MCP client waiting."""
     path = os.environ.get("AEGIS_CONTROL")
@@ -220,9 +271,8 @@ def _say_hello() -> None:
         return
     from aegis_mcp import control
 
-    start = os.environ.get("AEGIS_AGENT_START", "")
-    hello = {"op": "hello", "pid": os.getpid(), "ppid": os.getppid(),
-             # which start of the agent this server belongs to: only those count for it
-             "start": int(start) if start.isdigit() else None}
+    # which start of the agent this server belongs to: only those count for it
+    hello = {"op": "hello", "pid": me.pid, "ppid": me.ppid, "start": me.start,
+             "warm": me.relayed}
     with contextlib.suppress(AegisError):
         control.request(path, hello, timeout=0.5)

@@ -138,6 +138,10 @@ def register(server: MCPServer) -> None:
         a task and return at once with its id and state (running, or queued when the pool is
         full or its directory is locked by another agent). Follow it with agent_status, wait
         for its result with agent_await, stop it with agent_stop."""
+        from aegis_mcp.mcp_server import peer
+
+        # the caller's directory: the relay's under a warm server, not the server's own
+        working_directory = peer().directory(working_directory)
         return AgentStatus(**_call("spawn", description, agent_type, working_directory,
                                    max_iterations, isolation, timeout_secs))
 

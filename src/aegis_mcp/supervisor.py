@@ -26,9 +26,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import __version__, agentargs, control, injection, proctree, ptymonitor, session
+from aegis_mcp import (
+    __version__,
+    agentargs,
+    control,
+    injection,
+    mcp_host,
+    proctree,
+    ptymonitor,
+    session,
+)
 from aegis_mcp.cli import SupervisorOptions
 from aegis_mcp.errors import AegisError
+from aegis_mcp.launch import python_command
 from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
 from aegis_mcp.privileges import (
     User,
@@ -120,6 +130,8 @@ class Supervisor:
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
+    warm: mcp_host.WarmServer | None = None
+    """The warm MCP server that the agent's aegis-mcp servers relay to (see _start_warm)."""
     relay: PtyRelay | None = None
     """The agent's own terminal, while one is relayed (see _uses_pty)."""
     watchdog: Watchdog | None = None
@@ -235,17 +247,17 @@ class Supervisor:
 
     # -- the agent ----------------------------------------------------------------------------
 
-    def _env(self) -> dict[str, str]:
+    def _agent_env(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The environment of the agent's processes (the warm server's too), and the part of
+        it that aegis-mcp's MCP server needs."""
         env = {k: v for k, v in os.environ.items()
                if not (k.startswith("AEGIS_") and k not in _KEPT_AEGIS_ENV)
                and k not in _DROPPED_ENV}
         if self.user is not None:
             env = self.user.agent_env(env)
             env["AEGIS_RUNTIME_DIR"] = str(self.runtime)
-        self.agent_start += 1  # once per start: _spawn calls _env once
         server_env = {"AEGIS_CONTROL": str(self.control.path),
-                      "AEGIS_SUPERVISOR_PID": str(self.pid),
-                      "AEGIS_AGENT_START": str(self.agent_start)}
+                      "AEGIS_SUPERVISOR_PID": str(self.pid)}
         env.update(server_env)
         env["AEGIS_AGENT"] = self.profile.name
         exe_dir = os.path.dirname(self.executable)
@@ -257,6 +269,14 @@ class Supervisor:
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             # netns: the hooks (loaded for the config redirect only) must not record as well
             env["AEGIS_NETMON_MODE"] = server_env["AEGIS_NETMON_MODE"] = str(self.netmon_mode)
+        return env, server_env
+
+    def _env(self) -> dict[str, str]:
+        """The environment of one start of the agent. Not a getter: it counts the start and
+        writes that start's MCP overlays (the last start's go)."""
+        env, server_env = self._agent_env()
+        self.agent_start += 1
+        env["AEGIS_AGENT_START"] = server_env["AEGIS_AGENT_START"] = str(self.agent_start)
         if self.injection is not None:
             self.injection.cleanup()
         self.injection = None
@@ -264,7 +284,8 @@ class Supervisor:
             try:
                 self.injection = injection.prepare(
                     self.profile, self.runtime, self.pid, server_env, self.cwd,
-                    env.get("HOME", str(Path.home())), self.user)
+                    env.get("HOME", str(Path.home())), self.user,
+                    warm=self.warm.path if self.warm is not None else None)
             except OSError as exc:
                 raise AegisError(f"cannot write the MCP overlay in {self.runtime}: "
                                  f"{exc.strerror or exc}; check that it is your own private "
@@ -287,6 +308,7 @@ class Supervisor:
         return session.user_id(self.profile, user_args)
 
     def _spawn(self, resume: bool, prompt: str | None) -> None:
+        self._start_warm()
         env = self._env()
         user_args = self.opts.agent_args
         sid = None if agentargs.is_subcommand(self.profile, user_args) else \
@@ -305,24 +327,7 @@ class Supervisor:
         else:
             argv = agentargs.first_argv(self.profile, self.executable, user_args,
                                         inject_args, session=named)
-        drop = self.user  # who the spawn drops to; None when the command drops by itself
-        # What `env` does once the identity is the user's. The working directory: entered as
-        # root, a symlink swapped in at its path would hand the agent a directory it could
-        # not reach itself. In netns mode the hooks library too: `ip netns exec` and `setpriv`
-        # run as root without it.
-        after_drop = [f"--chdir={self.cwd}"] if self.user is not None else []
-        cwd = Path("/") if self.user is not None else self.cwd
-        prefix: list[str] = []
-        if self.namespace is not None:
-            user = self.user
-            if "LD_PRELOAD" in env:
-                after_drop.append(f"LD_PRELOAD={env.pop('LD_PRELOAD')}")
-            prefix = self.namespace.exec_prefix(
-                user.uid if user else 0, user.gid if user else 0,
-                list(user.groups) if user else [0])
-            drop = None
-        command = [*prefix, *([shutil.which("env") or "/usr/bin/env", *after_drop]
-                              if after_drop else []), *argv]
+        command, cwd, drop = self._as_agent(argv, env)
         if self._uses_pty():
             self.relay = PtyRelay(self.terminal)
             try:
@@ -359,6 +364,59 @@ class Supervisor:
         self.run = AgentRun(proc, argv, time.monotonic(), resume, prompt, proc.pid,
                             session_id=sid)
 
+    def _as_agent(self, argv: list[str], env: dict[str, str]
+                  ) -> tuple[list[str], Path, User | None]:
+        """How `argv` runs as the agent does (its identity, directory and namespace): the
+        command, the directory to start it from, and the user the spawn drops to (None when
+        the command drops by itself). `env` loses what must be set only after the drop."""
+        drop = self.user
+        # What `env` does once the identity is the user's. The working directory: entered as
+        # root, a symlink swapped in at its path would hand the agent a directory it could
+        # not reach itself. In netns mode the hooks library too: `ip netns exec` and `setpriv`
+        # run as root without it.
+        after_drop = [f"--chdir={self.cwd}"] if self.user is not None else []
+        cwd = Path("/") if self.user is not None else self.cwd
+        prefix: list[str] = []
+        if self.namespace is not None:
+            user = self.user
+            if "LD_PRELOAD" in env:
+                after_drop.append(f"LD_PRELOAD={env.pop('LD_PRELOAD')}")
+            prefix = self.namespace.exec_prefix(
+                user.uid if user else 0, user.gid if user else 0,
+                list(user.groups) if user else [0])
+            drop = None
+        command = [*prefix, *([shutil.which("env") or "/usr/bin/env", *after_drop]
+                              if after_drop else []), *argv]
+        return command, cwd, drop
+
+    def _start_warm(self) -> None:
+        """The warm MCP server (mcp_host) for the agent's starts, when it gets ours at all;
+        again at a start after it ended. Without it, relays start the server cold."""
+        if not self.opts.inject_mcp or self.profile.injection == "none":
+            return
+        if self.warm is not None:
+            if self.warm.alive:
+                return
+            say(f"the warm MCP server ended (status {self.warm.status}): starting it again")
+            self._forget_warm()
+        env, _ = self._agent_env()
+        path = mcp_host.socket_path(self.runtime, self.pid)
+        command, cwd, drop = self._as_agent(
+            python_command("aegis_mcp.mcp_host", str(path)), env)
+        try:
+            self.warm = mcp_host.WarmServer.start(command, env, cwd, drop, path)
+        except OSError as exc:
+            say(f"cannot start the warm MCP server ({exc.strerror or exc}): the agent's "
+                "aegis-mcp server starts cold")
+
+    def _forget_warm(self) -> None:
+        warm, self.warm = self.warm, None
+        if warm is None:
+            return
+        warm.stop()
+        with contextlib.suppress(OSError, AegisError):  # the server removes it, unless killed
+            as_user(self.user, control.unlink_socket, str(warm.path))
+
     def _uses_pty(self) -> bool:
         """A terminal of its own for an agent under another identity (sudo's use_pty): in
         ours it could push input to root's shell (TIOCSTI)."""
@@ -389,6 +447,9 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            if self.warm is not None and pid == self.warm.proc.pid:
+                self.warm.status = status
+                continue
             run = self.run
             if run is None or pid != run.proc.pid:
                 continue  # an orphan of the agent's tree, re-parented to us
@@ -548,6 +609,7 @@ class Supervisor:
         if request.get("start") != self.agent_start or run.status is not None:
             return False
         run.mcp_servers.append({"pid": request["pid"], "ppid": request.get("ppid"),
+                                "warm": request.get("warm") is True,
                                 "after_s": round(time.monotonic() - run.started, 3)})
         del run.mcp_servers[:-20]
         return True
@@ -578,6 +640,8 @@ class Supervisor:
             "last_restart_reason": self.last_reason,
             "last_restart_at": self.last_restart_at,
             "injection": self.injection.mechanism if self.injection else "disabled",
+            "warm_mcp_server": {"pid": self.warm.proc.pid, "socket": str(self.warm.path)}
+            if self.warm is not None and self.warm.alive else None,
             "agent_start": self.agent_start,
             "mcp_servers_seen": run.mcp_servers if run else [],
             **self._verifiable(),
@@ -599,8 +663,10 @@ class Supervisor:
     # -- restart and shutdown -----------------------------------------------------------------
 
     def _helper_pids(self) -> tuple[int, ...]:
-        """The supervisor's own children that are not the agent's (capture, watchdog)."""
+        """The supervisor's own children that are not the agent's (capture, watchdog, the
+        warm MCP server)."""
         return (*getattr(self.namespace, "helper_pids", ()),
+                *((self.warm.proc.pid,) if self.warm and self.warm.alive else ()),
                 *(self.watchdog.pids if self.watchdog else ()))
 
     def _stop_agent(self, first_signal: int = signal.SIGINT) -> None:
@@ -830,6 +896,8 @@ class Supervisor:
             self._end_relay()
         if getattr(self, "terminal", None) is not None:
             self.terminal.take_back()
+        with contextlib.suppress(Exception):
+            self._forget_warm()
         if self.injection is not None:
             self.injection.cleanup()
         if self.namespace is not None:
@@ -905,8 +973,8 @@ def _drain_pipe(fd: int) -> str:
     return shown or "?"
 
 
-_STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-overlay-(\d+)\.json|"
-                            r"config-overlay-(\d+)-\d+\.json)$")
+_STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-(\d+)\.sock|"
+                            r"mcp-overlay-(\d+)\.json|config-overlay-(\d+)-\d+\.json)$")
 
 
 def _can_enter(path: str) -> bool:
