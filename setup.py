@@ -1,8 +1,8 @@
 """Build hook: compile the LD_PRELOAD library `libaegis_hooks.so` into the package.
 
 It is a plain shared library, not a Python extension module, so the file name is fixed
-(`aegis_mcp/libaegis_hooks.so`) instead of carrying the interpreter's ABI suffix, and it
-links only libc (plus libdl/libpthread on older glibc).
+(`aegis_mcp/netmon/libaegis_hooks.so`) instead of carrying the interpreter's ABI suffix, and
+it links only libc (plus libdl/libpthread on older glibc).
 """
 
 from glob import glob
@@ -24,9 +24,9 @@ class BuildHooks(build_ext):
 
 
 hooks = Extension(
-    "aegis_mcp.libaegis_hooks",
-    sources=sorted(glob("src/aegis_mcp/hooks/*.c")),
-    depends=sorted(glob("src/aegis_mcp/hooks/*.h")),
+    "aegis_mcp.netmon.libaegis_hooks",
+    sources=sorted(glob("src/aegis_mcp/netmon/hooks/*.c")),
+    depends=sorted(glob("src/aegis_mcp/netmon/hooks/*.h")),
     extra_compile_args=["-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-std=gnu11"],
     extra_link_args=["-ldl", "-lpthread"],
 )

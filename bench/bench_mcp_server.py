@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from aegis_mcp.injection import server_command
+from aegis_mcp.mcp.injection import server_command
 
 BARE = """
 from mcp.server.mcpserver import MCPServer

@@ -165,7 +165,7 @@ def paired(runs: int, plain: tuple[list[str], dict[str, str]],
 
 
 def bench_reading(tmp: Path, events: int) -> tuple[float, float, float]:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     log = tmp / "big.jsonl"
     line = ('{{"ts":{ts},"event":"{kind}","source":"preload","pid":{pid},"ppid":1,"exe":"node",'

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from aegis_mcp import netns
+from aegis_mcp.netns import namespace as netns
 
 CHUNK = 1 << 20
 CLIENT = """

@@ -61,7 +61,7 @@ def main() -> int:
         (tmp / "config.toml").write_text(
             f'[agents.claude]\ncommand = ["{sys.executable}", "{FAKE}"]\n\n'
             f"[pool]\nmax_agents = {n}\nstop_grace_secs = 1\n")
-        from aegis_mcp.pool import Pool
+        from aegis_mcp.pool.pool import Pool
 
         pool = Pool()
         workdirs = []

@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the tests' stand-in for the model API
 
-from aegis_mcp import control  # noqa: E402
+from aegis_mcp.supervise import control  # noqa: E402
 from tests.fake_anthropic import FakeAnthropic  # noqa: E402
 from tests.private_net import PrivateLoopback  # noqa: E402
 

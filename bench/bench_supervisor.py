@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from aegis_mcp import control
+from aegis_mcp.supervise import control
 
 HERE = Path(__file__).resolve().parent
 # The supervisor as `aegis-mcp` runs it, with the watchdog left out when asked ("off"): the
@@ -68,7 +68,7 @@ def one_start(agent: Path, env: dict[str, str], log: Path, watchdog: bool
     t0 = time.time_ns()
     sup = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exec_ns = wait_starts(log, n + 1)[-1]
-    dog = next((p for p in psutil.Process(sup.pid).children() if "aegis_mcp.watchdog" in
+    dog = next((p for p in psutil.Process(sup.pid).children() if "aegis_mcp.supervise.watchdog" in
                 " ".join(p.cmdline())), None)
     return (exec_ns - t0) / 1e6, sup, dog
 
@@ -126,7 +126,7 @@ def main() -> None:
                 exec_ns = wait_starts(log, i + 2)[-1]
                 shares.append((exec_ns - t0) / 1e6)
             procs = [psutil.Process(sup.pid), *psutil.Process(sup.pid).children()]
-            procs = [p for p in procs if p.pid == sup.pid or "aegis_mcp.watchdog" in
+            procs = [p for p in procs if p.pid == sup.pid or "aegis_mcp.supervise.watchdog" in
                      " ".join(p.cmdline())]  # the supervisor and its watchdog, not the agent
             time.sleep(1)
             before = [p.cpu_times() for p in procs]

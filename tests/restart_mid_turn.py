@@ -71,7 +71,7 @@ def restart_beside_another(net: PrivateLoopback, api: ScriptedAPI, a_args: list[
     import os
     import signal
 
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
 
     api.queue_hold()
     api.queue_text("B's reply")

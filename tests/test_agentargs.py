@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from aegis_mcp.agentargs import allow_tools_flags, first_argv, prompt_index, restart_argv
-from aegis_mcp.profiles import BUILTIN_PROFILES
+from aegis_mcp.profiles.argv import allow_tools_flags, first_argv, prompt_index, restart_argv
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 INJECT = ["--mcp-config", "/run/overlay.json"]

@@ -57,7 +57,7 @@ class Session:
         self.runner = by_name.pop("pool-runner", None)
         self.tree = [self.start["pid"], *by_name.values()]
         self.watchdog = next(p for p in self.supervisor.children()
-                             if "aegis_mcp.watchdog" in p.cmdline())
+                             if "aegis_mcp.supervise.watchdog" in p.cmdline())
 
     def close(self) -> None:
         self.shell.close(force=True)
@@ -73,7 +73,7 @@ def _same_test(pid: int, world: FakeAgentWorld) -> bool:
     except psutil.Error:
         return False
     return any(v.startswith(str(world.root)) for v in env.values()) or \
-        "aegis_mcp.watchdog" in " ".join(psutil.Process(pid).cmdline())
+        "aegis_mcp.supervise.watchdog" in " ".join(psutil.Process(pid).cmdline())
 
 
 @pytest.fixture
@@ -249,7 +249,8 @@ def test_the_sweep_ends_only_its_supervisors_marked_processes_and_rechecks_befor
         tmp_path: Path) -> None:
     import sys
 
-    from aegis_mcp import proctree, watchdog
+    from aegis_mcp import procs as proctree
+    from aegis_mcp.supervise import watchdog
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pexpect
 
-from aegis_mcp import control
+from aegis_mcp.supervise import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from aegis_mcp import control
+from aegis_mcp.supervise import control
 from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
 from tests.fake_openai import CustomToolCall, FakeOpenAIResponses
 from tests.pool_e2e import TASK, spawn_and_wait

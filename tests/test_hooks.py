@@ -166,7 +166,7 @@ def test_git_clone_over_git_daemon(tmp_path: Path) -> None:
     assert sum(c["recv"] for c in closes) > 1000  # the pack carries the file
     assert any(c.get("dup_of") == closes[0]["fd"] or "dup_of" in c for c in closes)
 
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     status = netmon.status(log)
     assert status["connections"] == 1
@@ -280,7 +280,7 @@ def test_refused_connections(tmp_path: Path) -> None:
     assert cu[-1]["event"] == "close" and cu[-1]["result"] == "ECONNREFUSED"
     assert cu[-1]["sent"] == cu[-1]["recv"] == 0
 
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     status = netmon.status(log)
     assert status["failed_connections"] == 2 and status["connections"] == 0
@@ -379,7 +379,7 @@ def test_unwritable_log_changes_nothing(tmp_path: Path, server: RawHTTPServer) -
 
 def test_rotation_keeps_the_log_bounded_and_the_summary_whole(tmp_path: Path,
                                                               server: RawHTTPServer) -> None:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     log = tmp_path / "log.jsonl"
     code = textwrap.dedent(f"""
@@ -477,7 +477,7 @@ def test_spawning_children_leaves_the_parents_sockets_alone(tmp_path: Path,
 
 
 def test_threads_fds_reused_dups_and_forks(tmp_path: Path, server: RawHTTPServer) -> None:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     exe = compile_snippet("stress.c", tmp_path)
     log = tmp_path / "log.jsonl"

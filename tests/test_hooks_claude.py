@@ -63,7 +63,7 @@ def test_fake_anthropic_answers_as_the_api_does() -> None:
 @needs_claude
 @pytest.mark.skipif(not Path(LIB).exists(), reason=f"{LIB} is not built")
 def test_claude_code_connection_and_bytes_are_recorded(tmp_path: Path) -> None:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     assert CLAUDE is not None
     log = tmp_path / "netmon.jsonl"

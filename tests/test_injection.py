@@ -12,8 +12,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from aegis_mcp import injection
-from aegis_mcp.profiles import BUILTIN_PROFILES
+from aegis_mcp.mcp import injection
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 from tests.conftest import aegis_bin
 from tests.supervisor_helpers import FakeAgentWorld, fake_profile
 

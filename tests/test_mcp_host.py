@@ -21,7 +21,7 @@ import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 
-from aegis_mcp import control
+from aegis_mcp.supervise import control
 from tests.conftest import NEEDS_ROOT
 from tests.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
 
@@ -69,7 +69,7 @@ def test_the_agents_server_is_a_small_relay_to_one_warm_server_across_restarts(
     child.expect("READY")
     first = world.starts()[0]
     entry = _entry(first)
-    assert entry["args"][:2] == ["-I", "-S"] and entry["args"][2].endswith("mcp_relay.py")
+    assert entry["args"][:2] == ["-I", "-S"] and entry["args"][2].endswith("mcp/relay.py")
     relay = _mcp_child(first)
     status = wait_for(lambda: (s if (s := _status(first))["mcp_servers_seen"] else None), 20,
                       "the relay's hello")
@@ -149,8 +149,8 @@ def test_a_dead_warm_server_means_a_cold_server_then_a_new_warm_one(
 def test_a_hung_warm_server_is_given_up_for_the_cold_server(tmp_path: Path) -> None:
     """A socket that accepts and never answers (a warm server stopped with SIGSTOP): the
     relay starts the cold server after its welcome bound, and the client never notices."""
-    from aegis_mcp import mcp_relay
-    from aegis_mcp.injection import server_command
+    from aegis_mcp.mcp import relay as mcp_relay
+    from aegis_mcp.mcp.injection import server_command
 
     path = tmp_path / "hung.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,11 +168,11 @@ def test_a_hung_warm_server_is_given_up_for_the_cold_server(tmp_path: Path) -> N
 
 
 def test_a_relay_with_bad_arguments_says_its_usage(tmp_path: Path) -> None:
-    from aegis_mcp.injection import server_command
+    from aegis_mcp.mcp.injection import server_command
 
     relay = server_command(tmp_path / "x.sock")[:4]
     out = subprocess.run(relay, capture_output=True, text=True, timeout=10)
-    assert out.returncode == 2 and "usage: mcp_relay.py" in out.stderr
+    assert out.returncode == 2 and "usage: python -I -S relay.py" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -210,7 +210,7 @@ def test_a_warm_server_left_by_a_killed_supervisor_is_swept(world: FakeAgentWorl
 
 def test_relay_is_the_standard_library_only() -> None:
     """-I -S: nothing but the standard library may be imported by the relay."""
-    from aegis_mcp.injection import server_command
+    from aegis_mcp.mcp.injection import server_command
 
     relay = server_command(Path("/nonexistent/x.sock"))
     probe = ("import runpy, sys; sys.argv = ['r']; "

@@ -15,7 +15,8 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
-from aegis_mcp import netmon, netmon_tools
+from aegis_mcp.netmon import monitor as netmon
+from aegis_mcp.netmon import tools as netmon_tools
 from tests.conftest import aegis_bin
 
 
@@ -225,7 +226,7 @@ def test_preload_check(tmp_path: Path) -> None:
 
 async def _call(tool: str, args: dict[str, Any]) -> Any:
     # the real server class: it turns AegisError into an is_error result with the message
-    from aegis_mcp.mcp_server import AegisMCPServer
+    from aegis_mcp.mcp.server import AegisMCPServer
 
     server: MCPServer = AegisMCPServer("netmon-test")
     netmon_tools.register(server)

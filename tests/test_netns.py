@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from aegis_mcp import netns
 from aegis_mcp.errors import AegisError
+from aegis_mcp.netns import namespace as netns
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.netns_helpers import (
     DnsResponder,
@@ -381,7 +381,7 @@ def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
 OWNER = textwrap.dedent("""\
     import os, subprocess, sys, time
     from pathlib import Path
-    from aegis_mcp import netns
+    from aegis_mcp.netns import namespace as netns
     ns = netns.create(os.getpid(), Path(sys.argv[1]), resolv_conf=Path(sys.argv[2]))
     # What an agent leaves behind when its supervisor is killed: a process that obeys SIGTERM,
     # one that ignores it with a child that does too, and an orphan in a session of its own.
@@ -477,9 +477,9 @@ def test_stop_processes_inside_is_quick_when_they_obey(ns: netns.Namespace) -> N
 NOT_ROOT = textwrap.dedent("""\
     import asyncio
     from mcp import Client
-    from aegis_mcp import netns
+    from aegis_mcp.netns import namespace as netns
     from aegis_mcp.errors import AegisError
-    from aegis_mcp.mcp_server import build_server
+    from aegis_mcp.mcp.server import build_server
     for f in (netns.cleanup_stale, lambda: netns.create(1, "/tmp/x")):
         try:
             f()
@@ -519,7 +519,7 @@ def test_mcp_tools_in_memory(ns: netns.Namespace) -> None:
     from mcp import Client
     from mcp.server.mcpserver import MCPServer
 
-    from aegis_mcp import netns_tools
+    from aegis_mcp.netns import tools as netns_tools
 
     server = MCPServer(name="t")
     netns_tools.register(server)

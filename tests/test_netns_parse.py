@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis_mcp import capture
-from aegis_mcp.capture import ACK, FIN, NLA_F_NESTED, RST, SYN, EventLog, Tracker, _nla
-from aegis_mcp.netmon import open_log
+from aegis_mcp.netmon.monitor import open_log
+from aegis_mcp.netns import capture
+from aegis_mcp.netns.capture import ACK, FIN, NLA_F_NESTED, RST, SYN, EventLog, Tracker, _nla
 
 NS, PEER = "10.200.0.2", "198.51.100.7"
 

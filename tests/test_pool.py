@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from aegis_mcp.errors import AegisError
-from aegis_mcp.pool import Pool
+from aegis_mcp.pool.pool import Pool
 from tests.conftest import aegis_bin
 from tests.poolkit import (
     cleanup_pool,
@@ -120,7 +120,7 @@ def test_concurrent_spawners_never_exceed_the_pool_or_start_twice(aegis_env: dic
                                                                  tmp_path: Path) -> None:
     pool = configure(aegis_env, max_agents=2)
     with cleanup_pool():
-        script = ("import sys; from aegis_mcp.pool import Pool; p = Pool(); "
+        script = ("import sys; from aegis_mcp.pool.pool import Pool; p = Pool(); "
                   "[print(p.spawn('sleep=0.2', working_directory=d)['agent_id']) "
                   "for d in sys.argv[1:]]")
         workdirs = dirs(tmp_path, 12)
@@ -350,8 +350,8 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
     import dataclasses
     import sys
 
-    from aegis_mcp.pool import headless_argv
-    from aegis_mcp.profiles import BUILTIN_PROFILES
+    from aegis_mcp.pool.pool import headless_argv
+    from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
     task = "-v --model x"
     expected = {"claude": ["--", task], "cursor": ["--", task], "codex": ["--", task],
@@ -541,7 +541,7 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
                                                            tmp_path: Path) -> None:
     import sqlite3
 
-    from aegis_mcp import pool as pool_module
+    from aegis_mcp.pool import pool as pool_module
 
     configure(aegis_env)
     directory = tmp_path / "old-pool"
@@ -571,7 +571,7 @@ def test_a_new_store_opened_by_many_processes_at_once(aegis_env: dict[str, str],
                                                       tmp_path: Path) -> None:
     # The first open switches the store to WAL; SQLite answers "database is locked" at once,
     # without waiting, to the others that open it at that moment (seen in CI).
-    script = ("import sys; from pathlib import Path; from aegis_mcp.pool import Pool; "
+    script = ("import sys; from pathlib import Path; from aegis_mcp.pool.pool import Pool; "
               "print(Pool(Path(sys.argv[1])).stats()['max_agents'])")
     for round_ in range(8):
         directory = tmp_path / f"pool{round_}"

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from aegis_mcp.pool import Pool
+from aegis_mcp.pool.pool import Pool
 from tests.conftest import aegis_bin
 from tests.poolkit import cleanup_pool, git, make_repo, pool_config
 

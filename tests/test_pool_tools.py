@@ -164,7 +164,7 @@ def test_kill9_of_the_mcp_server_in_the_middle_of_a_spawn(env: dict[str, str],
     with pytest.raises(BaseException):  # noqa: B017 - the server died under the call
         asyncio.run(asyncio.wait_for(spawn_and_die(), 30))
     # The server died between claiming the agent and starting its runner.
-    from aegis_mcp.pool import Pool
+    from aegis_mcp.pool.pool import Pool
 
     pool = Pool()
     assert [tuple(r) for r in pool.conn.execute("SELECT state, runner_pid FROM agents")] == [

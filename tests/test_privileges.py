@@ -16,8 +16,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from aegis_mcp import control
 from aegis_mcp.paths import hooks_library, runtime_base
+from aegis_mcp.supervise import control
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
 
@@ -115,7 +115,7 @@ def test_control_socket_refuses_other_uids(throwaway_user: pwd.struct_passwd) ->
     """Defence in depth under the 0700 directory: SO_PEERCRED is checked per connection."""
     import threading
 
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
 
     root = Path(tempfile.mkdtemp(prefix="aegis-peer-"))
     os.chmod(root, 0o755)

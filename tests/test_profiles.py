@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from aegis_mcp import proctree
+from aegis_mcp import procs as proctree
 from aegis_mcp.errors import AegisError
-from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
 
 # Exits 0 on its second SIGINT, as Aider does ("^C again to exit"); SIGTERM kills it.
 TWICE = (

@@ -41,7 +41,7 @@ def test_top_level_help_and_version(aegis_env: dict[str, str]) -> None:
 
 def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     """The TOML example in the README is a config aegis-mcp accepts, key for key."""
-    from aegis_mcp.profiles import load_config
+    from aegis_mcp.profiles.profile import load_config
 
     blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
     example = next(b for b in blocks if "[agents.myagent]" in b)
@@ -53,8 +53,8 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
 
 
 def test_the_pool_docs_config_example_loads(tmp_path: Path) -> None:
-    from aegis_mcp.pool import load_settings
-    from aegis_mcp.profiles import load_config
+    from aegis_mcp.pool.pool import load_settings
+    from aegis_mcp.profiles.profile import load_config
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "pool.md").read_text()
     example = next(b for b in re.findall(r"```toml\n(.*?)```", docs, re.S) if "[pool]" in b)

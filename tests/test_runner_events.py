@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aegis_mcp.runner import Runner, last_chat_reply
+from aegis_mcp.pool.runner import Runner, last_chat_reply
 
 
 class _Pool:

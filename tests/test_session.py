@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from aegis_mcp import session
-from aegis_mcp.profiles import BUILTIN_PROFILES
+from aegis_mcp.profiles import session
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 SID = "3f2c1a9e-7b6d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -41,7 +41,7 @@ def test_a_fresh_start_names_its_session_unless_the_user_chose_one() -> None:
 def test_the_hook_is_left_out_when_the_user_gives_settings_of_their_own() -> None:
     (flag, value) = session.hook_args(CLAUDE, ["-p", "x"])
     hook = json.loads(value)["hooks"]["SessionStart"][0]["hooks"][0]
-    assert flag == "--settings" and "aegis_mcp.session" in hook["command"]
+    assert flag == "--settings" and "aegis_mcp.profiles.session" in hook["command"]
     assert session.hook_args(CLAUDE, ["--settings", "mine.json"]) == []
     # a print run cannot change sessions: with its id known it needs no hook
     assert session.hook_args(CLAUDE, ["-p", "x"], known=True) == []
@@ -86,7 +86,7 @@ def test_the_hook_never_fails_the_agent(tmp_path: Path) -> None:
     for stdin, control in (("not json", str(tmp_path / "none.sock")),
                            (json.dumps({"session_id": "--evil"}), str(tmp_path / "x.sock")),
                            (json.dumps({"session_id": SID}), str(tmp_path / "gone.sock"))):
-        out = subprocess.run([sys.executable, "-m", "aegis_mcp.session"], input=stdin,
+        out = subprocess.run([sys.executable, "-m", "aegis_mcp.profiles.session"], input=stdin,
                              text=True, capture_output=True, timeout=30,
                              env={**os.environ, "AEGIS_CONTROL": control})
         assert (out.returncode, out.stdout) == (0, "")
@@ -96,7 +96,7 @@ def test_the_supervisor_names_the_session_follows_the_hook_and_resumes_exactly_i
         tmp_path: Path, aegis_env: dict[str, str]) -> None:
     import pexpect
 
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
     from tests.conftest import aegis_bin
     from tests.supervisor_helpers import fake_profile, fake_world
 
@@ -144,7 +144,7 @@ def test_a_profile_that_resumes_only_the_latest_says_so_once(
 
     import pexpect
 
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
     from tests.supervisor_helpers import fake_world
 
     world = fake_world(tmp_path, aegis_env)

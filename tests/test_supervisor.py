@@ -14,7 +14,7 @@ import pexpect
 import psutil
 import pytest
 
-from aegis_mcp import control
+from aegis_mcp.supervise import control
 from tests.conftest import aegis_bin
 from tests.supervisor_helpers import (
     FakeAgentWorld,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aegis_mcp import netmon
+from aegis_mcp.netmon import monitor as netmon
 from tests.conftest import aegis_bin
 from tests.netns_helpers import pids_in
 from tests.supervisor_helpers import inotify_watches, wait_for
@@ -42,7 +42,7 @@ if url:
     except OSError as exc:
         info["error"] = str(exc)
 if os.environ.get("AEGIS_CONTROL"):
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
     status = control.request(os.environ["AEGIS_CONTROL"], {"op": "status"})["status"]
     info["host_access"] = status["netns_host_access"]
 open(sys.argv[1], "w").write(json.dumps(info))
@@ -238,7 +238,7 @@ def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
                "AEGIS_RUNTIME_DIR": str(shared_dir / "run"),
                "MY_API_BASE_URL": f"http://localhost:{api}", "OTHER_URL": "http://[::1]:7/"}
         fetch = ("import json, os, sys, urllib.request\n"
-                 "from aegis_mcp import control\n"
+                 "from aegis_mcp.supervise import control\n"
                  "for port in sys.argv[1:]:\n"
                  "    print(urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=10)"
                  ".read().decode()[:6])\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import dataclass, field
 
 USAGE = """\
 usage: aegis-mcp [OPTIONS] AGENT [AGENT ARGS...]
@@ -51,115 +50,17 @@ Run `aegis-mcp SUBCOMMAND --help` for a subcommand's options.
 
 # name -> (module, one-line help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "restart": ("aegis_mcp.control_cli", "restart the agent of a running supervisor"),
-    "ps": ("aegis_mcp.control_cli", "list the supervisors running for you and their agents"),
-    "profiles": ("aegis_mcp.profiles_cli", "list the agent profiles and where they come from"),
-    "agents": ("aegis_mcp.pool_cli", "background agents: spawn, list, status, await, stop ..."),
-    "netmon": ("aegis_mcp.netmon_cli", "show the network connections an agent made"),
-    "netns": ("aegis_mcp.netns_cli", "list or clean up aegis network namespaces"),
+    "restart": ("aegis_mcp.supervise.cli", "restart the agent of a running supervisor"),
+    "ps": ("aegis_mcp.supervise.cli", "list the supervisors running for you and their agents"),
+    "profiles": ("aegis_mcp.profiles.cli", "list the agent profiles and where they come from"),
+    "agents": ("aegis_mcp.pool.cli", "background agents: spawn, list, status, await, stop ..."),
+    "netmon": ("aegis_mcp.netmon.cli", "show the network connections an agent made"),
+    "netns": ("aegis_mcp.netns.cli", "list or clean up aegis network namespaces"),
 }
 
 
-@dataclass
-class SupervisorOptions:
-    """Everything `aegis-mcp [OPTIONS] AGENT [ARGS]` asks for; maps 1:1 to the flags."""
-
-    agent: str | None = None
-    """Profile name, or None for a generic command given after `--`."""
-    agent_args: list[str] = field(default_factory=list)
-    netmon: str | None = None
-    netns_forward: list[int] = field(default_factory=list)
-    netns_host_access: bool = False
-    inject_mcp: bool = True
-    keep_root: bool = False
-    watch: list[str] = field(default_factory=list)
-    restart_grace: float = 3.0
-    max_restarts_per_minute: int = 10
-
-
-class UsageError(Exception):
-    pass
-
-
-def _value(argv: list[str], i: int, arg: str) -> tuple[str, int]:
-    if "=" in arg:
-        return arg.split("=", 1)[1], i + 1
-    if i + 1 >= len(argv):
-        raise UsageError(f"{arg} needs a value")
-    return argv[i + 1], i + 2
-
-
-def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
-    """Pick aegis-mcp's own options out of `argv` (anywhere before `--`); the first other word
-    is the agent, and every other word goes to the agent in order."""
-    opts = SupervisorOptions()
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg.split("=", 1)[0]
-        if arg == "--":
-            if opts.agent is None and not rest:
-                opts.agent = None
-                rest = ["--", *argv[i + 1 :]]
-            else:
-                rest.extend(argv[i + 1 :])
-            break
-        if name == "--netmon":
-            mode = arg.split("=", 1)[1] if "=" in arg else "auto"
-            if mode not in ("auto", "preload", "netns"):
-                raise UsageError(f"--netmon={mode}: the mode must be preload, netns or auto")
-            opts.netmon = mode
-            i += 1
-        elif name == "--netns-forward":
-            value, i = _value(argv, i, arg)
-            if not value.isdigit() or not 0 < int(value) < 65536:
-                raise UsageError(f"--netns-forward {value!r}: give a TCP port from 1 to 65535")
-            opts.netns_forward.append(int(value))
-        elif arg == "--netns-host-access":
-            opts.netns_host_access = True
-            i += 1
-        elif arg == "--no-inject-mcp":
-            opts.inject_mcp = False
-            i += 1
-        elif arg == "--keep-root":
-            opts.keep_root = True
-            i += 1
-        elif name == "--watch":
-            value, i = _value(argv, i, arg)
-            opts.watch.append(value)
-        elif name == "--restart-grace":
-            value, i = _value(argv, i, arg)
-            try:
-                opts.restart_grace = float(value)
-            except ValueError:
-                raise UsageError(f"--restart-grace {value!r}: give a number of seconds") from None
-            if not 0 <= opts.restart_grace <= 600:
-                raise UsageError("--restart-grace must be between 0 and 600 seconds")
-        elif name == "--max-restarts":
-            value, i = _value(argv, i, arg)
-            if not value.isdigit() or int(value) < 1:
-                raise UsageError(f"--max-restarts {value!r}: give a whole number of at least 1")
-            opts.max_restarts_per_minute = int(value)
-        else:
-            rest.append(arg)
-            i += 1
-    if rest and rest[0] == "--":
-        if len(rest) < 2:
-            raise UsageError("no command after `--`: use `aegis-mcp -- my-agent [args]`")
-        opts.agent_args = rest[1:]
-        return opts
-    if not rest:
-        raise UsageError("no agent given: try `aegis-mcp claude`, or `aegis-mcp --help`")
-    if rest[0].startswith("-"):
-        raise UsageError(f"unknown option {rest[0]!r} before the agent name (see aegis-mcp --help)")
-    opts.agent = rest[0]
-    opts.agent_args = rest[1:]
-    return opts
-
-
 def _top_usage() -> str:
-    from aegis_mcp.profiles import BUILTIN_PROFILES
+    from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
     subs = "\n".join(f"  {name:<22}  {text}" for name, (_, text) in SUBCOMMANDS.items())
     return USAGE.format(agents=", ".join(BUILTIN_PROFILES), subcommands=subs)
@@ -193,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] == "--mcp-server":
-            from aegis_mcp.mcp_server import serve
+            from aegis_mcp.mcp.server import serve
 
             return serve(argv[1:])
         if not argv or argv[0] in ("-h", "--help", "help"):
@@ -206,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[0] in SUBCOMMANDS:
             return _run_subcommand(argv[0], argv[1:])
+        from aegis_mcp.supervise.options import UsageError, parse_supervisor_args
+
         try:
             opts = parse_supervisor_args(argv)
         except UsageError as exc:
             print(f"aegis-mcp: {exc}", file=sys.stderr)
             return 2
         from aegis_mcp.pathcheck import current_directory
-        from aegis_mcp.supervisor import run_supervisor
+        from aegis_mcp.supervise.supervisor import run_supervisor
 
         current_directory()  # the agent starts there: deleted, it is one line, not a traceback
         return run_supervisor(opts)

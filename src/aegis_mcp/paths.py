@@ -162,4 +162,4 @@ def config_file() -> Path:
 
 def hooks_library() -> Path:
     """The LD_PRELOAD library built next to the package by `pip install`."""
-    return Path(__file__).resolve().parent / "libaegis_hooks.so"
+    return Path(__file__).resolve().parent / "netmon" / "libaegis_hooks.so"

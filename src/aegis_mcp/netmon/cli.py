@@ -126,7 +126,7 @@ class _Follower:
             pass
 
     def poll(self) -> list[dict[str, Any]]:
-        from aegis_mcp.netmon import rotated_path
+        from aegis_mcp.netmon.monitor import rotated_path
 
         try:
             st = self.log.stat()
@@ -160,7 +160,7 @@ class _Follower:
 
 
 def _status_or_empty(log: Path) -> dict[str, Any]:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     try:
         return netmon.status(log)
@@ -172,8 +172,8 @@ def _status_or_empty(log: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aegis_mcp import netmon
     from aegis_mcp.errors import AegisError
+    from aegis_mcp.netmon import monitor as netmon
 
     if not 0 <= args.events <= 1000:
         raise AegisError(f"--events {args.events}: give a number from 0 to 1000")

@@ -61,7 +61,7 @@ def start(argv: list[str], env: dict[str, str], cwd: Path, user: Any, stdio: dic
             "drop": None if user is None else [user.uid, user.gid, list(user.groups)]}
     try:
         proc = subprocess.Popen(
-            python_command("aegis_mcp.ptymonitor", str(theirs.fileno()), root_side=True),
+            python_command("aegis_mcp.supervise.ptymonitor", str(theirs.fileno()), root_side=True),
             env=root_env(), cwd="/", pass_fds=(theirs.fileno(),), close_fds=True, **stdio)
     except OSError as exc:
         ours.close()

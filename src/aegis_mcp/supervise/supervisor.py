@@ -26,19 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import (
-    __version__,
-    agentargs,
-    control,
-    injection,
-    mcp_host,
-    proctree,
-    ptymonitor,
-    session,
-)
-from aegis_mcp.cli import SupervisorOptions
+from aegis_mcp import __version__
+from aegis_mcp import procs as proctree
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
+from aegis_mcp.mcp import injection
+from aegis_mcp.mcp.warm import WarmServer
+from aegis_mcp.mcp.warm import socket_path as warm_socket_path
 from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
 from aegis_mcp.privileges import (
     User,
@@ -48,17 +42,21 @@ from aegis_mcp.privileges import (
     fds_as_user,
     root_notice,
 )
-from aegis_mcp.profiles import (
+from aegis_mcp.profiles import argv as agentargs
+from aegis_mcp.profiles import session
+from aegis_mcp.profiles.profile import (
     AgentProfile,
     generic_profile,
     get_profile,
     load_config,
     user_bin_dirs,
 )
-from aegis_mcp.ptyrelay import PtyRelay
 from aegis_mcp.signals import SignalInbox
-from aegis_mcp.terminal import Terminal
-from aegis_mcp.watchdog import Watchdog
+from aegis_mcp.supervise import control, ptymonitor
+from aegis_mcp.supervise.options import SupervisorOptions
+from aegis_mcp.supervise.ptyrelay import PtyRelay
+from aegis_mcp.supervise.terminal import Terminal
+from aegis_mcp.supervise.watchdog import Watchdog
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
@@ -130,7 +128,7 @@ class Supervisor:
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
-    warm: mcp_host.WarmServer | None = None
+    warm: WarmServer | None = None
     """The warm MCP server that the agent's aegis-mcp servers relay to (see _start_warm)."""
     relay: PtyRelay | None = None
     """The agent's own terminal, while one is relayed (see _uses_pty)."""
@@ -168,7 +166,7 @@ class Supervisor:
                              "would run: start aegis-mcp from a directory that user can reach")
         as_user(self.user, _remove_stale_files, str(self.runtime))
         if self.netmon_mode == "preload":  # the hooks append to it: a fresh file of the user's
-            from aegis_mcp import netmon
+            from aegis_mcp.netmon import monitor as netmon
 
             for fd in fds_as_user(self.user, netmon.open_log, str(self.netmon_log)):
                 os.close(fd)
@@ -198,7 +196,7 @@ class Supervisor:
             say(f"--netmon: using {mode} mode ({'root' if mode == 'netns' else 'not root'})")
         if mode == "netns":
             try:
-                from aegis_mcp import netns
+                from aegis_mcp.netns import namespace as netns
             except ImportError:
                 raise AegisError("--netmon=netns is not available in this build; use "
                                  "--netmon=preload") from None
@@ -207,7 +205,7 @@ class Supervisor:
             if not hooks_library().exists():
                 raise AegisError(f"the hooks library is missing ({hooks_library()}): "
                                  "reinstall aegis-mcp with `pip install .` (it needs gcc)")
-            from aegis_mcp.netmon import is_preload_visible
+            from aegis_mcp.netmon.monitor import is_preload_visible
 
             if self.profile.static_binary:  # e.g. codex: a Node launcher that execs a static one
                 raise AegisError(
@@ -390,7 +388,7 @@ class Supervisor:
         return command, cwd, drop
 
     def _start_warm(self) -> None:
-        """The warm MCP server (mcp_host) for the agent's starts, when it gets ours at all;
+        """The warm MCP server (mcp.warm) for the agent's starts, when it gets ours at all;
         again at a start after it ended. Without it, relays start the server cold."""
         if not self.opts.inject_mcp or self.profile.injection == "none":
             return
@@ -400,11 +398,11 @@ class Supervisor:
             say(f"the warm MCP server ended (status {self.warm.status}): starting it again")
             self._forget_warm()
         env, _ = self._agent_env()
-        path = mcp_host.socket_path(self.runtime, self.pid)
+        path = warm_socket_path(self.runtime, self.pid)
         command, cwd, drop = self._as_agent(
-            python_command("aegis_mcp.mcp_host", str(path)), env)
+            python_command("aegis_mcp.mcp.warm", str(path)), env)
         try:
-            self.warm = mcp_host.WarmServer.start(command, env, cwd, drop, path)
+            self.warm = WarmServer.start(command, env, cwd, drop, path)
         except OSError as exc:
             say(f"cannot start the warm MCP server ({exc.strerror or exc}): the agent's "
                 "aegis-mcp server starts cold")
@@ -794,7 +792,7 @@ class Supervisor:
             return
         if (st.st_ino, st.st_size) == self._netmon_seen:
             return
-        import aegis_mcp.netmon  # noqa: F401 - imported here, not in the forked child
+        import aegis_mcp.netmon.monitor  # noqa: F401 - imported here, not in the forked child
 
         with contextlib.suppress(Exception):  # a broken log must never stop the agent
             # As the agent's user: the log and its summary live in that user's directory,
@@ -840,7 +838,8 @@ class Supervisor:
         self._setup()
         try:
             if self.netmon_mode == "netns":
-                from aegis_mcp import netmon, netns
+                from aegis_mcp.netmon import monitor as netmon
+                from aegis_mcp.netns import namespace as netns
 
                 assert self.netmon_log is not None
                 forwards, unreachable = loopback_forwards(dict(os.environ),
@@ -982,7 +981,7 @@ def _can_enter(path: str) -> bool:
 
 
 def _refresh_summary(log: str) -> None:
-    from aegis_mcp import netmon
+    from aegis_mcp.netmon import monitor as netmon
 
     netmon.refresh(Path(log))
 

@@ -22,7 +22,7 @@ bubblewrap names its phases):
               by whichever teardown or cleanup removes the last aegis namespace
   dns         /etc/netns/aegis-<pid>/resolv.conf, which `ip netns exec` bind-mounts over
               /etc/resolv.conf for the agent
-  capture     `python -m aegis_mcp.capture` (root, outside the agent's process tree), ready
+  capture     `python -m aegis_mcp.netns.capture` (root, outside the agent's process tree), ready
               before `create` returns so the agent's first packet is seen
 
 The agent itself is then started by the supervisor with `exec_prefix()`: `ip netns exec`
@@ -54,7 +54,7 @@ from typing import Any
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
-from aegis_mcp.netmon import open_log
+from aegis_mcp.netmon.monitor import open_log
 
 PREFIX = "aegis-"
 NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
@@ -579,7 +579,7 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subproce
         with os.fdopen(err_fd, "wb") as err:
             proc = subprocess.Popen(
                 python_command(
-                    "aegis_mcp.capture", "--name", state.name, "--veth", state.veth,
+                    "aegis_mcp.netns.capture", "--name", state.name, "--veth", state.veth,
                     "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
                     "--log-fd", str(fd), "--owner-pid", str(state.owner_pid),
                     *(arg for forward in state.forwards for arg in ("--forward", forward)),

@@ -1,5 +1,5 @@
 """The pool's MCP tools: agent_spawn, agent_list, agent_status, agent_await, agent_stop,
-agent_pool_stats, agent_file_locks. A thin front over `aegis_mcp.pool` (imported when a tool
+agent_pool_stats, agent_file_locks. A thin front over `aegis_mcp.pool.pool` (imported when a tool
 runs, not when the server starts: every hot-reload pays the server's cold start)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
-    from aegis_mcp.pool import Pool
+    from aegis_mcp.pool.pool import Pool
 
 
 class AgentStatus(BaseModel):
@@ -99,7 +99,7 @@ AgentId = Annotated[str, Field(min_length=1, max_length=64,
 
 
 def _pool() -> Pool:
-    from aegis_mcp.pool import Pool
+    from aegis_mcp.pool.pool import Pool
 
     return Pool()
 
@@ -138,7 +138,7 @@ def register(server: MCPServer) -> None:
         a task and return at once with its id and state (running, or queued when the pool is
         full or its directory is locked by another agent). Follow it with agent_status, wait
         for its result with agent_await, stop it with agent_stop."""
-        from aegis_mcp.mcp_server import peer
+        from aegis_mcp.mcp.server import peer
 
         # the caller's directory: the relay's under a warm server, not the server's own
         working_directory = peer().directory(working_directory)

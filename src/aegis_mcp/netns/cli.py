@@ -52,7 +52,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aegis_mcp import netns
+    from aegis_mcp.netns import namespace as netns
 
     if args.action == "list":
         rows = netns.list_namespaces()

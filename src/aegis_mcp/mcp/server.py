@@ -34,10 +34,10 @@ RESTART_DELAY = 0.5
 """Seconds between the restart tool's answer and the agent's stop, so the answer reaches it."""
 
 TOOL_MODULES = {
-    "aegis_mcp.pool_tools": ("agent_spawn", "agent_list", "agent_status", "agent_await",
+    "aegis_mcp.pool.tools": ("agent_spawn", "agent_list", "agent_status", "agent_await",
                              "agent_stop", "agent_pool_stats", "agent_file_locks"),
-    "aegis_mcp.netmon_tools": ("netmon_status", "netmon_log"),
-    "aegis_mcp.netns_tools": ("netmon_namespace_list", "netmon_namespace_cleanup"),
+    "aegis_mcp.netmon.tools": ("netmon_status", "netmon_log"),
+    "aegis_mcp.netns.tools": ("netmon_namespace_list", "netmon_namespace_cleanup"),
 }
 
 NO_SUPERVISOR = (
@@ -50,7 +50,7 @@ NO_SUPERVISOR = (
 @dataclass(frozen=True)
 class Peer:
     """The process the agent started as its aegis-mcp server: this one (a cold server), or a
-    relay of the supervisor's warm server (mcp_host), one per session."""
+    relay of the supervisor's warm server (mcp.warm), one per session."""
 
     pid: int
     ppid: int | None
@@ -67,7 +67,7 @@ class Peer:
 
     @classmethod
     def from_greeting(cls, pid: int, greeting: dict[str, Any]) -> Peer:
-        """From a relay's first line (mcp_relay); `pid` is the kernel's word, not the
+        """From a relay's first line (mcp.relay); `pid` is the kernel's word, not the
         relay's. ValueError or TypeError when it is not one."""
         start, ppid, cwd = greeting["start"], greeting["ppid"], greeting["cwd"]
         if not isinstance(ppid, int) or not isinstance(cwd, str) or not isinstance(start, str):
@@ -155,7 +155,7 @@ def _control() -> str:
 
 
 def restart(reason: str | None, prompt: str | None) -> RestartResult:
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
 
     answer = control.request(_control(), {
         "op": "restart", "reason": reason or "requested by the agent", "prompt": prompt,
@@ -197,7 +197,7 @@ def _register_core(server: MCPServer) -> None:
         """Status of aegis-mcp: the supervisor's pid, the agent's name, pid, command line,
         uptime, restart count and last restart reason, the MCP injection mechanism, network
         monitoring mode and log, and this MCP server's version and pid."""
-        from aegis_mcp import control
+        from aegis_mcp.supervise import control
 
         path = os.environ.get("AEGIS_CONTROL")
         supervisor = None
@@ -269,7 +269,7 @@ def say_hello(me: Peer) -> None:
     path = os.environ.get("AEGIS_CONTROL")
     if not path:
         return
-    from aegis_mcp import control
+    from aegis_mcp.supervise import control
 
     # which start of the agent this server belongs to: only those count for it
     hello = {"op": "hello", "pid": me.pid, "ppid": me.ppid, "start": me.start,

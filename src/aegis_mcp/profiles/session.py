@@ -34,7 +34,7 @@ import sys
 import uuid
 
 from aegis_mcp.launch import python_command
-from aegis_mcp.profiles import AgentProfile
+from aegis_mcp.profiles.profile import AgentProfile
 
 # A session id becomes a word of the agent's command line: never an option, never a path.
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -103,7 +103,7 @@ def hook_args(profile: AgentProfile, user_args: list[str], known: bool = False) 
         return []  # only the last --settings counts: the user's own wins
     if known and ("-p" in options or "--print" in options):
         return []
-    command = shlex.join(python_command("aegis_mcp.session"))
+    command = shlex.join(python_command("aegis_mcp.profiles.session"))
     settings = {"hooks": {"SessionStart": [{"hooks": [
         {"type": "command", "command": command, "timeout": 10}]}]}}
     return ["--settings", json.dumps(settings, separators=(",", ":"))]
@@ -122,7 +122,7 @@ def main() -> int:
         event = json.loads(sys.stdin.read(MAX_HOOK_INPUT))
         session_id = event.get("session_id") if isinstance(event, dict) else None
         if path and valid_id(session_id):
-            from aegis_mcp import control
+            from aegis_mcp.supervise import control
 
             control.request(path, {"op": "session", "session_id": session_id,
                                    "source": str(event.get("source") or "")[:40]}, timeout=3)

@@ -1,5 +1,5 @@
 """MCP tools of netns mode: netmon_namespace_list and netmon_namespace_cleanup, a thin front
-over `aegis_mcp.netns` (imported when a tool runs: every hot-reload pays the server's cold
+over `aegis_mcp.netns.namespace` (imported when a tool runs: every hot-reload pays the server's cold
 start)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def register(server: MCPServer) -> None:
         """List every aegis network namespace on this machine (from --netmon=netns
         supervisors): its owner pid and whether that owner is alive (stale when not), the
         agent's and the host end's addresses, subnet, nftables table, age and netmon log."""
-        from aegis_mcp import netns
+        from aegis_mcp.netns import namespace as netns
 
         rows = [NamespaceInfo(**{k: v for k, v in row.items() if k in NamespaceInfo.model_fields})
                 for row in netns.list_namespaces()]
@@ -81,8 +81,8 @@ def register(server: MCPServer) -> None:
         created by aegis-mcp are never touched."""
         import os
 
-        from aegis_mcp import netns
         from aegis_mcp.errors import AegisError
+        from aegis_mcp.netns import namespace as netns
 
         if os.geteuid() != 0:
             raise AegisError("netmon_namespace_cleanup requires root: this MCP server runs as "

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aegis_mcp import control, proctree
+from aegis_mcp import procs as proctree
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import control_dirs
+from aegis_mcp.supervise import control
 
 
 def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None:

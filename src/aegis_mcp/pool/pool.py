@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aegis_mcp.agentargs import with_injected
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.pathcheck import check_path, current_directory
+from aegis_mcp.profiles.argv import with_injected
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"
 COMPLETED, FAILED, STOPPED, LOST = "completed", "failed", "stopped", "lost"
@@ -143,7 +143,7 @@ _ENV_KEYS = {
 def load_settings(table: dict[str, Any] | None = None) -> PoolSettings:
     """Settings from `table` (default: the config file's `[pool]`), then the environment."""
     if table is None:
-        from aegis_mcp.profiles import load_config
+        from aegis_mcp.profiles.profile import load_config
 
         raw = load_config().settings.get("pool", {})
         if not isinstance(raw, dict):
@@ -460,7 +460,7 @@ class Pool:
               env: dict[str, str] | None = None) -> dict[str, Any]:
         """Queue a background agent and start it if a slot and its lock are free. Returns its
         status at once (state queued, starting or, rarely, already running)."""
-        from aegis_mcp.profiles import get_profile, load_config
+        from aegis_mcp.profiles.profile import get_profile, load_config
 
         if not isinstance(description, str) or not description.strip():
             raise AegisError("description must say what the agent should do (it was empty)")
@@ -569,8 +569,8 @@ class Pool:
 
     def _launch_runner(self, agent_id: str, claim: str) -> None:
         # The runner starts in the spawner's directory, often an untrusted checkout.
-        cmd = python_command("aegis_mcp.runner", "--pool-dir", str(self.dir), "--agent", agent_id,
-                             "--claim", claim)
+        cmd = python_command("aegis_mcp.pool.runner", "--pool-dir", str(self.dir),
+                             "--agent", agent_id, "--claim", claim)
         env = dict(os.environ)
         # The agent id marks an agent's processes (see _kill_orphaned_agent): a runner started
         # from inside a background agent must not carry that agent's mark.
@@ -658,7 +658,7 @@ class Pool:
         if stale or (queued and len(rows) < self.settings.max_agents):
             self.promote()
 
-    # --- runner side (called by aegis_mcp.runner) ---
+    # --- runner side (called by aegis_mcp.pool.runner) ---
 
     def register_runner(self, agent_id: str, claim: str) -> sqlite3.Row | None:
         """The runner takes over its claimed agent; None when the claim is no longer valid

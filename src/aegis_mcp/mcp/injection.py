@@ -25,7 +25,7 @@ from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.paths import hooks_library
 from aegis_mcp.privileges import User, as_user
-from aegis_mcp.profiles import AgentProfile
+from aegis_mcp.profiles.profile import AgentProfile
 
 SERVER_NAME = "aegis-mcp"
 
@@ -38,13 +38,13 @@ room for a machine far busier than that."""
 def server_command(warm: Path | None = None) -> list[str]:
     """How the agent starts aegis-mcp's MCP server: this very interpreter and package, so it
     does not depend on the agent's PATH, and never importing from the project directory.
-    With `warm` (the supervisor's warm server's socket, see mcp_host): the relay, a script of
+    With `warm` (the supervisor's warm server's socket, see mcp.warm): the relay, a script of
     the standard library run isolated (-I) and without site (-S), which falls back to the
     cold server when the warm one does not answer."""
     cold = python_command("aegis_mcp", "--mcp-server")
     if warm is None:
         return cold
-    relay = Path(__file__).resolve().with_name("mcp_relay.py")
+    relay = Path(__file__).resolve().with_name("relay.py")
     return [sys.executable, "-I", "-S", str(relay), str(warm), "--", *cold]
 
 

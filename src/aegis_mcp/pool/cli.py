@@ -160,7 +160,7 @@ def _prune(pool: Any, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aegis_mcp.pool import Pool
+    from aegis_mcp.pool.pool import Pool
 
     pool = Pool()
     try:
@@ -326,7 +326,7 @@ def _locks(pool: Any, args: argparse.Namespace) -> int:
 
 
 def _logs(pool: Any, args: argparse.Namespace) -> int:
-    from aegis_mcp.pool import ENDED, Watch
+    from aegis_mcp.pool.pool import ENDED, Watch
 
     agent_id = pool.resolve_id(args.agent_id)
     path = pool.log_path(agent_id)

@@ -1,5 +1,5 @@
 """The supervisor's warm MCP server: aegis-mcp's MCP server imported and built once per
-supervisor, serving every start of the agent through that start's relay (mcp_relay).
+supervisor, serving every start of the agent through that start's relay (mcp.relay).
 
 The server holds no state of its own, so nothing is lost by sharing it: each relay is one
 connection and one MCP session of the official SDK, with the relay's process as the "server"
@@ -10,7 +10,7 @@ binds its socket before it imports the SDK, so a relay that comes early waits in
 instead of starting cold. It ends with its supervisor (PR_SET_PDEATHSIG; after a kill -9 of
 the supervisor the watchdog's sweep finds it by the supervisor's mark in its environment).
 
-    python -P -m aegis_mcp.mcp_host SOCKET
+    python -P -m aegis_mcp.mcp.warm SOCKET
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegis_mcp import proctree
+from aegis_mcp import procs as proctree
 from aegis_mcp.privileges import User
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class WarmServer:
     @classmethod
     def start(cls, command: list[str], env: dict[str, str], cwd: Path, user: User | None,
               path: Path) -> WarmServer:
-        """Run `command` (`python -m aegis_mcp.mcp_host PATH`, as the agent runs: see
+        """Run `command` (`python -m aegis_mcp.mcp.warm PATH`, as the agent runs: see
         Supervisor._as_agent), dropping to `user` when given; OSError when it cannot start."""
         kwargs: dict[str, Any] = {}
         if user is not None:
@@ -150,7 +150,7 @@ async def _session(server: MCPServer, stream: SocketStream) -> None:
     from anyio.streams.buffered import BufferedByteReceiveStream
     from mcp.server.stdio import stdio_server
 
-    from aegis_mcp import mcp_server
+    from aegis_mcp.mcp import server as mcp_server
 
     async with stream:
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
@@ -194,7 +194,7 @@ async def _serve(sock: socket.socket, server: MCPServer) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m aegis_mcp.mcp_host SOCKET (started by the supervisor)",
+        print("usage: python -m aegis_mcp.mcp.warm SOCKET (started by the supervisor)",
               file=sys.stderr)
         return 2
     if not proctree.die_with_parent(signal.SIGTERM):
@@ -207,7 +207,7 @@ def main(argv: list[str]) -> int:
     try:
         import anyio
 
-        from aegis_mcp.mcp_server import build_server
+        from aegis_mcp.mcp.server import build_server
 
         anyio.run(_serve, sock, build_server())
     finally:

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import asdict
 
 from aegis_mcp.display import text
-from aegis_mcp.profiles import BUILTIN_PROFILES, load_config
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """MCP tools of network monitoring: netmon_status and netmon_log, a thin front over
-`aegis_mcp.netmon` (imported when a tool runs: every hot-reload pays the server's cold start).
+`aegis_mcp.netmon.monitor` (imported when a tool runs: every hot-reload pays the server's cold
+start).
 
 The log is the one the supervisor gave the agent in AEGIS_NETMON_LOG; this server inherits it
 from the agent. Without it, monitoring is off and both tools say how to turn it on."""
@@ -103,7 +104,7 @@ def register(server: MCPServer) -> None:
         gaps in what could be seen, and the log's path."""
         from pathlib import Path
 
-        from aegis_mcp import netmon
+        from aegis_mcp.netmon import monitor as netmon
 
         path = _log_path()
         try:
@@ -129,8 +130,8 @@ def register(server: MCPServer) -> None:
         received, duration), DNS lookups and gaps."""
         from pathlib import Path
 
-        from aegis_mcp import netmon
         from aegis_mcp.errors import AegisError
+        from aegis_mcp.netmon import monitor as netmon
 
         if isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
             raise AegisError(f"count must be between 1 and {MAX_COUNT}, got {count}")

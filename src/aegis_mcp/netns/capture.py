@@ -1,4 +1,4 @@
-"""The root-side capture of netns mode: `python -m aegis_mcp.capture ...`, started by
+"""The root-side capture of netns mode: `python -m aegis_mcp.netns.capture ...`, started by
 `netns.create()`, records every flow of one namespace as netmon JSONL events (source "netns").
 
 Nothing here looks at every packet in Python, so a bulk transfer pays (almost) nothing:
@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from aegis_mcp import proctree
+from aegis_mcp import procs as proctree
 
 # netlink / nfnetlink / ctnetlink constants (linux/netlink.h, linux/netfilter/nfnetlink*.h)
 NETLINK_NETFILTER = 12
@@ -704,7 +704,7 @@ def _pass(tracker: Tracker, ct: Conntrack, packets: socket.socket, buf: bytearra
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aegis_mcp.capture",
+    parser = argparse.ArgumentParser(prog="python -m aegis_mcp.netns.capture",
                                      description="netns capture helper (started by aegis-mcp)")
     parser.add_argument("--name", required=True, help="namespace name, under /run/netns")
     parser.add_argument("--veth", required=True, help="host end of the veth pair")

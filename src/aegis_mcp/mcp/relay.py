@@ -1,5 +1,5 @@
 """The agent's aegis-mcp MCP server, as the agent starts it under a supervisor: a stdio relay to
-the supervisor's warm server (mcp_host), which the official SDK serves.
+the supervisor's warm server (mcp.warm), which the official SDK serves.
 
 Every hot-reload starts the agent's MCP servers again, and Claude Code's print mode waits for
 this one at every start: a cold `aegis-mcp --mcp-server` spends about half a second importing
@@ -8,7 +8,7 @@ the SDK and holds 68 MB. This relay is a plain script of the standard library ru
 imported), so it starts in a few milliseconds and holds a few MB of its own; the protocol is the
 warm server's, unchanged, one connection per relay.
 
-    python -I -S mcp_relay.py HOST_SOCKET -- COLD_COMMAND...
+    python -I -S relay.py HOST_SOCKET -- COLD_COMMAND...
 
 It sends one JSON line about itself (its parent, the agent's start, its working directory),
 waits for the warm server's one-line welcome, then copies bytes both ways until either side
@@ -89,7 +89,7 @@ def _copy(sock: socket.socket) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: mcp_relay.py HOST_SOCKET -- COLD_COMMAND...", file=sys.stderr)
+        print("usage: python -I -S relay.py HOST_SOCKET -- COLD_COMMAND...", file=sys.stderr)
         return 2
     path, cold = argv[0], argv[2:]
     # A restart's SIGINT goes to the agent's whole process group: the agent ends this relay

@@ -27,7 +27,7 @@ import termios
 import time
 
 from aegis_mcp.errors import AegisError
-from aegis_mcp.terminal import Terminal
+from aegis_mcp.supervise.terminal import Terminal
 
 LIMIT = 64 * 1024
 """Bytes buffered each way before the relay stops reading that way."""

@@ -7,8 +7,8 @@ Telling the prompt from option values needs the profile's lists of options that 
 
 from __future__ import annotations
 
-from aegis_mcp.injection import SERVER_NAME
-from aegis_mcp.profiles import AgentProfile
+from aegis_mcp.mcp.injection import SERVER_NAME
+from aegis_mcp.profiles.profile import AgentProfile
 
 
 def _takes_value(profile: AgentProfile, arg: str) -> str:

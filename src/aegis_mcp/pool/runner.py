@@ -1,0 +1,473 @@
+"""The runner of one background agent: `python -P -m aegis_mcp.pool.runner --pool-dir DIR --agent
+ID --claim TOKEN`, started detached (own session, stdio on the agent's log) by `Pool.promote`.
+
+It takes over its claimed agent in the store, sets up the git worktree when the agent is
+isolated, starts the agent CLI headless in its own session, copies the agent's output to the
+log, reads its event stream (claude stream-json: turns, and the final `result` event), enforces
+the timeout and, for agents without a turn limit flag, max_iterations; on a stop request
+(SIGTERM from `Pool.stop`) it stops the agent's whole tree: SIGINT, grace, SIGTERM, grace,
+SIGKILL. It is a child subreaper, so grandchildren that double-forked away are still its own
+to stop. Its last transaction records the result and thereby frees the agent's lock; then it
+starts the next queued agents and exits. It sleeps in select() while the agent works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from aegis_mcp import procs as proctree
+from aegis_mcp.pool.pool import COMPLETED, FAILED, STOPPED, Pool
+from aegis_mcp.signals import SignalInbox
+
+_FLUSH_EVERY = 0.25
+"""Progress is written to the store at most this often (and at the end)."""
+_LINES_KEPT = 20
+
+
+def _die_with_runner() -> None:
+    """In the agent, before exec: if the runner is killed, the agent gets SIGKILL too (and
+    the next pool operation kills the rest of its tree by the agent id in its environment)."""
+    proctree.prctl(proctree.PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# --- the process tree (stopping it is proctree's job) ----------------------------------------
+
+def reap() -> dict[int, int]:
+    """Collect every exited child (ours, and orphans handed to us as subreaper)."""
+    statuses: dict[int, int] = {}
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        statuses[pid] = status
+    return statuses
+
+
+class Runner:
+    def __init__(self, pool: Pool, row: Any) -> None:
+        self.pool = pool
+        self.id: str = row["id"]
+        self.row = row
+        self.log = open(pool.log_path(self.id), "ab", buffering=0)  # noqa: SIM115
+        self.agent_pid: int | None = None
+        self.agent_status: int | None = None
+        self.lines: deque[str] = deque(maxlen=_LINES_KEPT)
+        self.partial = b""
+        self.iterations = 0
+        self.seen_messages: set[str] = set()
+        self.last_event: str | None = None
+        self.result: dict[str, Any] = {}
+        self.reply = ""
+        """The agent's last answer as its messages stream in (codex, gemini), for agents whose
+        final event carries no result text."""
+        self.in_reply = False
+        self.session_id: str | None = None
+        self.dirty = False
+        self.stop_reason: tuple[str, str] | None = None
+        """(state, reason) once the runner decided to stop the agent."""
+
+    def say(self, text: str) -> None:
+        self.log.write(f"[aegis-runner {time.strftime('%H:%M:%S')}] {text}\n".encode())
+
+    # --- event stream ---
+
+    def on_line(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if not line.strip():
+            return
+        event = None
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+        if not isinstance(event, dict):
+            self.lines.append(line[:500])
+            self.dirty = True
+            return
+        summary = _summarize(event)
+        self.last_event = summary
+        self.lines.append(summary)
+        self.dirty = True
+        kind = event.get("type")
+        if isinstance(event.get("session_id"), str):
+            self.session_id = event["session_id"]
+        self._follow_reply(kind, event)
+        if kind == "assistant" or kind == "turn.completed":
+            message = event.get("message") if isinstance(event.get("message"), dict) else {}
+            msg_id = message.get("id")
+            if not msg_id or msg_id not in self.seen_messages:
+                if msg_id:
+                    self.seen_messages.add(msg_id)
+                self.iterations += 1
+                limit = self.row["max_iterations"]
+                if self.row["enforce_iterations"] and limit and self.iterations > limit \
+                        and self.stop_reason is None:
+                    self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
+                                                 "the pool")
+        elif kind == "result":
+            self.result = event
+            if event.get("status") not in (None, "success"):  # gemini's failed run
+                self.result = {**event, "is_error": True, "subtype": event.get("status")}
+        elif kind in ("turn.failed", "error"):  # codex
+            error = event.get("error")
+            message = error.get("message") if isinstance(error, dict) else event.get("message")
+            self.result = {"is_error": True, "subtype": kind, "result": message}
+
+    def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
+        """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
+        events, streamed in deltas) shapes: the last answer and the session."""
+        item = event.get("item")
+        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
+            self.session_id = event["thread_id"]
+        elif kind == "item.completed" and isinstance(item, dict) \
+                and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+            self.reply = item["text"]
+        elif kind == "message" and event.get("role") == "assistant" \
+                and isinstance(event.get("content"), str):
+            if not self.in_reply:
+                self.iterations += 1
+            self.reply = self.reply + event["content"] if self.in_reply and event.get("delta") \
+                else event["content"]
+            self.in_reply = True
+            return
+        self.in_reply = False
+
+    def feed(self, data: bytes) -> None:
+        self.log.write(data)
+        self.partial += data
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            self.on_line(line)
+
+    def flush(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        self.pool.record_progress(self.id, **self._progress())
+
+    def _progress(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "iterations": self.iterations,
+            "last_event": self.last_event,
+            "last_output": json.dumps(list(self.lines)),
+            "session_id": r.get("session_id") or self.session_id,
+            "result": r.get("result") if isinstance(r.get("result"), str) else self.reply or None,
+            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
+            "total_cost_usd": r.get("total_cost_usd")
+            if isinstance(r.get("total_cost_usd"), int | float) else None,
+        }
+
+    # --- lifecycle ---
+
+    def setup_worktree(self) -> str | None:
+        """Create the agent's git worktree on its own branch; copy untracked .env files into
+        it (they are not in git, yet the project needs them). Returns an error or None."""
+        root, path, branch = self.row["repo_root"], self.row["worktree_path"], self.row["branch"]
+        git = shutil.which("git") or "git"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([git, "-C", root, "worktree", "add", "-b", branch, path, "HEAD"],
+                              capture_output=True, text=True, check=False)
+        self.log.write(proc.stdout.encode() + proc.stderr.encode())
+        if proc.returncode != 0:
+            return (f"git worktree add failed: {proc.stderr.strip().splitlines()[-1:]}"
+                    " (does the repository have a commit?)")
+        listed = subprocess.run([git, "-C", root, "ls-files", "-z", "--others", "--",
+                                 ":(glob)**/.env", ":(glob)**/.env.*"],
+                                capture_output=True, check=False)
+        for rel in filter(None, listed.stdout.decode(errors="replace").split("\0")):
+            dest = Path(path) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                shutil.copy2(Path(root) / rel, dest)
+                self.say(f"copied {rel} into the worktree")
+        Path(self.row["cwd"]).mkdir(parents=True, exist_ok=True)
+        self.say(f"worktree {path} on branch {branch}")
+        return None
+
+    def run_worktree_setup(self, command: str, env: dict[str, str],
+                           deadline: float | None) -> tuple[str, str] | None:
+        """The pool's `worktree_setup` command in the new worktree, its output in the agent's
+        log. Its failure, a stop request or the agent's timeout (which the setup counts
+        against) ends the agent before it starts: (state, reason)."""
+        self.say(f"worktree setup: {command}")
+        setup_env = {**env, "AEGIS_WORKTREE": self.row["worktree_path"],
+                     "AEGIS_REPO_ROOT": self.row["repo_root"]}
+        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.row["worktree_path"],
+                                env=setup_env, stdin=subprocess.DEVNULL, stdout=self.log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_runner)
+        ended: tuple[str, str] | None = None
+        while ended is None:
+            try:
+                code = proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                if self.pool.stop_requested(self.id):
+                    ended = (STOPPED, "stopped by request during the worktree setup")
+                elif deadline is not None and time.monotonic() >= deadline:
+                    ended = (FAILED, "timed out during the worktree setup; stopped by the pool")
+                continue
+            if code == 0:
+                self.say("worktree setup done")
+                return None
+            return FAILED, (f"worktree setup failed (exit {code}): {command} (its output is in "
+                            "the agent's log)")
+        proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
+                           lambda t: time.sleep(min(t, 0.05)), self.row["stop_grace_secs"])
+        proc.wait()
+        return ended
+
+    def run(self) -> None:
+        inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+                            wake_only=(signal.SIGCHLD,))
+        try:
+            self._run(inbox)
+        finally:
+            inbox.close()
+
+    def _run(self, inbox: SignalInbox) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(inbox, selectors.EVENT_READ, "signal")
+
+        timeout = self.row["timeout_secs"] or None
+        deadline = time.monotonic() + timeout if timeout else None
+        argv = json.loads(self.row["argv"])
+        env = json.loads(self.row["env"])
+        # A port for the agent's own servers: parallel agents' dev servers must not collide.
+        port = _free_port()
+        env["AEGIS_AGENT_PORT"] = str(port)
+        if self.row["worktree_path"]:
+            error = self.setup_worktree()
+            if error:
+                self.finish(FAILED, error, None)
+                return
+            if self.row["worktree_setup"]:
+                ended = self.run_worktree_setup(self.row["worktree_setup"], env, deadline)
+                if ended:
+                    self.finish(*ended, None)
+                    return
+        self.say(f"starting {' '.join(argv[:1])} in {self.row['cwd']}")
+        try:
+            proc = subprocess.Popen(argv, cwd=self.row["cwd"], env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_die_with_runner)
+        except OSError as exc:
+            self.finish(FAILED, f"cannot start {argv[0]}: {exc.strerror or exc}", None)
+            return
+        self.agent_pid = proc.pid
+        assert proc.stdout is not None
+        out_fd = proc.stdout.fileno()
+        os.set_blocking(out_fd, False)
+        sel.register(out_fd, selectors.EVENT_READ, "output")
+        self.pool.record_progress(self.id, agent_pid=proc.pid, agent_port=port)
+        _crash("runner-running")
+
+        next_flush = time.monotonic()
+        eof = False
+        while self.agent_status is None or not eof:
+            now = time.monotonic()
+            if self.stop_reason is None and deadline is not None and now >= deadline:
+                self.stop_reason = (FAILED, f"timed out after {timeout:g} s; stopped by the pool")
+            if self.stop_reason is not None:
+                break
+            if self.agent_status is not None and not eof:
+                # The agent exited but something it left behind still holds the output pipe:
+                # keep nothing waiting on it, the leftovers are stopped below.
+                self._drain(out_fd)
+                break
+            waits = [next_flush - now if self.dirty else 3600.0]
+            if deadline is not None:
+                waits.append(deadline - now)
+            for key, _ in sel.select(max(0.0, min(waits))):
+                if key.data == "output":
+                    eof = self._drain(out_fd) or eof
+                    if eof:
+                        sel.unregister(out_fd)
+                else:
+                    self._on_signals(inbox)
+            if self.dirty and time.monotonic() >= next_flush:
+                self.flush()
+                next_flush = time.monotonic() + _FLUSH_EVERY
+
+        leftovers = proctree.tree()
+        if self.stop_reason is not None or leftovers:
+            if self.stop_reason is None:
+                self.say(f"the agent exited and left {len(leftovers)} process(es): stopping them")
+            self.stop_tree(self.row["stop_grace_secs"])
+        self._drain(out_fd)
+        if self.agent_status is None:
+            self.agent_status = reap().get(proc.pid, self.agent_status)
+        proc.returncode = 0  # reaped by us, not by Popen
+        if self.partial:
+            self.on_line(self.partial)
+            self.partial = b""
+        self.finish(*self._verdict())
+
+    def _drain(self, fd: int) -> bool:
+        """Copy what the agent wrote; True at end of file."""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            self.feed(data)
+
+    def _on_signals(self, inbox: SignalInbox) -> None:
+        for signum in inbox.drain():
+            if self.stop_reason is None:
+                why = ("stopped by request" if self.pool.stop_requested(self.id)
+                       else f"the runner got {signal.Signals(signum).name}")
+                self.stop_reason = (STOPPED, why)
+        for pid, status in reap().items():
+            if pid == self.agent_pid:
+                self.agent_status = status
+
+    def stop_tree(self, grace: float) -> None:
+        """SIGINT to the agent's group, then SIGTERM, then SIGKILL to every descendant, each
+        after up to `grace` seconds (proctree.stop_tree); returns when none is left."""
+        proctree.stop_tree(
+            self.agent_pid, lambda: self.agent_pid is not None and self.agent_status is None,
+            self._wait, grace, log=self.say)
+
+    def _wait(self, secs: float) -> None:
+        time.sleep(min(secs, 0.02))
+        for pid, status in reap().items():
+            if pid == self.agent_pid:
+                self.agent_status = status
+
+    def _verdict(self) -> tuple[str, str | None, int | None]:
+        status = self.agent_status
+        code: int | None = None
+        if status is not None:
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                code = 128 - code
+        if self.stop_reason is not None:
+            return (*self.stop_reason, code)
+        if code == 0 and not self.result.get("is_error"):
+            return COMPLETED, None, code
+        if self.result.get("is_error"):
+            why = f"the agent reported an error ({self.result.get('subtype') or 'error'})"
+        elif code is not None and code > 128:
+            why = f"killed by {signal.Signals(code - 128).name}"
+        else:
+            why = f"exit code {code}"
+        return FAILED, why, code
+
+    def finish(self, state: str, reason: str | None, code: int | None) -> None:
+        self.say(f"{state}" + (f": {reason}" if reason else ""))
+        if not self.reply and not isinstance(self.result.get("result"), str):
+            self.reply = last_chat_reply(self.pool.chat_path(self.id)) or ""
+        self.pool.record_end(self.id, state, reason=reason, exit_code=code, **self._progress())
+
+
+def last_chat_reply(path: Path) -> str | None:
+    """The last answer in an Aider chat history: the text after the last `#### ` block (the
+    user's message), without the `> ` lines that are Aider's own output (tokens, applied
+    edits). Aider's plain-text stdout mixes those with the answer; this file keeps them apart."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - (1 << 20)))  # the last answer is near the end
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("#### ")]
+    if not starts:
+        return None
+    reply = [line for line in lines[starts[-1] + 1:] if not line.startswith("> ")]
+    answer = "\n".join(reply).strip()
+    return answer or None
+
+
+def _summarize(event: dict[str, Any]) -> str:
+    """One line for a stream-json event (claude, cursor, codex, gemini shapes)."""
+    kind = str(event.get("type", "event"))
+    if kind == "result":
+        if "status" in event:  # gemini
+            return f"result ({event['status']}): {json.dumps(event.get('stats'))[:300]}"
+        text = event.get("result")
+        return f"result ({event.get('subtype', '')}): {str(text)[:300]}"
+    message = event.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), list):
+        parts = []
+        for block in message["content"]:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+            elif block.get("type") == "tool_use":
+                parts.append(f"[tool {block.get('name')}]")
+            elif block.get("type") == "tool_result":
+                parts.append("[tool result]")
+        return f"{kind}: {' '.join(parts)[:300]}"
+    if kind == "system":
+        return f"system ({event.get('subtype', '')})"
+    return f"{kind}: {json.dumps(event)[:300]}"
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine right now (the kernel's pick for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def _crash(name: str) -> None:
+    if os.environ.get("AEGIS_RUNNER_CRASHPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aegis_mcp.pool.runner",
+                                     description="Run one claimed background agent of the pool "
+                                                 "(started by the pool, not by hand).")
+    parser.add_argument("--pool-dir", required=True, type=Path)
+    parser.add_argument("--agent", required=True)
+    parser.add_argument("--claim", required=True)
+    args = parser.parse_args(argv)
+    # Until the signal handlers are in place a SIGTERM kills us; the store then says "stopped"
+    # (a stop was requested) or re-queues the agent, so nothing is lost either way.
+    proctree.set_child_subreaper()
+    pool = Pool(args.pool_dir)
+    row = pool.register_runner(args.agent, args.claim)
+    if row is None:
+        return 0
+    runner = Runner(pool, row)
+    try:
+        runner.run()
+    except BaseException as exc:
+        # Whatever went wrong, leave no agent process behind and no agent "running".
+        runner.say(f"runner error: {exc!r}")
+        runner.stop_tree(row["stop_grace_secs"])
+        with contextlib.suppress(Exception):
+            runner.finish(FAILED, f"runner error: {exc}", None)
+        raise
+    # Orphans of the runners we start next must not be handed to us: we exit right away.
+    proctree.set_child_subreaper(False)
+    pool.promote()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
