@@ -39,6 +39,8 @@ options (before or after AGENT; put agent flags of the same name after `--`):
   --watch PATH            restart the agent when a file under PATH changes (repeatable)
   --restart-grace SECS    how long the agent gets to exit after SIGINT and after SIGTERM (default 3)
   --max-restarts N        give up when restarts exceed N in one minute (default 10)
+  --mcp-ready-timeout SECS  codex: how long its first turn waits for your MCP servers that
+                          are still starting (default 30; 0: codex's own 1 s)
 
 subcommands:
 {subcommands}

@@ -61,6 +61,9 @@ class Injection:
     files: list[Path] = field(default_factory=list)
 
     user: User | None = None
+    awaited: list[str] = field(default_factory=list)
+    """The user's MCP servers that report their `initialize` answer to the supervisor
+    (readiness.py): what the readiness bound's line names when they are not up."""
 
     def cleanup(self) -> None:
         if self.files:
@@ -113,10 +116,14 @@ def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, objec
 
 
 def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_env: dict[str, str],
-            cwd: Path, home: str, user: User | None, warm: Path | None = None) -> Injection:
+            cwd: Path, home: str, user: User | None, warm: Path | None = None,
+            agent_args: list[str] | None = None, ready_timeout: float = 0.0,
+            codex_home: str | None = None) -> Injection:
     """Write the overlays for one start of the agent (as `user`, the agent's identity, when
     the supervisor is root) and return the arguments and environment that make the agent see
-    them. `warm`: the supervisor's warm server (see server_command)."""
+    them. `warm`: the supervisor's warm server (see server_command). For codex, also what
+    makes its first turn wait up to `ready_timeout` s for the user's own MCP servers
+    (`agent_args`: the user's, for their `-c` overrides)."""
     entry = server_entry(server_env, warm)
     if profile.injection == "mcp-config":
         path = runtime / f"mcp-overlay-{supervisor_pid}.json"
@@ -138,7 +145,15 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
             "-c", f"mcp_servers.{SERVER_NAME}.required=true",
             "-c", f"mcp_servers.{SERVER_NAME}.startup_timeout_sec={CODEX_STARTUP_TIMEOUT_SECS}",
         ]
-        return Injection("codex -c mcp_servers override", args)
+        from aegis_mcp.mcp import codex
+
+        # The config file as the agent's user reads it (it is theirs, see privileges.as_user).
+        text = as_user(user, codex.read_text, codex.config_path(home, codex_home))
+        ready = codex.readiness(codex.effective_config(text, agent_args or []),
+                                    ready_timeout, server_env["AEGIS_CONTROL"],
+                                    server_env.get("AEGIS_AGENT_START", ""))
+        return Injection("codex -c mcp_servers override", args + ready.args,
+                         awaited=ready.awaited)
     if profile.injection == "preload":
         redirects, files, jobs = [], [], []
         for i, name in enumerate(profile.config_files):

@@ -232,9 +232,14 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             modes=("exec",),  # non-interactive: `codex exec resume --last PROMPT`
             # measured on 0.169.0 and 0.171.0: while it runs, codex holds its session's rollout
             # file open, and `codex [exec] resume <id>` resumes exactly that session
+            # measured on 0.169.0 and 0.171.0, exec and the TUI (see mcp/codex.py)
             mcp_readiness=("aegis-mcp's server: waited for (injected as required, 60 s bound); "
-                           "your other servers: not waited for, the first turn goes out without "
-                           "a slow one's tools (0.169.0, 0.171.0)"),
+                           "your other servers: codex alone gives them 1 s from the first turn "
+                           "(mcp_optional_startup_grace_ms), a 3 s one is missing from it, exec "
+                           "and TUI alike (0.169.0, 0.171.0); aegis-mcp raises that to "
+                           "--mcp-ready-timeout (30 s): a 3 s server is in the first turn, a "
+                           "failing one is not waited for, a silent one holds it for the bound "
+                           "and the supervisor says so"),
             resume_session=("resume", "{session}"),
             session_file=r"/\.codex/sessions/(?:.+/)?rollout-[^/]*-"
                          r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl$",

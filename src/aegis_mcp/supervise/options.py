@@ -24,6 +24,8 @@ class SupervisorOptions:
     watch: list[str] = field(default_factory=list)
     restart_grace: float = 3.0
     max_restarts_per_minute: int = 10
+    mcp_ready_timeout: float = 30.0
+    """Seconds codex's first turn waits for the user's MCP servers (mcp/codex.py)."""
 
 
 class UsageError(Exception):
@@ -90,6 +92,15 @@ def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
             if not value.isdigit() or int(value) < 1:
                 raise UsageError(f"--max-restarts {value!r}: give a whole number of at least 1")
             opts.max_restarts_per_minute = int(value)
+        elif name == "--mcp-ready-timeout":
+            value, i = _value(argv, i, arg)
+            try:
+                opts.mcp_ready_timeout = float(value)
+            except ValueError:
+                raise UsageError(f"--mcp-ready-timeout {value!r}: give a number of seconds") \
+                    from None
+            if not 0 <= opts.mcp_ready_timeout <= 600:
+                raise UsageError("--mcp-ready-timeout must be between 0 and 600 seconds")
         else:
             rest.append(arg)
             i += 1

@@ -31,6 +31,7 @@ from aegis_mcp import procs as proctree
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import injection
+from aegis_mcp.mcp.codex import ReadinessWatch
 from aegis_mcp.mcp.warm import WarmServer
 from aegis_mcp.mcp.warm import socket_path as warm_socket_path
 from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
@@ -143,6 +144,8 @@ class Supervisor:
     `shutdown` (the supervisor ends). The control socket answers in every phase."""
     restarting: RestartRequest | None = None
     """The restart in progress (phase `restarting`): later requests join it."""
+    readiness: ReadinessWatch | None = None
+    """This start's wait for the user's MCP servers (codex), while one is on."""
     _said_latest: bool = False
     _netmon_seen: tuple[int, int] = (0, 0)
     _netmon_next: float = 0.0
@@ -283,12 +286,19 @@ class Supervisor:
                 self.injection = injection.prepare(
                     self.profile, self.runtime, self.pid, server_env, self.cwd,
                     env.get("HOME", str(Path.home())), self.user,
-                    warm=self.warm.path if self.warm is not None else None)
+                    warm=self.warm.path if self.warm is not None else None,
+                    agent_args=self.opts.agent_args, ready_timeout=self.opts.mcp_ready_timeout,
+                    codex_home=env.get("CODEX_HOME"))
             except OSError as exc:
                 raise AegisError(f"cannot write the MCP overlay in {self.runtime}: "
                                  f"{exc.strerror or exc}; check that it is your own private "
                                  "directory, or pass --no-inject-mcp") from None
             env.update(self.injection.env)
+        self.readiness = ReadinessWatch(
+            self.agent_start, tuple(self.injection.awaited),
+            time.monotonic() + self.opts.mcp_ready_timeout) \
+            if self.injection is not None and self.injection.awaited \
+            and not agentargs.is_subcommand(self.profile, self.opts.agent_args) else None
         if self._needs_preload():
             lib = str(hooks_library())
             preload = [p for p in os.environ.get("LD_PRELOAD", "").split() if p and p != lib]
@@ -558,10 +568,15 @@ class Supervisor:
             if self.run is not None and self.run.status is None:
                 self.run.session_id = sid
             return {"ok": True}
+        if op == "mcp_ready":  # from a wrapped MCP server of codex's (mcp/wrap.py)
+            counted = self.readiness is not None and self._agent_alive() and \
+                self.readiness.report(request.get("start"), request.get("name"),
+                                      request.get("state"))
+            return {"ok": True, "counted": counted}
         if op == "ping":
             return {"ok": True}
-        return {"ok": False,
-                "error": f"unknown op {op!r} (known: status, restart, hello, session, ping)"}
+        return {"ok": False, "error": f"unknown op {op!r} (known: status, restart, hello, "
+                "session, mcp_ready, ping)"}
 
     def _request_restart(self, reason: str, prompt: str | None, delay: float
                          ) -> dict[str, Any]:
@@ -642,6 +657,9 @@ class Supervisor:
             if self.warm is not None and self.warm.alive else None,
             "agent_start": self.agent_start,
             "mcp_servers_seen": run.mcp_servers if run else [],
+            # the user's own servers this start waits for (codex), and what each said
+            "mcp_servers_awaited": {n: self.readiness.states.get(n) for n in
+                                    self.readiness.awaited} if self.readiness else {},
             **self._verifiable(),
             "phase": "restart-pending" if self.phase == "running" and self.pending
             else self.phase,
@@ -780,6 +798,18 @@ class Supervisor:
             return self._restart(req)
         return exit_status
 
+    def _say_if_not_ready(self) -> None:
+        """Once a start's bound is over: which of the user's servers codex stopped waiting
+        for (one line; nothing when all answered or failed in time)."""
+        watch = self.readiness
+        missing = watch.overdue(time.monotonic()) if watch and self._agent_alive() else None
+        if missing:
+            names = ", ".join(missing)
+            say(f"MCP server{'s' if len(missing) > 1 else ''} {names} not up "
+                f"{self.opts.mcp_ready_timeout:g}s after {self.profile.name} started: its first "
+                f"turn goes on without {'their' if len(missing) > 1 else 'its'} tools "
+                "(--mcp-ready-timeout)")
+
     def _refresh_netmon(self) -> None:
         """Fold what the netmon log gained into its summary file (a stat when nothing did)."""
         self._netmon_next = time.monotonic() + NETMON_REFRESH_SECONDS
@@ -805,10 +835,13 @@ class Supervisor:
             deadlines = [self.pending.due] if self.pending is not None else []
             if self.netmon_log is not None:
                 deadlines.append(self._netmon_next)
+            if self.readiness is not None and self.readiness.pending():
+                deadlines.append(self.readiness.due)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in self.selector.select(timeout):
                 self._serve(key)
             self._reap()
+            self._say_if_not_ready()
             for sig in self.inbox.drain():
                 if sig in _SHUTDOWN:
                     say(f"received {signal.Signals(sig).name}: stopping {self.profile.name}")
