@@ -80,7 +80,7 @@ static const char *search_path(const char *file, char *buf, size_t n)
             size_t at = len ? len : 1;
             buf[at] = '/';
             strcpy(buf + at + 1, file);
-            if (access(buf, X_OK) == 0) return buf;
+            if (true_access && true_access(buf, X_OK) == 0) return buf;
         }
         if (!end) break;
         path = end + 1;

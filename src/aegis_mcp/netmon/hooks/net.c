@@ -263,7 +263,9 @@ static int describe(int fd, const struct sockaddr *sa, socklen_t len, struct pee
     int type = 0;
     socklen_t tl = sizeof type;
     if (p->family == AF_UNIX) p->proto = P_UNIX;
-    else if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM) p->proto = P_UDP;
+    else if (true_getsockopt && true_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 &&
+             type == SOCK_DGRAM)
+        p->proto = P_UDP;
     else p->proto = P_TCP;
     return 1;
 }
@@ -458,7 +460,7 @@ static void flush_one(int fd, int at_exec)
     uint32_t st = atomic_load(&h->state);
     if (st == S_FREE) return;
     if (at_exec) {
-        int flags = fcntl(fd, F_GETFD);
+        int flags = true_fcntl ? true_fcntl(fd, F_GETFD) : -1;
         if (flags >= 0 && !(flags & FD_CLOEXEC)) { /* survives the exec, unseen by the new image */
             if (!(st & S_INHERITED)) emit_totals(fd, h, c);
             return;

@@ -249,7 +249,7 @@ FOPEN_HOOK(fopen64)
 FREOPEN_HOOK(freopen)
 FREOPEN_HOOK(freopen64)
 
-/* stat family: (name, stat type, parameters after the path, arguments after the path) */
+/* stat family: (name, its stat struct); the overlay only while the real path is missing */
 #define STAT_HOOK(name, st_t)                                                                      \
     AEGIS_EXPORT int name(const char *path, struct st_t *buf)                                      \
     {                                                                                              \
