@@ -192,3 +192,15 @@ def test_aegis_tools_allowed_once_when_the_user_allowed_them_too() -> None:
     argv = first_argv(CLAUDE, "claude", [ALLOW, "hi"], [])
     assert argv.count(ALLOW) == 1
     assert first_argv(CLAUDE, "claude", ["mcp", "list"], [])[1:] == ["mcp", "list"]
+
+
+def test_the_permission_flag_claude_refuses_as_root_is_left_out_unless_in_a_sandbox() -> None:
+    from aegis_mcp.profiles.argv import root_permission_flags
+
+    claude = BUILTIN_PROFILES["claude"]
+    flag = "--dangerously-skip-permissions"
+    assert root_permission_flags(claude, {}, as_root=True) == ((), (flag,))
+    assert root_permission_flags(claude, {"IS_SANDBOX": "1"}, as_root=True) == ((flag,), ())
+    assert root_permission_flags(claude, {}, as_root=False) == ((flag,), ())
+    codex = BUILTIN_PROFILES["codex"]  # refuses nothing as root
+    assert root_permission_flags(codex, {}, as_root=True) == (codex.permission_flags, ())

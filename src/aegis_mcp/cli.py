@@ -50,7 +50,8 @@ subcommands:
 Run `aegis-mcp SUBCOMMAND --help` for a subcommand's options.
 """
 
-# name -> (module, one-line help). Each module has `add_arguments(parser)` and `run(args) -> int`.
+# name -> (module, one-line help). Each module has `add_arguments(parser, name)` (the name: one
+# module may serve several subcommands) and `run(args) -> int` (`args.subcommand` is the name).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("aegis_mcp.supervise.cli", "restart the agent of a running supervisor"),
     "ps": ("aegis_mcp.supervise.cli", "list the supervisors running for you and their agents"),
@@ -72,18 +73,9 @@ def _run_subcommand(name: str, argv: list[str]) -> int:
     import argparse
 
     module_name, text = SUBCOMMANDS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        print(f"aegis-mcp: `{name}` is not available in this build yet", file=sys.stderr)
-        return 2
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"aegis-mcp {name}", description=text)
-    if hasattr(module, "add_subcommand_arguments"):
-        module.add_subcommand_arguments(name, parser)
-    else:
-        module.add_arguments(parser)
+    module.add_arguments(parser, name)
     args = parser.parse_args(argv)
     args.subcommand = name
     return int(module.run(args) or 0)

@@ -33,12 +33,8 @@ from aegis_mcp.errors import AegisError
 RESTART_DELAY = 0.5
 """Seconds between the restart tool's answer and the agent's stop, so the answer reaches it."""
 
-TOOL_MODULES = {
-    "aegis_mcp.pool.tools": ("agent_spawn", "agent_list", "agent_status", "agent_await",
-                             "agent_stop", "agent_pool_stats", "agent_file_locks"),
-    "aegis_mcp.netmon.tools": ("netmon_status", "netmon_log"),
-    "aegis_mcp.netns.tools": ("netmon_namespace_list", "netmon_namespace_cleanup"),
-}
+TOOL_MODULES = ("aegis_mcp.pool.tools", "aegis_mcp.netmon.tools", "aegis_mcp.netns.tools")
+"""Each registers its own tools (`register(server)`); their heavy imports wait for a call."""
 
 NO_SUPERVISOR = (
     "this MCP server is not running under an aegis-mcp supervisor (no AEGIS_CONTROL), so there "
@@ -212,21 +208,6 @@ def _register_core(server: MCPServer) -> None:
                             supervisor=supervisor)
 
 
-def _register_unavailable(server: MCPServer, names: tuple[str, ...], module: str) -> None:
-    """A tool whose part is not in this build answers with an error, never with fake data."""
-
-    def make(name: str) -> Callable[[], dict[str, Any]]:
-        def unavailable() -> dict[str, Any]:
-            raise AegisError(f"{name} is not available in this build of aegis-mcp "
-                             f"({module} is missing)")
-
-        return unavailable
-
-    for name in names:
-        server.tool(name=name, description=f"Not available in this build ({module}).")(
-            make(name))
-
-
 def build_server() -> MCPServer:
     server = AegisMCPServer(
         name="aegis-mcp", version=__version__, log_level="WARNING",
@@ -235,14 +216,8 @@ def build_server() -> MCPServer:
             "the conversation (do it after MCP servers change); agent_* run background agents; "
             "netmon_* show the network connections this agent made."))
     _register_core(server)
-    for module, names in TOOL_MODULES.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            _register_unavailable(server, names, module)
-            continue
+    for module in TOOL_MODULES:
+        mod = importlib.import_module(module)
         mod.register(server)
     return server
 

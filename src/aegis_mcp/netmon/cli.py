@@ -21,7 +21,7 @@ from aegis_mcp.display import plain, text
 POLL = 0.5
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("target", nargs="?", metavar="PID|LOGFILE",
                         help="a supervisor's or agent's pid, or a netmon log file (default: "
                         "$AEGIS_NETMON_LOG, else the newest log of your supervisors)")

@@ -10,7 +10,7 @@ from typing import Any
 from aegis_mcp.display import plain
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = (
         "List the aegis-* network namespaces of --netmon=netns supervisors (owner pid, alive or "
         "stale, addresses, age), or remove the stale ones (owner dead): the processes still "

@@ -7,6 +7,8 @@ Telling the prompt from option values needs the profile's lists of options that 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aegis_mcp.mcp.injection import SERVER_NAME
 from aegis_mcp.profiles.profile import AgentProfile
 
@@ -79,6 +81,18 @@ def with_injected(args: list[str], inject_args: list[str]) -> list[str]:
         i = args.index("--")
         return [*args[:i], *inject_args, *args[i:]]
     return [*args, *inject_args]
+
+
+def root_permission_flags(profile: AgentProfile, env: Mapping[str, str], as_root: bool
+                          ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The profile's permission flags for an agent that runs as root or not, and those left
+    out: Claude Code refuses --dangerously-skip-permissions as root (measured), unless its
+    environment declares a sandbox (IS_SANDBOX=1); started with it, it would only fail."""
+    flags = profile.permission_flags
+    if not as_root or not profile.refuses_root_flags or env.get("IS_SANDBOX") == "1":
+        return flags, ()
+    return (tuple(f for f in flags if f not in profile.refuses_root_flags),
+            tuple(f for f in flags if f in profile.refuses_root_flags))
 
 
 def allow_tools_flags(profile: AgentProfile) -> list[str]:

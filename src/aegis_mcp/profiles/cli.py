@@ -11,7 +11,7 @@ from aegis_mcp.display import text
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = (
         "List the agent profiles: for each agent name you can give `aegis-mcp`, the executable "
         "it runs and whether it is installed, how a restart resumes the conversation, how the "

@@ -17,7 +17,7 @@ from aegis_mcp.paths import control_dirs
 from aegis_mcp.supervise import control
 
 
-def add_subcommand_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "restart":
         parser.description = (
             "Restart the agent of a running `aegis-mcp <agent>` supervisor: it stops the agent's "

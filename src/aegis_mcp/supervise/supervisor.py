@@ -118,6 +118,15 @@ class Supervisor:
     opts: SupervisorOptions
     user: User | None = None
     cwd: Path = field(default_factory=Path.cwd)
+    # Made by _setup, before anything that needs cleaning up (main runs _shutdown only once
+    # _setup has succeeded):
+    pid: int = field(init=False)
+    runtime: Path = field(init=False)
+    control: control.ControlServer = field(init=False)
+    terminal: Terminal = field(init=False)
+    selector: selectors.BaseSelector = field(init=False)
+    inbox: SignalInbox = field(init=False)
+    _watch_stop: threading.Event = field(default_factory=threading.Event)
     restart_times: deque[float] = field(default_factory=deque)
     restart_count: int = 0
     last_reason: str | None = None
@@ -188,7 +197,6 @@ class Supervisor:
                                  wake_only=(signal.SIGCHLD,))
         self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
-        self._watch_stop = threading.Event()
 
     def _resolve_netmon(self) -> None:
         mode = self.opts.netmon
@@ -198,12 +206,9 @@ class Supervisor:
             mode = "netns" if os.geteuid() == 0 else "preload"
             say(f"--netmon: using {mode} mode ({'root' if mode == 'netns' else 'not root'})")
         if mode == "netns":
-            try:
-                from aegis_mcp.netns import namespace as netns
-            except ImportError:
-                raise AegisError("--netmon=netns is not available in this build; use "
-                                 "--netmon=preload") from None
-            netns.require_root()
+            from aegis_mcp.netns import namespace
+
+            namespace.require_root()
         elif mode == "preload":
             if not hooks_library().exists():
                 raise AegisError(f"the hooks library is missing ({hooks_library()}): "
@@ -926,8 +931,7 @@ class Supervisor:
         self._watch_stop.set()
         with contextlib.suppress(Exception):
             self._end_relay()
-        if getattr(self, "terminal", None) is not None:
-            self.terminal.take_back()
+        self.terminal.take_back()
         with contextlib.suppress(Exception):
             self._forget_warm()
         if self.injection is not None:
@@ -1066,16 +1070,15 @@ def run_supervisor(opts: SupervisorOptions) -> int:
     profile, executable = resolve_agent(opts, user)
     if notice := root_notice(opts.keep_root):
         say(notice)
-    if user is None and os.geteuid() == 0 and profile.refuses_root_flags:
-        # Claude Code refuses --dangerously-skip-permissions as root (measured): starting it
-        # with the flag would only fail, so start it without and say why.
-        dropped = [f for f in profile.permission_flags if f in profile.refuses_root_flags]
-        profile = replace(profile, permission_flags=tuple(
-            f for f in profile.permission_flags if f not in profile.refuses_root_flags))
-        if dropped:
-            allowed = agentargs.allow_tools_flags(profile)
-            kept = f", with aegis-mcp's own tools allowed ({' '.join(allowed)})" if allowed else ""
-            say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without{kept}; "
-                "run `sudo aegis-mcp ...` from your own account to keep it")
+    kept, dropped = agentargs.root_permission_flags(
+        profile, os.environ, as_root=user is None and os.geteuid() == 0)
+    if dropped:
+        profile = replace(profile, permission_flags=kept)
+        allowed = agentargs.allow_tools_flags(profile)
+        with_ours = f", with aegis-mcp's own tools allowed ({' '.join(allowed)})" if allowed \
+            else ""
+        say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without"
+            f"{with_ours}; run `sudo aegis-mcp ...` from your own account to keep it (or set "
+            "IS_SANDBOX=1 in a sandbox)")
     sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user)
     return sup.main()
