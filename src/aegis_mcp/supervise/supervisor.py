@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import __version__
+from aegis_mcp import __version__, agentenv
 from aegis_mcp import procs as proctree
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
@@ -61,9 +61,6 @@ from aegis_mcp.supervise.watchdog import Watchdog
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
-_DROPPED_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT")
-_KEPT_AEGIS_ENV = ("AEGIS_CONFIG", "AEGIS_STATE_DIR", "AEGIS_RUNTIME_DIR",
-                   "AEGIS_NETMON_MAX_BYTES", "AEGIS_NETMON_INTERVAL")
 NETMON_REFRESH_SECONDS = 5.0
 """How often the supervisor brings the netmon summary up to date (when the log grew), so that
 netmon_status stays fast however long the log gets."""
@@ -256,9 +253,7 @@ class Supervisor:
     def _agent_env(self) -> tuple[dict[str, str], dict[str, str]]:
         """The environment of the agent's processes (the warm server's too), and the part of
         it that aegis-mcp's MCP server needs."""
-        env = {k: v for k, v in os.environ.items()
-               if not (k.startswith("AEGIS_") and k not in _KEPT_AEGIS_ENV)
-               and k not in _DROPPED_ENV}
+        env = agentenv.inherited(os.environ, str(hooks_library()))
         if self.user is not None:
             env = self.user.agent_env(env)
             env["AEGIS_RUNTIME_DIR"] = str(self.runtime)
@@ -306,8 +301,7 @@ class Supervisor:
             and not agentargs.is_subcommand(self.profile, self.opts.agent_args) else None
         if self._needs_preload():
             lib = str(hooks_library())
-            preload = [p for p in os.environ.get("LD_PRELOAD", "").split() if p and p != lib]
-            env["LD_PRELOAD"] = " ".join([lib, *preload])
+            env["LD_PRELOAD"] = " ".join([lib, *env.get("LD_PRELOAD", "").split()])
         return env
 
     def _session_for(self, resume: bool) -> str | None:

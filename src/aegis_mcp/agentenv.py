@@ -1,0 +1,35 @@
+"""What the agents aegis-mcp starts inherit of its caller's environment: one policy, for the
+supervised agent and for the pool's background agents.
+
+The caller's environment, minus:
+- the marks of an agent session the caller is itself in: a nested Claude Code refuses to start
+  with CLAUDECODE=1, and CURSOR_AGENT, CODEX_SANDBOX or GEMINI_CLI tell a CLI that it runs
+  inside another one;
+- aegis-mcp's own plumbing of that session (every AEGIS_* variable but the settings below:
+  its control socket, supervisor mark, overlays, redirect, netmon log, pool runner mark, test
+  seams), which belong to the agent they were made for: whoever starts the new agent gives it
+  its own;
+- the hooks library in LD_PRELOAD (the user's own preloads stay): the supervisor loads it
+  afresh where its mode needs it.
+aegis-mcp's settings stay (AEGIS_CONFIG, the state and runtime directories, the netmon limits).
+Under sudo, privileges.User.agent_env then makes the result the user's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+SESSION_MARKS = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT",
+                 "CLAUDE_AGENT_SDK_VERSION", "CURSOR_AGENT", "CODEX_SANDBOX", "GEMINI_CLI")
+KEPT_SETTINGS = ("AEGIS_CONFIG", "AEGIS_STATE_DIR", "AEGIS_RUNTIME_DIR",
+                 "AEGIS_NETMON_MAX_BYTES", "AEGIS_NETMON_INTERVAL")
+
+
+def inherited(base: Mapping[str, str], hooks_library: str) -> dict[str, str]:
+    """`base` as the policy above passes it on to a new agent."""
+    env = {k: v for k, v in base.items()
+           if k not in SESSION_MARKS and (not k.startswith("AEGIS_") or k in KEPT_SETTINGS)}
+    preload = [p for p in env.pop("LD_PRELOAD", "").split() if p and p != hooks_library]
+    if preload:
+        env["LD_PRELOAD"] = " ".join(preload)
+    return env
