@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
 
@@ -31,7 +31,7 @@ def stop(interrupts: int, grace: float) -> int:
     proc = subprocess.Popen([sys.executable, "-c", TWICE], start_new_session=True,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-    proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
+    procs.stop_tree(proc.pid, lambda: proc.poll() is None,
                        lambda t: time.sleep(min(t, 0.02)), grace=grace, interrupts=interrupts)
     return proc.wait(5)
 

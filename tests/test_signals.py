@@ -48,3 +48,31 @@ def test_a_forked_copys_signals_wake_the_loop_but_are_not_ours() -> None:
     assert result["ours"] == [15, 1]  # SIGTERM then SIGHUP, in order
     assert result["drained_again"] == []
     assert not result["readable_after_drain"]
+
+
+
+def test_a_process_is_named_by_its_pid_and_start_time() -> None:
+    import os
+    import time
+
+    from aegis_mcp import procs
+
+    me = procs.start_time(os.getpid())
+    assert me is not None and procs.alive(os.getpid(), me)
+    assert not procs.alive(os.getpid(), me + 1)  # the same pid, another process
+    child = subprocess.Popen(["sleep", "30"], env={"MARK": "x"})
+    try:
+        for _ in range(200):  # until the exec is done and its environment is sleep's
+            if procs.environ_of(child.pid).get("MARK") == "x":
+                break
+            time.sleep(0.01)
+        assert procs.environ_of(child.pid) == {"MARK": "x"}
+        child.kill()
+        for _ in range(200):  # a zombie until reaped: not alive
+            if not procs.alive(child.pid):
+                break
+            time.sleep(0.01)
+        assert not procs.alive(child.pid)
+    finally:
+        child.wait()
+    assert procs.start_time(None) is None and procs.environ_of(child.pid) == {}

@@ -49,6 +49,48 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
     return os.getppid() == parent
 
 
+# -- process identity: a pid names one process only together with its start time ------------
+
+
+def start_time(pid: int | None) -> int | None:
+    """The start time (clock ticks since boot) of a live process, None when it is gone or a
+    zombie. Compared with a recorded value, it tells a reused pid from the original process;
+    it works for every uid's processes (/proc/<pid>/stat is world-readable)."""
+    if not pid or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int | None, start: int | None = None) -> bool:
+    """True when process `pid` runs (not a zombie) and, given `start`, is the one that
+    started then."""
+    now = start_time(pid)
+    return now is not None and (start is None or now == start)
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process `pid` started with; empty when it is gone or not ours."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
 SUPERVISOR_PID_MARK = "AEGIS_SUPERVISOR_PID"
 CONTROL_MARK = "AEGIS_CONTROL"

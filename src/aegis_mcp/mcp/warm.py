@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.privileges import User
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m aegis_mcp.mcp.warm SOCKET (started by the supervisor)",
               file=sys.stderr)
         return 2
-    if not proctree.die_with_parent(signal.SIGTERM):
+    if not procs.die_with_parent(signal.SIGTERM):
         return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path = argv[0]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import control_dirs
 from aegis_mcp.supervise import control
@@ -173,7 +173,7 @@ def supervisors() -> list[dict[str, Any]]:
     answering: set[str] = set()  # live, or alive but not answering: not stale
     stale: dict[str, int] = {}
     for pid, path in (found for runtime in dirs for found in control.sockets(runtime)):
-        if not control.pid_running(pid):
+        if not procs.alive(pid):
             stale[str(path)] = pid
             continue
         try:
@@ -188,14 +188,14 @@ def supervisors() -> list[dict[str, Any]]:
         if answer.get("ok"):
             rows.append({**answer["status"], "stale": False})
     roots = {str(d) for d in dirs} | {str(d.resolve()) for d in dirs}
-    left = proctree.leftovers(lambda mark: mark[1] not in answering
+    left = procs.leftovers(lambda mark: mark[1] not in answering
                               and str(Path(mark[1]).parent) in roots)
     for pid, path in left:
         stale.setdefault(path, pid)
     for path, pid in sorted(stale.items(), key=lambda item: item[1]):
-        procs = left.get((pid, path), [])
+        theirs = left.get((pid, path), [])
         rows.append({"supervisor_pid": pid, "control_socket": path, "stale": True,
-                     "leftovers": [_describe(p) for p in sorted(procs, key=lambda p: p.pid)]})
+                     "leftovers": [_describe(p) for p in sorted(theirs, key=lambda p: p.pid)]})
     return rows
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.privileges import User, as_user, fds_as_user
 
@@ -168,17 +169,6 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 5.0) -> 
     return answer
 
 
-def pid_running(pid: int) -> bool:
-    """Whether process `pid` exists, also when it belongs to another uid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another uid (a root supervisor's socket in our dir)
-    return True
-
-
 def sockets(runtime: Path) -> list[tuple[int, Path]]:
     """(pid, path) of every supervisor socket in `runtime`, its supervisor alive or not."""
     found = []
@@ -191,4 +181,4 @@ def sockets(runtime: Path) -> list[tuple[int, Path]]:
 
 def live_sockets(runtime: Path) -> list[tuple[int, Path]]:
     """(pid, path) of the supervisor sockets in `runtime` whose supervisor is alive."""
-    return [(pid, path) for pid, path in sockets(runtime) if pid_running(pid)]
+    return [(pid, path) for pid, path in sockets(runtime) if procs.alive(pid)]

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aegis_mcp import __version__, agentenv
-from aegis_mcp import procs as proctree
+from aegis_mcp import __version__, agentenv, procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import injection
@@ -179,7 +178,7 @@ class Supervisor:
 
             for fd in fds_as_user(self.user, netmon.open_log, str(self.netmon_log)):
                 os.close(fd)
-        proctree.set_child_subreaper()
+        procs.set_child_subreaper()
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
         self.control = control.ControlServer(control.socket_path(self.runtime, self.pid),
                                              allowed, self.user)
@@ -479,13 +478,13 @@ class Supervisor:
             os.kill(os.getpid(), signal.SIGSTOP)
             self.terminal.set_raw()
             self.relay.resize()  # it may have changed while we were stopped
-            proctree.killpg(pgid, signal.SIGCONT)
+            procs.killpg(pgid, signal.SIGCONT)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.run.proc.pid, signal.SIGCONT)
             return
         if sig in (signal.SIGTTOU, signal.SIGTTIN):  # touched the terminal before it was given
             self.terminal.give_to(pgid)
-            proctree.killpg(pgid, signal.SIGCONT)
+            procs.killpg(pgid, signal.SIGCONT)
             return
         if not self.terminal.interactive:
             return  # stopped by someone else's SIGSTOP/SIGTSTP: theirs to continue
@@ -494,7 +493,7 @@ class Supervisor:
         self.terminal.take_back()
         os.kill(os.getpid(), signal.SIGSTOP)
         self.terminal.give_to(pgid)
-        proctree.killpg(pgid, signal.SIGCONT)
+        procs.killpg(pgid, signal.SIGCONT)
 
     def _wait(self, timeout: float) -> None:
         """Block up to `timeout` for a signal (kept in the inbox for the loop), reap. What must
@@ -686,7 +685,7 @@ class Supervisor:
 
     def _stop_agent(self, first_signal: int = signal.SIGINT) -> None:
         run = self.run
-        proctree.stop_tree(
+        procs.stop_tree(
             run.pgid if run else None, self._agent_alive, self._wait,
             self.opts.restart_grace, exclude=self._helper_pids(),
             log=say, first_signal=first_signal, interrupts=self.profile.interrupts)
@@ -737,7 +736,7 @@ class Supervisor:
         run = self.run
         if run is None or run.status is not None or not self.profile.session_file:
             return
-        pids = [run.pgid, *(p.pid for p in proctree.tree(self._helper_pids()))]
+        pids = [run.pgid, *(p.pid for p in procs.tree(self._helper_pids()))]
         found = session.from_open_files(self.profile, pids)
         if found is not None:
             run.session_id = found
@@ -849,7 +848,7 @@ class Supervisor:
                     return 128 + sig
                 if sig in _FORWARDED and self._agent_alive():
                     assert self.run is not None
-                    proctree.killpg(self.run.pgid, sig)
+                    procs.killpg(self.run.pgid, sig)
                 if sig == signal.SIGWINCH and self.relay is not None:
                     self.relay.resize()
             if self.netmon_log is not None and time.monotonic() >= self._netmon_next:
@@ -920,7 +919,7 @@ class Supervisor:
             signal.signal(sig, signal.SIG_IGN)
         self.phase = "shutdown"
         with contextlib.suppress(Exception):
-            if self._agent_alive() or proctree.tree(self._helper_pids()):
+            if self._agent_alive() or procs.tree(self._helper_pids()):
                 self._stop_agent(signal.SIGTERM)
         self._watch_stop.set()
         with contextlib.suppress(Exception):
@@ -1024,7 +1023,7 @@ def _remove_stale_files(runtime: str) -> None:
         match = _STALE_PATTERN.match(path.name)
         if not match:
             continue
-        if control.pid_running(int(next(g for g in match.groups() if g))):
+        if procs.alive(int(next(g for g in match.groups() if g))):
             continue
         with contextlib.suppress(OSError):
             path.unlink()

@@ -11,7 +11,7 @@ never inherits it). It blocks in read() on it: no polling, no CPU while idle.
 
 - The supervisor ends normally: it writes QUIT, and the watchdog exits without doing anything.
 - The supervisor dies: read() returns EOF, and the watchdog ends every process carrying the
-  supervisor's mark (AEGIS_SUPERVISOR_PID and AEGIS_CONTROL, see proctree.leftovers), minus
+  supervisor's mark (AEGIS_SUPERVISOR_PID and AEGIS_CONTROL, see procs.leftovers), minus
   pool runners and their trees, which outlive the supervisor by design; in netns mode also every
   process inside the namespace `aegis-<pid>`, and then removes the namespace. SIGTERM, the
   supervisor's --restart-grace, SIGKILL; the mark (or the namespace) is checked again right
@@ -117,10 +117,10 @@ Target: TypeAlias = "tuple[psutil.Process, Callable[[psutil.Process], bool]]"
 
 
 def _targets(mark: tuple[int, str]) -> list[Target]:
-    from aegis_mcp import procs as proctree
+    from aegis_mcp import procs
 
-    return [(proc, lambda p: proctree.still_marked(p, mark))
-            for proc in proctree.leftovers(lambda m: m == mark).get(mark, [])]
+    return [(proc, lambda p: procs.still_marked(p, mark))
+            for proc in procs.leftovers(lambda m: m == mark).get(mark, [])]
 
 
 def _signal(targets: list[Target], sig: int) -> list[psutil.Process]:
