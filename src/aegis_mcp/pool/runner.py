@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp import procs as proctree
-from aegis_mcp.pool.pool import COMPLETED, FAILED, STOPPED, Pool
+from aegis_mcp.pool.pool import Pool
+from aegis_mcp.pool.store import COMPLETED, FAILED, STOPPED
 from aegis_mcp.signals import SignalInbox
 
 _FLUSH_EVERY = 0.25
