@@ -24,18 +24,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from aegis_mcp import procs as proctree
 from aegis_mcp.pool.pool import Pool
 from aegis_mcp.pool.store import COMPLETED, FAILED, STOPPED
+from aegis_mcp.pool.stream import EventStream, last_chat_reply
 from aegis_mcp.signals import SignalInbox
 
 _FLUSH_EVERY = 0.25
 """Progress is written to the store at most this often (and at the end)."""
-_LINES_KEPT = 20
 
 
 def _die_with_runner() -> None:
@@ -60,26 +59,18 @@ def reap() -> dict[int, int]:
     return statuses
 
 
-class Runner:
+class Runner(EventStream):
+    """One agent's run. It is the agent's event stream too, so that the turn limit is checked
+    on the very line that counts the turn, before the next line is read."""
+
     def __init__(self, pool: Pool, row: Any) -> None:
+        super().__init__()
         self.pool = pool
         self.id: str = row["id"]
         self.row = row
         self.log = open(pool.log_path(self.id), "ab", buffering=0)  # noqa: SIM115
         self.agent_pid: int | None = None
         self.agent_status: int | None = None
-        self.lines: deque[str] = deque(maxlen=_LINES_KEPT)
-        self.partial = b""
-        self.iterations = 0
-        self.seen_messages: set[str] = set()
-        self.last_event: str | None = None
-        self.result: dict[str, Any] = {}
-        self.reply = ""
-        """The agent's last answer as its messages stream in (codex, gemini), for agents whose
-        final event carries no result text."""
-        self.in_reply = False
-        self.session_id: str | None = None
-        self.dirty = False
         self.stop_reason: tuple[str, str] | None = None
         """(state, reason) once the runner decided to stop the agent."""
 
@@ -88,91 +79,22 @@ class Runner:
 
     # --- event stream ---
 
-    def on_line(self, raw: bytes) -> None:
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        if not line.strip():
-            return
-        event = None
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-        if not isinstance(event, dict):
-            self.lines.append(line[:500])
-            self.dirty = True
-            return
-        summary = _summarize(event)
-        self.last_event = summary
-        self.lines.append(summary)
-        self.dirty = True
-        kind = event.get("type")
-        if isinstance(event.get("session_id"), str):
-            self.session_id = event["session_id"]
-        self._follow_reply(kind, event)
-        if kind == "assistant" or kind == "turn.completed":
-            message = event.get("message") if isinstance(event.get("message"), dict) else {}
-            msg_id = message.get("id")
-            if not msg_id or msg_id not in self.seen_messages:
-                if msg_id:
-                    self.seen_messages.add(msg_id)
-                self.iterations += 1
-                limit = self.row["max_iterations"]
-                if self.row["enforce_iterations"] and limit and self.iterations > limit \
-                        and self.stop_reason is None:
-                    self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
-                                                 "the pool")
-        elif kind == "result":
-            self.result = event
-            if event.get("status") not in (None, "success"):  # gemini's failed run
-                self.result = {**event, "is_error": True, "subtype": event.get("status")}
-        elif kind in ("turn.failed", "error"):  # codex
-            error = event.get("error")
-            message = error.get("message") if isinstance(error, dict) else event.get("message")
-            self.result = {"is_error": True, "subtype": kind, "result": message}
-
-    def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
-        """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
-        events, streamed in deltas) shapes: the last answer and the session."""
-        item = event.get("item")
-        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
-            self.session_id = event["thread_id"]
-        elif kind == "item.completed" and isinstance(item, dict) \
-                and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
-            self.reply = item["text"]
-        elif kind == "message" and event.get("role") == "assistant" \
-                and isinstance(event.get("content"), str):
-            if not self.in_reply:
-                self.iterations += 1
-            self.reply = self.reply + event["content"] if self.in_reply and event.get("delta") \
-                else event["content"]
-            self.in_reply = True
-            return
-        self.in_reply = False
+    def on_turn(self) -> None:
+        limit = self.row["max_iterations"]
+        if self.row["enforce_iterations"] and limit and self.iterations > limit \
+                and self.stop_reason is None:
+            self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
+                                         "the pool")
 
     def feed(self, data: bytes) -> None:
         self.log.write(data)
-        self.partial += data
-        *lines, self.partial = self.partial.split(b"\n")
-        for line in lines:
-            self.on_line(line)
+        super().feed(data)
 
     def flush(self) -> None:
         if not self.dirty:
             return
         self.dirty = False
         self.pool.record_progress(self.id, **self._progress())
-
-    def _progress(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "iterations": self.iterations,
-            "last_event": self.last_event,
-            "last_output": json.dumps(list(self.lines)),
-            "session_id": r.get("session_id") or self.session_id,
-            "result": r.get("result") if isinstance(r.get("result"), str) else self.reply or None,
-            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
-            "total_cost_usd": r.get("total_cost_usd")
-            if isinstance(r.get("total_cost_usd"), int | float) else None,
-        }
 
     # --- lifecycle ---
 
@@ -381,52 +303,6 @@ class Runner:
         self.pool.record_end(self.id, state, reason=reason, exit_code=code, **self._progress())
 
 
-def last_chat_reply(path: Path) -> str | None:
-    """The last answer in an Aider chat history: the text after the last `#### ` block (the
-    user's message), without the `> ` lines that are Aider's own output (tokens, applied
-    edits). Aider's plain-text stdout mixes those with the answer; this file keeps them apart."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - (1 << 20)))  # the last answer is near the end
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("#### ")]
-    if not starts:
-        return None
-    reply = [line for line in lines[starts[-1] + 1:] if not line.startswith("> ")]
-    answer = "\n".join(reply).strip()
-    return answer or None
-
-
-def _summarize(event: dict[str, Any]) -> str:
-    """One line for a stream-json event (claude, cursor, codex, gemini shapes)."""
-    kind = str(event.get("type", "event"))
-    if kind == "result":
-        if "status" in event:  # gemini
-            return f"result ({event['status']}): {json.dumps(event.get('stats'))[:300]}"
-        text = event.get("result")
-        return f"result ({event.get('subtype', '')}): {str(text)[:300]}"
-    message = event.get("message")
-    if isinstance(message, dict) and isinstance(message.get("content"), list):
-        parts = []
-        for block in message["content"]:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-            elif block.get("type") == "tool_use":
-                parts.append(f"[tool {block.get('name')}]")
-            elif block.get("type") == "tool_result":
-                parts.append("[tool result]")
-        return f"{kind}: {' '.join(parts)[:300]}"
-    if kind == "system":
-        return f"system ({event.get('subtype', '')})"
-    return f"{kind}: {json.dumps(event)[:300]}"
-
-
 def _free_port() -> int:
     """A TCP port free on this machine right now (the kernel's pick for port 0)."""
     with socket.socket() as sock:
@@ -472,3 +348,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
