@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp import procs as proctree
+from aegis_mcp.pool import worktree
 from aegis_mcp.pool.pool import Pool
 from aegis_mcp.pool.store import COMPLETED, FAILED, STOPPED
 from aegis_mcp.pool.stream import EventStream, last_chat_reply
@@ -98,63 +98,6 @@ class Runner(EventStream):
 
     # --- lifecycle ---
 
-    def setup_worktree(self) -> str | None:
-        """Create the agent's git worktree on its own branch; copy untracked .env files into
-        it (they are not in git, yet the project needs them). Returns an error or None."""
-        root, path, branch = self.row["repo_root"], self.row["worktree_path"], self.row["branch"]
-        git = shutil.which("git") or "git"
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([git, "-C", root, "worktree", "add", "-b", branch, path, "HEAD"],
-                              capture_output=True, text=True, check=False)
-        self.log.write(proc.stdout.encode() + proc.stderr.encode())
-        if proc.returncode != 0:
-            return (f"git worktree add failed: {proc.stderr.strip().splitlines()[-1:]}"
-                    " (does the repository have a commit?)")
-        listed = subprocess.run([git, "-C", root, "ls-files", "-z", "--others", "--",
-                                 ":(glob)**/.env", ":(glob)**/.env.*"],
-                                capture_output=True, check=False)
-        for rel in filter(None, listed.stdout.decode(errors="replace").split("\0")):
-            dest = Path(path) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copy2(Path(root) / rel, dest)
-                self.say(f"copied {rel} into the worktree")
-        Path(self.row["cwd"]).mkdir(parents=True, exist_ok=True)
-        self.say(f"worktree {path} on branch {branch}")
-        return None
-
-    def run_worktree_setup(self, command: str, env: dict[str, str],
-                           deadline: float | None) -> tuple[str, str] | None:
-        """The pool's `worktree_setup` command in the new worktree, its output in the agent's
-        log. Its failure, a stop request or the agent's timeout (which the setup counts
-        against) ends the agent before it starts: (state, reason)."""
-        self.say(f"worktree setup: {command}")
-        setup_env = {**env, "AEGIS_WORKTREE": self.row["worktree_path"],
-                     "AEGIS_REPO_ROOT": self.row["repo_root"]}
-        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.row["worktree_path"],
-                                env=setup_env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_runner)
-        ended: tuple[str, str] | None = None
-        while ended is None:
-            try:
-                code = proc.wait(0.2)
-            except subprocess.TimeoutExpired:
-                if self.pool.stop_requested(self.id):
-                    ended = (STOPPED, "stopped by request during the worktree setup")
-                elif deadline is not None and time.monotonic() >= deadline:
-                    ended = (FAILED, "timed out during the worktree setup; stopped by the pool")
-                continue
-            if code == 0:
-                self.say("worktree setup done")
-                return None
-            return FAILED, (f"worktree setup failed (exit {code}): {command} (its output is in "
-                            "the agent's log)")
-        proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
-                           lambda t: time.sleep(min(t, 0.05)), self.row["stop_grace_secs"])
-        proc.wait()
-        return ended
-
     def run(self) -> None:
         inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
                             wake_only=(signal.SIGCHLD,))
@@ -175,12 +118,14 @@ class Runner(EventStream):
         port = _free_port()
         env["AEGIS_AGENT_PORT"] = str(port)
         if self.row["worktree_path"]:
-            error = self.setup_worktree()
+            error = worktree.create(self.row, self.log, self.say)
             if error:
                 self.finish(FAILED, error, None)
                 return
             if self.row["worktree_setup"]:
-                ended = self.run_worktree_setup(self.row["worktree_setup"], env, deadline)
+                ended = worktree.run_setup(
+                    self.row["worktree_setup"], self.row, env, deadline, self.log, self.say,
+                    lambda: self.pool.stop_requested(self.id), _die_with_runner)
                 if ended:
                     self.finish(*ended, None)
                     return
