@@ -45,8 +45,6 @@ class Pool(Scheduler):
     """The pool store and its operations. Cheap to create; every method is one or a few short
     transactions, safe to call from any number of processes at once."""
 
-    # --- spawn ---
-
     def spawn(self, description: str, agent_type: str = "claude",
               working_directory: str | None = None, max_iterations: int | None = None,
               isolation: str | None = None, timeout_secs: float | None = None,
@@ -117,8 +115,6 @@ class Pool(Scheduler):
         crashpoint("spawn-after-insert")
         self.promote()
         return self.status(agent_id, refresh=False)
-
-    # --- what users call ---
 
     def status(self, agent_id: str, refresh: bool = True) -> dict[str, Any]:
         """Everything known about one agent (see docs/pool.md for the fields)."""
