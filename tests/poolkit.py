@@ -74,7 +74,8 @@ def read_pids(path: Path, count: int, timeout: float = 10) -> list[int]:
 def cleanup_pool() -> Iterator[None]:
     """After a test: stop what is still active, then SIGKILL any process left that carries an
     agent id of this test's pool, so no test leaves processes behind."""
-    from aegis_mcp.pool.pool import ACTIVE, QUEUED, Pool
+    from aegis_mcp.pool.pool import Pool
+    from aegis_mcp.pool.store import ACTIVE, QUEUED
 
     try:
         yield

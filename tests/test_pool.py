@@ -350,7 +350,7 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
     import dataclasses
     import sys
 
-    from aegis_mcp.pool.pool import headless_argv
+    from aegis_mcp.pool.command import headless_argv
     from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
     task = "-v --model x"
@@ -541,7 +541,7 @@ def test_a_store_of_the_first_release_is_upgraded_in_place(aegis_env: dict[str, 
                                                            tmp_path: Path) -> None:
     import sqlite3
 
-    from aegis_mcp.pool import pool as pool_module
+    from aegis_mcp.pool import store as pool_module
 
     configure(aegis_env)
     directory = tmp_path / "old-pool"

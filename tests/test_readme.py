@@ -53,7 +53,7 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
 
 
 def test_the_pool_docs_config_example_loads(tmp_path: Path) -> None:
-    from aegis_mcp.pool.pool import load_settings
+    from aegis_mcp.pool.settings import load_settings
     from aegis_mcp.profiles.profile import load_config
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "pool.md").read_text()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from aegis_mcp.pool.runner import Runner, last_chat_reply
+from aegis_mcp.pool.runner import Runner
+from aegis_mcp.pool.stream import last_chat_reply
 
 
 class _Pool:

@@ -326,7 +326,8 @@ def _locks(pool: Any, args: argparse.Namespace) -> int:
 
 
 def _logs(pool: Any, args: argparse.Namespace) -> int:
-    from aegis_mcp.pool.pool import ENDED, Watch
+    from aegis_mcp.pool.store import ENDED
+    from aegis_mcp.pool.watch import Watch
 
     agent_id = pool.resolve_id(args.agent_id)
     path = pool.log_path(agent_id)

@@ -18,23 +18,23 @@ import contextlib
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from aegis_mcp import procs as proctree
-from aegis_mcp.pool.pool import COMPLETED, FAILED, STOPPED, Pool
+from aegis_mcp.pool import worktree
+from aegis_mcp.pool.pool import Pool
+from aegis_mcp.pool.store import COMPLETED, FAILED, STOPPED
+from aegis_mcp.pool.stream import EventStream, last_chat_reply
 from aegis_mcp.signals import SignalInbox
 
 _FLUSH_EVERY = 0.25
 """Progress is written to the store at most this often (and at the end)."""
-_LINES_KEPT = 20
 
 
 def _die_with_runner() -> None:
@@ -59,26 +59,18 @@ def reap() -> dict[int, int]:
     return statuses
 
 
-class Runner:
+class Runner(EventStream):
+    """One agent's run. It is the agent's event stream too, so that the turn limit is checked
+    on the very line that counts the turn, before the next line is read."""
+
     def __init__(self, pool: Pool, row: Any) -> None:
+        super().__init__()
         self.pool = pool
         self.id: str = row["id"]
         self.row = row
         self.log = open(pool.log_path(self.id), "ab", buffering=0)  # noqa: SIM115
         self.agent_pid: int | None = None
         self.agent_status: int | None = None
-        self.lines: deque[str] = deque(maxlen=_LINES_KEPT)
-        self.partial = b""
-        self.iterations = 0
-        self.seen_messages: set[str] = set()
-        self.last_event: str | None = None
-        self.result: dict[str, Any] = {}
-        self.reply = ""
-        """The agent's last answer as its messages stream in (codex, gemini), for agents whose
-        final event carries no result text."""
-        self.in_reply = False
-        self.session_id: str | None = None
-        self.dirty = False
         self.stop_reason: tuple[str, str] | None = None
         """(state, reason) once the runner decided to stop the agent."""
 
@@ -87,72 +79,16 @@ class Runner:
 
     # --- event stream ---
 
-    def on_line(self, raw: bytes) -> None:
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        if not line.strip():
-            return
-        event = None
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-        if not isinstance(event, dict):
-            self.lines.append(line[:500])
-            self.dirty = True
-            return
-        summary = _summarize(event)
-        self.last_event = summary
-        self.lines.append(summary)
-        self.dirty = True
-        kind = event.get("type")
-        if isinstance(event.get("session_id"), str):
-            self.session_id = event["session_id"]
-        self._follow_reply(kind, event)
-        if kind == "assistant" or kind == "turn.completed":
-            message = event.get("message") if isinstance(event.get("message"), dict) else {}
-            msg_id = message.get("id")
-            if not msg_id or msg_id not in self.seen_messages:
-                if msg_id:
-                    self.seen_messages.add(msg_id)
-                self.iterations += 1
-                limit = self.row["max_iterations"]
-                if self.row["enforce_iterations"] and limit and self.iterations > limit \
-                        and self.stop_reason is None:
-                    self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
-                                                 "the pool")
-        elif kind == "result":
-            self.result = event
-            if event.get("status") not in (None, "success"):  # gemini's failed run
-                self.result = {**event, "is_error": True, "subtype": event.get("status")}
-        elif kind in ("turn.failed", "error"):  # codex
-            error = event.get("error")
-            message = error.get("message") if isinstance(error, dict) else event.get("message")
-            self.result = {"is_error": True, "subtype": kind, "result": message}
-
-    def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
-        """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
-        events, streamed in deltas) shapes: the last answer and the session."""
-        item = event.get("item")
-        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
-            self.session_id = event["thread_id"]
-        elif kind == "item.completed" and isinstance(item, dict) \
-                and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
-            self.reply = item["text"]
-        elif kind == "message" and event.get("role") == "assistant" \
-                and isinstance(event.get("content"), str):
-            if not self.in_reply:
-                self.iterations += 1
-            self.reply = self.reply + event["content"] if self.in_reply and event.get("delta") \
-                else event["content"]
-            self.in_reply = True
-            return
-        self.in_reply = False
+    def on_turn(self) -> None:
+        limit = self.row["max_iterations"]
+        if self.row["enforce_iterations"] and limit and self.iterations > limit \
+                and self.stop_reason is None:
+            self.stop_reason = (STOPPED, f"max_iterations ({limit}) reached; stopped by "
+                                         "the pool")
 
     def feed(self, data: bytes) -> None:
         self.log.write(data)
-        self.partial += data
-        *lines, self.partial = self.partial.split(b"\n")
-        for line in lines:
-            self.on_line(line)
+        super().feed(data)
 
     def flush(self) -> None:
         if not self.dirty:
@@ -160,77 +96,7 @@ class Runner:
         self.dirty = False
         self.pool.record_progress(self.id, **self._progress())
 
-    def _progress(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "iterations": self.iterations,
-            "last_event": self.last_event,
-            "last_output": json.dumps(list(self.lines)),
-            "session_id": r.get("session_id") or self.session_id,
-            "result": r.get("result") if isinstance(r.get("result"), str) else self.reply or None,
-            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
-            "total_cost_usd": r.get("total_cost_usd")
-            if isinstance(r.get("total_cost_usd"), int | float) else None,
-        }
-
     # --- lifecycle ---
-
-    def setup_worktree(self) -> str | None:
-        """Create the agent's git worktree on its own branch; copy untracked .env files into
-        it (they are not in git, yet the project needs them). Returns an error or None."""
-        root, path, branch = self.row["repo_root"], self.row["worktree_path"], self.row["branch"]
-        git = shutil.which("git") or "git"
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([git, "-C", root, "worktree", "add", "-b", branch, path, "HEAD"],
-                              capture_output=True, text=True, check=False)
-        self.log.write(proc.stdout.encode() + proc.stderr.encode())
-        if proc.returncode != 0:
-            return (f"git worktree add failed: {proc.stderr.strip().splitlines()[-1:]}"
-                    " (does the repository have a commit?)")
-        listed = subprocess.run([git, "-C", root, "ls-files", "-z", "--others", "--",
-                                 ":(glob)**/.env", ":(glob)**/.env.*"],
-                                capture_output=True, check=False)
-        for rel in filter(None, listed.stdout.decode(errors="replace").split("\0")):
-            dest = Path(path) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(OSError):
-                shutil.copy2(Path(root) / rel, dest)
-                self.say(f"copied {rel} into the worktree")
-        Path(self.row["cwd"]).mkdir(parents=True, exist_ok=True)
-        self.say(f"worktree {path} on branch {branch}")
-        return None
-
-    def run_worktree_setup(self, command: str, env: dict[str, str],
-                           deadline: float | None) -> tuple[str, str] | None:
-        """The pool's `worktree_setup` command in the new worktree, its output in the agent's
-        log. Its failure, a stop request or the agent's timeout (which the setup counts
-        against) ends the agent before it starts: (state, reason)."""
-        self.say(f"worktree setup: {command}")
-        setup_env = {**env, "AEGIS_WORKTREE": self.row["worktree_path"],
-                     "AEGIS_REPO_ROOT": self.row["repo_root"]}
-        proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=self.row["worktree_path"],
-                                env=setup_env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_runner)
-        ended: tuple[str, str] | None = None
-        while ended is None:
-            try:
-                code = proc.wait(0.2)
-            except subprocess.TimeoutExpired:
-                if self.pool.stop_requested(self.id):
-                    ended = (STOPPED, "stopped by request during the worktree setup")
-                elif deadline is not None and time.monotonic() >= deadline:
-                    ended = (FAILED, "timed out during the worktree setup; stopped by the pool")
-                continue
-            if code == 0:
-                self.say("worktree setup done")
-                return None
-            return FAILED, (f"worktree setup failed (exit {code}): {command} (its output is in "
-                            "the agent's log)")
-        proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
-                           lambda t: time.sleep(min(t, 0.05)), self.row["stop_grace_secs"])
-        proc.wait()
-        return ended
 
     def run(self) -> None:
         inbox = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
@@ -252,12 +118,14 @@ class Runner:
         port = _free_port()
         env["AEGIS_AGENT_PORT"] = str(port)
         if self.row["worktree_path"]:
-            error = self.setup_worktree()
+            error = worktree.create(self.row, self.log, self.say)
             if error:
                 self.finish(FAILED, error, None)
                 return
             if self.row["worktree_setup"]:
-                ended = self.run_worktree_setup(self.row["worktree_setup"], env, deadline)
+                ended = worktree.run_setup(
+                    self.row["worktree_setup"], self.row, env, deadline, self.log, self.say,
+                    lambda: self.pool.stop_requested(self.id), _die_with_runner)
                 if ended:
                     self.finish(*ended, None)
                     return
@@ -380,52 +248,6 @@ class Runner:
         self.pool.record_end(self.id, state, reason=reason, exit_code=code, **self._progress())
 
 
-def last_chat_reply(path: Path) -> str | None:
-    """The last answer in an Aider chat history: the text after the last `#### ` block (the
-    user's message), without the `> ` lines that are Aider's own output (tokens, applied
-    edits). Aider's plain-text stdout mixes those with the answer; this file keeps them apart."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - (1 << 20)))  # the last answer is near the end
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("#### ")]
-    if not starts:
-        return None
-    reply = [line for line in lines[starts[-1] + 1:] if not line.startswith("> ")]
-    answer = "\n".join(reply).strip()
-    return answer or None
-
-
-def _summarize(event: dict[str, Any]) -> str:
-    """One line for a stream-json event (claude, cursor, codex, gemini shapes)."""
-    kind = str(event.get("type", "event"))
-    if kind == "result":
-        if "status" in event:  # gemini
-            return f"result ({event['status']}): {json.dumps(event.get('stats'))[:300]}"
-        text = event.get("result")
-        return f"result ({event.get('subtype', '')}): {str(text)[:300]}"
-    message = event.get("message")
-    if isinstance(message, dict) and isinstance(message.get("content"), list):
-        parts = []
-        for block in message["content"]:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") == "text":
-                parts.append(str(block.get("text", "")))
-            elif block.get("type") == "tool_use":
-                parts.append(f"[tool {block.get('name')}]")
-            elif block.get("type") == "tool_result":
-                parts.append("[tool result]")
-        return f"{kind}: {' '.join(parts)[:300]}"
-    if kind == "system":
-        return f"system ({event.get('subtype', '')})"
-    return f"{kind}: {json.dumps(event)[:300]}"
-
-
 def _free_port() -> int:
     """A TCP port free on this machine right now (the kernel's pick for port 0)."""
     with socket.socket() as sock:
@@ -471,3 +293,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
