@@ -468,7 +468,7 @@ def test_kill9_in_the_middle_of_a_spawn_leaves_a_consistent_store(
         pool: Pool, tmp_path: Path, aegis_env: dict[str, str], crashpoint: str) -> None:
     (wd,) = dirs(tmp_path, 1)
     proc = subprocess.run([aegis_bin(), "agents", "spawn", "-C", wd, "result=recovered"],
-                          env={**aegis_env, "AEGIS_POOL_CRASHPOINT": crashpoint},
+                          env={**aegis_env, "AEGIS_TEST_CRASHPOINT": crashpoint},
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == -signal.SIGKILL
     (row,) = pool.conn.execute("SELECT id, state FROM agents").fetchall()
@@ -482,7 +482,7 @@ def test_kill9_in_the_middle_of_a_spawn_leaves_a_consistent_store(
 def test_kill9_of_a_runner_right_after_it_started_the_agent(
         pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (wd,) = dirs(tmp_path, 1)
-    monkeypatch.setenv("AEGIS_RUNNER_CRASHPOINT", "runner-running")
+    monkeypatch.setenv("AEGIS_TEST_CRASHPOINT", "runner-running")
     pids_file = tmp_path / "pids"
     agent_id = pool.spawn(f"hang pids={pids_file}", working_directory=wd)["agent_id"]
     done = pool.await_agent(agent_id, 20)

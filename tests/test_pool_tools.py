@@ -153,7 +153,7 @@ def test_agents_outlive_the_mcp_server_and_default_to_its_directory(
 
 def test_kill9_of_the_mcp_server_in_the_middle_of_a_spawn(env: dict[str, str],
                                                           tmp_path: Path) -> None:
-    crashing = {**env, "AEGIS_POOL_CRASHPOINT": "promote-after-claim"}
+    crashing = {**env, "AEGIS_TEST_CRASHPOINT": "promote-after-claim"}
 
     async def spawn_and_die() -> None:
         async with Client(StdioServerParameters(command=aegis_bin(), args=["--mcp-server"],

@@ -76,6 +76,18 @@ def alive(pid: int | None, start: int | None = None) -> bool:
     return now is not None and (start is None or now == start)
 
 
+def pidfd(pid: int, start: int | None) -> tuple[int, int] | None:
+    """A pidfd of process `pid` if it is still the one that started at `start`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if not alive(pid, start):  # checked after opening: the fd cannot name a reused pid
+        os.close(fd)
+        return None
+    return pid, fd
+
+
 def environ_of(pid: int) -> dict[str, str]:
     """The environment process `pid` started with; empty when it is gone or not ours."""
     try:
@@ -89,6 +101,18 @@ def environ_of(pid: int) -> dict[str, str]:
         if sep:
             env[key.decode(errors="replace")] = value.decode(errors="replace")
     return env
+
+
+CRASHPOINT_VAR = "AEGIS_TEST_CRASHPOINT"
+"""The one fault-injection seam, for the tests only: a process whose environment names one of
+its crash points here dies at that point as `kill -9` would (the pool's recovery tests). The
+points are `spawn-after-insert` and `promote-after-claim` (the pool's command) and
+`runner-running` (a pool runner); a runner inherits the variable only for its own points."""
+
+
+def crashpoint(name: str) -> None:
+    if os.environ.get(CRASHPOINT_VAR) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"

@@ -6,18 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import agentenv
 from aegis_mcp.errors import AegisError
-from aegis_mcp.profiles.argv import with_injected
-
-# Variables of the caller's own agent session that must not leak into a background agent:
-# a nested claude refuses to start with CLAUDECODE=1, and the supervisor's hooks, control
-# socket and MCP overlay belong to the foreground agent only.
-_DROPPED_ENV = (
-    "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT", "CLAUDE_AGENT_SDK_VERSION",
-    "AEGIS_CONTROL", "AEGIS_SUPERVISOR_PID", "AEGIS_MCP_OVERLAY", "AEGIS_MCP_REDIRECT",
-    "AEGIS_NETMON_LOG", "AEGIS_NETMON_MODE", "AEGIS_POOL_CRASHPOINT", "AEGIS_POOL_RUNNER",
-    "LD_PRELOAD", "CURSOR_AGENT", "CODEX_SANDBOX", "GEMINI_CLI",
-)
+from aegis_mcp.paths import hooks_library
+from aegis_mcp.profiles.argv import root_permission_flags, with_injected
 
 
 def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
@@ -35,15 +27,12 @@ def headless_argv(profile: Any, prompt: str, max_iterations: int | None,
     _check_task_is_text(profile, prompt)
     args = [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
             for a in profile.headless_args]
-    flags = list(profile.permission_flags)
-    # Claude Code accepts its permission-skipping flag as root only in a declared sandbox.
-    sandbox = (env if env is not None else os.environ).get("IS_SANDBOX") == "1"
-    if os.geteuid() == 0 and profile.refuses_root_flags and not sandbox:
-        dropped = [f for f in flags if f in profile.refuses_root_flags]
-        flags = [f for f in flags if f not in profile.refuses_root_flags]
-        if dropped:
-            notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
-                         "as root unless IS_SANDBOX=1), so it may be denied tools")
+    kept, dropped = root_permission_flags(profile, env if env is not None else os.environ,
+                                          as_root=os.geteuid() == 0)
+    flags = list(kept)
+    if dropped:
+        notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
+                     "as root unless IS_SANDBOX=1), so it may be denied tools")
     enforce = False
     if max_iterations is not None:
         if profile.max_turns_flag:
@@ -73,10 +62,8 @@ def _check_task_is_text(profile: Any, prompt: str) -> None:
 
 
 def agent_environment(agent_id: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The background agent's environment: the caller's, minus the variables of the caller's
-    own agent session, plus AEGIS_AGENT_ID."""
-    env = dict(os.environ if base is None else base)
-    for key in _DROPPED_ENV:
-        env.pop(key, None)
+    """The background agent's environment: what agentenv passes on of the caller's, plus
+    AEGIS_AGENT_ID, its mark."""
+    env = agentenv.inherited(os.environ if base is None else base, str(hooks_library()))
     env["AEGIS_AGENT_ID"] = agent_id
     return env

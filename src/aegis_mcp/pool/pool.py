@@ -19,11 +19,11 @@ import subprocess
 import time
 from typing import Any
 
+from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.pathcheck import check_path, current_directory
 from aegis_mcp.pool.command import agent_environment, headless_argv
-from aegis_mcp.pool.identity import alive, pidfd
-from aegis_mcp.pool.scheduler import Scheduler, crashpoint
+from aegis_mcp.pool.scheduler import Scheduler
 from aegis_mcp.pool.settings import ISOLATIONS, load_settings
 from aegis_mcp.pool.store import (
     ACTIVE,
@@ -112,7 +112,7 @@ class Pool(Scheduler):
                 continue
         else:  # pragma: no cover - 5 collisions of 32 random bits
             raise AegisError("could not pick a fresh agent id")
-        crashpoint("spawn-after-insert")
+        procs.crashpoint("spawn-after-insert")
         self.promote()
         return self.status(agent_id, refresh=False)
 
@@ -161,7 +161,7 @@ class Pool(Scheduler):
                     if pid and (runner is None or runner[0] != pid):
                         if runner is not None:
                             os.close(runner[1])
-                        runner = pidfd(pid, self._row(agent_id)["runner_start"])
+                        runner = procs.pidfd(pid, self._row(agent_id)["runner_start"])
                     watch.wait(5.0 if left is None else min(left, 5.0),
                                (runner[1],) if runner else ())
         finally:
@@ -186,7 +186,7 @@ class Pool(Scheduler):
             self.notify(agent_id)
             self.promote()
         # A starting agent's runner sees the request when it registers, and ends it unstarted.
-        elif row["state"] == RUNNING and alive(row["runner_pid"], row["runner_start"]):
+        elif row["state"] == RUNNING and procs.alive(row["runner_pid"], row["runner_start"]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(row["runner_pid"], signal.SIGTERM)
         grace = row["stop_grace_secs"]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.pool import worktree
 from aegis_mcp.pool.pool import Pool
 from aegis_mcp.pool.store import COMPLETED, FAILED, STOPPED
@@ -40,7 +40,7 @@ _FLUSH_EVERY = 0.25
 def _die_with_runner() -> None:
     """In the agent, before exec: if the runner is killed, the agent gets SIGKILL too (and
     the next pool operation kills the rest of its tree by the agent id in its environment)."""
-    proctree.prctl(proctree.PR_SET_PDEATHSIG, signal.SIGKILL)
+    procs.prctl(procs.PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # --- the process tree (stopping it is proctree's job) ----------------------------------------
@@ -143,7 +143,7 @@ class Runner(EventStream):
         os.set_blocking(out_fd, False)
         sel.register(out_fd, selectors.EVENT_READ, "output")
         self.pool.record_progress(self.id, agent_pid=proc.pid, agent_port=port)
-        _crash("runner-running")
+        procs.crashpoint("runner-running")
 
         next_flush = time.monotonic()
         eof = False
@@ -172,7 +172,7 @@ class Runner(EventStream):
                 self.flush()
                 next_flush = time.monotonic() + _FLUSH_EVERY
 
-        leftovers = proctree.tree()
+        leftovers = procs.tree()
         if self.stop_reason is not None or leftovers:
             if self.stop_reason is None:
                 self.say(f"the agent exited and left {len(leftovers)} process(es): stopping them")
@@ -211,8 +211,8 @@ class Runner(EventStream):
 
     def stop_tree(self, grace: float) -> None:
         """SIGINT to the agent's group, then SIGTERM, then SIGKILL to every descendant, each
-        after up to `grace` seconds (proctree.stop_tree); returns when none is left."""
-        proctree.stop_tree(
+        after up to `grace` seconds (procs.stop_tree); returns when none is left."""
+        procs.stop_tree(
             self.agent_pid, lambda: self.agent_pid is not None and self.agent_status is None,
             self._wait, grace, log=self.say)
 
@@ -255,11 +255,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _crash(name: str) -> None:
-    if os.environ.get("AEGIS_RUNNER_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aegis_mcp.pool.runner",
                                      description="Run one claimed background agent of the pool "
@@ -270,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Until the signal handlers are in place a SIGTERM kills us; the store then says "stopped"
     # (a stop was requested) or re-queues the agent, so nothing is lost either way.
-    proctree.set_child_subreaper()
+    procs.set_child_subreaper()
     pool = Pool(args.pool_dir)
     row = pool.register_runner(args.agent, args.claim)
     if row is None:
@@ -286,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.finish(FAILED, f"runner error: {exc}", None)
         raise
     # Orphans of the runners we start next must not be handed to us: we exit right away.
-    proctree.set_child_subreaper(False)
+    procs.set_child_subreaper(False)
     pool.promote()
     return 0
 

@@ -9,6 +9,7 @@ and a runner only runs an agent whose claim it holds.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -19,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import procs
 from aegis_mcp.launch import python_command
-from aegis_mcp.pool.identity import alive, kill_orphaned_agent, proc_start_time
 from aegis_mcp.pool.settings import PoolSettings, load_settings
 from aegis_mcp.pool.store import (
     ACTIVE,
@@ -47,12 +48,6 @@ _LAUNCHED: list[subprocess.Popen[bytes]] = []
 _LAUNCHED_LOCK = threading.Lock()
 
 
-def crashpoint(name: str) -> None:
-    """Fault injection for the recovery tests: die here, as `kill -9` would."""
-    if os.environ.get("AEGIS_POOL_CRASHPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Scheduler(Store):
     """The store, with the operations that start and settle agents."""
 
@@ -73,7 +68,7 @@ class Scheduler(Store):
         tree is locked waits, and so does every later agent on an overlapping tree) and start
         their runners. Returns the ids started."""
         _reap_launched()
-        me = (os.getpid(), proc_start_time(os.getpid()))
+        me = (os.getpid(), procs.start_time(os.getpid()))
         claimed: list[tuple[str, str]] = []
         with self.transaction() as conn:
             ended = self._recover(conn)
@@ -103,7 +98,7 @@ class Scheduler(Store):
                 slots -= 1
         for agent_id in ended:
             self.notify(agent_id)
-        crashpoint("promote-after-claim")
+        procs.crashpoint("promote-after-claim")
         for agent_id, claim in claimed:
             self._launch_runner(agent_id, claim)
         return [agent_id for agent_id, _ in claimed]
@@ -115,7 +110,8 @@ class Scheduler(Store):
         env = dict(os.environ)
         # The agent id marks an agent's processes (see kill_orphaned_agent): a runner started
         # from inside a background agent must not carry that agent's mark.
-        env.pop("AEGIS_POOL_CRASHPOINT", None)
+        if not env.get(procs.CRASHPOINT_VAR, "").startswith("runner-"):
+            env.pop(procs.CRASHPOINT_VAR, None)  # the pool's own points are not the runner's
         env.pop("AEGIS_AGENT_ID", None)
         # Marks the runner (and through it the agent's tree) as the pool's: a supervisor that
         # stops "every descendant" at a hot-reload must leave these alone (RUNNER_MARK).
@@ -130,7 +126,7 @@ class Scheduler(Store):
                 return
         with _LAUNCHED_LOCK:
             _LAUNCHED.append(proc)
-        start = proc_start_time(proc.pid)
+        start = procs.start_time(proc.pid)
         with self.transaction() as conn:
             conn.execute("UPDATE agents SET runner_pid = ?, runner_start = ? WHERE id = ? AND"
                          " claim = ? AND state = ? AND runner_pid IS NULL",
@@ -147,15 +143,15 @@ class Scheduler(Store):
         """What to do with an active agent whose runner is gone: None (it is fine), 'requeue',
         'lost', 'stopped' or 'failed'."""
         if row["state"] == RUNNING:
-            if alive(row["runner_pid"], row["runner_start"]):
+            if procs.alive(row["runner_pid"], row["runner_start"]):
                 return None
             return STOPPED if row["stop_requested"] else LOST
         # starting: the claimer is launching the runner, or the runner is starting up.
         if row["runner_pid"] is not None:
-            if alive(row["runner_pid"], row["runner_start"]) and \
+            if procs.alive(row["runner_pid"], row["runner_start"]) and \
                     now - row["claimed_at"] < _RUNNER_START_TIMEOUT:
                 return None
-        elif alive(row["claimer_pid"], row["claimer_start"]) and \
+        elif procs.alive(row["claimer_pid"], row["claimer_start"]) and \
                 now - row["claimed_at"] < _RUNNER_START_TIMEOUT:
             return None
         if row["stop_requested"]:
@@ -209,7 +205,7 @@ class Scheduler(Store):
             cur = conn.execute(
                 "UPDATE agents SET state = ?, runner_pid = ?, runner_start = ?, started_at = ?"
                 " WHERE id = ? AND claim = ? AND state = ? AND stop_requested = 0",
-                (RUNNING, pid, proc_start_time(pid), time.time(), agent_id, claim, STARTING))
+                (RUNNING, pid, procs.start_time(pid), time.time(), agent_id, claim, STARTING))
             if cur.rowcount == 1:
                 return conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
             cur = conn.execute(
@@ -247,3 +243,22 @@ def _reap_launched() -> None:
     # Tools run pool operations in worker threads: one reaper at a time.
     with _LAUNCHED_LOCK:
         _LAUNCHED[:] = [proc for proc in _LAUNCHED if proc.poll() is None]
+
+
+def kill_orphaned_agent(agent_pid: int | None, env_json: str) -> None:
+    """After a runner died: SIGKILL what is left of its agent (the processes whose environment
+    names the agent id), so that no one keeps editing a tree whose lock was just freed."""
+    if not agent_pid:
+        return
+    agent_id = json.loads(env_json).get("AEGIS_AGENT_ID", "")
+    marker = f"AEGIS_AGENT_ID={agent_id}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker not in f.read().split(b"\0"):
+                    continue
+            os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue

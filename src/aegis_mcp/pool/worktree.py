@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.pool.store import FAILED, STOPPED
 
 
@@ -69,7 +69,7 @@ def run_setup(command: str, row: Any, env: dict[str, str], deadline: float | Non
             return None
         return FAILED, (f"worktree setup failed (exit {code}): {command} (its output is in "
                         "the agent's log)")
-    proctree.stop_tree(proc.pid, lambda: proc.poll() is None,
+    procs.stop_tree(proc.pid, lambda: proc.poll() is None,
                        lambda t: time.sleep(min(t, 0.05)), row["stop_grace_secs"])
     proc.wait()
     return ended
