@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis_mcp.netmon.monitor import open_log
+from aegis_mcp.netmon.log import open_log
 from aegis_mcp.netns import capture
 from aegis_mcp.netns.capture import ACK, FIN, NLA_F_NESTED, RST, SYN, EventLog, Tracker, _nla
 

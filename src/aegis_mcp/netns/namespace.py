@@ -54,7 +54,7 @@ from typing import Any
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
-from aegis_mcp.netmon.monitor import open_log
+from aegis_mcp.netmon.log import open_log
 
 PREFIX = "aegis-"
 NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
