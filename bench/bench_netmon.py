@@ -165,7 +165,8 @@ def paired(runs: int, plain: tuple[list[str], dict[str, str]],
 
 
 def bench_reading(tmp: Path, events: int) -> tuple[float, float, float]:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import log as netlog
+    from aegis_mcp.netmon import summary as netsummary
 
     log = tmp / "big.jsonl"
     line = ('{{"ts":{ts},"event":"{kind}","source":"preload","pid":{pid},"ppid":1,"exe":"node",'
@@ -180,16 +181,16 @@ def bench_reading(tmp: Path, events: int) -> tuple[float, float, float]:
                     + line.format(ts=ts, kind="totals", pid=pid, fd=fd, a=a, b=b, s=9, r=90)
                     + line.format(ts=ts, kind="close", pid=pid, fd=fd, a=a, b=b, s=10, r=100))
     start = time.perf_counter()
-    netmon.status(log)
+    netsummary.status(log)
     cold = time.perf_counter() - start
     with open(log, "a") as f:
         for i in range(1000):
             f.write(line.format(ts=0, kind="connect", pid=1, fd=i, a=9, b=9, s=0, r=0))
     start = time.perf_counter()
-    netmon.status(log)
+    netsummary.status(log)
     warm = time.perf_counter() - start
     start = time.perf_counter()
-    netmon.tail(log, 1000)
+    netlog.tail(log, 1000)
     tail = time.perf_counter() - start
     return cold, warm, tail
 

@@ -166,9 +166,9 @@ def test_git_clone_over_git_daemon(tmp_path: Path) -> None:
     assert sum(c["recv"] for c in closes) > 1000  # the pack carries the file
     assert any(c.get("dup_of") == closes[0]["fd"] or "dup_of" in c for c in closes)
 
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import summary as netsummary
 
-    status = netmon.status(log)
+    status = netsummary.status(log)
     assert status["connections"] == 1
     assert status["bytes_sent"] == sum(c["sent"] for c in closes)
 
@@ -280,9 +280,9 @@ def test_refused_connections(tmp_path: Path) -> None:
     assert cu[-1]["event"] == "close" and cu[-1]["result"] == "ECONNREFUSED"
     assert cu[-1]["sent"] == cu[-1]["recv"] == 0
 
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import summary as netsummary
 
-    status = netmon.status(log)
+    status = netsummary.status(log)
     assert status["failed_connections"] == 2 and status["connections"] == 0
 
 
@@ -379,7 +379,8 @@ def test_unwritable_log_changes_nothing(tmp_path: Path, server: RawHTTPServer) -
 
 def test_rotation_keeps_the_log_bounded_and_the_summary_whole(tmp_path: Path,
                                                               server: RawHTTPServer) -> None:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import log as netlog
+    from aegis_mcp.netmon import summary as netsummary
 
     log = tmp_path / "log.jsonl"
     code = textwrap.dedent(f"""
@@ -392,14 +393,14 @@ def test_rotation_keeps_the_log_bounded_and_the_summary_whole(tmp_path: Path,
     """)
     out = run([sys.executable, "-c", code], hooked_env(log, AEGIS_NETMON_MAX_BYTES="15000"))
     assert out.returncode == 0, out.stderr
-    rotated = netmon.rotated_path(log)
+    rotated = netlog.rotated_path(log)
     assert rotated.exists()
     # 60 connections x 2 events x ~240 bytes: exactly one rotation at 15000 bytes
     assert 15000 <= rotated.stat().st_size < 15000 + 1000 and log.stat().st_size < 15000
-    status = netmon.status(log)
+    status = netsummary.status(log)
     assert status["connections"] == 60 and not status["events_lost_to_rotation"]
     assert status["bytes_sent"] == 60 * 18 and status["bytes_received"] == 60 * 104
-    tail = netmon.tail(log, 120)
+    tail = netlog.tail(log, 120)
     assert len(tail) == 120 and tail[0]["event"] == "connect" and tail[-1]["event"] == "close"
 
 
@@ -477,7 +478,7 @@ def test_spawning_children_leaves_the_parents_sockets_alone(tmp_path: Path,
 
 
 def test_threads_fds_reused_dups_and_forks(tmp_path: Path, server: RawHTTPServer) -> None:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import summary as netsummary
 
     exe = compile_snippet("stress.c", tmp_path)
     log = tmp_path / "log.jsonl"
@@ -489,7 +490,7 @@ def test_threads_fds_reused_dups_and_forks(tmp_path: Path, server: RawHTTPServer
     closes = conns_to(log, server.port)
     assert len(connects) == 300 and len({e["pid"] for e in closes}) == 1  # not the children
     assert sum(c["sent"] for c in closes) == sent and sum(c["recv"] for c in closes) == recv
-    status = netmon.status(log)
+    status = netsummary.status(log)
     assert (status["connections"], status["bytes_sent"], status["bytes_received"]) == (
         300, sent, recv)
     assert status["open_connections"] == 0

@@ -63,7 +63,7 @@ def test_fake_anthropic_answers_as_the_api_does() -> None:
 @needs_claude
 @pytest.mark.skipif(not Path(LIB).exists(), reason=f"{LIB} is not built")
 def test_claude_code_connection_and_bytes_are_recorded(tmp_path: Path) -> None:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon import summary as netsummary
 
     assert CLAUDE is not None
     log = tmp_path / "netmon.jsonl"
@@ -89,7 +89,7 @@ def test_claude_code_connection_and_bytes_are_recorded(tmp_path: Path) -> None:
     content_length = int(request.headers["Content-Length"])
     assert closes[0]["sent"] > content_length
     assert closes[0]["recv"] > 500
-    status = netmon.status(log)
+    status = netsummary.status(log)
     target = f"127.0.0.1:{port}"
     row = next(r for r in status["top_by_bytes"] if r["target"] == target)
     assert row["connections"] == 1 and row["sent"] == closes[0]["sent"]

@@ -15,7 +15,9 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
-from aegis_mcp.netmon import monitor as netmon
+from aegis_mcp.netmon import elf
+from aegis_mcp.netmon import log as netlog
+from aegis_mcp.netmon import summary as netsummary
 from aegis_mcp.netmon import tools as netmon_tools
 from tests.conftest import aegis_bin
 
@@ -64,7 +66,7 @@ def sample(log: Path) -> None:
 def test_summary_of_known_traffic(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     sample(log)
-    s = netmon.status(log)
+    s = netsummary.status(log)
     assert s["events"] == 18 and s["bad_lines"] == 0
     # 5.0 (fd5), 6 (fd6), 10 (unix), netns, live, dead: 6; fd7 and the late-refused fd8 failed
     assert s["connections"] == 6 and s["failed_connections"] == 2 and s["accepted"] == 1
@@ -87,84 +89,84 @@ def test_summary_of_known_traffic(tmp_path: Path) -> None:
 def test_summary_is_incremental(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     write(log, ev("connect", fd=5), ev("close", fd=5, sent=1, recv=2))
-    assert netmon.status(log)["connections"] == 1
-    assert netmon.summary_path(log).exists()
+    assert netsummary.status(log)["connections"] == 1
+    assert netsummary.summary_path(log).exists()
     # Rewrite what was already read (same length): a re-read would count differently.
     text = log.read_text()
     log.write_text(text.replace('"sent": 1,', '"sent": 9,'))
     write(log, ev("connect", fd=6), ev("close", fd=6, sent=100, recv=200))
-    s = netmon.status(log)
+    s = netsummary.status(log)
     assert s["connections"] == 2 and s["bytes_sent"] == 101 and s["bytes_received"] == 202
     # a writer mid-line: the partial line waits for its end
     with open(log, "a") as f:
         f.write(json.dumps(ev("connect", fd=7))[:30])
-    assert netmon.status(log)["connections"] == 2
+    assert netsummary.status(log)["connections"] == 2
     with open(log, "a") as f:
         f.write(json.dumps(ev("connect", fd=7))[30:] + "\n")
-    assert netmon.status(log)["connections"] == 3
+    assert netsummary.status(log)["connections"] == 3
 
 
 def test_summary_follows_rotation(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     write(log, ev("connect", fd=5), ev("totals", fd=5, sent=10, recv=10))
-    assert netmon.status(log)["bytes_sent"] == 10
+    assert netsummary.status(log)["bytes_sent"] == 10
     write(log, ev("close", fd=5, sent=30, recv=40))   # appended after our last look...
-    log.rename(netmon.rotated_path(log))                # ...then rotated
+    log.rename(netlog.rotated_path(log))                # ...then rotated
     write(log, ev("connect", fd=6), ev("close", fd=6, sent=1, recv=1))
-    s = netmon.status(log)
+    s = netsummary.status(log)
     assert (s["connections"], s["bytes_sent"], s["bytes_received"]) == (2, 31, 41)
     assert not s["events_lost_to_rotation"]
-    assert s["log_files"] == [str(netmon.rotated_path(log)), str(log)]
+    assert s["log_files"] == [str(netlog.rotated_path(log)), str(log)]
     # rotated twice between two looks: what was in between is gone, and it says so
-    log.rename(netmon.rotated_path(log))
+    log.rename(netlog.rotated_path(log))
     write(log, ev("connect", fd=7))
-    log.rename(netmon.rotated_path(log))
+    log.rename(netlog.rotated_path(log))
     write(log, ev("connect", fd=8))
-    s = netmon.status(log)
+    s = netsummary.status(log)
     assert s["events_lost_to_rotation"] and s["connections"] == 3
 
 
 def test_first_look_reads_the_rotated_file_too(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
-    write(netmon.rotated_path(log), ev("connect", fd=5), ev("close", fd=5, sent=5, recv=5))
+    write(netlog.rotated_path(log), ev("connect", fd=5), ev("close", fd=5, sent=5, recv=5))
     write(log, ev("connect", fd=6))
-    s = netmon.status(log)
+    s = netsummary.status(log)
     assert s["connections"] == 2 and s["bytes_sent"] == 5
 
 
 def test_truncated_log_starts_over(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     write(log, *[ev("connect", fd=i) for i in range(10)])
-    assert netmon.status(log)["connections"] == 10
+    assert netsummary.status(log)["connections"] == 10
     write(log, ev("connect", fd=1), mode="w")
-    assert netmon.status(log)["connections"] == 1
+    assert netsummary.status(log)["connections"] == 1
 
 
 def test_bad_lines_and_a_corrupt_summary(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     log.write_text('not json\n[1, 2]\n\n' + json.dumps(ev("connect")) + "\n")
-    netmon.summary_path(log).write_text("{broken")
-    s = netmon.status(log)
+    netsummary.summary_path(log).write_text("{broken")
+    s = netsummary.status(log)
     assert s["connections"] == 1 and s["bad_lines"] == 2
-    with pytest.raises(netmon.NoLog):
-        netmon.status(tmp_path / "missing.jsonl")
+    with pytest.raises(netlog.NoLog):
+        netsummary.status(tmp_path / "missing.jsonl")
 
 
 def test_tail_newest_last_across_rotation(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
-    write(netmon.rotated_path(log), *[ev("connect", fd=i) for i in range(0, 5000)])
+    write(netlog.rotated_path(log), *[ev("connect", fd=i) for i in range(0, 5000)])
     write(log, *[ev("connect", fd=i) for i in range(5000, 5010)])
     with open(log, "a") as f:
         f.write('{"ts": 1, "event": "conn')  # a writer mid-line
-    assert [e["fd"] for e in netmon.tail(log, 3)] == [5007, 5008, 5009]
-    assert [e["fd"] for e in netmon.tail(log, 12)] == list(range(4998, 5010))
-    assert len(netmon.tail(log, 10_000)) == 5010
-    with pytest.raises(netmon.NoLog):
-        netmon.tail(tmp_path / "none.jsonl", 5)
+    assert [e["fd"] for e in netlog.tail(log, 3)] == [5007, 5008, 5009]
+    assert [e["fd"] for e in netlog.tail(log, 12)] == list(range(4998, 5010))
+    assert len(netlog.tail(log, 10_000)) == 5010
+    with pytest.raises(netlog.NoLog):
+        netlog.tail(tmp_path / "none.jsonl", 5)
 
 
 def test_status_of_a_million_events_answers_under_a_second(tmp_path: Path) -> None:
-    """The supervisor keeps the summary current (netmon.refresh); a status call then reads
+    """The supervisor keeps the summary current (netsummary.refresh); a status call then reads
     only what was appended since."""
     log = tmp_path / "big.jsonl"
     line = ('{{"ts":{ts},"event":"{kind}","source":"preload","pid":{pid},"ppid":1,"exe":"node",'
@@ -177,7 +179,7 @@ def test_status_of_a_million_events_answers_under_a_second(tmp_path: Path) -> No
                     + line.format(ts=i, kind="totals", pid=pid, fd=fd, a=a, b=b, s=5, r=50)
                     + line.format(ts=i, kind="totals", pid=pid, fd=fd, a=a, b=b, s=9, r=90)
                     + line.format(ts=i, kind="close", pid=pid, fd=fd, a=a, b=b, s=10, r=100))
-    netmon.refresh(log)
+    netsummary.refresh(log)
     with open(log, "a") as f:
         for i in range(1000):
             f.write(line.format(ts=i, kind="connect", pid=1, fd=i, a=9, b=9, s=0, r=0))
@@ -208,17 +210,17 @@ def test_preload_check(tmp_path: Path) -> None:
     dynamic = tmp_path / "dynamic-hello"
     subprocess.run(["gcc", "-static", "-o", str(static), str(src)], check=True)
     subprocess.run(["gcc", "-o", str(dynamic), str(src)], check=True)
-    assert not netmon.is_preload_visible(static)
-    assert "statically linked" in netmon.preload_check(static).reason
-    assert netmon.is_preload_visible(dynamic)
-    assert netmon.is_preload_visible("sh")
+    assert not elf.is_preload_visible(static)
+    assert "statically linked" in elf.preload_check(static).reason
+    assert elf.is_preload_visible(dynamic)
+    assert elf.is_preload_visible("sh")
     script = tmp_path / "script"
     script.write_text(f"#!/usr/bin/env {static}\n")
     script.chmod(0o755)
-    assert not netmon.is_preload_visible(script)
+    assert not elf.is_preload_visible(script)
     script.write_text("#!/bin/sh\necho hi\n")
-    assert netmon.is_preload_visible(script)
-    assert netmon.is_preload_visible(tmp_path / "does-not-exist")
+    assert elf.is_preload_visible(script)
+    assert elf.is_preload_visible(tmp_path / "does-not-exist")
 
 
 # ---- MCP tools ----------------------------------------------------------------------------
@@ -338,7 +340,7 @@ def test_cli_follow_prints_new_events(tmp_path: Path, aegis_env: dict[str, str])
     try:
         time.sleep(1.0)
         write(log, ev("connect", fd=2), ev("close", fd=2, sent=3, recv=4))
-        log.rename(netmon.rotated_path(log))  # rotation: the follower moves to the new file
+        log.rename(netlog.rotated_path(log))  # rotation: the follower moves to the new file
         write(log, ev("connect", fd=3))
         assert proc.stdout is not None
         got = [json.loads(proc.stdout.readline()) for _ in range(3)]

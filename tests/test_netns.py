@@ -26,6 +26,8 @@ import pytest
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.netns import namespace as netns
+from aegis_mcp.netns import plan, stop
+from aegis_mcp.netns import state as netns_state
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.netns_helpers import (
     DnsResponder,
@@ -336,14 +338,14 @@ def test_dns_names_the_peer_through_a_loopback_resolver(world: Path, outside: Ou
 def test_dns_plan_copies_reachable_resolvers(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("# comment\nnameserver 192.0.2.53\nnameserver 2001:db8::1\nsearch a.test\n")
-    assert netns._dns_plan(conf, "10.200.0.1") == (
+    assert plan.dns_plan(conf, "10.200.0.1") == (
         "copy", "# written by aegis-mcp: the host's resolvers, reached through NAT\n"
         "nameserver 192.0.2.53\nsearch a.test\n")
     conf.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\n")
-    mode, text = netns._dns_plan(conf, "10.200.0.1")
+    mode, text = plan.dns_plan(conf, "10.200.0.1")
     assert mode == "dnat:127.0.0.53" and "nameserver 10.200.0.1\n" in text
     conf.unlink()  # no resolv.conf at all: systemd-resolved's stub is the best guess
-    assert netns._dns_plan(conf, "10.200.0.1")[0] == "dnat:127.0.0.53"
+    assert plan.dns_plan(conf, "10.200.0.1")[0] == "dnat:127.0.0.53"
 
 
 def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
@@ -372,9 +374,9 @@ def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
     assert normalise(host_snapshot()) == before
     # A route the host already has rules its subnet out.
     taken = netns.ipaddress.ip_network("10.200.0.0/24")
-    chosen = netns._pick_subnet([taken])
+    chosen = plan.pick_subnet([taken])
     assert not chosen.overlaps(taken)
-    whole = netns._pick_subnet([netns.ipaddress.ip_network("10.0.0.0/8")])
+    whole = plan.pick_subnet([netns.ipaddress.ip_network("10.0.0.0/8")])
     assert str(whole).startswith("172.30.200.")
 
 
@@ -437,7 +439,7 @@ def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
         assert removed[0]["processes_left_inside"] == []
         assert pids_in(inode) == [] and not Path(f"/run/netns/{name}").exists()
         assert bystander.poll() is None
-        assert netns.STOP_GRACE <= took < netns.STOP_GRACE + 10
+        assert stop.STOP_GRACE <= took < stop.STOP_GRACE + 10
         assert name not in cleaned(aegis_env)
         assert Path(f"/run/netns/{foreign}").exists()
     finally:
@@ -462,12 +464,12 @@ def test_stop_processes_inside_is_quick_when_they_obey(ns: netns.Namespace) -> N
                                "300"]) for _ in range(3)]
     pids = wait_for_pids(inode, 3)
     started = time.monotonic()
-    stopped = netns.stop_processes_inside(ns.name)
+    stopped = stop.stop_processes_inside(ns.name)
     took = time.monotonic() - started
     assert stopped == sorted(pids) and pids_in(inode) == []
-    assert took < netns.STOP_GRACE  # a pidfd wakes the wait at the exit, no grace to sit out
+    assert took < stop.STOP_GRACE  # a pidfd wakes the wait at the exit, no grace to sit out
     assert [p.wait(5) for p in procs] == [-signal.SIGTERM] * 3
-    assert netns.stop_processes_inside(ns.name) == []
+    assert stop.stop_processes_inside(ns.name) == []
     with pytest.raises(AegisError, match="not the name of an aegis namespace"):
         netns.cleanup_one("../etc")
     assert netns.cleanup_one(ns.name) is None  # its owner (this process) is alive
@@ -912,11 +914,11 @@ def test_aegis_namespaces_cannot_reach_each_other(world: Path) -> None:
 
 
 def test_state_files_are_private_and_never_written_through_a_symlink(world: Path) -> None:
-    state_dir = netns.STATE_DIR
+    state_dir = netns_state.STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o755)  # as an earlier version left it
     victims = {}
-    for name in (f".aegis-{os.getpid()}.json.tmp", f".{netns.BASELINE}.tmp"):
+    for name in (f".aegis-{os.getpid()}.json.tmp", f".{netns_state.BASELINE}.tmp"):
         victim = world / f"victim-{name}"
         victim.write_text("precious\n")
         os.chmod(victim, 0o644)
@@ -924,7 +926,8 @@ def test_state_files_are_private_and_never_written_through_a_symlink(world: Path
             (state_dir / name).unlink()
         (state_dir / name).symlink_to(victim)
         victims[name] = victim
-    private = ["lock"] if (state_dir / netns.BASELINE).exists() else ["lock", netns.BASELINE]
+    baseline = netns_state.BASELINE
+    private = ["lock"] if (state_dir / baseline).exists() else ["lock", baseline]
     ns = netns.create(os.getpid(), world / "s.jsonl", resolv_conf=world / "resolv.conf")
     try:
         for victim in victims.values():

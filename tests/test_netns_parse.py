@@ -11,9 +11,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aegis_mcp.netmon.monitor import open_log
-from aegis_mcp.netns import capture
-from aegis_mcp.netns.capture import ACK, FIN, NLA_F_NESTED, RST, SYN, EventLog, Tracker, _nla
+from aegis_mcp.netmon.log import open_log
+from aegis_mcp.netns import capture_netlink, capture_packets
+from aegis_mcp.netns.capture_flows import EventLog, Tracker
+from aegis_mcp.netns.capture_netlink import NLA_F_NESTED, _nla
+from aegis_mcp.netns.capture_packets import ACK, FIN, RST, SYN
 
 NS, PEER = "10.200.0.2", "198.51.100.7"
 
@@ -72,7 +74,7 @@ def test_dns_answer_names_later_connections(tmp_path: Path) -> None:
         struct.pack("!HH", 1, 1)
     answer = responder._answer(query)
     assert answer is not None
-    assert capture.parse_dns(answer) == (7, True, 0, "example.test", [PEER])
+    assert capture_packets.parse_dns(answer) == (7, True, 0, "example.test", [PEER])
     t, log = tracker(tmp_path)
 
     def udp(src: str, dst: str, sport: int, dport: int, body: bytes) -> bytes:
@@ -91,20 +93,20 @@ def test_dns_answer_names_later_connections(tmp_path: Path) -> None:
 
 
 def test_conntrack_message_round_trip() -> None:
-    tup = _nla(capture.CTA_TUPLE_IP | NLA_F_NESTED,
-               _nla(capture.CTA_IP_V4_SRC, socket.inet_aton(NS))
-               + _nla(capture.CTA_IP_V4_DST, socket.inet_aton(PEER)))
-    tup += _nla(capture.CTA_TUPLE_PROTO | NLA_F_NESTED,
-                _nla(capture.CTA_PROTO_NUM, b"\x11")
-                + _nla(capture.CTA_PROTO_SRC_PORT, (5000).to_bytes(2, "big"))
-                + _nla(capture.CTA_PROTO_DST_PORT, (53).to_bytes(2, "big")))
-    counters = _nla(capture.CTA_COUNTERS_PACKETS, (3).to_bytes(8, "big")) + _nla(
-        capture.CTA_COUNTERS_BYTES, (3 * 128).to_bytes(8, "big"))
+    tup = _nla(capture_netlink.CTA_TUPLE_IP | NLA_F_NESTED,
+               _nla(capture_netlink.CTA_IP_V4_SRC, socket.inet_aton(NS))
+               + _nla(capture_netlink.CTA_IP_V4_DST, socket.inet_aton(PEER)))
+    tup += _nla(capture_netlink.CTA_TUPLE_PROTO | NLA_F_NESTED,
+                _nla(capture_netlink.CTA_PROTO_NUM, b"\x11")
+                + _nla(capture_netlink.CTA_PROTO_SRC_PORT, (5000).to_bytes(2, "big"))
+                + _nla(capture_netlink.CTA_PROTO_DST_PORT, (53).to_bytes(2, "big")))
+    counters = _nla(capture_netlink.CTA_COUNTERS_PACKETS, (3).to_bytes(8, "big")) + _nla(
+        capture_netlink.CTA_COUNTERS_BYTES, (3 * 128).to_bytes(8, "big"))
     body = (struct.pack("=BBH", socket.AF_INET, 0, 0)
-            + _nla(capture.CTA_TUPLE_ORIG | NLA_F_NESTED, tup)
-            + _nla(capture.CTA_COUNTERS_ORIG | NLA_F_NESTED, counters)
-            + _nla(capture.CTA_ID, (77).to_bytes(4, "big")))
-    entry = capture.parse_ct(memoryview(body), "destroy")
+            + _nla(capture_netlink.CTA_TUPLE_ORIG | NLA_F_NESTED, tup)
+            + _nla(capture_netlink.CTA_COUNTERS_ORIG | NLA_F_NESTED, counters)
+            + _nla(capture_netlink.CTA_ID, (77).to_bytes(4, "big")))
+    entry = capture_netlink.parse_ct(memoryview(body), "destroy")
     assert entry is not None
     assert (entry.proto, entry.src, entry.dst, entry.sport, entry.dport) == (17, NS, PEER,
                                                                               5000, 53)
@@ -114,7 +116,7 @@ def test_conntrack_message_round_trip() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_dns_parser_never_raises(data: bytes) -> None:
-    capture.parse_dns(data)
+    capture_packets.parse_dns(data)
 
 
 @settings(max_examples=300, deadline=None)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from aegis_mcp.netmon import monitor as netmon
+from aegis_mcp.netmon import summary as netsummary
 from tests.conftest import aegis_bin
 from tests.netns_helpers import pids_in
 from tests.supervisor_helpers import inotify_watches, wait_for
@@ -106,9 +106,9 @@ def test_preload_mode_records_the_agents_connections(
     closes = [e for e in evs if e["event"] in ("close", "totals")]
     assert closes and max(e["recv"] for e in closes) >= 600
     # The supervisor left the summary current: netmon_status reads it, not the whole log.
-    summary = json.loads(netmon.summary_path(log).read_text())
+    summary = json.loads(netsummary.summary_path(log).read_text())
     assert summary["offset"] == log.stat().st_size
-    assert netmon.status(log)["connections"] >= 1
+    assert netsummary.status(log)["connections"] >= 1
 
 
 def test_hooks_stay_silent_in_netns_mode(tmp_path: Path,
@@ -217,7 +217,7 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
     log = Path(info["log"])
     closes = [e for e in events(log) if e["event"] == "close" and e.get("port") == port]
     assert closes and closes[0]["source"] == "netns" and closes[0]["recv"] >= 600
-    assert netmon.status(log)["connections"] >= 1
+    assert netsummary.status(log)["connections"] >= 1
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert after == before  # torn down
 

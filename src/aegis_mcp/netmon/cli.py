@@ -126,7 +126,7 @@ class _Follower:
             pass
 
     def poll(self) -> list[dict[str, Any]]:
-        from aegis_mcp.netmon.monitor import rotated_path
+        from aegis_mcp.netmon.log import rotated_path
 
         try:
             st = self.log.stat()
@@ -160,11 +160,12 @@ class _Follower:
 
 
 def _status_or_empty(log: Path) -> dict[str, Any]:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon.log import NoLog
+    from aegis_mcp.netmon.summary import status
 
     try:
-        return netmon.status(log)
-    except netmon.NoLog:
+        return status(log)
+    except NoLog:
         return {"log_path": str(log), "connections": 0, "failed_connections": 0, "accepted": 0,
                 "unique_addresses": 0, "bytes_sent": 0, "bytes_received": 0,
                 "open_connections": 0, "gaps": 0, "top_by_bytes": [], "open": [],
@@ -173,16 +174,16 @@ def _status_or_empty(log: Path) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from aegis_mcp.errors import AegisError
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon.log import NoLog, find_log, tail
 
     if not 0 <= args.events <= 1000:
         raise AegisError(f"--events {args.events}: give a number from 0 to 1000")
-    log = netmon.find_log(args.target)
+    log = find_log(args.target)
     if not args.follow:
         status = _status_or_empty(log)
         try:
-            events = netmon.tail(log, args.events) if args.events else []
-        except netmon.NoLog:
+            events = tail(log, args.events) if args.events else []
+        except NoLog:
             events = []
         if args.json:
             print(json.dumps({**status, "recent_events": events}, indent=2))
@@ -199,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
             from rich.live import Live
 
             recent: list[dict[str, Any]] = []
-            with contextlib.suppress(netmon.NoLog):
-                recent = netmon.tail(log, args.events) if args.events else []
+            with contextlib.suppress(NoLog):
+                recent = tail(log, args.events) if args.events else []
             with Live(_render(_status_or_empty(log), recent), auto_refresh=False) as live:
                 while True:
                     new = follower.poll()

@@ -1,6 +1,6 @@
 """MCP tools of network monitoring: netmon_status and netmon_log, a thin front over
-`aegis_mcp.netmon.monitor` (imported when a tool runs: every hot-reload pays the server's cold
-start).
+`aegis_mcp.netmon.log` and `aegis_mcp.netmon.summary` (imported when a tool runs: every
+hot-reload pays the server's cold start).
 
 The log is the one the supervisor gave the agent in AEGIS_NETMON_LOG; this server inherits it
 from the agent. Without it, monitoring is off and both tools say how to turn it on."""
@@ -104,12 +104,13 @@ def register(server: MCPServer) -> None:
         gaps in what could be seen, and the log's path."""
         from pathlib import Path
 
-        from aegis_mcp.netmon import monitor as netmon
+        from aegis_mcp.netmon.log import NoLog
+        from aegis_mcp.netmon.summary import status
 
         path = _log_path()
         try:
-            data = netmon.status(Path(path))
-        except netmon.NoLog:
+            data = status(Path(path))
+        except NoLog:
             return NetmonStatus(
                 log_path=path, log_files=[], log_bytes=0, events=0, connections=0, accepted=0,
                 failed_connections=0, unique_addresses=0, bytes_sent=0, bytes_received=0,
@@ -131,13 +132,13 @@ def register(server: MCPServer) -> None:
         from pathlib import Path
 
         from aegis_mcp.errors import AegisError
-        from aegis_mcp.netmon import monitor as netmon
+        from aegis_mcp.netmon.log import NoLog, tail
 
         if isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
             raise AegisError(f"count must be between 1 and {MAX_COUNT}, got {count}")
         path = _log_path()
         try:
-            events = netmon.tail(Path(path), count)
-        except netmon.NoLog:
+            events = tail(Path(path), count)
+        except NoLog:
             events = []
         return NetmonLog(log_path=path, count=len(events), events=events)

@@ -32,39 +32,56 @@ the user. Every process the agent starts inherits the namespace.
 `teardown()` undoes the phases in reverse, tolerates any of them missing, and is safe to call
 twice; `cleanup_one()` does the same from the state file of a namespace whose owner died, after
 stopping what still runs inside it, and `cleanup_stale()` for every such namespace.
+
+What is decided (subnets, names, DNS, the nft rulesets) is in `plan`, the state files in
+`state`, stopping processes in `stop`; this module is only what changes the system. It is over
+400 lines on purpose: each phase of `create` and its undoing in `_remove` read side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
-import re
 import shutil
-import signal
-import stat
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
-from aegis_mcp.netmon.monitor import open_log
+from aegis_mcp.netmon.log import open_log
+from aegis_mcp.netns.plan import (
+    GUARD_TABLE,
+    NAME_RE,
+    NETNS_ETC,
+    NETNS_RUN,
+    NS_IFNAME,
+    PREFIX,
+    dns_plan,
+    guard_table,
+    host_guard,
+    inner_forward_table,
+    nameservers,
+    nat_table,
+    pick_subnet,
+)
+from aegis_mcp.netns.state import (
+    BASELINE,
+    STATE_DIR,
+    State,
+    load_states,
+    locked,
+    process_alive,
+    read_private,
+    start_time,
+    state_readable,
+    write_private,
+)
+from aegis_mcp.netns.stop import pids_inside, stop_process, stop_processes_inside
 
-PREFIX = "aegis-"
-NAME_RE = re.compile(r"^aegis-(\d{1,7})$")
-STATE_DIR = Path(os.environ.get("AEGIS_NETNS_STATE_DIR", "/run/aegis-mcp/netns"))
-NETNS_ETC = Path("/etc/netns")
-NETNS_RUN = Path("/run/netns")
-BASELINE = "sysctl-baseline.json"
-GUARD_TABLE = "aegis_guard"
-# Private ranges tried in order, split into /30s (host end .1, namespace end .2).
-POOLS = ("10.200.0.0/16", "172.30.200.0/22", "192.168.254.0/24")
 SYSCTLS = {
     "net.ipv4.ip_forward": "1",
     "net.netfilter.nf_conntrack_acct": "1",
@@ -72,8 +89,6 @@ SYSCTLS = {
 READY_TIMEOUT = 10.0
 NO_DETAILS = ("the namespace state is readable by root only: run `sudo aegis-mcp netns list` "
               "for owners, addresses and which ones are stale")
-NS_IFNAME = "eth0"
-"""The namespace's end of the veth."""
 
 
 def require_root(action: str | None = None) -> None:
@@ -104,179 +119,6 @@ def _require_tools() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# State: what proves a namespace is ours, and what to remove.
-
-
-@dataclass
-class State:
-    name: str
-    owner_pid: int
-    owner_start: int | None
-    created: float
-    subnet: str
-    host_addr: str
-    ns_addr: str
-    veth: str
-    table: str
-    dns: str
-    """How DNS works inside: "copy" (host resolvers reachable through NAT) or "dnat:<ip>"
-    (port 53 of the host end forwarded to a loopback resolver)."""
-    nameservers: list[str] = field(default_factory=list)
-    forwards: list[str] = field(default_factory=list)
-    """Host loopback `ip:port`s reachable from inside at the same address."""
-    host_access: bool = False
-    """The agent may reach the host's own services (--netns-host-access); by default only
-    DNS and the forwards."""
-    log_path: str | None = None
-    capture_pid: int | None = None
-    capture_start: int | None = None
-    baseline: dict[str, str] = field(default_factory=dict)
-
-    def path(self) -> Path:
-        return STATE_DIR / f"{self.name}.json"
-
-    def forward_pairs(self) -> list[tuple[str, str]]:
-        """The forwards as (loopback ip, port)."""
-        return [(ip, port) for ip, port in (f.rsplit(":", 1) for f in self.forwards)]
-
-    def save(self) -> None:
-        _write_private(self.path().name, json.dumps(asdict(self), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> State | None:
-        try:
-            data = json.loads(_read_private(path))
-            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-            state = cls(**known)
-        except (OSError, ValueError, TypeError):
-            return None
-        # A state file names only things we create under our own naming scheme; anything else
-        # is not trusted (cleanup never removes what a tampered file points at).
-        m = NAME_RE.match(state.name)
-        if (not m or path.name != f"{state.name}.json" or state.veth != state.name
-                or state.table != f"aegis_{m.group(1)}"):
-            return None
-        return state
-
-
-def _start_time(pid: int) -> int | None:
-    """The kernel start time of `pid` (clock ticks since boot), or None if it is gone; pid and
-    start time together name one process even after pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def _alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    now = _start_time(pid)
-    return now is not None and (start is None or now == start)
-
-
-def _open_state_dir() -> int:
-    """The state directory, opened: root's own and private (0700), never through a symlink.
-    What it holds (owners, subnets, log paths, the sysctl baseline) is for root; `netns list`
-    as another user shows the names under /run/netns instead."""
-    STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(STATE_DIR, 0o700)
-    try:
-        fd = os.open(STATE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AegisError(f"cannot use {STATE_DIR} for the namespace state ({exc.strerror}): "
-                         f"if it is a symlink or a file, remove it and try again") from None
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid():
-        os.close(fd)
-        raise AegisError(f"{STATE_DIR} belongs to uid {st.st_uid}, not to root: someone else "
-                         f"made it; remove it (`sudo rm -r {STATE_DIR}`) and try again")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.fchmod(fd, 0o700)  # made 0755 by an earlier version
-    return fd
-
-
-def _write_private(name: str, text: str) -> None:
-    """Write state file `name` (0600) atomically, relative to the directory's fd, through a
-    temporary name created with O_EXCL|O_NOFOLLOW: a symlink planted at either name is never
-    written through (rename replaces a symlink, it does not follow it)."""
-    dfd = _open_state_dir()
-    try:
-        tmp = f".{name}.tmp"
-        for attempt in range(2):
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-                break
-            except FileExistsError:
-                if attempt:
-                    raise
-                # Left by a crash mid-write, or planted: unlink removes the name itself,
-                # never what it points at.
-                os.unlink(tmp, dir_fd=dfd)
-        with os.fdopen(fd, "w") as out:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            out.write(text)
-        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-    finally:
-        os.close(dfd)
-
-
-def _read_private(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd) as f:
-        return f.read()
-
-
-_lock_depth = 0
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """Serialise subnet choice and the shared sysctl baseline between aegis processes.
-    Re-entrant within a process (a second flock on a new descriptor would deadlock)."""
-    global _lock_depth
-    if _lock_depth:
-        _lock_depth += 1
-        try:
-            yield
-        finally:
-            _lock_depth -= 1
-        return
-    dfd = _open_state_dir()
-    try:
-        fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=dfd)
-    finally:
-        os.close(dfd)
-    try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
-            os.fchmod(fd, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _lock_depth = 1
-        yield
-    finally:
-        _lock_depth = 0
-        os.close(fd)
-
-
-def _states() -> list[State]:
-    try:
-        names = sorted(n for n in os.listdir(STATE_DIR)
-                       if n.startswith(PREFIX) and n.endswith(".json"))
-    except OSError:  # none yet, or not root
-        return []
-    return [s for n in names if (s := State.load(STATE_DIR / n))]
-
-
-def _state_readable() -> bool:
-    """False for a user who may not read the state (not root)."""
-    return not STATE_DIR.exists() or os.access(STATE_DIR, os.R_OK | os.X_OK)
-
-
-# ---------------------------------------------------------------------------------------------
 # Phases of create().
 
 
@@ -294,71 +136,8 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         for addr in ipr.get_addr(family=2):
             used.append(ipaddress.ip_network(
                 f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False))
-    used.extend(ipaddress.ip_network(s.subnet) for s in _states())
+    used.extend(ipaddress.ip_network(s.subnet) for s in load_states())
     return [n for n in used if isinstance(n, ipaddress.IPv4Network)]
-
-
-def _pick_subnet(used: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
-    for pool in POOLS:
-        pool_net = ipaddress.ip_network(pool)
-        # A host route that covers the whole pool (a VPN's 10.0.0.0/8) rules it out at once.
-        if any(pool_net.subnet_of(n) for n in used if n.version == 4):  # type: ignore[arg-type]
-            continue
-        clashing = [n for n in used if n.overlaps(pool_net)]
-        for candidate in pool_net.subnets(new_prefix=30):
-            if not any(candidate.overlaps(n) for n in clashing):
-                return candidate
-    raise AegisError("no free private subnet for the namespace (10.200.0.0/16, "
-                     "172.30.200.0/22 and 192.168.254.0/24 are all in use); run "
-                     "`sudo aegis-mcp netns cleanup` if stale namespaces hold them")
-
-
-def _nameservers(resolv_conf: Path) -> tuple[list[str], list[str]]:
-    """(nameserver addresses, other lines worth keeping: search/domain/options)."""
-    servers: list[str] = []
-    keep: list[str] = []
-    try:
-        text = resolv_conf.read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0].startswith(("#", ";")):
-            continue
-        if words[0] == "nameserver" and len(words) > 1:
-            servers.append(words[1])
-        elif words[0] in ("search", "domain", "options"):
-            keep.append(line.strip())
-    return servers, keep
-
-
-def _dns_plan(resolv_conf: Path, host_addr: str) -> tuple[str, str]:
-    """Decide how DNS works inside: returns (dns mode for the state, resolv.conf text).
-
-    A namespace cannot reach the host's loopback (httptap #19), and systemd-resolved's
-    127.0.0.53 or a local dnsmasq/unbound on 127.0.0.1 are loopback resolvers. For those we
-    DNAT port 53 of the host end of the veth to the loopback resolver (route_localnet on the
-    veth only), so the agent gets exactly the host's resolution, split DNS and VPN domains
-    included. Otherwise the host's own resolv.conf is copied: its servers are reached through
-    NAT like any other address."""
-    servers, keep = _nameservers(resolv_conf)
-    v4 = [s for s in servers if _is_ipv4(s)]
-    loop = [s for s in v4 if ipaddress.ip_address(s).is_loopback]
-    if loop or not v4:
-        target = loop[0] if loop else "127.0.0.53"
-        lines = [f"# written by aegis-mcp: {target} (host loopback) through {host_addr}",
-                 f"nameserver {host_addr}", *keep]
-        return f"dnat:{target}", "\n".join(lines) + "\n"
-    lines = ["# written by aegis-mcp: the host's resolvers, reached through NAT",
-             *(f"nameserver {s}" for s in v4), *keep]
-    return "copy", "\n".join(lines) + "\n"
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == 4
-    except ValueError:
-        return False
 
 
 def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
@@ -366,25 +145,25 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     existing = STATE_DIR / f"{name}.json"
     if existing.exists() or (NETNS_RUN / name).exists():
         old = State.load(existing)
-        if old is not None and not _alive(old.owner_pid, old.owner_start):
+        if old is not None and not process_alive(old.owner_pid, old.owner_start):
             _remove_dead(old)
         else:
             raise AegisError(f"network namespace {name} already exists; if its supervisor is "
                              "gone, run `sudo aegis-mcp netns cleanup`")
-    subnet = _pick_subnet(_used_networks())
+    subnet = pick_subnet(_used_networks())
     hosts = list(subnet.hosts())
-    dns, _ = _dns_plan(resolv_conf, str(hosts[0]))
+    dns, _ = dns_plan(resolv_conf, str(hosts[0]))
     try:
-        baseline = json.loads(_read_private(STATE_DIR / BASELINE))
+        baseline = json.loads(read_private(STATE_DIR / BASELINE))
     except (OSError, ValueError):
         # nf_conntrack may not be loaded yet (our nft table loads it): its default is 0.
         baseline = {key: _sysctl(key) or "0" for key in SYSCTLS}
         baseline["guard"] = "1" if baseline.get("net.ipv4.ip_forward") == "0" else "0"
-        _write_private(BASELINE, json.dumps(baseline) + "\n")
+        write_private(BASELINE, json.dumps(baseline) + "\n")
     state = State(
-        name=name, owner_pid=owner_pid, owner_start=_start_time(owner_pid), created=time.time(),
+        name=name, owner_pid=owner_pid, owner_start=start_time(owner_pid), created=time.time(),
         subnet=str(subnet), host_addr=str(hosts[0]), ns_addr=str(hosts[1]), veth=name,
-        table=f"aegis_{owner_pid}", dns=dns, nameservers=_nameservers(resolv_conf)[0],
+        table=f"aegis_{owner_pid}", dns=dns, nameservers=nameservers(resolv_conf)[0],
         log_path=str(log_path), baseline=baseline,
     )
     state.save()
@@ -428,98 +207,22 @@ def _nft(nft: str, script: str, enter: tuple[str, ...] = ()) -> None:
 
 
 def _add_nft_table(state: State, nft: str) -> None:
-    dnat = ""
-    if state.dns.startswith("dnat:"):
-        target = state.dns.split(":", 1)[1]
-        dnat = "".join(
-            f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
-            f"dnat to {target}:53\n" for p in ("udp", "tcp"))
-    for ip, port in state.forward_pairs():
-        dnat += (f'    iifname "{state.veth}" ip daddr {state.host_addr} tcp dport {port} '
-                 f"dnat to {ip}:{port}\n")
-
-    def table(guard: str) -> str:
-        return f"""
-table ip {state.table} {{
-  comment "aegis-mcp network namespace {state.name}"
-{guard}  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-{dnat}  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {state.subnet} oifname != "{state.veth}" masquerade
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    oifname "{state.veth}" ct state established,related accept
-    oifname "{state.veth}" drop
-  }}
-}}
-"""
-
     if state.host_access:
-        _nft(nft, table(""))
+        _nft(nft, nat_table(state, ""))
         return
     try:
-        _nft(nft, table(_host_guard(state, reject=True)))
+        _nft(nft, nat_table(state, host_guard(state, reject=True)))
     except AegisError:
         # Kernels before 5.9 cannot reject in prerouting: drop there (a connection attempt to
         # the host then times out instead of failing at once). Anything else fails again.
-        _nft(nft, table(_host_guard(state, reject=False)))
-
-
-def _host_guard(state: State, reject: bool) -> str:
-    """The chain that keeps the agent off the host itself: of what arrives from the namespace,
-    only replies, DNS and the forwarded loopback ports may end on the host; anything else for
-    one of the host's own addresses (any of them: Linux answers on every interface for each),
-    a broadcast or a multicast address is refused, before any DNAT (ours or a container
-    engine's port publishing) can turn it into something else. Unicast to other machines goes
-    on to the NAT. A reset rather than a silent drop: the agent fails at once instead of
-    hanging on a timeout, and learns nothing more (every port answers alike)."""
-    veth = f'iifname "{state.veth}"'
-    allow = [f"{veth} ct state established,related accept"]
-    if state.dns.startswith("dnat:"):
-        allow += [f"{veth} ip daddr {state.host_addr} {p} dport 53 accept" for p in ("udp", "tcp")]
-    else:
-        # Copied resolvers may be one of the host's own addresses (dnsmasq on the LAN address).
-        servers = sorted({s for s in state.nameservers if _is_ipv4(s)})
-        if servers:
-            allow += [f"{veth} ip daddr {{ {', '.join(servers)} }} {p} dport 53 accept"
-                      for p in ("udp", "tcp")]
-    ports = sorted({int(port) for _, port in state.forward_pairs()})
-    if ports:
-        allow.append(f"{veth} ip daddr {state.host_addr} tcp dport "
-                     f"{{ {', '.join(map(str, ports))} }} accept")
-    refuse = ([f"{veth} fib daddr type != unicast meta l4proto tcp reject with tcp reset",
-               f"{veth} fib daddr type != unicast reject"] if reject
-              else [f"{veth} fib daddr type != unicast drop"])
-    rules = "".join(f"    {rule}\n" for rule in [*allow, *refuse])
-    return f"""  chain host_guard {{
-    type filter hook prerouting priority mangle; policy accept;
-{rules}  }}
-"""
+        _nft(nft, nat_table(state, host_guard(state, reject=False)))
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
-    """Inside the namespace: connections to a forwarded loopback ip:port go out to the host
-    end (output DNAT, then masquerade of the 127.x source, which route_localnet lets out)."""
     if not state.forwards:
         return
     enter = (tools["ip"], "netns", "exec", state.name)
-    rules = "".join(f"    ip daddr {ip} tcp dport {port} dnat to {state.host_addr}:{port}\n"
-                    for ip, port in state.forward_pairs())
-    script = f"""
-table ip aegis_forward {{
-  chain output {{
-    type nat hook output priority -100; policy accept;
-{rules}  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "{NS_IFNAME}" ip saddr 127.0.0.0/8 masquerade
-  }}
-}}
-"""
-    _nft(tools["nft"], script, enter)
+    _nft(tools["nft"], inner_forward_table(state), enter)
     _write_inner_sysctls(state, tools, {f"net.ipv4.conf.{NS_IFNAME}.route_localnet": "1"})
 
 
@@ -547,20 +250,11 @@ def _set_sysctls(state: State, nft: str, capture: bool) -> None:
         if capture or key == "net.ipv4.ip_forward":
             _write_sysctl(key, value)
     if state.baseline.get("guard") == "1" and not _table_exists(nft, GUARD_TABLE):
-        # ip_forward was 0: the host must not start routing for anyone else because of us.
-        _nft(nft, f"""
-table ip {GUARD_TABLE} {{
-  comment "aegis-mcp: forward only for aegis namespaces while ip_forward is on for them"
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname != "{PREFIX}*" oifname != "{PREFIX}*" drop
-  }}
-}}
-""")
+        _nft(nft, guard_table())
 
 
 def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
-    _, text = _dns_plan(resolv_conf, state.host_addr)
+    _, text = dns_plan(resolv_conf, state.host_addr)
     directory = NETNS_ETC / state.name
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "resolv.conf").write_text(text)
@@ -592,7 +286,7 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subproce
             os.close(fd)
     assert proc.stdout is not None
     state.capture_pid = proc.pid
-    state.capture_start = _start_time(proc.pid)
+    state.capture_start = start_time(proc.pid)
     state.save()
     import selectors
 
@@ -657,7 +351,7 @@ class Namespace:
             return
         self._torn_down = True
         if self._capture is not None:
-            _stop_process(self._capture.pid, self.state.capture_start)
+            stop_process(self._capture.pid, self.state.capture_start)
             with contextlib.suppress(Exception):
                 self._capture.wait(timeout=1)
         _remove(self.state)
@@ -690,7 +384,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
                 or not 0 < port < 65536:
             raise AegisError(f"cannot forward {ip}:{port} into the namespace: only IPv4 "
                              "loopback addresses and ports 1-65535")
-    with _locked():
+    with locked():
         state = _reserve(owner_pid, Path(log_path), resolv_conf)
         state.forwards = sorted({f"{ip}:{port}" for ip, port in forwards})
         state.host_access = host_access
@@ -702,7 +396,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         _disable_ipv6(state, tools)
         _add_nft_table(state, tools["nft"])
         _add_inner_forwards(state, tools)
-        with _locked():
+        with locked():
             _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)
         if capture:
@@ -720,8 +414,8 @@ def list_namespaces() -> list[dict[str, Any]]:
     whether that owner is alive, addresses and age. Needs no root, but without it the state
     files are out of reach: the rows then say only what /run/netns and /proc show (`ours`
     and `stale` are None, and `note` says to use sudo)."""
-    detailed = _state_readable()
-    states = {s.name: s for s in _states()}
+    detailed = state_readable()
+    states = {s.name: s for s in load_states()}
     names = set(states)
     with contextlib.suppress(OSError):
         names.update(n for n in os.listdir(NETNS_RUN) if n.startswith(PREFIX))
@@ -733,16 +427,16 @@ def list_namespaces() -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "ours": state is not None,
                                "exists": (NETNS_RUN / name).exists()}
         if state is not None:
-            alive = _alive(state.owner_pid, state.owner_start)
+            alive = process_alive(state.owner_pid, state.owner_start)
             row.update(owner_pid=state.owner_pid, alive=alive, stale=not alive,
                        subnet=state.subnet, host_addr=state.host_addr, ns_addr=state.ns_addr,
                        veth=state.veth, table=state.table, dns=state.dns,
                        host_access=state.host_access, created=state.created,
                        age=round(now - state.created, 1), log_path=state.log_path,
-                       capture_alive=_alive(state.capture_pid, state.capture_start))
+                       capture_alive=process_alive(state.capture_pid, state.capture_start))
         else:
             pid = int(m.group(1)) if m else None
-            alive = pid is not None and _start_time(pid) is not None
+            alive = pid is not None and start_time(pid) is not None
             with contextlib.suppress(OSError):
                 row["age"] = round(now - (NETNS_RUN / name).stat().st_mtime, 1)
             if detailed:
@@ -758,7 +452,7 @@ def cleanup_stale() -> list[dict[str, Any]]:
     """Remove every aegis namespace whose owner is dead (see `cleanup_one`). Live ones and
     ones without our state file are left alone. Returns one row per namespace removed."""
     require_root("`aegis-mcp netns cleanup`")
-    return [row for state in _states() if (row := cleanup_one(state.name)) is not None]
+    return [row for state in load_states() if (row := cleanup_one(state.name)) is not None]
 
 
 def cleanup_one(name: str) -> dict[str, Any] | None:
@@ -771,7 +465,7 @@ def cleanup_one(name: str) -> dict[str, Any] | None:
     if not NAME_RE.match(name):
         raise AegisError(f"{name!r} is not the name of an aegis namespace (aegis-<pid>)")
     state = State.load(STATE_DIR / f"{name}.json")
-    if state is None or _alive(state.owner_pid, state.owner_start):
+    if state is None or process_alive(state.owner_pid, state.owner_start):
         return None
     stopped, left = _remove_dead(state)
     return {"name": state.name, "owner_pid": state.owner_pid, "subnet": state.subnet,
@@ -782,139 +476,14 @@ def cleanup_one(name: str) -> dict[str, Any] | None:
 def _remove_dead(state: State) -> tuple[list[int], list[int]]:
     """Take down the namespace of a dead owner: (pids stopped inside, pids that survived)."""
     stopped = stop_processes_inside(state.name)
-    _stop_process(state.capture_pid, state.capture_start)
-    left = _pids_inside(state.name)
+    stop_process(state.capture_pid, state.capture_start)
+    left = pids_inside(state.name)
     _remove(state)
     return stopped, left
 
 
 # ---------------------------------------------------------------------------------------------
-# Stopping what is left inside a namespace.
-
-STOP_GRACE = 2.0
-"""Seconds the processes left in a dead owner's namespace get between SIGTERM and SIGKILL."""
-KILL_ROUNDS = 20
-"""SIGKILL sweeps at most: each catches what forked since the one before."""
-
-
-def stop_processes_inside(name: str, grace: float = STOP_GRACE) -> list[int]:
-    """Stop every process in network namespace `name` (an agent, its MCP servers and whatever
-    they started, when the supervisor that owned it was killed): SIGTERM (and SIGCONT, for a
-    suspended one), up to `grace` seconds to exit, then SIGKILL until none is left. Each
-    signal goes through a pidfd opened on the pid and only after checking that the process
-    is still in that namespace, so a pid reused by another process is never signalled.
-    Returns the pids signalled. Needs root (the processes belong to the agent's user)."""
-    target = _netns_id(name)
-    if target is None:
-        return []
-    pidfds: dict[int, int] = {}
-    signalled: set[int] = set()
-    try:
-        for sig in (signal.SIGTERM, signal.SIGCONT):
-            signalled.update(_signal_inside(target, sig, pidfds))
-        _wait_exit(list(pidfds.values()), grace)
-        for _ in range(KILL_ROUNDS):
-            hit = _signal_inside(target, signal.SIGKILL, pidfds)
-            if not hit:
-                break
-            signalled.update(hit)
-            _wait_exit([pidfds[pid] for pid in hit if pid in pidfds], 1.0)
-    finally:
-        for fd in pidfds.values():
-            os.close(fd)
-    return sorted(signalled)
-
-
-def _netns_id(name: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(NETNS_RUN / name)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _in_netns(pid: int, target: tuple[int, int]) -> bool:
-    try:
-        st = os.stat(f"/proc/{pid}/ns/net")
-    except OSError:  # gone, or a zombie (whose namespaces are already released)
-        return False
-    return (st.st_dev, st.st_ino) == target
-
-
-def _pids_in(target: tuple[int, int]) -> list[int]:
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()
-            and _in_netns(int(e), target)]
-
-
-def _pids_inside(name: str) -> list[int]:
-    """Processes still in the namespace (e.g. an agent that outlived a killed supervisor)."""
-    target = _netns_id(name)
-    return [] if target is None else _pids_in(target)
-
-
-def _signal_inside(target: tuple[int, int], sig: int, pidfds: dict[int, int]) -> list[int]:
-    """Send `sig` to every process in the namespace `target`; returns the pids it reached."""
-    hit: list[int] = []
-    for pid in _pids_in(target):
-        for _ in range(2):  # a second time with a fresh pidfd if the kept one is of a dead pid
-            fd = pidfds.get(pid)
-            if fd is None:
-                try:
-                    fd = pidfds[pid] = os.pidfd_open(pid)
-                except OSError:
-                    break
-            # The pidfd names one process for good: if the check below saw another one (the
-            # first died and its pid was reused in between), the signal finds the first dead.
-            if not _in_netns(pid, target):
-                break
-            try:
-                signal.pidfd_send_signal(fd, sig)
-            except ProcessLookupError:
-                os.close(pidfds.pop(pid))
-                continue
-            except PermissionError:
-                break
-            hit.append(pid)
-            break
-    return hit
-
-
-def _wait_exit(pidfds: list[int], timeout: float) -> None:
-    """Wait up to `timeout` for all of these processes to exit (a pidfd polls readable then)."""
-    import select
-
-    poller = select.poll()
-    for fd in pidfds:
-        poller.register(fd, select.POLLIN)
-    left = len(pidfds)
-    deadline = time.monotonic() + timeout
-    while left and (remaining := deadline - time.monotonic()) > 0:
-        for fd, _ in poller.poll(remaining * 1000):
-            poller.unregister(fd)
-            left -= 1
-
-
-# ---------------------------------------------------------------------------------------------
 # Removal, shared by teardown and cleanup.
-
-
-def _stop_process(pid: int | None, start: int | None, grace: float = 2.0) -> None:
-    if not _alive(pid, start):
-        return
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid, start):
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        time.sleep(0.01)
-    with contextlib.suppress(ProcessLookupError):
-        if _alive(pid, start):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def _remove(state: State) -> None:
@@ -935,12 +504,12 @@ def _remove(state: State) -> None:
     with contextlib.suppress(OSError):
         if NETNS_ETC.is_dir() and not any(NETNS_ETC.iterdir()):
             NETNS_ETC.rmdir()
-    with _locked():
+    with locked():
         with contextlib.suppress(FileNotFoundError):
             state.path().unlink()
         with contextlib.suppress(FileNotFoundError):
             (STATE_DIR / f"{state.name}.capture.err").unlink()
-        if not _states():
+        if not load_states():
             _restore_baseline(nft)
 
 
@@ -948,7 +517,7 @@ def _restore_baseline(nft: str) -> None:
     """The last aegis namespace is gone: put the sysctls back as they were before the first."""
     path = STATE_DIR / BASELINE
     try:
-        baseline = json.loads(_read_private(path))
+        baseline = json.loads(read_private(path))
     except (OSError, ValueError):
         return
     for key in SYSCTLS:

@@ -174,9 +174,9 @@ class Supervisor:
                              "would run: start aegis-mcp from a directory that user can reach")
         as_user(self.user, _remove_stale_files, str(self.runtime))
         if self.netmon_mode == "preload":  # the hooks append to it: a fresh file of the user's
-            from aegis_mcp.netmon import monitor as netmon
+            from aegis_mcp.netmon.log import open_log
 
-            for fd in fds_as_user(self.user, netmon.open_log, str(self.netmon_log)):
+            for fd in fds_as_user(self.user, open_log, str(self.netmon_log)):
                 os.close(fd)
         procs.set_child_subreaper()
         allowed = {os.geteuid(), 0} | ({self.user.uid} if self.user else set())
@@ -209,7 +209,7 @@ class Supervisor:
             if not hooks_library().exists():
                 raise AegisError(f"the hooks library is missing ({hooks_library()}): "
                                  "reinstall aegis-mcp with `pip install .` (it needs gcc)")
-            from aegis_mcp.netmon.monitor import is_preload_visible
+            from aegis_mcp.netmon.elf import is_preload_visible
 
             if self.profile.static_binary:  # e.g. codex: a Node launcher that execs a static one
                 raise AegisError(
@@ -820,7 +820,7 @@ class Supervisor:
             return
         if (st.st_ino, st.st_size) == self._netmon_seen:
             return
-        import aegis_mcp.netmon.monitor  # noqa: F401 - imported here, not in the forked child
+        import aegis_mcp.netmon.summary  # noqa: F401 - imported here, not in the forked child
 
         with contextlib.suppress(Exception):  # a broken log must never stop the agent
             # As the agent's user: the log and its summary live in that user's directory,
@@ -869,13 +869,13 @@ class Supervisor:
         self._setup()
         try:
             if self.netmon_mode == "netns":
-                from aegis_mcp.netmon import monitor as netmon
+                from aegis_mcp.netmon.log import open_log
                 from aegis_mcp.netns import namespace as netns
 
                 assert self.netmon_log is not None
                 forwards, unreachable = loopback_forwards(dict(os.environ),
                                                           self.opts.netns_forward)
-                (log_fd,) = fds_as_user(self.user, netmon.open_log, str(self.netmon_log))
+                (log_fd,) = fds_as_user(self.user, open_log, str(self.netmon_log))
                 try:
                     self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
                                                   forwards=tuple(forwards.values()),
@@ -1011,9 +1011,9 @@ def _can_enter(path: str) -> bool:
 
 
 def _refresh_summary(log: str) -> None:
-    from aegis_mcp.netmon import monitor as netmon
+    from aegis_mcp.netmon.summary import refresh
 
-    netmon.refresh(Path(log))
+    refresh(Path(log))
 
 
 def _remove_stale_files(runtime: str) -> None:

@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     namespace = None
     if args.netns:
-        from aegis_mcp.netns import namespace as netns
+        from aegis_mcp.netns.plan import PREFIX
 
-        namespace = f"{netns.PREFIX}{args.supervisor_pid}"
+        namespace = f"{PREFIX}{args.supervisor_pid}"
     end_leftovers((args.supervisor_pid, args.control), args.grace, namespace)
     return 0
 

@@ -1,28 +1,22 @@
-"""Reading the netmon log (JSONL events from the preload hooks or the netns capture).
+"""The summary of a netmon log: totals, top targets and open connections, kept incrementally.
 
-- `summarize(log)`: totals, top targets and open connections, kept incrementally. The summary
-  is persisted next to the log (`<log>.summary.json`, keyed by the log's device, inode and the
-  offset read so far), so a call reads only what was appended since the last one: the MCP server
-  is reborn at every hot-reload and must not re-read a million events each time. Rotation
-  (`<log>` renamed to `<log>.1` by the hooks at AEGIS_NETMON_MAX_BYTES) is followed: the rest of
-  the rotated file is read before the new one; events rotated away unread are reported as lost.
-- `tail(log, count)`: the most recent events, newest last, read backwards from the end.
-- `is_preload_visible(executable)`: whether LD_PRELOAD can see a program at all (static
-  binaries, such as the Codex CLI, cannot be seen).
+It is persisted next to the log (`<log>.summary.json`, keyed by the log's device, inode and the
+offset read so far), so a call reads only what was appended since the last one: the MCP server
+is reborn at every hot-reload and must not re-read a million events each time. Rotation
+(`<log>` renamed to `<log>.1` by the hooks at AEGIS_NETMON_MAX_BYTES) is followed: the rest of
+the rotated file is read before the new one; events rotated away unread are reported as lost.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
-import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aegis_mcp.netmon.log import NoLog, rotated_path
 
 SUMMARY_VERSION = 1
 MAX_TARGETS = 5000
@@ -33,52 +27,8 @@ _CHUNK = 8 << 20
 _OK_CONNECT = {"ok", "EINPROGRESS", "EINTR", "EAGAIN", None}
 
 
-class NoLog(Exception):
-    """There is no netmon log at that path (monitoring is off, or nothing was recorded yet)."""
-
-
-def rotated_path(log: Path) -> Path:
-    return log.with_name(log.name + ".1")
-
-
-def open_log(path: str) -> list[int]:
-    """The log at `path` opened for appending, as a one-element list of descriptors (the
-    shape privileges.fds_as_user hands across). Run with the identity of the directory's
-    owner: a name planted there (a symlink, a hard link, a file of someone else's) is removed
-    and replaced by a fresh file, never written through."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.EACCES, errno.EPERM, errno.EISDIR):
-            raise
-    else:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1:
-            return [fd]
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    return [os.open(path, flags | os.O_EXCL, 0o600)]
-
-
 def summary_path(log: Path) -> Path:
     return log.with_name(log.name + ".summary.json")
-
-
-def log_for_supervisor(pid: int) -> Path | None:
-    """The netmon log of the supervisor of `pid`, if there is one where the caller's
-    supervisors keep theirs (as root, the sudo user's included)."""
-    from aegis_mcp.paths import control_dirs
-
-    for runtime in control_dirs():
-        path = runtime / f"netmon-{pid}.jsonl"
-        if path.exists() or rotated_path(path).exists():
-            return path
-    return None
-
-
-# ---- the summary --------------------------------------------------------------------------
 
 
 def _conn_key(ev: dict[str, Any]) -> str:
@@ -386,170 +336,3 @@ def status(log: Path) -> dict[str, Any]:
         "events_lost_to_rotation": s.lost,
         "bad_lines": s.bad_lines,
     }
-
-
-# ---- the tail -----------------------------------------------------------------------------
-
-
-def _tail_lines(path: Path, count: int, block: int = 65536) -> list[bytes]:
-    """The last `count` complete lines of `path` (oldest first), reading backwards."""
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        pos, data = end, b""
-        while pos > 0 and data.count(b"\n") <= count:
-            step = min(block, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step) + data
-        # drop an unfinished last line (a writer mid-way) and a cut first line
-        if not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-        lines = data.split(b"\n")[:-1]
-        if pos > 0:
-            lines = lines[1:]
-        return [line for line in lines if line.strip()][-count:]
-
-
-def tail(log: Path, count: int) -> list[dict[str, Any]]:
-    """The most recent `count` events (newest last), including the rotated file if needed."""
-    log = Path(log)
-    rotated = rotated_path(log)
-    if not log.exists() and not rotated.exists():
-        raise NoLog(f"no netmon log at {log}")
-    lines = _tail_lines(log, count)
-    if len(lines) < count:
-        lines = _tail_lines(rotated, count - len(lines)) + lines
-    events = []
-    for line in lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict):
-            events.append(ev)
-    return events
-
-
-# ---- can LD_PRELOAD see it? ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PreloadCheck:
-    visible: bool
-    path: str
-    reason: str
-
-    def __bool__(self) -> bool:
-        return self.visible
-
-
-def _elf_interp(header: bytes, f: Any) -> bool | None:
-    """True if the ELF file has a program interpreter, None if it is not ELF."""
-    if header[:4] != b"\x7fELF" or len(header) < 64:
-        return None
-    is64 = header[4] == 2
-    order = "little" if header[5] == 1 else "big"
-
-    def num(off: int, size: int) -> int:
-        return int.from_bytes(header[off:off + size], order)
-
-    if is64:
-        phoff, phentsize, phnum = num(32, 8), num(54, 2), num(56, 2)
-    else:
-        phoff, phentsize, phnum = num(28, 4), num(42, 2), num(44, 2)
-    f.seek(phoff)
-    table = f.read(phentsize * min(phnum, 512))
-    for i in range(min(phnum, 512)):
-        if int.from_bytes(table[i * phentsize:i * phentsize + 4], order) == 3:  # PT_INTERP
-            return True
-    return False
-
-
-def preload_check(executable: str | os.PathLike[str], _depth: int = 0) -> PreloadCheck:
-    """Whether LD_PRELOAD reaches `executable`: a dynamically linked ELF (or a script whose
-    interpreter is one) is visible; a static ELF or a set-user-ID program is not."""
-    name = os.fspath(executable)
-    path = name if os.sep in name else shutil.which(name)
-    if path is None or not os.path.isfile(path):
-        return PreloadCheck(True, name, "not found; assuming a dynamically linked program")
-    path = os.path.realpath(path)
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            header = f.read(256)
-            interp = _elf_interp(header, f)
-    except OSError as exc:
-        return PreloadCheck(True, path, f"cannot read it ({exc.strerror}); assuming visible")
-    if st.st_mode & 0o6000 and st.st_uid != os.geteuid():
-        return PreloadCheck(False, path, "set-user-ID/set-group-ID: the loader ignores "
-                            "LD_PRELOAD for it")
-    if interp is True:
-        return PreloadCheck(True, path, "dynamically linked")
-    if interp is False:
-        return PreloadCheck(False, path, "statically linked: LD_PRELOAD cannot see it "
-                            "(use --netmon=netns)")
-    if header.startswith(b"#!") and _depth < 4:
-        words = header[2:].split(b"\n", 1)[0].decode(errors="replace").split()
-        if words:
-            interp_name = words[1] if os.path.basename(words[0]) == "env" and len(words) > 1 \
-                else words[0]
-            inner = preload_check(interp_name, _depth + 1)
-            return PreloadCheck(inner.visible, path, f"script run by {inner.path}: {inner.reason}")
-    return PreloadCheck(True, path, "not an ELF program; assuming visible")
-
-
-def is_preload_visible(executable: str | os.PathLike[str]) -> bool:
-    """False when LD_PRELOAD cannot see `executable` (static binary, set-user-ID)."""
-    return preload_check(executable).visible
-
-
-# ---- finding a log --------------------------------------------------------------------------
-
-
-def _environ_of(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
-
-
-def find_log(target: str | None = None) -> Path:
-    """The log named by `target`: a file, a supervisor's or agent's pid; else this process's
-    AEGIS_NETMON_LOG, else the newest log in the runtime directory."""
-    from aegis_mcp.errors import AegisError
-    from aegis_mcp.paths import control_dirs
-
-    hint = "start the agent with `aegis-mcp <agent> --netmon`"
-    if target:
-        path = Path(target)
-        if path.exists() or rotated_path(path).exists():
-            return path
-        if target.isdigit():
-            pid = int(target)
-            own = log_for_supervisor(pid)
-            if own is not None:
-                return own
-            env_log = _environ_of(pid).get("AEGIS_NETMON_LOG")
-            if env_log:
-                return Path(env_log)
-            raise AegisError(f"no netmon log for pid {pid}: it is not a supervisor or agent "
-                             f"running with --netmon; {hint}")
-        raise AegisError(f"{target}: no such netmon log file")
-    env_log = os.environ.get("AEGIS_NETMON_LOG")
-    if env_log:
-        return Path(env_log)
-    dirs = control_dirs()
-    logs = sorted((log for d in dirs for log in d.glob("netmon-*.jsonl")),
-                  key=lambda p: p.stat().st_mtime)
-    if not logs:
-        where = " or ".join(str(d) for d in dirs) or "the runtime directory"
-        raise AegisError(f"no netmon log found in {where}: {hint}")
-    return logs[-1]
