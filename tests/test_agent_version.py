@@ -4,11 +4,13 @@ connecting."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from aegis_mcp.errors import AegisError
@@ -19,7 +21,7 @@ from aegis_mcp.profiles.version import (
     parse_version,
     readiness_notice,
 )
-from tests.supervisor_helpers import FAKE_AGENT
+from tests.supervisor_helpers import FAKE_AGENT, fake_profile, fake_world
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 
@@ -116,3 +118,29 @@ def test_mcp_waits_since_in_the_config_must_be_a_version(tmp_path: Path) -> None
         load_config(path)
     path.write_text('[agents.claude]\nmcp_waits_since = ""\n')  # none: no warning
     assert load_config(path).profiles["claude"].mcp_waits_since == ""
+
+
+@pytest.mark.parametrize(("version", "said"), [("2.1.197", True), ("2.1.331", False)])
+def test_the_supervisor_says_it_once_for_an_old_claude_and_not_for_a_new_one(
+        tmp_path: Path, aegis_env: dict[str, str], version: str, said: bool) -> None:
+    world = fake_world(tmp_path, aegis_env, CLAUDECODE="1")
+    claude = npm_layout(tmp_path / "npm", version)
+    Path(world.env["AEGIS_CONFIG"]).write_text(
+        fake_profile(script=FAKE_AGENT).replace(f'["{sys.executable}", "{FAKE_AGENT}"]',
+                                                f'["{claude}"]')
+        + 'description = "Claude Code (Anthropic)"\n'
+        + f'mcp_waits_since = "{CLAUDE.mcp_waits_since}"\n')
+    child = world.spawn("fake")
+    seen = io.StringIO()
+    child.logfile_read = seen
+    child.expect("READY")
+    child.sendline("restart new server|go on")  # a restart says nothing again
+    child.expect("restarting fake")
+    child.expect("READY")
+    child.sendline("exit 0")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = seen.getvalue()
+    assert len(world.starts()) == 2
+    line = f"aegis-mcp: Claude Code {version} does not wait for MCP servers still connecting"
+    assert out.count(line) == (1 if said else 0), out
