@@ -1,8 +1,11 @@
 """After a restart, the agent's MCP servers are usable on its first turn: the real Claude Code
 TUI, restarted through the MCP tool and through `aegis-mcp restart --prompt`, is asked by the
 model (the stand-in) to call a tool of a second MCP server that takes 3 s to answer
-`initialize`, and gets its answer. Measured on 2.1.331 and 2.1.332: Claude Code itself waits
-for a server that is still connecting when a tool of it is called (2.1.197 did not)."""
+`initialize`, and gets its answer. Measured: Claude Code itself waits for a server that is
+still connecting when a tool of it is called from 2.1.284 on (2.1.284, 2.1.286, 2.1.290,
+2.1.299, 2.1.331, 2.1.332); 2.1.197 to 2.1.283 do not ("No such tool available:
+mcp__second__ping. The MCP server 'second' is still connecting"). To measure another version:
+AEGIS_TEST_CLAUDE=/path/to/node_modules/.bin/claude pytest tests/test_claude_readiness.py"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pexpect
 
@@ -20,6 +24,7 @@ from aegis_mcp.supervise import control
 from tests.conftest import NEEDS_ROOT, aegis_bin
 from tests.fake_anthropic import FakeAnthropic
 from tests.private_net import PrivateLoopback
+from tests.scripted_api import RecordedRequest
 from tests.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
 from tests.tui import type_prompt
 
@@ -39,6 +44,23 @@ def ping() -> str:
 server.run("stdio")
 '''
 ANSWER = "pong-from-the-slow-second-server"
+
+
+class TurnsOnlyAnthropic(FakeAnthropic):
+    """The stand-in, with Claude Code's side requests set apart: up to 2.1.299 at least (not
+    2.1.331) the TUI asks /v1/messages for a session title from the first prompt, a request
+    without tools, which would take the next scripted reply (the restart tool call) and make
+    an older version fail for a reason other than readiness. Such a request gets the default
+    text and is no turn."""
+
+    def _is_turn(self, request: RecordedRequest) -> bool:
+        body = request.body if isinstance(request.body, dict) else {}
+        return super()._is_turn(request) and bool(body.get("tools"))
+
+    def other(self, method: str, path: str, body: Any) -> tuple[int, str, bytes]:
+        if method == "POST" and path.split("?")[0] == "/v1/messages":
+            return (200, *self.encode(path, body, self.default_text))
+        return super().other(method, path, body)
 
 
 def add_slow_server(user: pwd.struct_passwd, project: Path) -> None:
@@ -75,7 +97,7 @@ def run_tui(throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[st
             net: PrivateLoopback, via_tool: bool) -> None:
     trust_project(throwaway_user, project, TUI_KEY)
     add_slow_server(throwaway_user, project)
-    with FakeAnthropic(default_text="default reply", bind=net.run) as api:
+    with TurnsOnlyAnthropic(default_text="default reply", bind=net.run) as api:
         if via_tool:
             api.queue_tool_use("mcp__aegis-mcp__restart_claude",
                                {"reason": "new MCP server", "prompt": "use the second server"})

@@ -94,8 +94,12 @@ def test_profiles_say_what_each_agent_waits_for(aegis_env: dict[str, str]) -> No
     for name in ("claude", "codex", "gemini"):  # measured; the others say so
         assert rows[name]["mcp_readiness"], name
     assert "2.1.331" in rows["claude"]["mcp_readiness"]
+    # the first waiting version, bisected: the supervisor warns below it (version.py)
+    assert rows["claude"]["mcp_waits_since"] == "2.1.284"
+    assert rows["codex"]["mcp_waits_since"] == ""
     assert rows["codex"]["resume_session"] == ["resume", "{session}"]
     table = subprocess.run([aegis_bin(), "profiles"], env={**aegis_env, "COLUMNS": "250"},
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "not measured" in table.stdout
     assert "--resume {session}" in table.stdout
+    assert "waits since" in table.stdout

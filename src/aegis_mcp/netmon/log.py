@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import procs
+
 
 class NoLog(Exception):
     """There is no netmon log at that path (monitoring is off, or nothing was recorded yet)."""
@@ -102,19 +104,6 @@ def tail(log: Path, count: int) -> list[dict[str, Any]]:
 # ---- finding a log --------------------------------------------------------------------------
 
 
-def _environ_of(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
-
-
 def find_log(target: str | None = None) -> Path:
     """The log named by `target`: a file, a supervisor's or agent's pid; else this process's
     AEGIS_NETMON_LOG, else the newest log in the runtime directory."""
@@ -131,7 +120,7 @@ def find_log(target: str | None = None) -> Path:
             own = log_for_supervisor(pid)
             if own is not None:
                 return own
-            env_log = _environ_of(pid).get("AEGIS_NETMON_LOG")
+            env_log = procs.environ_of(pid).get("AEGIS_NETMON_LOG")
             if env_log:
                 return Path(env_log)
             raise AegisError(f"no netmon log for pid {pid}: it is not a supervisor or agent "

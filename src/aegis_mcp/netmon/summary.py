@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import procs
 from aegis_mcp.netmon.log import NoLog, rotated_path
 
 SUMMARY_VERSION = 1
@@ -40,10 +41,6 @@ def _conn_key(ev: dict[str, Any]) -> str:
 
 def _target(addr: str | None, port: int | None) -> str:
     return f"{addr}:{port}" if port is not None else str(addr)
-
-
-def _pid_alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 
 
 class Summary:
@@ -287,7 +284,7 @@ def status(log: Path) -> dict[str, Any]:
     ended = 0
     for key, conn in s.open.items():
         pid = conn.get("pid")
-        if pid is not None and not _pid_alive(int(pid)):
+        if pid is not None and not procs.alive(int(pid)):
             ended += 1  # its process ended without a close we saw (killed, or no exit hook)
             continue
         open_now.append({"key": key, **{k: v for k, v in conn.items() if k != "target"},

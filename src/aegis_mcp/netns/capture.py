@@ -33,7 +33,7 @@ import struct
 import sys
 import time
 
-from aegis_mcp import procs as proctree
+from aegis_mcp import procs
 from aegis_mcp.netns.capture_flows import EventLog, Tracker
 from aegis_mcp.netns.capture_netlink import Conntrack
 from aegis_mcp.netns.capture_packets import SNAPLEN, drain_packets, packet_socket, packets_dropped
@@ -42,18 +42,10 @@ from aegis_mcp.netns.capture_packets import SNAPLEN, drain_packets, packet_socke
 # Main loop
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
-    if not proctree.die_with_parent(signal.SIGTERM):
+    if not procs.die_with_parent(signal.SIGTERM):
         return 0
-    owner_start = _start_time(args.owner_pid)
+    owner_start = procs.start_time(args.owner_pid)
     if owner_start is None:
         return 0
     stop = False
@@ -102,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 drops_reported += drops
                 tracker.gap(now, f"packet capture dropped {drops} control packets "
                             f"({drops_reported} so far)")
-            if _start_time(args.owner_pid) != owner_start:
+            if procs.start_time(args.owner_pid) != owner_start:
                 break
     # A last look at what is queued, then totals of every flow still open.
     _pass(tracker, ct, packets, buf)

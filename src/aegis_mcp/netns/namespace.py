@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
 from aegis_mcp.netmon.log import open_log
@@ -74,9 +75,7 @@ from aegis_mcp.netns.state import (
     State,
     load_states,
     locked,
-    process_alive,
     read_private,
-    start_time,
     state_readable,
     write_private,
 )
@@ -145,7 +144,7 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
     existing = STATE_DIR / f"{name}.json"
     if existing.exists() or (NETNS_RUN / name).exists():
         old = State.load(existing)
-        if old is not None and not process_alive(old.owner_pid, old.owner_start):
+        if old is not None and not procs.alive(old.owner_pid, old.owner_start):
             _remove_dead(old)
         else:
             raise AegisError(f"network namespace {name} already exists; if its supervisor is "
@@ -161,7 +160,8 @@ def _reserve(owner_pid: int, log_path: Path, resolv_conf: Path) -> State:
         baseline["guard"] = "1" if baseline.get("net.ipv4.ip_forward") == "0" else "0"
         write_private(BASELINE, json.dumps(baseline) + "\n")
     state = State(
-        name=name, owner_pid=owner_pid, owner_start=start_time(owner_pid), created=time.time(),
+        name=name, owner_pid=owner_pid, owner_start=procs.start_time(owner_pid),
+        created=time.time(),
         subnet=str(subnet), host_addr=str(hosts[0]), ns_addr=str(hosts[1]), veth=name,
         table=f"aegis_{owner_pid}", dns=dns, nameservers=nameservers(resolv_conf)[0],
         log_path=str(log_path), baseline=baseline,
@@ -286,7 +286,7 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subproce
             os.close(fd)
     assert proc.stdout is not None
     state.capture_pid = proc.pid
-    state.capture_start = start_time(proc.pid)
+    state.capture_start = procs.start_time(proc.pid)
     state.save()
     import selectors
 
@@ -427,16 +427,16 @@ def list_namespaces() -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "ours": state is not None,
                                "exists": (NETNS_RUN / name).exists()}
         if state is not None:
-            alive = process_alive(state.owner_pid, state.owner_start)
+            alive = procs.alive(state.owner_pid, state.owner_start)
             row.update(owner_pid=state.owner_pid, alive=alive, stale=not alive,
                        subnet=state.subnet, host_addr=state.host_addr, ns_addr=state.ns_addr,
                        veth=state.veth, table=state.table, dns=state.dns,
                        host_access=state.host_access, created=state.created,
                        age=round(now - state.created, 1), log_path=state.log_path,
-                       capture_alive=process_alive(state.capture_pid, state.capture_start))
+                       capture_alive=procs.alive(state.capture_pid, state.capture_start))
         else:
             pid = int(m.group(1)) if m else None
-            alive = pid is not None and start_time(pid) is not None
+            alive = pid is not None and procs.start_time(pid) is not None
             with contextlib.suppress(OSError):
                 row["age"] = round(now - (NETNS_RUN / name).stat().st_mtime, 1)
             if detailed:
@@ -465,7 +465,7 @@ def cleanup_one(name: str) -> dict[str, Any] | None:
     if not NAME_RE.match(name):
         raise AegisError(f"{name!r} is not the name of an aegis namespace (aegis-<pid>)")
     state = State.load(STATE_DIR / f"{name}.json")
-    if state is None or process_alive(state.owner_pid, state.owner_start):
+    if state is None or procs.alive(state.owner_pid, state.owner_start):
         return None
     stopped, left = _remove_dead(state)
     return {"name": state.name, "owner_pid": state.owner_pid, "subnet": state.subnet,

@@ -73,23 +73,6 @@ class State:
         return state
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel start time of `pid` (clock ticks since boot), or None if it is gone; pid and
-    start time together name one process even after pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
-def process_alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    now = start_time(pid)
-    return now is not None and (start is None or now == start)
-
-
 def _open_state_dir() -> int:
     """The state directory, opened: root's own and private (0700), never through a symlink.
     What it holds (owners, subnets, log paths, the sysctl baseline) is for root; `netns list`

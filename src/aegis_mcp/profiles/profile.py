@@ -7,6 +7,7 @@ override profiles in the `[agents.<name>]` tables of their config file (see `pat
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -15,6 +16,9 @@ from typing import Literal
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.paths import config_file
+
+# The versions mcp_waits_since accepts: what version.parse_version reads.
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 Injection = Literal["mcp-config", "codex-config", "preload", "none"]
 
@@ -99,6 +103,9 @@ class AgentProfile:
     mcp_readiness: str = ""
     """Whether the CLI itself waits for MCP servers that are still connecting before its first
     turn uses them, as measured, by version (`aegis-mcp profiles` shows it)."""
+    mcp_waits_since: str = ""
+    """The first version of the CLI that waits so (measured): the supervisor warns at its
+    start when the installed one is older (see version.py). Empty: not known, no warning."""
     description: str = ""
 
     def executable(self, extra_dirs: tuple[str, ...] = ()) -> str:
@@ -155,9 +162,13 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             session_id_flag="--session-id",
             session_id_options=("--resume", "-r"),
             session_hook="claude-settings",
-            mcp_readiness=("waits: a tool of a server still connecting is called once it is up "
-                           "(2.1.331, 2.1.332; a 40 s server is not waited for); 2.1.197 did "
-                           "not wait"),
+            # measured in the TUI with tests/test_claude_readiness.py, by bisection
+            mcp_readiness=("waits from 2.1.284 on: a tool of a server still connecting is "
+                           "called once it is up (2.1.284, 2.1.286, 2.1.290, 2.1.299, 2.1.331, "
+                           "2.1.332; a 40 s server is not waited for); 2.1.197 to 2.1.283 do "
+                           "not (2.1.197, 2.1.265, 2.1.282, 2.1.283: \"No such tool available "
+                           "... still connecting\"), and the supervisor says so at its start"),
+            mcp_waits_since="2.1.284",
             drop_on_resume=("--continue", "-c", "--resume", "-r", "--fork-session",
                             "--session-id"),
             value_options=_CLAUDE_VALUE_OPTIONS + ("--resume", "-r"),
@@ -330,6 +341,9 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
                 raise AegisError(f"{source}: [agents.{name}] {key} must be a number from 1 to 5")
         elif not isinstance(value, str):
             raise AegisError(f"{source}: [agents.{name}] {key} must be a string")
+        elif key == "mcp_waits_since" and value and not _VERSION.fullmatch(value):
+            raise AegisError(f"{source}: [agents.{name}] {key} must be a version such as "
+                             "\"2.1.300\", or \"\" for none")
         values[key] = value
     if base is not None:
         return replace(base, **values)  # type: ignore[arg-type]

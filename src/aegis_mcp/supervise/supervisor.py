@@ -44,6 +44,7 @@ from aegis_mcp.privileges import (
 )
 from aegis_mcp.profiles import argv as agentargs
 from aegis_mcp.profiles import session
+from aegis_mcp.profiles import version as agentversion
 from aegis_mcp.profiles.profile import (
     AgentProfile,
     generic_profile,
@@ -1073,5 +1074,11 @@ def run_supervisor(opts: SupervisorOptions) -> int:
         say(f"{profile.name} refuses {' '.join(dropped)} as root: starting it without"
             f"{with_ours}; run `sudo aegis-mcp ...` from your own account to keep it (or set "
             "IS_SANDBOX=1 in a sandbox)")
+    if profile.mcp_waits_since:  # once per supervisor: restarts run the same executable
+        installed = None
+        with contextlib.suppress(OSError, AegisError):  # only a warning: never in the way
+            installed = as_user(user, agentversion.npm_package_version, executable)
+        if notice := agentversion.readiness_notice(profile, installed):
+            say(notice)
     sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user)
     return sup.main()
