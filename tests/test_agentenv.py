@@ -16,3 +16,4 @@ def test_session_marks_and_plumbing_go_settings_and_the_users_preloads_stay() ->
                                     "AEGIS_RUNTIME_DIR": "/run/a",
                                     "LD_PRELOAD": "/usr/lib/libmine.so"}
     assert "LD_PRELOAD" not in inherited({"LD_PRELOAD": LIB}, LIB)
+

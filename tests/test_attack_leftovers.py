@@ -291,7 +291,10 @@ def test_the_sweep_ends_only_its_supervisors_marked_processes_and_rechecks_befor
         assert stdin is not None
         stdin.write(b"go\n")
         stdin.close()
-        wait_for(lambda: "AEGIS_SUPERVISOR_PID" not in
+        # Until sleep runs: mid-exec (and while `env` itself still runs, marked) the
+        # environment can read as empty, which is not yet the unmarked process.
+        wait_for(lambda: psutil.Process(procs["changeling"].pid).name() == "sleep" and
+                 "AEGIS_SUPERVISOR_PID" not in
                  psutil.Process(procs["changeling"].pid).environ(), 30, "the exec")
         assert procs["changeling"].pid not in {p.pid for p in watchdog._signal(targets, 0)}
         assert watchdog.end_leftovers(mark, grace=0.5) == 3  # sleep, sh, its sleep

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -139,6 +140,50 @@ def _root_makes_dir_for(path: Path, user: User) -> None:
         raise AegisError(f"cannot create {path} for {user.name}: {exc.strerror}") from None
     finally:
         os.close(parent)
+
+
+# Every file a supervisor (pid {pid}) keeps in its runtime directory, by what it is. Those in
+# GOES_WITH_SUPERVISOR are its working files, removed when it ends (and, when it was killed, by
+# the next supervisor's cleanup); the netmon log stays: it is the record of what the agent did.
+RUNTIME_FILES = {
+    "control": "supervisor-{pid}.sock",       # the control socket (supervise.control)
+    "warm": "mcp-{pid}.sock",                 # the warm MCP server's socket (mcp.warm)
+    "mcp_overlay": "mcp-overlay-{pid}.json",  # Claude Code's --mcp-config (mcp.injection)
+    "config_overlay": "config-overlay-{pid}-{n}.json",  # preload-redirected configs
+    "history": "{agent}-history-{pid}.md",    # a chat history of the supervisor's own (Aider)
+    "netmon_log": "netmon-{pid}.jsonl",       # netmon.log; its summary sits beside it
+}
+GOES_WITH_SUPERVISOR = ("control", "warm", "mcp_overlay", "config_overlay")
+
+
+def runtime_file(runtime: Path, kind: str, pid: int, **parts: object) -> Path:
+    """The path of a supervisor's runtime file of this kind (RUNTIME_FILES)."""
+    return runtime / RUNTIME_FILES[kind].format(pid=pid, **parts)
+
+
+def _pattern(kind: str) -> re.Pattern[str]:
+    template = re.escape(RUNTIME_FILES[kind])
+    for name, rx in (("pid", r"(?P<pid>\d+)"), ("n", r"\d+"), ("agent", r"[\w.-]+")):
+        template = template.replace(re.escape("{" + name + "}"), rx)
+    return re.compile(f"^{template}$")
+
+
+def runtime_files_of(runtime: Path, kind: str) -> list[tuple[int, Path]]:
+    """(supervisor pid, path) of every file of this kind in `runtime`, sorted by path."""
+    rx = _pattern(kind)
+    found = []
+    for path in sorted(runtime.iterdir()) if runtime.is_dir() else ():
+        if m := rx.match(path.name):
+            found.append((int(m.group("pid")), path))
+    return found
+
+
+def working_file_owner(name: str) -> int | None:
+    """The supervisor pid a working file (GOES_WITH_SUPERVISOR) of this name belongs to."""
+    for kind in GOES_WITH_SUPERVISOR:
+        if m := _pattern(kind).match(name):
+            return int(m.group("pid"))
+    return None
 
 
 def state_dir() -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
-from aegis_mcp.paths import hooks_library
+from aegis_mcp.paths import hooks_library, runtime_file
 from aegis_mcp.privileges import User, as_user
 from aegis_mcp.profiles.profile import AgentProfile
 
@@ -126,7 +126,7 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
     (`agent_args`: the user's, for their `-c` overrides)."""
     entry = server_entry(server_env, warm)
     if profile.injection == "mcp-config":
-        path = runtime / f"mcp-overlay-{supervisor_pid}.json"
+        path = runtime_file(runtime, "mcp_overlay", supervisor_pid)
         as_user(user, write_overlays, [(str(path), None, "mcpServers", entry)])
         return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path],
                          user=user)
@@ -158,7 +158,7 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
         redirects, files, jobs = [], [], []
         for i, name in enumerate(profile.config_files):
             source = Path(home, name[2:]) if name.startswith("~/") else cwd / name
-            overlay = runtime / f"config-overlay-{supervisor_pid}-{i}.json"
+            overlay = runtime_file(runtime, "config_overlay", supervisor_pid, n=i)
             jobs.append((str(overlay), str(source), profile.mcp_servers_key, entry))
             redirects.append(f"{os.path.abspath(source)}\t{overlay}")
             files.append(overlay)
@@ -167,3 +167,25 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
         return Injection("LD_PRELOAD redirect of " + ", ".join(profile.config_files), env=env,
                          files=files, user=user)
     return Injection("none (the agent has no MCP support)")
+
+
+LIBC_CONFIG_READERS = ("cursor", "gemini")
+"""Profiles injected by the LD_PRELOAD redirect whose CLI is known to read its MCP config
+through libc (Node CLIs, measured), so that the redirect makes it start aegis-mcp's server.
+Any other command may never open that file, or open it with raw system calls (Bun-built CLIs,
+static binaries), which the redirect never sees."""
+
+
+def unverifiable(profile: AgentProfile, inject: bool) -> str | None:
+    """Why a start of this agent cannot be expected to start aegis-mcp's MCP server (so
+    `restart --wait` does not wait for its hello), or None when it can."""
+    if not inject:
+        return "the MCP injection is off (--no-inject-mcp)"
+    if profile.injection == "none":
+        return f"{profile.name} has no MCP support"
+    if profile.injection == "preload" and (profile.static_binary
+                                           or profile.name not in LIBC_CONFIG_READERS):
+        files = ", ".join(profile.config_files) or "its config"
+        return (f"{profile.name} gets it only if it reads {files} through libc (the "
+                "LD_PRELOAD redirect), which it is not known to do")
+    return None

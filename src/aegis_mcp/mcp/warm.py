@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegis_mcp import procs
+from aegis_mcp.paths import runtime_file
 from aegis_mcp.privileges import User
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from anyio.streams.buffered import BufferedByteReceiveStream
     from mcp.server.mcpserver import MCPServer
 
-SOCKET_PREFIX = "mcp-"
 GREETING_TIMEOUT = 5.0
 """Seconds a connection has to say who it is before it is dropped."""
 MAX_LINE = 64 * 1024 * 1024
@@ -42,7 +42,7 @@ MAX_LINE = 64 * 1024 * 1024
 
 
 def socket_path(runtime: Path, supervisor_pid: int) -> Path:
-    return runtime / f"{SOCKET_PREFIX}{supervisor_pid}.sock"
+    return runtime_file(runtime, "warm", supervisor_pid)
 
 
 class WarmServer:

@@ -49,10 +49,10 @@ def open_log(path: str) -> list[int]:
 def log_for_supervisor(pid: int) -> Path | None:
     """The netmon log of the supervisor of `pid`, if there is one where the caller's
     supervisors keep theirs (as root, the sudo user's included)."""
-    from aegis_mcp.paths import control_dirs
+    from aegis_mcp.paths import control_dirs, runtime_file
 
     for runtime in control_dirs():
-        path = runtime / f"netmon-{pid}.jsonl"
+        path = runtime_file(runtime, "netmon_log", pid)
         if path.exists() or rotated_path(path).exists():
             return path
     return None
@@ -108,7 +108,7 @@ def find_log(target: str | None = None) -> Path:
     """The log named by `target`: a file, a supervisor's or agent's pid; else this process's
     AEGIS_NETMON_LOG, else the newest log in the runtime directory."""
     from aegis_mcp.errors import AegisError
-    from aegis_mcp.paths import control_dirs
+    from aegis_mcp.paths import control_dirs, runtime_files_of
 
     hint = "start the agent with `aegis-mcp <agent> --netmon`"
     if target:
@@ -130,7 +130,7 @@ def find_log(target: str | None = None) -> Path:
     if env_log:
         return Path(env_log)
     dirs = control_dirs()
-    logs = sorted((log for d in dirs for log in d.glob("netmon-*.jsonl")),
+    logs = sorted((log for d in dirs for _, log in runtime_files_of(d, "netmon_log")),
                   key=lambda p: p.stat().st_mtime)
     if not logs:
         where = " or ".join(str(d) for d in dirs) or "the runtime directory"

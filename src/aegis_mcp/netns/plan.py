@@ -10,6 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from aegis_mcp.errors import AegisError
 
@@ -200,3 +201,33 @@ table ip {GUARD_TABLE} {{
   }}
 }}
 """
+
+
+def loopback_forwards(env: dict[str, str], ports: list[int]
+                      ) -> tuple[dict[str, tuple[str, int]], list[str]]:
+    """The host-loopback (ip, port)s a namespaced agent must reach: those its environment's
+    URLs name (`ANTHROPIC_BASE_URL=http://127.0.0.1:8080`) and `--netns-forward` ports, keyed
+    by what asked for them; and the URLs that cannot be forwarded (IPv6 loopback)."""
+    forwards: dict[str, tuple[str, int]] = {}
+    unreachable: list[str] = []
+    for key, value in sorted(env.items()):
+        if not _LOOPBACK_URL.search(value):
+            continue
+        parts = urlsplit(value)
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            port = None
+        host = (parts.hostname or "").lower()
+        if host == "::1" or port is None:
+            unreachable.append(f"{key}={value}")
+            continue
+        forwards[f"{key}={value}"] = ("127.0.0.1" if host == "localhost" else host, port)
+    for port in ports:
+        forwards[f"--netns-forward {port}"] = ("127.0.0.1", port)
+    return forwards, unreachable
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_LOOPBACK_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\])(:|/|$)",
+                           re.IGNORECASE)

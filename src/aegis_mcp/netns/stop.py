@@ -10,8 +10,8 @@ import os
 import signal
 import time
 
+from aegis_mcp import procs
 from aegis_mcp.netns.plan import NETNS_RUN
-from aegis_mcp.netns.state import process_alive
 
 STOP_GRACE = 2.0
 """Seconds the processes left in a dead owner's namespace get between SIGTERM and SIGKILL."""
@@ -117,19 +117,19 @@ def _wait_exit(pidfds: list[int], timeout: float) -> None:
 
 
 def stop_process(pid: int | None, start: int | None, grace: float = 2.0) -> None:
-    if not process_alive(pid, start):
+    if not procs.alive(pid, start):
         return
     assert pid is not None
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and process_alive(pid, start):
+    while time.monotonic() < deadline and procs.alive(pid, start):
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         time.sleep(0.01)
     with contextlib.suppress(ProcessLookupError):
-        if process_alive(pid, start):
+        if procs.alive(pid, start):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)

@@ -18,10 +18,10 @@ from typing import Any
 
 from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
+from aegis_mcp.paths import runtime_file, runtime_files_of
 from aegis_mcp.privileges import User, as_user, fds_as_user
 
 MAX_REQUEST = 64 * 1024
-SOCKET_PREFIX = "supervisor-"
 
 
 class NoSupervisorError(AegisError):
@@ -29,7 +29,7 @@ class NoSupervisorError(AegisError):
 
 
 def socket_path(runtime: Path, pid: int) -> Path:
-    return runtime / f"{SOCKET_PREFIX}{pid}.sock"
+    return runtime_file(runtime, "control", pid)
 
 
 def peer_uid(conn: socket.socket) -> int:
@@ -171,12 +171,7 @@ def request(path: str | Path, payload: dict[str, Any], timeout: float = 5.0) -> 
 
 def sockets(runtime: Path) -> list[tuple[int, Path]]:
     """(pid, path) of every supervisor socket in `runtime`, its supervisor alive or not."""
-    found = []
-    for path in sorted(runtime.glob(f"{SOCKET_PREFIX}*.sock")):
-        pid_text = path.name[len(SOCKET_PREFIX) : -len(".sock")]
-        if pid_text.isdigit():
-            found.append((int(pid_text), path))
-    return found
+    return runtime_files_of(runtime, "control")
 
 
 def live_sockets(runtime: Path) -> list[tuple[int, Path]]:

@@ -5,26 +5,30 @@ control socket, start the agent, then loop on one event at a time (a child chang
 control request, a watched file, a signal) until the agent ends for good. Every way out (the
 agent exits, Ctrl-C of a non-interactive run, SIGTERM or SIGHUP of the supervisor, a restart
 storm) goes through one shutdown path that stops the tree and restores the terminal.
+
+Longer than the house's 400 lines on purpose: the loop, the start and restart of the agent,
+the control requests it answers meanwhile and the shutdown share one state (the run, the
+phase, the pending restart) whose transitions read best in one place. What is not that state
+machine lives elsewhere: the options (options), file watching (watch), the netmon mode
+(netmon.mode), the namespace's forwards (netns.plan), what a start can verify
+(mcp.injection), the agent's environment policy (agentenv).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from aegis_mcp import __version__, agentenv, procs
 from aegis_mcp.errors import AegisError
@@ -33,7 +37,15 @@ from aegis_mcp.mcp import injection
 from aegis_mcp.mcp.codex import ReadinessWatch
 from aegis_mcp.mcp.warm import WarmServer
 from aegis_mcp.mcp.warm import socket_path as warm_socket_path
-from aegis_mcp.paths import hooks_library, runtime_dir, user_runtime_dir
+from aegis_mcp.netmon.mode import resolve_mode
+from aegis_mcp.netns import plan
+from aegis_mcp.paths import (
+    hooks_library,
+    runtime_dir,
+    runtime_file,
+    user_runtime_dir,
+    working_file_owner,
+)
 from aegis_mcp.privileges import (
     User,
     agent_user,
@@ -57,6 +69,7 @@ from aegis_mcp.supervise import control, ptymonitor
 from aegis_mcp.supervise.options import SupervisorOptions
 from aegis_mcp.supervise.ptyrelay import PtyRelay
 from aegis_mcp.supervise.terminal import Terminal
+from aegis_mcp.supervise.watch import FileWatch
 from aegis_mcp.supervise.watchdog import Watchdog
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
@@ -123,7 +136,8 @@ class Supervisor:
     terminal: Terminal = field(init=False)
     selector: selectors.BaseSelector = field(init=False)
     inbox: SignalInbox = field(init=False)
-    _watch_stop: threading.Event = field(default_factory=threading.Event)
+    watch: FileWatch | None = None
+    """Restarts the agent when files change (--watch), while on."""
     restart_times: deque[float] = field(default_factory=deque)
     restart_count: int = 0
     last_reason: str | None = None
@@ -167,7 +181,10 @@ class Supervisor:
             check_path(path, "--watch", exit_code=1)
         self.pid = os.getpid()
         self.runtime = runtime_dir() if self.user is None else user_runtime_dir(self.user)
-        self._resolve_netmon()
+        self.netmon_mode = resolve_mode(self.opts.netmon, self.profile, self.executable,
+                                        self.user, say)
+        if self.netmon_mode is not None:
+            self.netmon_log = runtime_file(self.runtime, "netmon_log", self.pid)
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
         if self.user is not None and not as_user(self.user, _can_enter, str(self.cwd)):
@@ -195,58 +212,9 @@ class Supervisor:
         self.selector.register(self.inbox, selectors.EVENT_READ, "signal")
         self.selector.register(self.control.sock, selectors.EVENT_READ, "accept")
 
-    def _resolve_netmon(self) -> None:
-        mode = self.opts.netmon
-        if mode is None:
-            return
-        if mode == "auto":
-            mode = "netns" if os.geteuid() == 0 else "preload"
-            say(f"--netmon: using {mode} mode ({'root' if mode == 'netns' else 'not root'})")
-        if mode == "netns":
-            from aegis_mcp.netns import namespace
-
-            namespace.require_root()
-        elif mode == "preload":
-            if not hooks_library().exists():
-                raise AegisError(f"the hooks library is missing ({hooks_library()}): "
-                                 "reinstall aegis-mcp with `pip install .` (it needs gcc)")
-            from aegis_mcp.netmon.elf import is_preload_visible
-
-            if self.profile.static_binary:  # e.g. codex: a Node launcher that execs a static one
-                raise AegisError(
-                    f"{self.profile.name} does its networking in a statically linked binary: "
-                    "LD_PRELOAD cannot see its connections; use `sudo aegis-mcp "
-                    f"{self.profile.name} --netmon=netns` instead")
-            if not as_user(self.user, is_preload_visible, self.executable):  # a file they chose
-                raise AegisError(
-                    f"{self.executable} is statically linked: LD_PRELOAD cannot see its "
-                    "connections; use `sudo aegis-mcp ... --netmon=netns` instead"
-                )
-        self.netmon_mode = mode
-        self.netmon_log = self.runtime / f"netmon-{os.getpid()}.jsonl"
-
     def _needs_preload(self) -> bool:
         return self.netmon_mode == "preload" or (
             self.opts.inject_mcp and self.profile.injection == "preload")
-
-    def _start_watch(self) -> None:
-        if not self.opts.watch:
-            return
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        self._watch_r = r
-        self.selector.register(r, selectors.EVENT_READ, "watch")
-
-        def watch() -> None:
-            from watchfiles import watch as wf_watch
-
-            for changes in wf_watch(*self.opts.watch, stop_event=self._watch_stop,
-                                    debounce=300, step=50, raise_interrupt=False):
-                names = sorted({os.path.relpath(p) for _, p in changes})
-                with contextlib.suppress(OSError):
-                    os.write(w, ("\n".join(names) + "\0").encode())
-
-        threading.Thread(target=watch, name="aegis-watch", daemon=True).start()
 
     # -- the agent ----------------------------------------------------------------------------
 
@@ -536,7 +504,8 @@ class Supervisor:
             if self.relay is not None:
                 self.relay.pump()
         elif kind == "watch":
-            changed = _drain_pipe(self._watch_r)
+            assert self.watch is not None
+            changed = self.watch.changed()
             # A change during a restart is seen by the agent it starts; once the supervisor
             # ends, there is nothing to restart.
             if self.pending is None and self.phase == "running":
@@ -630,7 +599,7 @@ class Supervisor:
         """What `restart --wait` can verify of a start of this agent: always that it runs
         again; the aegis-mcp MCP server's hello only when the injection can make this agent
         start it. `cannot_verify` says why not, per item."""
-        why = mcp_server_unverifiable(self.profile, self.opts.inject_mcp)
+        why = injection.unverifiable(self.profile, self.opts.inject_mcp)
         return {"verifiable": ["restarted"] + ([] if why else ["mcp_server"]),
                 "cannot_verify": {"mcp_server": why} if why else {}}
 
@@ -749,7 +718,7 @@ class Supervisor:
         if not words or agentargs.is_subcommand(self.profile, self.opts.agent_args) or any(
                 arg.split("=", 1)[0] == words[0] for arg in self.opts.agent_args):
             return None
-        return self.runtime / f"{self.profile.name}-history-{self.pid}.md"
+        return runtime_file(self.runtime, "history", self.pid, agent=self.profile.name)
 
     def _history_args(self) -> list[str]:
         path = self._history_file()
@@ -874,7 +843,7 @@ class Supervisor:
                 from aegis_mcp.netns import namespace as netns
 
                 assert self.netmon_log is not None
-                forwards, unreachable = loopback_forwards(dict(os.environ),
+                forwards, unreachable = plan.loopback_forwards(dict(os.environ),
                                                           self.opts.netns_forward)
                 (log_fd,) = fds_as_user(self.user, open_log, str(self.netmon_log))
                 try:
@@ -894,7 +863,9 @@ class Supervisor:
                         say(f"{flag} is for --netmon=netns only: ignored")
             # Only now: pyroute2 made the namespace in forks of this process, which must not
             # copy a process with a second thread running (a lock it held stays locked there).
-            self._start_watch()
+            if self.opts.watch:
+                self.watch = FileWatch.start(self.opts.watch)
+                self.selector.register(self.watch.fd, selectors.EVENT_READ, "watch")
             self._spawn(resume=False, prompt=None)
             return self._loop()
         finally:
@@ -922,7 +893,8 @@ class Supervisor:
         with contextlib.suppress(Exception):
             if self._agent_alive() or procs.tree(self._helper_pids()):
                 self._stop_agent(signal.SIGTERM)
-        self._watch_stop.set()
+        if self.watch is not None:
+            self.watch.stop()
         with contextlib.suppress(Exception):
             self._end_relay()
         self.terminal.take_back()
@@ -940,73 +912,6 @@ class Supervisor:
             self.watchdog.stop()
 
 
-LIBC_CONFIG_READERS = ("cursor", "gemini")
-"""Profiles injected by the LD_PRELOAD redirect whose CLI is known to read its MCP config
-through libc (Node CLIs, measured), so that the redirect makes it start aegis-mcp's server.
-Any other command may never open that file, or open it with raw system calls (Bun-built CLIs,
-static binaries), which the redirect never sees."""
-
-
-def mcp_server_unverifiable(profile: AgentProfile, inject: bool) -> str | None:
-    """Why a start of this agent cannot be expected to start aegis-mcp's MCP server (so
-    `restart --wait` does not wait for its hello), or None when it can."""
-    if not inject:
-        return "the MCP injection is off (--no-inject-mcp)"
-    if profile.injection == "none":
-        return f"{profile.name} has no MCP support"
-    if profile.injection == "preload" and (profile.static_binary
-                                           or profile.name not in LIBC_CONFIG_READERS):
-        files = ", ".join(profile.config_files) or "its config"
-        return (f"{profile.name} gets it only if it reads {files} through libc (the "
-                "LD_PRELOAD redirect), which it is not known to do")
-    return None
-
-
-def loopback_forwards(env: dict[str, str], ports: list[int]
-                      ) -> tuple[dict[str, tuple[str, int]], list[str]]:
-    """The host-loopback (ip, port)s a namespaced agent must reach: those its environment's
-    URLs name (`ANTHROPIC_BASE_URL=http://127.0.0.1:8080`) and `--netns-forward` ports, keyed
-    by what asked for them; and the URLs that cannot be forwarded (IPv6 loopback)."""
-    forwards: dict[str, tuple[str, int]] = {}
-    unreachable: list[str] = []
-    for key, value in sorted(env.items()):
-        if not _LOOPBACK_URL.search(value):
-            continue
-        parts = urlsplit(value)
-        try:
-            port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
-        except ValueError:
-            port = None
-        host = (parts.hostname or "").lower()
-        if host == "::1" or port is None:
-            unreachable.append(f"{key}={value}")
-            continue
-        forwards[f"{key}={value}"] = ("127.0.0.1" if host == "localhost" else host, port)
-    for port in ports:
-        forwards[f"--netns-forward {port}"] = ("127.0.0.1", port)
-    return forwards, unreachable
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-_LOOPBACK_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\])(:|/|$)",
-                           re.IGNORECASE)
-
-
-def _drain_pipe(fd: int) -> str:
-    data = b""
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(fd, 65536):
-            data += chunk
-    names = sorted({n for part in data.decode(errors="replace").split("\0") for n in
-                    part.split("\n") if n})
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return shown or "?"
-
-
-_STALE_PATTERN = re.compile(r"^(?:supervisor-(\d+)\.sock|mcp-(\d+)\.sock|"
-                            r"mcp-overlay-(\d+)\.json|config-overlay-(\d+)-\d+\.json)$")
-
-
 def _can_enter(path: str) -> bool:
     return os.access(path, os.X_OK) and os.path.isdir(path)
 
@@ -1021,10 +926,8 @@ def _remove_stale_files(runtime: str) -> None:
     """Sockets and overlays of supervisors that were killed (no chance to clean up) go; netmon
     logs stay, they are the record of what an agent did. Run as the directory's owner."""
     for path in Path(runtime).iterdir():
-        match = _STALE_PATTERN.match(path.name)
-        if not match:
-            continue
-        if procs.alive(int(next(g for g in match.groups() if g))):
+        owner = working_file_owner(path.name)
+        if owner is None or procs.alive(owner):
             continue
         with contextlib.suppress(OSError):
             path.unlink()

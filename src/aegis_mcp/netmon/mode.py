@@ -1,0 +1,44 @@
+"""Which network-monitoring mode a supervisor runs in (`--netmon[=MODE]`), and whether it can:
+each mode's limits as measured (LD_PRELOAD sees only dynamically linked programs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from aegis_mcp.errors import AegisError
+from aegis_mcp.paths import hooks_library
+from aegis_mcp.privileges import User, as_user
+from aegis_mcp.profiles.profile import AgentProfile
+
+
+def resolve_mode(asked: str | None, profile: AgentProfile, executable: str, user: User | None,
+                 say: Callable[[str], None]) -> str | None:
+    """`preload`, `netns` or None (off) for what the user asked; AegisError, with what to do
+    instead, when the mode cannot see this agent's connections or cannot run here."""
+    mode = asked
+    if mode is None:
+        return None
+    if mode == "auto":
+        mode = "netns" if os.geteuid() == 0 else "preload"
+        say(f"--netmon: using {mode} mode ({'root' if mode == 'netns' else 'not root'})")
+    if mode == "netns":
+        from aegis_mcp.netns import namespace
+
+        namespace.require_root()
+    elif mode == "preload":
+        if not hooks_library().exists():
+            raise AegisError(f"the hooks library is missing ({hooks_library()}): "
+                             "reinstall aegis-mcp with `pip install .` (it needs gcc)")
+        from aegis_mcp.netmon.elf import is_preload_visible
+
+        if profile.static_binary:  # e.g. codex: a Node launcher that execs a static one
+            raise AegisError(
+                f"{profile.name} does its networking in a statically linked binary: "
+                "LD_PRELOAD cannot see its connections; use `sudo aegis-mcp "
+                f"{profile.name} --netmon=netns` instead")
+        if not as_user(user, is_preload_visible, executable):  # a file they chose
+            raise AegisError(
+                f"{executable} is statically linked: LD_PRELOAD cannot see its "
+                "connections; use `sudo aegis-mcp ... --netmon=netns` instead")
+    return mode
