@@ -6,8 +6,10 @@
  *   report.c    one JSONL event = one write() with O_APPEND; no malloc, no stdio
  *   fdtable.c   the per-fd table: slots (hot counters, cold description), their states, the
  *               seqlock that guards the cold half, the overflow table for large fds
- *   net.c       connection tracking and the socket hooks (connect, accept, send/recv families,
- *               read/write on sockets, close, dup*, close_range), the flush at exec and exit
+ *   net.c       connection tracking: connect/accept, counting bytes in the I/O hooks (send/recv
+ *               families, read/write on sockets, sendfile, splice), the connection events
+ *   fdlife.c    what happens to a tracked fd besides I/O: close, dup*, fcntl F_DUPFD*,
+ *               close_range, closefrom, syscall(SYS_close*), fork, and the flush at exec and exit
  *   dns.c       getaddrinfo: remembers address -> host name for the connect events
  *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
  *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
@@ -215,9 +217,10 @@ struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind);
 /* Frees the slot and writes its close event (reason NULL: an ordinary close). */
 void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason);
 void aegis_net_totals(int fd, struct hot *h, struct cold *c);  /* totals event, if counts changed */
-void aegis_net_atfork_child(void);
-void aegis_net_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
 
+/* ---- fdlife.c ---- */
+void aegis_fdlife_atfork_child(void);
+void aegis_fdlife_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
 
 /* ---- dns.c ---- */
 void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n);
