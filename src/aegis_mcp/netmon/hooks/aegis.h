@@ -4,8 +4,12 @@
  *   init.c      the single initialisation point: real symbols as true_<name>, settings from the
  *               environment, fork and exit handling
  *   report.c    one JSONL event = one write() with O_APPEND; no malloc, no stdio
- *   net.c       per-fd counters and the socket hooks (connect, accept, send/recv families,
- *               read/write on sockets, close)
+ *   fdtable.c   the per-fd table: slots (hot counters, cold description), their states, the
+ *               seqlock that guards the cold half, the overflow table for large fds
+ *   net.c       connection tracking: connect/accept, counting bytes in the I/O hooks (send/recv
+ *               families, read/write on sockets, sendfile, splice), the connection events
+ *   fdlife.c    what happens to a tracked fd besides I/O: close, dup*, fcntl F_DUPFD*,
+ *               close_range, closefrom, syscall(SYS_close*), fork, and the flush at exec and exit
  *   dns.c       getaddrinfo: remembers address -> host name for the connect events
  *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
  *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
@@ -37,6 +41,9 @@
 #include <unistd.h>
 
 #define AEGIS_EXPORT __attribute__((visibility("default")))
+/* -fvisibility=hidden covers definitions, not extern declarations: data that a hook's fast path
+ * reads from another file says so, or the compiler fetches its address from the GOT each call. */
+#define AEGIS_HIDDEN __attribute__((visibility("hidden")))
 /* initial-exec TLS: no __tls_get_addr (which may allocate) and safe in signal handlers. */
 #define AEGIS_TLS __thread __attribute__((tls_model("initial-exec")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -135,10 +142,85 @@ const char *aegis_errno_name(int err, char *scratch, size_t n);
 double aegis_now(void);      /* realtime, seconds */
 double aegis_mono(void);     /* monotonic, seconds */
 
+/* ---- fdtable.c ----
+ * Indexed by fd (fds are unique within a process at any instant, and the kernel orders
+ * close-then-reuse for us). The hot half is all that the I/O paths touch; the cold half is
+ * written when a slot is filled and read when an event is written. The lookups are inline here
+ * because every read/write/close pays for them. */
+#define FD_TABLE 65536
+
+enum { S_FREE = 0, S_PENDING = 1, S_OPEN = 2, S_KIND = 0xff, S_INHERITED = 0x100 };
+
+/* One cache line per fd: a sender thread and a receiver thread on neighbouring fds must not
+ * bounce one line between cores with every call (measured: +50% per small send). */
+struct hot {
+    _Atomic uint32_t state;
+    _Atomic uint32_t gen;          /* odd while the cold half is being written */
+    _Atomic uint64_t sent;
+    _Atomic uint64_t recv;
+    _Atomic uint32_t next_report;  /* coarse monotonic ms of the next totals event */
+} __attribute__((aligned(64)));
+
+struct cold {
+    double start_real, start_mono;
+    uint64_t rep_sent, rep_recv;   /* counts at the last totals event (no event if unchanged) */
+    int result;                    /* connect's errno, 0 when connected */
+    int dup_of;                    /* fd this one duplicates (no connect event of its own), or -1 */
+    uint16_t port;
+    uint8_t family, proto, accepted;
+    char addr[112];                /* IP text or unix socket path */
+    char host[128];                /* the name the program resolved, if we saw it */
+};
+
+/* What a freed slot held, for its close event. */
+struct fd_final {
+    uint32_t state;                /* the state it had */
+    int consistent;                /* snap is a consistent copy (the slot was not refilled meanwhile) */
+    uint64_t sent, recv;
+    struct cold snap;
+};
+
+extern AEGIS_HIDDEN struct hot aegis_fd_hot[FD_TABLE];
+extern AEGIS_HIDDEN struct cold aegis_fd_cold[FD_TABLE];
+struct hot *aegis_fd_ovf_find(int fd, struct cold **c);  /* fds beyond FD_TABLE; NULL if untracked */
+/* fd's slot, taking an overflow entry for a large fd; NULL when the overflow table is full. */
+struct hot *aegis_fd_claim(int fd, struct cold **c);
+/* Writes src into a claimed slot (fresh counters, start time now) and publishes it as `kind`. */
+void aegis_fd_fill(int fd, struct hot *h, struct cold *c, const struct cold *src, uint32_t kind,
+                   uint32_t next_report);
+/* Frees fd's slot; 0 if it was already free, else 1 with what it held in *out. */
+int aegis_fd_free(int fd, struct hot *h, const struct cold *c, struct fd_final *out);
+/* A consistent copy of the cold half, or 0 if the slot was reused meanwhile. */
+int aegis_fd_snapshot(struct hot *h, const struct cold *c, struct cold *out);
+/* Calls fn for every slot not free with first <= fd <= last. */
+void aegis_fd_each(unsigned first, unsigned last, void (*fn)(int fd, struct hot *h, struct cold *c));
+
+static inline struct hot *aegis_fd_slot(int fd, struct cold **c)
+{
+    if (LIKELY((unsigned)fd < FD_TABLE)) {
+        if (c) *c = &aegis_fd_cold[fd];
+        return &aegis_fd_hot[fd];
+    }
+    return fd < 0 ? NULL : aegis_fd_ovf_find(fd, c);
+}
+
+static inline int aegis_fd_tracked(int fd)
+{
+    if (LIKELY((unsigned)fd < FD_TABLE))
+        return atomic_load_explicit(&aegis_fd_hot[fd].state, memory_order_relaxed) != S_FREE;
+    return fd >= 0 && aegis_fd_ovf_find(fd, NULL) != NULL;
+}
+
 /* ---- net.c ---- */
-void aegis_net_atfork_child(void);
-void aegis_net_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
-void aegis_net_closing(int fd);         /* fd is about to be closed (close, dup2, syscall) */
+/* Puts src (with fresh counters) into fd's slot as `kind`; a socket still there is closed first. */
+struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind);
+/* Frees the slot and writes its close event (reason NULL: an ordinary close). */
+void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason);
+void aegis_net_totals(int fd, struct hot *h, struct cold *c);  /* totals event, if counts changed */
+
+/* ---- fdlife.c ---- */
+void aegis_fdlife_atfork_child(void);
+void aegis_fdlife_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
 
 /* ---- dns.c ---- */
 void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n);

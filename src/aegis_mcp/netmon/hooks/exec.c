@@ -120,7 +120,7 @@ static void before_exec(const char *file, char *const envp[], int search, int re
     if (!aegis_cfg.netmon || aegis_busy) return;
     int saved = errno;
     aegis_busy++;
-    if (replaces && aegis_cfg.pid == getpid()) aegis_net_flush_all(1);
+    if (replaces && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(1);
     aegis_exec_check_env(file, envp, search);
     aegis_busy--;
     errno = saved;
@@ -223,7 +223,7 @@ AEGIS_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_fi
 
 static void before_exit(void)
 {
-    if (aegis_cfg.netmon && !aegis_busy && aegis_cfg.pid == getpid()) aegis_net_flush_all(0);
+    if (aegis_cfg.netmon && !aegis_busy && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(0);
 }
 
 AEGIS_EXPORT void _exit(int status)

@@ -81,7 +81,7 @@ static void read_settings(void)
 static void atfork_child(void)
 {
     aegis_cfg.pid = getpid();
-    aegis_net_atfork_child();
+    aegis_fdlife_atfork_child();
     aegis_dns_atfork_child();
 }
 
@@ -112,5 +112,5 @@ __attribute__((constructor)) static void aegis_constructor(void) { aegis_init();
 /* Many programs never close their keep-alive sockets: report what is still open. */
 __attribute__((destructor)) static void aegis_destructor(void)
 {
-    if (aegis_cfg.netmon && aegis_cfg.pid == getpid()) aegis_net_flush_all(0);
+    if (aegis_cfg.netmon && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(0);
 }

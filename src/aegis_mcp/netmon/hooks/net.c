@@ -1,127 +1,22 @@
-/* Socket hooks: per-fd counters, a few events per connection.
+/* Connection tracking: a few events per connection, and the bytes that go through it.
  *
- * The table is indexed by fd (fds are unique within a process at any instant, and the kernel
- * orders close-then-reuse for us). A "hot" half (state + counters, one cache line) is all that the
- * read/write/send/recv paths touch: one load for an fd that is not a tracked socket, one atomic
- * add when it is. The "cold" half (address, host, start time) is written at connect/accept and
- * read when an event is written; a per-slot generation (seqlock) lets another thread's totals
- * event notice that the fd was reused while it copied. Fds beyond the table go to a small
- * open-addressing table with atomic keys.
- *
- * Ordering at close: the slot is released and its close event written BEFORE the real close, so
- * a socket that another thread gets on the same fd number right after cannot be clobbered. */
+ * connect/accept fill an fd's slot (fdtable.c) and write the connect/accept event; the I/O hooks
+ * count bytes on tracked sockets (one load for any other fd) and write a totals event at most
+ * every AEGIS_NETMON_INTERVAL seconds; a slot freed here or in fdlife.c writes the close event.
+ * A little over 400 lines: the I/O hooks (a page of one-line macro uses) stay beside account(),
+ * which they inline; moving them out would put the accounting and its helpers in aegis.h. */
 #include "aegis.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 
-#define FD_TABLE 65536
-#define OVF_SIZE 1024 /* power of two */
-#define OVF_EMPTY 0
-#define OVF_TOMB (-1)
-
-enum { S_FREE = 0, S_PENDING = 1, S_OPEN = 2, S_KIND = 0xff, S_INHERITED = 0x100 };
 enum { P_TCP, P_UDP, P_UNIX };
 
-/* One cache line per fd: a sender thread and a receiver thread on neighbouring fds must not
- * bounce one line between cores with every call (measured: +50% per small send). */
-struct hot {
-    _Atomic uint32_t state;
-    _Atomic uint32_t gen;          /* odd while the cold half is being written */
-    _Atomic uint64_t sent;
-    _Atomic uint64_t recv;
-    _Atomic uint32_t next_report;  /* coarse_ms() of the next totals event */
-} __attribute__((aligned(64)));
-
-struct cold {
-    double start_real, start_mono;
-    uint64_t rep_sent, rep_recv;   /* counts at the last totals event (no event if unchanged) */
-    int result;                    /* connect's errno, 0 when connected */
-    int dup_of;                    /* fd this one duplicates (no connect event of its own), or -1 */
-    uint16_t port;
-    uint8_t family, proto, accepted;
-    char addr[112];                /* IP text or unix socket path */
-    char host[128];                /* the name the program resolved, if we saw it */
-};
-
-static struct hot hot_tab[FD_TABLE];
-static struct cold cold_tab[FD_TABLE];
-static struct {
-    _Atomic int key;
-    struct hot h;
-    struct cold c;
-} ovf[OVF_SIZE];
-static atomic_int ovf_used;
-static atomic_int max_fd = -1;
 static atomic_int ovf_full_noted;
-
-_Static_assert(sizeof(struct hot) == 64, "one cache line per fd");
-
-/* ---- slots ---- */
-
-static struct hot *ovf_find(int fd, struct cold **c)
-{
-    if (!atomic_load_explicit(&ovf_used, memory_order_relaxed)) return NULL;
-    unsigned h = (unsigned)fd * 2654435761u;
-    for (unsigned i = 0; i < OVF_SIZE; i++) {
-        unsigned k = (h + i) & (OVF_SIZE - 1);
-        int key = atomic_load_explicit(&ovf[k].key, memory_order_acquire);
-        if (key == fd) {
-            if (c) *c = &ovf[k].c;
-            return &ovf[k].h;
-        }
-        if (key == OVF_EMPTY) return NULL;
-    }
-    return NULL;
-}
-
-static struct hot *ovf_insert(int fd, struct cold **c)
-{
-    struct hot *found = ovf_find(fd, c);
-    if (found) return found;
-    unsigned h = (unsigned)fd * 2654435761u;
-    atomic_store(&ovf_used, 1);
-    for (unsigned i = 0; i < OVF_SIZE; i++) {
-        unsigned k = (h + i) & (OVF_SIZE - 1);
-        int key = atomic_load(&ovf[k].key);
-        if ((key == OVF_EMPTY || key == OVF_TOMB) &&
-            atomic_compare_exchange_strong(&ovf[k].key, &key, fd)) {
-            *c = &ovf[k].c;
-            return &ovf[k].h;
-        }
-    }
-    return NULL;
-}
-
-static void ovf_release(int fd)
-{
-    unsigned h = (unsigned)fd * 2654435761u;
-    for (unsigned i = 0; i < OVF_SIZE; i++) {
-        unsigned k = (h + i) & (OVF_SIZE - 1);
-        int key = atomic_load(&ovf[k].key);
-        if (key == fd) {
-            atomic_store(&ovf[k].key, OVF_TOMB);
-            return;
-        }
-        if (key == OVF_EMPTY) return;
-    }
-}
-
-static inline struct hot *slot_find(int fd, struct cold **c)
-{
-    if (LIKELY((unsigned)fd < FD_TABLE)) {
-        if (c) *c = &cold_tab[fd];
-        return &hot_tab[fd];
-    }
-    return fd < 0 ? NULL : ovf_find(fd, c);
-}
 
 /* Coarse monotonic milliseconds (a few ns through the vDSO); wraps, so compare differences. */
 static inline uint32_t coarse_ms(void)
@@ -130,10 +25,6 @@ static inline uint32_t coarse_ms(void)
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
 }
-
-/* A vfork child (or a raw clone) shares our memory: it must not touch the parent's table.
- * aegis_cfg.pid is refreshed by the fork handler, so only such children see a different pid. */
-static int shares_parent_memory(void) { return getpid() != aegis_cfg.pid; }
 
 /* ---- events ---- */
 
@@ -187,20 +78,10 @@ static void emit_conn(const char *event, int fd, const struct cold *c, uint64_t 
     aegis_emit(&b);
 }
 
-/* A consistent copy of the cold half, or 0 if the slot was reused meanwhile. */
-static int cold_snapshot(struct hot *h, const struct cold *c, struct cold *out)
-{
-    uint32_t g1 = atomic_load_explicit(&h->gen, memory_order_acquire);
-    if (g1 & 1) return 0;
-    memcpy(out, c, sizeof *out);
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit(&h->gen, memory_order_relaxed) == g1;
-}
-
-static void emit_totals(int fd, struct hot *h, struct cold *c)
+void aegis_net_totals(int fd, struct hot *h, struct cold *c)
 {
     struct cold snap;
-    if (!cold_snapshot(h, c, &snap)) return;
+    if (!aegis_fd_snapshot(h, c, &snap)) return;
     uint64_t sent = atomic_load(&h->sent), recv = atomic_load(&h->recv);
     if (sent == snap.rep_sent && recv == snap.rep_recv) return;
     c->rep_sent = sent;
@@ -208,17 +89,13 @@ static void emit_totals(int fd, struct hot *h, struct cold *c)
     emit_conn("totals", fd, &snap, sent, recv, 1, NULL);
 }
 
-/* Releases the slot and writes its close event. */
-static void release(int fd, struct hot *h, struct cold *c, const char *reason)
+void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason)
 {
-    uint32_t st = atomic_exchange(&h->state, S_FREE);
-    if (st == S_FREE) return;
-    uint64_t sent = atomic_exchange(&h->sent, 0), recv = atomic_exchange(&h->recv, 0);
-    struct cold snap;
-    int ok = cold_snapshot(h, c, &snap);
-    if ((unsigned)fd >= FD_TABLE) ovf_release(fd);
+    struct fd_final f;
+    if (!aegis_fd_free(fd, h, c, &f)) return;
     /* A socket inherited across fork that this process never used is the parent's to report. */
-    if (ok && (!(st & S_INHERITED) || sent || recv)) emit_conn("close", fd, &snap, sent, recv, 1, reason);
+    if (f.consistent && (!(f.state & S_INHERITED) || f.sent || f.recv))
+        emit_conn("close", fd, &f.snap, f.sent, f.recv, 1, reason);
 }
 
 /* ---- tracking ---- */
@@ -270,13 +147,10 @@ static int describe(int fd, const struct sockaddr *sa, socklen_t len, struct pee
     return 1;
 }
 
-static inline int tracked(int fd);
-
-/* Puts `src` (with fresh counters) into fd's slot and marks it `kind`. */
-static struct hot *install(int fd, const struct cold *src, uint32_t kind)
+struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind)
 {
     struct cold *c;
-    struct hot *h = (unsigned)fd < FD_TABLE ? slot_find(fd, &c) : ovf_insert(fd, &c);
+    struct hot *h = aegis_fd_claim(fd, &c);
     if (!h) {
         if (!atomic_exchange(&ovf_full_noted, 1)) {
             char line[512];
@@ -287,19 +161,8 @@ static struct hot *install(int fd, const struct cold *src, uint32_t kind)
         }
         return NULL;
     }
-    if (atomic_load(&h->state) != S_FREE) release(fd, h, c, "replaced"); /* its close went past us */
-    atomic_fetch_add_explicit(&h->gen, 1, memory_order_acq_rel);
-    memcpy(c, src, sizeof *c);
-    c->start_mono = aegis_mono();
-    c->rep_sent = c->rep_recv = 0;
-    atomic_store(&h->sent, 0);
-    atomic_store(&h->recv, 0);
-    atomic_store(&h->next_report, coarse_ms() + aegis_cfg.interval * 1000u);
-    atomic_fetch_add_explicit(&h->gen, 1, memory_order_release);
-    atomic_store_explicit(&h->state, kind, memory_order_release);
-    int m = atomic_load(&max_fd);
-    while (fd > m && fd < FD_TABLE && !atomic_compare_exchange_weak(&max_fd, &m, fd)) {
-    }
+    if (atomic_load(&h->state) != S_FREE) aegis_net_release(fd, h, c, "replaced"); /* its close went past us */
+    aegis_fd_fill(fd, h, c, src, kind, coarse_ms() + aegis_cfg.interval * 1000u);
     return h;
 }
 
@@ -317,35 +180,16 @@ static void track(int fd, const struct peer *p, const struct sockaddr *sa, int r
     c.dup_of = -1;
     memcpy(c.addr, p->addr, sizeof c.addr);
     if (p->family != AF_UNIX) aegis_dns_lookup(sa, c.host, sizeof c.host);
-    install(fd, &c, kind);
-}
-
-/* dup/dup2/dup3/F_DUPFD of a tracked socket: the new fd carries the same connection (git
- * reads on one and writes on a dup). It gets no connect event of its own; its totals and close
- * events carry what went through it, so the reader adds bytes without counting a connection. */
-static void on_dup(int oldfd, int newfd)
-{
-    if (newfd < 0 || oldfd == newfd || !aegis_cfg.netmon || aegis_busy || !tracked(oldfd)) return;
-    if (shares_parent_memory()) return;
-    int saved = errno;
-    struct cold *oc;
-    struct hot *oh = slot_find(oldfd, &oc);
-    struct cold snap;
-    uint32_t st = oh ? atomic_load(&oh->state) : S_FREE;
-    if (st != S_FREE && cold_snapshot(oh, oc, &snap)) {
-        if (snap.dup_of < 0) snap.dup_of = oldfd;
-        install(newfd, &snap, st);
-    }
-    errno = saved;
+    aegis_net_install(fd, &c, kind);
 }
 
 static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err)
 {
     struct cold *c;
-    struct hot *h = slot_find(fd, &c);
+    struct hot *h = aegis_fd_slot(fd, &c);
     uint32_t st = h ? atomic_load(&h->state) : S_FREE;
     if (sa && sa->sa_family == AF_UNSPEC) { /* dissolves a UDP association */
-        if (st != S_FREE && err == 0) release(fd, h, c, NULL);
+        if (st != S_FREE && err == 0) aegis_net_release(fd, h, c, NULL);
         return;
     }
     struct peer p;
@@ -372,7 +216,7 @@ static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err
     emit_conn("connect", fd, &ev, 0, 0, 0, NULL);
     if (err == 0) track(fd, &p, sa, 0, 0, S_OPEN);
     else if (err == EINPROGRESS || err == EINTR || err == EAGAIN) track(fd, &p, sa, err, 0, S_PENDING);
-    else if (st != S_FREE) release(fd, h, c, "replaced");
+    else if (st != S_FREE) aegis_net_release(fd, h, c, "replaced");
 }
 
 static void on_accept(int fd)
@@ -384,9 +228,9 @@ static void on_accept(int fd)
     if (!describe(fd, (struct sockaddr *)&ss, len, &p)) return;
     track(fd, &p, (struct sockaddr *)&ss, 0, 1, S_OPEN);
     struct cold *c;
-    struct hot *h = slot_find(fd, &c);
+    struct hot *h = aegis_fd_slot(fd, &c);
     struct cold snap;
-    if (h && cold_snapshot(h, c, &snap)) emit_conn("accept", fd, &snap, 0, 0, 0, NULL);
+    if (h && aegis_fd_snapshot(h, c, &snap)) emit_conn("accept", fd, &snap, 0, 0, 0, NULL);
 }
 
 /* The hot path: count bytes on a tracked socket; everything else costs one load. */
@@ -395,8 +239,8 @@ static void account_slow(int fd, struct hot *h, size_t n, int incoming)
     uint32_t st = atomic_load_explicit(&h->state, memory_order_acquire);
     if (st == S_FREE) return;
     atomic_fetch_add_explicit(incoming ? &h->recv : &h->sent, n, memory_order_relaxed);
-    struct cold *c = (unsigned)fd < FD_TABLE ? &cold_tab[fd] : NULL;
-    if (!c) slot_find(fd, &c);
+    struct cold *c = (unsigned)fd < FD_TABLE ? &aegis_fd_cold[fd] : NULL;
+    if (!c) aegis_fd_slot(fd, &c);
     if (UNLIKELY((st & S_KIND) == S_PENDING)) { /* data moved: the connect completed */
         if (atomic_compare_exchange_strong(&h->state, &st, S_OPEN | (st & S_INHERITED))) c->result = 0;
     }
@@ -404,7 +248,7 @@ static void account_slow(int fd, struct hot *h, size_t n, int incoming)
     if (UNLIKELY((int32_t)(now - due) >= 0) &&
         atomic_compare_exchange_strong(&h->next_report, &due, now + aegis_cfg.interval * 1000u)) {
         int saved = errno;
-        emit_totals(fd, h, c);
+        aegis_net_totals(fd, h, c);
         errno = saved;
     }
 }
@@ -414,104 +258,16 @@ static inline void account(int fd, ssize_t n, int incoming)
     if (n <= 0) return;
     struct hot *h;
     if (LIKELY((unsigned)fd < FD_TABLE)) {
-        h = &hot_tab[fd];
+        h = &aegis_fd_hot[fd];
         if (LIKELY(atomic_load_explicit(&h->state, memory_order_relaxed) == S_FREE)) return;
     } else {
-        h = ovf_find(fd, NULL);
+        h = aegis_fd_ovf_find(fd, NULL);
         if (!h) return;
     }
     account_slow(fd, h, (size_t)n, incoming);
 }
 
-static inline int tracked(int fd)
-{
-    if (LIKELY((unsigned)fd < FD_TABLE))
-        return atomic_load_explicit(&hot_tab[fd].state, memory_order_relaxed) != S_FREE;
-    return fd >= 0 && ovf_find(fd, NULL) != NULL;
-}
-
-void aegis_net_closing(int fd)
-{
-    if (!tracked(fd) || shares_parent_memory()) return;
-    int saved = errno;
-    struct cold *c;
-    struct hot *h = slot_find(fd, &c);
-    if (h) release(fd, h, c, NULL);
-    errno = saved;
-}
-
-static void closing_range(unsigned first, unsigned last)
-{
-    if (shares_parent_memory()) return;
-    int m = atomic_load(&max_fd);
-    for (unsigned fd = first; fd <= last && (int)fd <= m; fd++) aegis_net_closing((int)fd);
-    if (last >= FD_TABLE && atomic_load(&ovf_used))
-        for (unsigned i = 0; i < OVF_SIZE; i++) {
-            int key = atomic_load(&ovf[i].key);
-            if (key > 0 && (unsigned)key >= first && (unsigned)key <= last) aegis_net_closing(key);
-        }
-}
-
-static void flush_one(int fd, int at_exec)
-{
-    struct cold *c;
-    struct hot *h = slot_find(fd, &c);
-    if (!h) return;
-    uint32_t st = atomic_load(&h->state);
-    if (st == S_FREE) return;
-    if (at_exec) {
-        int flags = true_fcntl ? true_fcntl(fd, F_GETFD) : -1;
-        if (flags >= 0 && !(flags & FD_CLOEXEC)) { /* survives the exec, unseen by the new image */
-            if (!(st & S_INHERITED)) emit_totals(fd, h, c);
-            return;
-        }
-        release(fd, h, c, "exec");
-    } else {
-        release(fd, h, c, "exit");
-    }
-}
-
-void aegis_net_flush_all(int at_exec)
-{
-    if (!aegis_cfg.netmon) return;
-    int saved = errno;
-    aegis_busy++;
-    int m = atomic_load(&max_fd);
-    for (int fd = 0; fd <= m; fd++)
-        if (atomic_load_explicit(&hot_tab[fd].state, memory_order_relaxed) != S_FREE) flush_one(fd, at_exec);
-    if (atomic_load(&ovf_used))
-        for (unsigned i = 0; i < OVF_SIZE; i++) {
-            int key = atomic_load(&ovf[i].key);
-            if (key > 0) flush_one(key, at_exec);
-        }
-    aegis_busy--;
-    errno = saved;
-}
-
-/* In the fork child every tracked socket is shared with the parent: the parent reports what it
- * did; the child reports only what it does itself. */
-static void inherit(struct hot *h, struct cold *c)
-{
-    uint32_t st = atomic_load(&h->state);
-    if (st == S_FREE) return;
-    atomic_store(&h->state, st | S_INHERITED);
-    atomic_store(&h->sent, 0);
-    atomic_store(&h->recv, 0);
-    c->rep_sent = c->rep_recv = 0;
-    c->start_mono = aegis_mono();
-}
-
-void aegis_net_atfork_child(void)
-{
-    int m = atomic_load(&max_fd);
-    for (int fd = 0; fd <= m; fd++) inherit(&hot_tab[fd], &cold_tab[fd]);
-    if (atomic_load(&ovf_used))
-        for (unsigned i = 0; i < OVF_SIZE; i++)
-            if (atomic_load(&ovf[i].key) > 0) inherit(&ovf[i].h, &ovf[i].c);
-}
-
 /* ---- the hooks ---- */
-
 
 AEGIS_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
@@ -557,9 +313,9 @@ AEGIS_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *l
     int r = true_getsockopt(fd, level, name, val, len);
     /* The result of a non-blocking connect arrives here (SO_ERROR after poll). */
     if (r == 0 && level == SOL_SOCKET && name == SO_ERROR && val && len && *len >= sizeof(int) &&
-        tracked(fd)) {
+        aegis_fd_tracked(fd)) {
         struct cold *c;
-        struct hot *h = slot_find(fd, &c);
+        struct hot *h = aegis_fd_slot(fd, &c);
         uint32_t st = h ? atomic_load(&h->state) : S_FREE;
         if ((st & S_KIND) == S_PENDING) {
             int err = *(int *)val;
@@ -572,101 +328,6 @@ AEGIS_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *l
         }
     }
     return r;
-}
-
-AEGIS_EXPORT int close(int fd)
-{
-    REAL_OR_ENOSYS(close);
-    if (UNLIKELY(tracked(fd)) && !aegis_busy) aegis_net_closing(fd);
-    return true_close(fd);
-}
-
-AEGIS_EXPORT int dup(int oldfd)
-{
-    REAL_OR_ENOSYS(dup);
-    int r = true_dup(oldfd);
-    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
-    return r;
-}
-
-AEGIS_EXPORT int dup2(int oldfd, int newfd)
-{
-    REAL_OR_ENOSYS(dup2);
-    if (oldfd != newfd && tracked(newfd) && !aegis_busy) aegis_net_closing(newfd);
-    int r = true_dup2(oldfd, newfd);
-    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
-    return r;
-}
-
-AEGIS_EXPORT int dup3(int oldfd, int newfd, int flags)
-{
-    REAL_OR_ENOSYS(dup3);
-    if (oldfd != newfd && tracked(newfd) && !aegis_busy) aegis_net_closing(newfd);
-    int r = true_dup3(oldfd, newfd, flags);
-    if (UNLIKELY(r >= 0 && tracked(oldfd))) on_dup(oldfd, r);
-    return r;
-}
-
-/* fcntl's third argument is an int or a pointer: passed on as a word, as the ABI does. */
-#define FCNTL_HOOK(name)                                                                           \
-    AEGIS_EXPORT int name(int fd, int cmd, ...)                                                    \
-    {                                                                                              \
-        va_list ap;                                                                                \
-        va_start(ap, cmd);                                                                         \
-        void *arg = va_arg(ap, void *);                                                            \
-        va_end(ap);                                                                                \
-        REAL_OR_ENOSYS(name);                                                                      \
-        int r = true_##name(fd, cmd, arg);                                                         \
-        if (UNLIKELY((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && r >= 0 && tracked(fd)))         \
-            on_dup(fd, r);                                                                         \
-        return r;                                                                                  \
-    }
-
-FCNTL_HOOK(fcntl)
-FCNTL_HOOK(fcntl64)
-
-AEGIS_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
-{
-    REAL_OR_ENOSYS(close_range);
-    if (!(flags & CLOSE_RANGE_CLOEXEC) && aegis_cfg.netmon && !aegis_busy) {
-        int saved = errno;
-        closing_range(first, last);
-        errno = saved;
-    }
-    return true_close_range(first, last, flags);
-}
-
-AEGIS_EXPORT void closefrom(int lowfd)
-{
-    ENSURE_INIT();
-    if (aegis_cfg.netmon && !aegis_busy && lowfd >= 0) {
-        int saved = errno;
-        closing_range((unsigned)lowfd, ~0u);
-        errno = saved;
-    }
-    if (true_closefrom) true_closefrom(lowfd);
-}
-
-/* libuv closes with syscall(SYS_close, fd) to avoid the cancellation point. */
-AEGIS_EXPORT long syscall(long number, ...)
-{
-    va_list ap;
-    va_start(ap, number);
-    long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
-    long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
-    va_end(ap);
-    REAL_OR_ENOSYS(syscall);
-    if (aegis_cfg.netmon && !aegis_busy) {
-        if (number == SYS_close && tracked((int)a1)) aegis_net_closing((int)a1);
-#ifdef SYS_close_range
-        else if (number == SYS_close_range && !((int)a3 & CLOSE_RANGE_CLOEXEC)) {
-            int saved = errno;
-            closing_range((unsigned)a1, (unsigned)a2);
-            errno = saved;
-        }
-#endif
-    }
-    return true_syscall(number, a1, a2, a3, a4, a5, a6);
 }
 
 #define IO_HOOK(ret, name, incoming, params, args)                                                 \
@@ -734,7 +395,7 @@ AEGIS_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int fl
 {
     REAL_OR_ENOSYS(sendmmsg);
     int r = true_sendmmsg(fd, vec, vlen, flags);
-    if (r > 0 && tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 0);
+    if (r > 0 && aegis_fd_tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 0);
     return r;
 }
 
@@ -742,6 +403,6 @@ AEGIS_EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int fl
 {
     REAL_OR_ENOSYS(recvmmsg);
     int r = true_recvmmsg(fd, vec, vlen, flags, t);
-    if (r > 0 && !(flags & MSG_PEEK) && tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 1);
+    if (r > 0 && !(flags & MSG_PEEK) && aegis_fd_tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 1);
     return r;
 }
