@@ -28,7 +28,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_mcp import __version__, agentenv, procs
 from aegis_mcp.errors import AegisError
@@ -71,6 +71,9 @@ from aegis_mcp.supervise.ptyrelay import PtyRelay
 from aegis_mcp.supervise.terminal import Terminal
 from aegis_mcp.supervise.watch import FileWatch
 from aegis_mcp.supervise.watchdog import Watchdog
+
+if TYPE_CHECKING:  # imported when netns mode is on: it pulls in pyroute2
+    from aegis_mcp.netns.namespace import Namespace
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
@@ -145,7 +148,8 @@ class Supervisor:
     started_at: float = field(default_factory=time.time)
     netmon_mode: str | None = None
     netmon_log: Path | None = None
-    namespace: Any = None
+    namespace: Namespace | None = None
+    """The agent's network namespace (--netmon=netns); made in main, before the first start."""
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
@@ -635,7 +639,7 @@ class Supervisor:
             "history_file": str(path) if (path := self._history_file()) else None,
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
-            "netns": getattr(self.namespace, "name", None),
+            "netns": self.namespace.name if self.namespace else None,
             # host loopback services reachable from inside the namespace, at the same address
             "netns_forwards": self.namespace.state.forwards if self.namespace else [],
             # whether the agent may reach the host's own services (--netns-host-access)
@@ -649,7 +653,7 @@ class Supervisor:
     def _helper_pids(self) -> tuple[int, ...]:
         """The supervisor's own children that are not the agent's (capture, watchdog, the
         warm MCP server)."""
-        return (*getattr(self.namespace, "helper_pids", ()),
+        return (*(self.namespace.helper_pids if self.namespace else ()),
                 *((self.warm.proc.pid,) if self.warm and self.warm.alive else ()),
                 *(self.watchdog.pids if self.watchdog else ()))
 
