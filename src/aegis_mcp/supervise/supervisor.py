@@ -244,9 +244,9 @@ class Supervisor:
             env["AEGIS_NETMON_MODE"] = server_env["AEGIS_NETMON_MODE"] = str(self.netmon_mode)
         return env, server_env
 
-    def _env(self) -> dict[str, str]:
-        """The environment of one start of the agent. Not a getter: it counts the start and
-        writes that start's MCP overlays (the last start's go)."""
+    def _prepare_start(self) -> dict[str, str]:
+        """Make ready one start of the agent: count it, write its MCP overlays (the last
+        start's go) and return its environment."""
         env, server_env = self._agent_env()
         self.agent_start += 1
         env["AEGIS_AGENT_START"] = server_env["AEGIS_AGENT_START"] = str(self.agent_start)
@@ -288,7 +288,7 @@ class Supervisor:
 
     def _spawn(self, resume: bool, prompt: str | None) -> None:
         self._start_warm()
-        env = self._env()
+        env = self._prepare_start()
         user_args = self.opts.agent_args
         sid = None if agentargs.is_subcommand(self.profile, user_args) else \
             self._session_for(resume)
