@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -93,25 +92,6 @@ class WarmServer:
 # -- the server process ---------------------------------------------------------------------
 
 
-def _bind(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket of a dead supervisor with our pid
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    return sock
-
-
-def _peer_pid(sock: socket.socket) -> tuple[int, int]:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return pid, uid
-
-
 class _Lines:
     """The relay's side of the connection as the SDK's stdio transport reads a file: lines."""
 
@@ -151,10 +131,11 @@ async def _session(server: MCPServer, stream: SocketStream) -> None:
     from mcp.server.stdio import stdio_server
 
     from aegis_mcp.mcp import server as mcp_server
+    from aegis_mcp.supervise.control import peer_creds
 
     async with stream:
         raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        pid, uid = _peer_pid(raw)
+        pid, uid, _gid = peer_creds(raw)
         if uid != os.getuid():
             return
         reader = BufferedByteReceiveStream(stream)
@@ -201,7 +182,10 @@ def main(argv: list[str]) -> int:
         return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path = argv[0]
-    sock = _bind(path)
+    from aegis_mcp.supervise.control import bind_socket
+
+    (fd,) = bind_socket(path, "the warm MCP server's socket", backlog=64)
+    sock = socket.socket(fileno=fd)
     bound = os.stat(path).st_ino
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:

@@ -32,13 +32,18 @@ def socket_path(runtime: Path, pid: int) -> Path:
     return runtime_file(runtime, "control", pid)
 
 
-def peer_uid(conn: socket.socket) -> int:
+def peer_creds(conn: socket.socket) -> tuple[int, int, int]:
+    """The (pid, uid, gid) of the process at the other end, as the kernel saw it connect."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
 
 
-def bind_socket(path: str) -> list[int]:
+def peer_uid(conn: socket.socket) -> int:
+    return peer_creds(conn)[1]
+
+
+def bind_socket(path: str, what: str = "the control socket", backlog: int = 16) -> list[int]:
     """The listening socket at `path`, made 0600 (no window where others could connect);
     run with the identity of the directory's owner (privileges.fds_as_user)."""
     with contextlib.suppress(FileNotFoundError):
@@ -47,13 +52,13 @@ def bind_socket(path: str) -> list[int]:
     old = os.umask(0o177)
     try:
         sock.bind(path)
-        sock.listen(16)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         hint = " (a Unix socket path must be under 108 bytes: set a shorter " \
             "AEGIS_RUNTIME_DIR)" if len(path) >= 100 else ""
         why = exc.strerror or str(exc)
-        raise AegisError(f"cannot create the control socket {path}: {why}{hint}") from None
+        raise AegisError(f"cannot create {what} {path}: {why}{hint}") from None
     finally:
         os.umask(old)
     return [sock.detach()]
