@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aegis_mcp.launch import python_command
+from aegis_mcp.mcp.name import SERVER_NAME
 
 DEFAULT_READY_TIMEOUT = 30.0
 GRACE_KEY = "mcp_optional_startup_grace_ms"
@@ -110,8 +111,6 @@ def effective_config(config_text: str | None, user_args: list[str]) -> dict[str,
 
 def stdio_servers(config: dict[str, Any]) -> list[StdioServer]:
     """The enabled stdio servers of an effective config (not ours, not URL servers)."""
-    from aegis_mcp.mcp.injection import SERVER_NAME
-
     servers = config.get("mcp_servers")
     found = []
     for name, entry in (servers.items() if isinstance(servers, dict) else ()):

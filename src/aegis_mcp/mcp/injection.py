@@ -23,11 +23,10 @@ from pathlib import Path
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
+from aegis_mcp.mcp.name import SERVER_NAME
 from aegis_mcp.paths import hooks_library, runtime_file
 from aegis_mcp.privileges import User, as_user
 from aegis_mcp.profiles.profile import AgentProfile
-
-SERVER_NAME = "aegis-mcp"
 
 CODEX_STARTUP_TIMEOUT_SECS = 60
 """How long Codex waits for our server's `initialize` answer before it gives up starting: its

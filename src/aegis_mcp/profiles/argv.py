@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aegis_mcp.mcp.injection import SERVER_NAME
+from aegis_mcp.mcp.name import SERVER_NAME
 from aegis_mcp.profiles.profile import AgentProfile
 
 
