@@ -9,6 +9,7 @@ and a runner only runs an agent whose claim it holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -251,14 +252,9 @@ def kill_orphaned_agent(agent_pid: int | None, env_json: str) -> None:
     if not agent_pid:
         return
     agent_id = json.loads(env_json).get("AEGIS_AGENT_ID", "")
-    marker = f"AEGIS_AGENT_ID={agent_id}".encode()
+    if not agent_id:
+        return
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker not in f.read().split(b"\0"):
-                    continue
-            os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
+        if entry.isdigit() and procs.environ_of(int(entry)).get("AEGIS_AGENT_ID") == agent_id:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
