@@ -86,6 +86,27 @@ def test_summary_of_known_traffic(tmp_path: Path) -> None:
     assert s["log_files"] == [str(log)]
 
 
+def test_summary_file_keeps_target_rows_as_lists(tmp_path: Path) -> None:
+    """Target rows are records in memory, but the summary file keeps its format: a summary
+    written by an earlier version is read on, not rebuilt from the whole log."""
+    log = tmp_path / "log.jsonl"
+    write(log, ev("connect", fd=5, host="api.example.com"), ev("close", fd=5, sent=1, recv=2))
+    netsummary.status(log)
+    saved = json.loads(netsummary.summary_path(log).read_text())
+    assert saved["targets"] == {"api.example.com:443": [1, 1, 2, "api.example.com", "10.0.0.1",
+                                                        443]}
+    write(log, ev("connect", fd=6, host="api.example.com"))
+    s = netsummary.status(log)
+    assert s["top_by_bytes"][0]["connections"] == 2 and s["top_by_bytes"][0]["recv"] == 2
+
+
+def test_empty_status_has_every_key_of_a_status(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    write(log, ev("connect", fd=5))
+    empty = netsummary.empty_status(log)
+    assert set(empty) - {"note"} == set(netsummary.status(log)) and empty["note"]
+
+
 def test_summary_is_incremental(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     write(log, ev("connect", fd=5), ev("close", fd=5, sent=1, recv=2))

@@ -14,9 +14,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_mcp.display import plain, text
+
+if TYPE_CHECKING:
+    from aegis_mcp.netmon.summary import NetmonStatus
 
 POLL = 0.5
 
@@ -76,7 +79,7 @@ def _event_words(ev: dict[str, Any]) -> str:
     return f"{head} {json.dumps(ev)}"
 
 
-def _render(status: dict[str, Any], events: list[dict[str, Any]]) -> Any:
+def _render(status: NetmonStatus, events: list[dict[str, Any]]) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -99,9 +102,8 @@ def _render(status: dict[str, Any], events: list[dict[str, Any]]) -> Any:
         for col in ("target", "process", "since", "sent", "recv"):
             opened.add_column(col)
         for c in status["open"][-15:]:
-            opened.add_row(text(c.get("target")), text(f"{c.get('exe')}[{c.get('pid')}]"),
-                           _clock(c.get("ts")), _size(c.get("sent") or 0),
-                           _size(c.get("recv") or 0))
+            opened.add_row(text(c["target"]), text(f"{c['exe']}[{c['pid']}]"),
+                           _clock(c["ts"]), _size(c["sent"]), _size(c["recv"]))
         parts.append(opened)
     for gap in status["recent_gaps"][-3:]:
         parts.append(text(f"gap: {gap.get('target') or ''} {gap.get('reason')}", style="yellow"))
@@ -159,17 +161,14 @@ class _Follower:
         return events
 
 
-def _status_or_empty(log: Path) -> dict[str, Any]:
+def _status_or_empty(log: Path) -> NetmonStatus:
     from aegis_mcp.netmon.log import NoLog
-    from aegis_mcp.netmon.summary import status
+    from aegis_mcp.netmon.summary import empty_status, status
 
     try:
         return status(log)
     except NoLog:
-        return {"log_path": str(log), "connections": 0, "failed_connections": 0, "accepted": 0,
-                "unique_addresses": 0, "bytes_sent": 0, "bytes_received": 0,
-                "open_connections": 0, "gaps": 0, "top_by_bytes": [], "open": [],
-                "recent_gaps": [], "events": 0}
+        return empty_status(log)
 
 
 def run(args: argparse.Namespace) -> int:

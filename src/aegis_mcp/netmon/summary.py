@@ -13,11 +13,9 @@ import contextlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from aegis_mcp import procs
-from aegis_mcp.netmon.log import NoLog, rotated_path
+from typing import Annotated, Any, NotRequired, TypedDict
 
 SUMMARY_VERSION = 1
 MAX_TARGETS = 5000
@@ -26,6 +24,87 @@ MAX_NAMES = 10_000
 TOP = 10
 _CHUNK = 8 << 20
 _OK_CONNECT = {"ok", "EINPROGRESS", "EINTR", "EAGAIN", None}
+
+
+@dataclass(slots=True)
+class TargetRow:
+    """What was seen of one target ("host:port", or addr:port); saved as a list of its fields
+    in this order, the summary file's format."""
+
+    connections: int
+    sent: int
+    recv: int
+    host: str | None
+    addr: str | None
+    port: int | None
+
+    def to_json(self) -> list[Any]:
+        return [self.connections, self.sent, self.recv, self.host, self.addr, self.port]
+
+
+class HostStat(TypedDict):
+    host: Annotated[str, "Host name the program resolved, else the address"]
+    connections: int
+    sent: Annotated[int, "Bytes sent"]
+    recv: Annotated[int, "Bytes received"]
+
+
+class TargetStat(TypedDict):
+    target: Annotated[str, "host:port (or address:port, or a unix socket path)"]
+    host: str | None
+    addr: str | None
+    port: int | None
+    connections: int
+    sent: int
+    recv: int
+
+
+class OpenConnection(TypedDict):
+    target: str | None
+    addr: str | None
+    port: int | None
+    host: str | None
+    pid: Annotated[int | None, "Process that holds it (null in netns mode)"]
+    exe: str | None
+    direction: Annotated[str, "out (connect) or in (accept)"]
+    ts: Annotated[float | None, "When it was opened (unix seconds)"]
+    sent: Annotated[int, "Bytes sent as of its last totals event"]
+    recv: int
+    result: str | None  # the connect's result (EINPROGRESS: still being connected)
+    key: str  # the summary's key of the connection (pid and fd, or its addresses)
+
+
+class NetmonStatus(TypedDict):
+    """What `status` says of a log: `netmon_status` returns it (netmon/tools.py builds its
+    output model from this declaration), `aegis-mcp netmon` prints it. The string in a field's
+    Annotated is its description, the one place MCP clients read it from."""
+
+    log_path: str
+    log_files: Annotated[list[str], "The log and its rotated predecessor, if any"]
+    log_bytes: int
+    events: int
+    connections: Annotated[int, "Outgoing connections made (not refused)"]
+    accepted: Annotated[int, "Incoming connections accepted"]
+    failed_connections: Annotated[int, "Connects that failed (refused, unreachable...)"]
+    unique_addresses: int
+    unique_addresses_capped: bool  # more than MAX_ADDRESSES: unique_addresses is a floor
+    bytes_sent: int
+    bytes_received: int
+    dns_lookups: int
+    top_hosts: Annotated[list[HostStat], "Top targets by host name (connections)"]
+    top_by_bytes: Annotated[list[TargetStat], "Top targets by bytes sent + received"]
+    open_connections: Annotated[int, "Connections still open in live processes"]
+    open: Annotated[list[OpenConnection], "Up to 50 of them, oldest first"]
+    ended_without_close: Annotated[int, "Connections whose process ended without a close being "
+                                   "recorded"]
+    gaps: Annotated[int, "Things monitoring could not see (e.g. a child started without "
+                    "LD_PRELOAD, a static binary)"]
+    recent_gaps: list[dict[str, Any]]
+    events_lost_to_rotation: bool
+    first_event: float | None
+    last_event: float | None
+    bad_lines: int
+    note: NotRequired[str]  # only when there is nothing to count (`empty_status`)
 
 
 def summary_path(log: Path) -> Path:
@@ -62,8 +141,7 @@ class Summary:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
         self.lost = False
-        # target "host:port" (or addr:port) -> [connections, sent, recv, host, addr, port]
-        self.targets: dict[str, list[Any]] = {}
+        self.targets: dict[str, TargetRow] = {}  # by target "host:port" (or addr:port)
         self.addresses: dict[str, int] = {}
         self.addresses_capped = False
         self.names: dict[str, str] = {}  # address -> host, from dns events
@@ -73,7 +151,8 @@ class Summary:
 
     # -- persistence --
     def to_json(self) -> dict[str, Any]:
-        return {"version": SUMMARY_VERSION, **self.__dict__}
+        return {"version": SUMMARY_VERSION, **self.__dict__,
+                "targets": {key: row.to_json() for key, row in self.targets.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
@@ -83,10 +162,12 @@ class Summary:
         for key, value in data.items():
             if key != "version" and hasattr(s, key):
                 setattr(s, key, value)
+        # A list of the wrong length is a TypeError: the caller starts a fresh summary.
+        s.targets = {key: TargetRow(*row) for key, row in s.targets.items()}
         return s
 
     # -- events --
-    def _target_row(self, ev: dict[str, Any]) -> list[Any]:
+    def _target_row(self, ev: dict[str, Any]) -> TargetRow:
         addr, port = ev.get("addr"), ev.get("port")
         host = ev.get("host") or self.names.get(str(addr))
         key = _target(host or addr, port)
@@ -94,9 +175,9 @@ class Summary:
         if row is None:
             if len(self.targets) >= MAX_TARGETS:
                 key = "(other)"
-                row = self.targets.setdefault(key, [0, 0, 0, None, None, None])
+                row = self.targets.setdefault(key, TargetRow(0, 0, 0, None, None, None))
             else:
-                row = self.targets[key] = [0, 0, 0, host, addr, port]
+                row = self.targets[key] = TargetRow(0, 0, 0, host, addr, port)
         return row
 
     def _count(self, key: str, ev: dict[str, Any]) -> None:
@@ -111,8 +192,8 @@ class Summary:
         row = self.targets.get(conn["target"]) if conn["target"] else None
         if row is None:
             row = self._target_row(ev)
-        row[1] += d_sent
-        row[2] += d_recv
+        row.sent += d_sent
+        row.recv += d_recv
         conn["sent"], conn["recv"] = max(sent, conn["sent"]), max(recv, conn["recv"])
 
     def add(self, ev: dict[str, Any]) -> None:
@@ -139,14 +220,15 @@ class Summary:
             else:
                 self.accepted += 1
             row = self._target_row(ev)
-            row[0] += 1
+            row.connections += 1
             key = _conn_key(ev)
             if key in self.open:  # the fd was reused without a close we saw
                 self.open.pop(key)
             self.open[key] = {
-                "target": _target(row[3] or row[4], row[5]) if row[4] is not None else "(other)",
+                "target": _target(row.host or row.addr, row.port) if row.addr is not None
+                else "(other)",
                 "addr": ev.get("addr"), "port": ev.get("port"),
-                "host": row[3], "pid": ev.get("pid"), "exe": ev.get("exe"),
+                "host": row.host, "pid": ev.get("pid"), "exe": ev.get("exe"),
                 "direction": "in" if kind == "accept" else "out",
                 "ts": ts, "sent": 0, "recv": 0, "result": ev.get("result"),
             }
@@ -243,6 +325,10 @@ def _save_summary(log: Path, summary: Summary) -> None:
 
 def refresh(log: Path) -> Summary:
     """The summary of `log` (and its rotated predecessor), brought up to date."""
+    # Here, not at the top: the MCP server imports this module's records, and the log's
+    # module brings process identity (ctypes) with it.
+    from aegis_mcp.netmon.log import NoLog, rotated_path
+
     log = Path(log)
     rotated = rotated_path(log)
     s = _load_summary(log)
@@ -276,11 +362,14 @@ def refresh(log: Path) -> Summary:
     return s
 
 
-def status(log: Path) -> dict[str, Any]:
+def status(log: Path) -> NetmonStatus:
     """What `netmon_status` and `aegis-mcp netmon` show, as plain data."""
+    from aegis_mcp import procs  # only here: the MCP server imports this module's records
+    from aegis_mcp.netmon.log import rotated_path
+
     log = Path(log)
     s = refresh(log)
-    open_now = []
+    open_now: list[OpenConnection] = []
     ended = 0
     for key, conn in s.open.items():
         pid = conn.get("pid")
@@ -288,23 +377,24 @@ def status(log: Path) -> dict[str, Any]:
             ended += 1  # its process ended without a close we saw (killed, or no exit hook)
             continue
         open_now.append({"key": key, **{k: v for k, v in conn.items() if k != "target"},
-                         "target": conn.get("target")})
+                         "target": conn.get("target")})  # type: ignore[typeddict-item]
     open_now.sort(key=lambda c: c.get("ts") or 0)
 
-    by_host: dict[str, list[int]] = {}
-    for key, (conns, sent, recv, host, addr, _port) in s.targets.items():
-        name = host or (str(addr) if addr is not None else key)
-        agg = by_host.setdefault(name, [0, 0, 0])
-        agg[0] += conns
-        agg[1] += sent
-        agg[2] += recv
+    by_host: dict[str, HostStat] = {}
+    for key, row in s.targets.items():
+        name = row.host or (str(row.addr) if row.addr is not None else key)
+        agg = by_host.setdefault(name, {"host": name, "connections": 0, "sent": 0, "recv": 0})
+        agg["connections"] += row.connections
+        agg["sent"] += row.sent
+        agg["recv"] += row.recv
 
-    def target_row(key: str, row: list[Any]) -> dict[str, Any]:
-        return {"target": key, "host": row[3], "addr": row[4], "port": row[5],
-                "connections": row[0], "sent": row[1], "recv": row[2]}
+    def target_stat(key: str, row: TargetRow) -> TargetStat:
+        return {"target": key, "host": row.host, "addr": row.addr, "port": row.port,
+                "connections": row.connections, "sent": row.sent, "recv": row.recv}
 
-    top_bytes = sorted(s.targets.items(), key=lambda kv: -(kv[1][1] + kv[1][2]))[:TOP]
-    top_hosts = sorted(by_host.items(), key=lambda kv: (-kv[1][0], -(kv[1][1] + kv[1][2])))[:TOP]
+    top_bytes = sorted(s.targets.items(), key=lambda kv: -(kv[1].sent + kv[1].recv))[:TOP]
+    top_hosts = sorted(by_host.values(),
+                       key=lambda h: (-h["connections"], -(h["sent"] + h["recv"])))[:TOP]
     rotated = rotated_path(log)
     files = [str(p) for p in (rotated, log) if p.exists()]
     return {
@@ -322,9 +412,8 @@ def status(log: Path) -> dict[str, Any]:
         "dns_lookups": s.dns,
         "gaps": s.gaps,
         "recent_gaps": s.recent_gaps,
-        "top_hosts": [{"host": h, "connections": a[0], "sent": a[1], "recv": a[2]}
-                      for h, a in top_hosts],
-        "top_by_bytes": [target_row(k, r) for k, r in top_bytes],
+        "top_hosts": top_hosts,
+        "top_by_bytes": [target_stat(k, r) for k, r in top_bytes],
         "open_connections": len(open_now),
         "open": open_now[-50:],
         "ended_without_close": ended,
@@ -332,4 +421,17 @@ def status(log: Path) -> dict[str, Any]:
         "last_event": s.last_ts,
         "events_lost_to_rotation": s.lost,
         "bad_lines": s.bad_lines,
+    }
+
+
+def empty_status(log: Path) -> NetmonStatus:
+    """The status of a log not written yet (monitoring is on, nothing recorded so far)."""
+    return {
+        "log_path": str(log), "log_files": [], "log_bytes": 0, "events": 0, "connections": 0,
+        "accepted": 0, "failed_connections": 0, "unique_addresses": 0,
+        "unique_addresses_capped": False, "bytes_sent": 0, "bytes_received": 0,
+        "dns_lookups": 0, "gaps": 0, "recent_gaps": [], "top_hosts": [], "top_by_bytes": [],
+        "open_connections": 0, "open": [], "ended_without_close": 0, "first_event": None,
+        "last_event": None, "events_lost_to_rotation": False, "bad_lines": 0,
+        "note": "monitoring is on but nothing has been recorded yet",
     }

@@ -1,6 +1,7 @@
 """MCP tools of network monitoring: netmon_status and netmon_log, a thin front over
-`aegis_mcp.netmon.log` and `aegis_mcp.netmon.summary` (imported when a tool runs: every
-hot-reload pays the server's cold start).
+`aegis_mcp.netmon.log` and `aegis_mcp.netmon.summary`. The output models are built from
+summary's records at the server's start; what a tool needs to run is imported when it runs
+(every hot-reload pays the server's cold start).
 
 The log is the one the supervisor gave the agent in AEGIS_NETMON_LOG; this server inherits it
 from the agent. Without it, monitoring is off and both tools say how to turn it on."""
@@ -12,6 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from aegis_mcp.netmon import summary
+from aegis_mcp.pool.tools import output_model
+
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
@@ -22,61 +26,15 @@ MONITORING_OFF = (
 MAX_COUNT = 1000
 
 
-class HostStat(BaseModel):
-    host: str = Field(description="Host name the program resolved, else the address")
-    connections: int
-    sent: int = Field(description="Bytes sent")
-    recv: int = Field(description="Bytes received")
-
-
-class TargetStat(BaseModel):
-    target: str = Field(description="host:port (or address:port, or a unix socket path)")
-    host: str | None
-    addr: str | None
-    port: int | None
-    connections: int
-    sent: int
-    recv: int
-
-
-class OpenConnection(BaseModel):
-    target: str | None
-    addr: str | None
-    port: int | None
-    host: str | None
-    pid: int | None = Field(description="Process that holds it (null in netns mode)")
-    exe: str | None
-    direction: str = Field(description="out (connect) or in (accept)")
-    ts: float | None = Field(description="When it was opened (unix seconds)")
-    sent: int = Field(description="Bytes sent as of its last totals event")
-    recv: int
-
-
-class NetmonStatus(BaseModel):
-    log_path: str
-    log_files: list[str] = Field(description="The log and its rotated predecessor, if any")
-    log_bytes: int
-    events: int
-    connections: int = Field(description="Outgoing connections made (not refused)")
-    accepted: int = Field(description="Incoming connections accepted")
-    failed_connections: int = Field(description="Connects that failed (refused, unreachable...)")
-    unique_addresses: int
-    bytes_sent: int
-    bytes_received: int
-    dns_lookups: int
-    top_hosts: list[HostStat] = Field(description="Top targets by host name (connections)")
-    top_by_bytes: list[TargetStat] = Field(description="Top targets by bytes sent + received")
-    open_connections: int = Field(description="Connections still open in live processes")
-    open: list[OpenConnection] = Field(description="Up to 50 of them, oldest first")
-    ended_without_close: int = Field(
-        description="Connections whose process ended without a close being recorded")
-    gaps: int = Field(description="Things monitoring could not see (e.g. a child started "
-                      "without LD_PRELOAD, a static binary)")
-    recent_gaps: list[dict[str, Any]]
-    events_lost_to_rotation: bool
-    first_event: float | None
-    last_event: float | None
-    note: str | None = None
+# What MCP clients see is built from the records `status` returns (netmon/summary.py). The
+# output never had the keys omitted here; publishing them is a change of the schema.
+HostStat = output_model(summary.HostStat)
+TargetStat = output_model(summary.TargetStat)
+OpenConnection = output_model(summary.OpenConnection, omit=("result", "key"))
+NetmonStatus = output_model(summary.NetmonStatus, omit=("unique_addresses_capped", "bad_lines"),
+                            nested={summary.HostStat: HostStat,
+                                    summary.TargetStat: TargetStat,
+                                    summary.OpenConnection: OpenConnection})
 
 
 class NetmonLog(BaseModel):
@@ -105,19 +63,12 @@ def register(server: MCPServer) -> None:
         from pathlib import Path
 
         from aegis_mcp.netmon.log import NoLog
-        from aegis_mcp.netmon.summary import status
 
         path = _log_path()
         try:
-            data = status(Path(path))
+            data = summary.status(Path(path))
         except NoLog:
-            return NetmonStatus(
-                log_path=path, log_files=[], log_bytes=0, events=0, connections=0, accepted=0,
-                failed_connections=0, unique_addresses=0, bytes_sent=0, bytes_received=0,
-                dns_lookups=0, top_hosts=[], top_by_bytes=[], open_connections=0, open=[],
-                ended_without_close=0, gaps=0, recent_gaps=[], events_lost_to_rotation=False,
-                first_event=None, last_event=None,
-                note="monitoring is on but nothing has been recorded yet")
+            data = summary.empty_status(Path(path))
         return NetmonStatus.model_validate(data)
 
     @server.tool()

@@ -7,10 +7,14 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_mcp.display import lines, plain, text
 from aegis_mcp.errors import AegisError
+
+if TYPE_CHECKING:
+    from aegis_mcp.pool.pool import Pool
+    from aegis_mcp.pool.store import AgentStatus, AwaitResult
 
 DESCRIPTION = """\
 Background agents: each runs an agent CLI headless (claude -p, aider --message, codex exec,
@@ -148,7 +152,7 @@ def _duration(text: str) -> float:
     return value
 
 
-def _prune(pool: Any, args: argparse.Namespace) -> int:
+def _prune(pool: Pool, args: argparse.Namespace) -> int:
     result = pool.prune(args.older_than, worktrees=args.worktrees)
     if args.json:
         _print_json(result)
@@ -183,11 +187,11 @@ _STATE_STYLE = {"queued": "yellow", "starting": "cyan", "running": "cyan", "comp
                 "failed": "red", "stopped": "magenta", "lost": "red"}
 
 
-def _state(s: dict[str, Any]) -> Any:
+def _state(s: AgentStatus) -> Any:
     return text(s["state"], style=_STATE_STYLE.get(s["state"], ""))
 
 
-def _spawn(pool: Any, args: argparse.Namespace) -> int:
+def _spawn(pool: Pool, args: argparse.Namespace) -> int:
     status = pool.spawn(" ".join(args.task), args.agent_type, args.working_directory,
                         args.max_iterations, args.isolation, args.timeout_secs)
     if args.wait:
@@ -205,7 +209,7 @@ def _spawn(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(pool: Any, args: argparse.Namespace) -> int:
+def _list(pool: Pool, args: argparse.Namespace) -> int:
     agents = pool.list(args.active, args.limit)
     if args.json:
         _print_json(agents)
@@ -235,7 +239,7 @@ def _list(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _status_table(s: dict[str, Any]) -> None:
+def _status_table(s: AgentStatus) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
@@ -255,7 +259,7 @@ def _status_table(s: dict[str, Any]) -> None:
     _console().print(table)
 
 
-def _status(pool: Any, args: argparse.Namespace) -> int:
+def _status(pool: Pool, args: argparse.Namespace) -> int:
     status = pool.status(args.agent_id)
     if args.json:
         _print_json(status)
@@ -264,7 +268,7 @@ def _status(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_await(status: dict[str, Any], args: argparse.Namespace) -> int:
+def _print_await(status: AwaitResult, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
     elif status["timed_out"]:
@@ -277,11 +281,11 @@ def _print_await(status: dict[str, Any], args: argparse.Namespace) -> int:
     return 0 if status["state"] == "completed" else 1
 
 
-def _await(pool: Any, args: argparse.Namespace) -> int:
+def _await(pool: Pool, args: argparse.Namespace) -> int:
     return _print_await(pool.await_agent(args.agent_id, args.timeout_secs), args)
 
 
-def _stop(pool: Any, args: argparse.Namespace) -> int:
+def _stop(pool: Pool, args: argparse.Namespace) -> int:
     status = pool.stop(args.agent_id)
     if args.json:
         _print_json(status)
@@ -293,7 +297,7 @@ def _stop(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(pool: Any, args: argparse.Namespace) -> int:
+def _stats(pool: Pool, args: argparse.Namespace) -> int:
     stats = pool.stats()
     if args.json:
         _print_json(stats)
@@ -307,7 +311,7 @@ def _stats(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _locks(pool: Any, args: argparse.Namespace) -> int:
+def _locks(pool: Pool, args: argparse.Namespace) -> int:
     locks = pool.locks()
     if args.json:
         _print_json(locks)
@@ -325,7 +329,7 @@ def _locks(pool: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _logs(pool: Any, args: argparse.Namespace) -> int:
+def _logs(pool: Pool, args: argparse.Namespace) -> int:
     from aegis_mcp.pool.store import ENDED
     from aegis_mcp.pool.watch import Watch
 

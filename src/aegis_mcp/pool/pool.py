@@ -35,6 +35,11 @@ from aegis_mcp.pool.store import (
     RUNNING,
     STARTING,
     STOPPED,
+    AgentStatus,
+    AwaitResult,
+    FileLock,
+    PoolStats,
+    StopResult,
     iso_time,
     paths_overlap,
 )
@@ -48,7 +53,7 @@ class Pool(Scheduler):
     def spawn(self, description: str, agent_type: str = "claude",
               working_directory: str | None = None, max_iterations: int | None = None,
               isolation: str | None = None, timeout_secs: float | None = None,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
+              env: dict[str, str] | None = None) -> AgentStatus:
         """Queue a background agent and start it if a slot and its lock are free. Returns its
         status at once (state queued, starting or, rarely, already running)."""
         from aegis_mcp.profiles.profile import get_profile, load_config
@@ -116,14 +121,14 @@ class Pool(Scheduler):
         self.promote()
         return self.status(agent_id, refresh=False)
 
-    def status(self, agent_id: str, refresh: bool = True) -> dict[str, Any]:
+    def status(self, agent_id: str, refresh: bool = True) -> AgentStatus:
         """Everything known about one agent (see docs/pool.md for the fields)."""
         if refresh:
             self.refresh()
         row = self._row(agent_id)
         return self._status(row)
 
-    def list(self, active_only: bool = False, limit: int = 50) -> list[dict[str, Any]]:
+    def list(self, active_only: bool = False, limit: int = 50) -> list[AgentStatus]:
         """The most recent agents first (queued and running ones always included)."""
         if not 1 <= limit <= 10_000:
             raise AegisError(f"limit must be from 1 to 10000 (got {limit})")
@@ -137,7 +142,7 @@ class Pool(Scheduler):
             rows = sorted([*rows, *ended], key=lambda r: r["seq"])
         return [self._status(r, lines=1) for r in rows]
 
-    def await_agent(self, agent_id: str, timeout_secs: float | None = None) -> dict[str, Any]:
+    def await_agent(self, agent_id: str, timeout_secs: float | None = None) -> AwaitResult:
         """Block until the agent has ended (or `timeout_secs` passed: then `timed_out` is True
         and the agent keeps running). Wakes on the done file, not by polling the store."""
         if timeout_secs is not None and not 0 <= timeout_secs <= 7 * 86400:
@@ -168,7 +173,7 @@ class Pool(Scheduler):
             if runner is not None:
                 os.close(runner[1])
 
-    def stop(self, agent_id: str, wait_secs: float | None = None) -> dict[str, Any]:
+    def stop(self, agent_id: str, wait_secs: float | None = None) -> StopResult:
         """Stop the agent's whole process tree (SIGINT, SIGTERM, then SIGKILL, each after the
         grace time) and record it as stopped. Waits for the runner to confirm."""
         agent_id = self.resolve_id(agent_id)
@@ -193,7 +198,7 @@ class Pool(Scheduler):
         status = self.await_agent(agent_id, 2 * grace + 10 if wait_secs is None else wait_secs)
         return {**status, "stopped_now": status["state"] in ENDED}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PoolStats:
         self.refresh()
         counts = dict.fromkeys((QUEUED, STARTING, RUNNING, *ENDED), 0)
         for state, n in self.conn.execute("SELECT state, COUNT(*) FROM agents GROUP BY state"):
@@ -252,7 +257,7 @@ class Pool(Scheduler):
                             "branch": row["branch"]})
         return {"removed": removed, "kept": kept}
 
-    def locks(self) -> list[dict[str, Any]]:
+    def locks(self) -> list[FileLock]:
         """Every held lock: the locked tree, its agent, since when, and who waits for it."""
         self.refresh()
         held = self.conn.execute(

@@ -15,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, NotRequired, TypedDict
 
 from aegis_mcp.errors import AegisError
+
+if TYPE_CHECKING:  # sqlite3 waits for the first query: the MCP server imports AgentStatus
+    import sqlite3
 
 QUEUED, STARTING, RUNNING = "queued", "starting", "running"
 COMPLETED, FAILED, STOPPED, LOST = "completed", "failed", "stopped", "lost"
@@ -78,6 +80,90 @@ CREATE TABLE IF NOT EXISTS agents (
 CREATE INDEX IF NOT EXISTS agents_state ON agents(state, seq);
 """
 
+class AgentStatus(TypedDict):
+    """What the store says of one agent: the Pool API returns it, the CLI prints it, and the
+    MCP tools' output model is built from this declaration (pool/tools.py). The string in a
+    field's Annotated is its description, the one place MCP clients read it from."""
+
+    agent_id: str
+    state: Annotated[str, "queued, starting, running, completed, failed, stopped, or lost (its "
+                     "runner process died)"]
+    description: Annotated[str, "The task the agent was given"]
+    agent_type: str
+    working_directory: Annotated[str, "The directory the agent was spawned for"]
+    cwd: Annotated[str, "Where the agent runs (inside its worktree when isolated)"]
+    isolation: Annotated[str, "lock: it holds a lock on working_directory; worktree: it works "
+                         "in its own git worktree and branch"]
+    worktree_path: Annotated[str | None, "Its git worktree (merge its branch when done)"]
+    branch: Annotated[str | None, "Its git branch, for isolation=worktree"]
+    port: Annotated[int | None, "Its AEGIS_AGENT_PORT: a TCP port that was free when it "
+                    "started, for its own dev server"]
+    pid: Annotated[int | None, "The agent process while it runs"]
+    runner_pid: Annotated[int | None, "The pool runner process that owns the agent"]
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    elapsed_secs: float | None
+    iterations: Annotated[int, "Turns (assistant messages) seen so far"]
+    max_iterations: int | None
+    timeout_secs: float | None
+    exit_code: Annotated[int | None, "The agent's exit code (128+N: killed by signal N)"]
+    reason: Annotated[str | None, "Why it ended, when not a plain success"]
+    last_event: Annotated[str | None, "The last event of its stream, in one line"]
+    last_output: Annotated[list[str], "Its last output lines (events in one line each)"]
+    result: Annotated[str | None, "The agent's final answer (claude's and cursor's result "
+                      "event, codex's and gemini's last message, Aider's last reply in its chat "
+                      "history)"]
+    num_turns: int | None
+    total_cost_usd: float | None
+    session_id: Annotated[str | None, "Its conversation id (claude --resume ID)"]
+    log_path: Annotated[str, "The full output of the agent"]
+    chat_history_path: Annotated[str | None, "Its own chat transcript, for agents that keep one "
+                                 "(Aider)"]
+    queue_position: Annotated[int | None, "1 = next to start, while queued"]
+    waiting_for: Annotated[list[str], "Agents whose lock this queued agent waits for"]
+    notes: list[str]
+
+
+class AwaitResult(AgentStatus):
+    """`Pool.await_agent`: the status when the wait ended."""
+
+    timed_out: Annotated[bool, "True: the wait ended first; the agent keeps running"]
+
+
+class StopResult(AgentStatus):
+    """`Pool.stop`: the status after the stop."""
+
+    timed_out: NotRequired[bool]  # when it waited for the runner to confirm
+    stopped_now: Annotated[bool, "False when the agent had already ended"]
+
+
+class PoolStats(TypedDict):
+    """`Pool.stats`: the pool's counts."""
+
+    max_agents: Annotated[int, "Agents that may run at once; more spawns queue"]
+    active: Annotated[int, "queued + running"]
+    queued: int
+    running: Annotated[int, "running, including those starting"]
+    completed: int
+    failed: int
+    stopped: int
+    lost: int
+    total: int
+    free_slots: int
+    store: Annotated[str, "The pool's SQLite database"]
+
+
+class FileLock(TypedDict):
+    """`Pool.locks`: one held lock."""
+
+    path: Annotated[str, "The locked directory tree"]
+    agent_id: Annotated[str, "The agent holding it"]
+    kind: Annotated[str, "tree (a working directory) or worktree (its own worktree)"]
+    since: str | None
+    waiting: Annotated[list[str], "Queued agents waiting for this tree, in order"]
+
+
 def default_directory() -> Path:
     from aegis_mcp.paths import state_dir
 
@@ -115,6 +201,8 @@ class Store:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
+            import sqlite3
+
             if not self.db_path.exists():
                 with contextlib.suppress(FileExistsError):
                     os.close(os.open(self.db_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -201,9 +289,9 @@ class Store:
         """The full id of `agent_id`, which may be a unique prefix."""
         return str(self._row(agent_id)["id"])
 
-    def _status(self, row: sqlite3.Row, lines: int = 10) -> dict[str, Any]:
+    def _status(self, row: sqlite3.Row, lines: int = 10) -> AgentStatus:
         now = time.time()
-        out: dict[str, Any] = {
+        out: AgentStatus = {
             "agent_id": row["id"],
             "state": row["state"],
             "description": row["description"],

@@ -1,12 +1,25 @@
 """The pool's MCP tools: agent_spawn, agent_list, agent_status, agent_await, agent_stop,
 agent_pool_stats, agent_file_locks. A thin front over `aegis_mcp.pool.pool` (imported when a tool
-runs, not when the server starts: every hot-reload pays the server's cold start)."""
+runs, not when the server starts: every hot-reload pays the server's cold start); the output
+models are built from the records of `aegis_mcp.pool.store`, which is cheap to import."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Collection, Mapping
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from aegis_mcp.pool import store
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -14,83 +27,51 @@ if TYPE_CHECKING:
     from aegis_mcp.pool.pool import Pool
 
 
-class AgentStatus(BaseModel):
-    agent_id: str
-    state: str = Field(description="queued, starting, running, completed, failed, stopped, or "
-                       "lost (its runner process died)")
-    description: str = Field(description="The task the agent was given")
-    agent_type: str
-    working_directory: str = Field(description="The directory the agent was spawned for")
-    cwd: str = Field(description="Where the agent runs (inside its worktree when isolated)")
-    isolation: str = Field(description="lock: it holds a lock on working_directory; worktree: "
-                           "it works in its own git worktree and branch")
-    worktree_path: str | None = Field(description="Its git worktree (merge its branch when done)")
-    branch: str | None = Field(description="Its git branch, for isolation=worktree")
-    port: int | None = Field(default=None, description="Its AEGIS_AGENT_PORT: a TCP port that "
-                             "was free when it started, for its own dev server")
-    pid: int | None = Field(description="The agent process while it runs")
-    runner_pid: int | None = Field(description="The pool runner process that owns the agent")
-    created_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    elapsed_secs: float | None
-    iterations: int = Field(description="Turns (assistant messages) seen so far")
-    max_iterations: int | None
-    timeout_secs: float | None
-    exit_code: int | None = Field(description="The agent's exit code (128+N: killed by signal N)")
-    reason: str | None = Field(description="Why it ended, when not a plain success")
-    last_event: str | None = Field(description="The last event of its stream, in one line")
-    last_output: list[str] = Field(description="Its last output lines (events in one line each)")
-    result: str | None = Field(description="The agent's final answer (claude's and cursor's "
-                               "result event, codex's and gemini's last message, Aider's last "
-                               "reply in its chat history)")
-    num_turns: int | None
-    total_cost_usd: float | None
-    session_id: str | None = Field(description="Its conversation id (claude --resume ID)")
-    log_path: str = Field(description="The full output of the agent")
-    chat_history_path: str | None = Field(
-        default=None, description="Its own chat transcript, for agents that keep one (Aider)")
-    queue_position: int | None = Field(description="1 = next to start, while queued")
-    waiting_for: list[str] = Field(description="Agents whose lock this queued agent waits for")
-    notes: list[str]
+def output_model(record: type, omit: Collection[str] = (), optional: Collection[str] = (),
+                 nested: Mapping[type, type[BaseModel]] | None = None) -> type[BaseModel]:
+    """The pydantic model of a TypedDict record, for a tool's output schema: the record's
+    fields in its order, the string in a field's Annotated as its description. Keys the record
+    marks NotRequired, and `optional` ones, default to None (not required in the schema);
+    `omit` leaves keys out (the model ignores them in what it validates); `nested` swaps a
+    record inside a list for its model, so that it keeps its descriptions too."""
+    fields: dict[str, Any] = {}
+    for key, hint in get_type_hints(record, include_extras=True).items():
+        if key in omit:
+            continue
+        # Python 3.11 computes __required_keys__ before postponed annotations are evaluated,
+        # so it misses a NotRequired: the evaluated hint is the one to trust.
+        required = key in record.__required_keys__ and key not in optional
+        if get_origin(hint) is NotRequired:
+            hint, required = get_args(hint)[0], False
+        annotation, *extras = get_args(hint) if get_origin(hint) is Annotated else (hint,)
+        if get_origin(annotation) is list and nested and get_args(annotation)[0] in nested:
+            annotation = list[nested[get_args(annotation)[0]]]  # type: ignore[misc]
+        default = ... if required else None
+        if default is None:
+            annotation = annotation | None
+        descriptions = [extra for extra in extras if isinstance(extra, str)]
+        fields[key] = (annotation, Field(default, description=descriptions[0])
+                       if descriptions else default)
+    return create_model(record.__name__, **fields)
 
 
-class AwaitResult(AgentStatus):
-    timed_out: bool = Field(description="True: the wait ended first; the agent keeps running")
-
-
-class StopResult(AgentStatus):
-    stopped_now: bool = Field(description="False when the agent had already ended")
+# What MCP clients see is built from the records the Pool API returns (pool/store.py). port and
+# chat_history_path keep the default they were published with: not required in the schema.
+AgentStatus = output_model(store.AgentStatus, optional=("port", "chat_history_path"))
+AwaitResult = output_model(store.AwaitResult, optional=("port", "chat_history_path"))
+# The model never had timed_out, which a stop that waited for its runner carries too.
+StopResult = output_model(store.StopResult, optional=("port", "chat_history_path"),
+                          omit=("timed_out",))
+PoolStats = output_model(store.PoolStats)
+FileLock = output_model(store.FileLock)
 
 
 class AgentList(BaseModel):
-    agents: list[AgentStatus]
-
-
-class PoolStats(BaseModel):
-    max_agents: int = Field(description="Agents that may run at once; more spawns queue")
-    active: int = Field(description="queued + running")
-    queued: int
-    running: int = Field(description="running, including those starting")
-    completed: int
-    failed: int
-    stopped: int
-    lost: int
-    total: int
-    free_slots: int
-    store: str = Field(description="The pool's SQLite database")
-
-
-class FileLock(BaseModel):
-    path: str = Field(description="The locked directory tree")
-    agent_id: str = Field(description="The agent holding it")
-    kind: str = Field(description="tree (a working directory) or worktree (its own worktree)")
-    since: str | None
-    waiting: list[str] = Field(description="Queued agents waiting for this tree, in order")
+    agents: list[AgentStatus]  # type: ignore[valid-type]
 
 
 class FileLocks(BaseModel):
-    locks: list[FileLock]
+    locks: list[FileLock]  # type: ignore[valid-type]
 
 
 AgentId = Annotated[str, Field(min_length=1, max_length=64,
