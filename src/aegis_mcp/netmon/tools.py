@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, Field
 
+from aegis_mcp.mcp.models import output_model
 from aegis_mcp.netmon import summary
-from aegis_mcp.pool.tools import output_model
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer

@@ -5,54 +5,17 @@ models are built from the records of `aegis_mcp.pool.store`, which is cheap to i
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import (
-    TYPE_CHECKING,
-    Annotated,
-    Any,
-    Literal,
-    NotRequired,
-    get_args,
-    get_origin,
-    get_type_hints,
-)
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field
 
+from aegis_mcp.mcp.models import output_model
 from aegis_mcp.pool import store
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
     from aegis_mcp.pool.pool import Pool
-
-
-def output_model(record: type, omit: Collection[str] = (), optional: Collection[str] = (),
-                 nested: Mapping[type, type[BaseModel]] | None = None) -> type[BaseModel]:
-    """The pydantic model of a TypedDict record, for a tool's output schema: the record's
-    fields in its order, the string in a field's Annotated as its description. Keys the record
-    marks NotRequired, and `optional` ones, default to None (not required in the schema);
-    `omit` leaves keys out (the model ignores them in what it validates); `nested` swaps a
-    record inside a list for its model, so that it keeps its descriptions too."""
-    fields: dict[str, Any] = {}
-    for key, hint in get_type_hints(record, include_extras=True).items():
-        if key in omit:
-            continue
-        # Python 3.11 computes __required_keys__ before postponed annotations are evaluated,
-        # so it misses a NotRequired: the evaluated hint is the one to trust.
-        required = key in record.__required_keys__ and key not in optional
-        if get_origin(hint) is NotRequired:
-            hint, required = get_args(hint)[0], False
-        annotation, *extras = get_args(hint) if get_origin(hint) is Annotated else (hint,)
-        if get_origin(annotation) is list and nested and get_args(annotation)[0] in nested:
-            annotation = list[nested[get_args(annotation)[0]]]  # type: ignore[misc]
-        default = ... if required else None
-        if default is None:
-            annotation = annotation | None
-        descriptions = [extra for extra in extras if isinstance(extra, str)]
-        fields[key] = (annotation, Field(default, description=descriptions[0])
-                       if descriptions else default)
-    return create_model(record.__name__, **fields)
 
 
 # What MCP clients see is built from the records the Pool API returns (pool/store.py). port and
