@@ -21,7 +21,7 @@ from aegis_mcp.profiles.version import (
     parse_version,
     readiness_notice,
 )
-from tests.supervisor_helpers import FAKE_AGENT, fake_profile, fake_world
+from tests.support.supervisor_helpers import FAKE_AGENT, fake_profile, fake_world
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pexpect
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
-from tests.fake_anthropic import FakeAnthropic
-from tests.pool_e2e import ONE_WORD, spawn_and_wait
-from tests.poolkit import cleanup_pool
-from tests.private_net import PrivateLoopback
-from tests.tui import Screen
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.host import NEEDS_ROOT, aegis_bin, real_cli
+from tests.support.pool_e2e import ONE_WORD, spawn_and_wait
+from tests.support.poolkit import cleanup_pool
+from tests.support.private_net import PrivateLoopback
+from tests.support.tui import Screen
 
 AIDER, needs_aider = real_cli("AEGIS_TEST_AIDER", "Aider from PyPI")
 pytestmark = [needs_aider, NEEDS_ROOT]  # root: its own network namespace

@@ -24,8 +24,8 @@ import pexpect
 import pytest
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.supervisor_helpers import FakeAgentWorld, fake_profile, wait_for
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_profile, wait_for
 from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 pytestmark = NEEDS_ROOT

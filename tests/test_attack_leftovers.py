@@ -22,9 +22,9 @@ import psutil
 import pytest
 
 from tests import test_privileges
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.netns_helpers import pids_in
-from tests.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.netns_helpers import pids_in
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
 
 sudo_world = test_privileges.sudo_world
 

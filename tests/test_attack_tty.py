@@ -27,8 +27,8 @@ import psutil
 import pytest
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.supervisor_helpers import FakeAgentWorld, wait_for
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.supervisor_helpers import FakeAgentWorld, wait_for
 from tests.test_privileges import sudo_world as sudo_world_fixture
 
 pytestmark = NEEDS_ROOT

@@ -16,11 +16,11 @@ from pathlib import Path
 import pexpect
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin, real_cli
-from tests.fake_anthropic import FakeAnthropic
-from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.tui import Screen, type_prompt
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.host import NEEDS_ROOT, aegis_bin, real_cli
+from tests.support.private_net import PrivateLoopback
+from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
+from tests.support.tui import Screen, type_prompt
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user

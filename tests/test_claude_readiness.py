@@ -21,12 +21,12 @@ from typing import Any
 import pexpect
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.fake_anthropic import FakeAnthropic
-from tests.private_net import PrivateLoopback
-from tests.scripted_api import RecordedRequest
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.private_net import PrivateLoopback
+from tests.support.scripted_api import RecordedRequest
+from tests.support.tui import type_prompt
 from tests.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
-from tests.tui import type_prompt
 
 pytestmark = [needs_claude, NEEDS_ROOT]
 

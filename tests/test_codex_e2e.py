@@ -19,12 +19,12 @@ import psutil
 import pytest
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
-from tests.fake_openai import CustomToolCall, FakeOpenAIResponses
-from tests.pool_e2e import TASK, spawn_and_wait
-from tests.poolkit import cleanup_pool
-from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
+from tests.support.fake_openai import CustomToolCall, FakeOpenAIResponses
+from tests.support.host import NEEDS_ROOT, aegis_bin, offline, real_cli
+from tests.support.pool_e2e import TASK, spawn_and_wait
+from tests.support.poolkit import cleanup_pool
+from tests.support.private_net import PrivateLoopback
+from tests.support.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
 
 CODEX, needs_codex = real_cli("AEGIS_TEST_CODEX", "the npm Codex CLI")
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace

@@ -19,7 +19,7 @@ import pytest
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import codex
 from aegis_mcp.supervise.options import UsageError, parse_supervisor_args
-from tests.conftest import aegis_bin
+from tests.support.host import aegis_bin
 
 CONFIG = """
 model = "x"

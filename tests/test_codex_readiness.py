@@ -19,16 +19,17 @@ import pexpect
 import pytest
 
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, TESTS, aegis_bin
-from tests.fake_openai import FakeOpenAIResponses
-from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, request_restart, restart_mid_turn
+from tests.support.fake_openai import FakeOpenAIResponses
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.paths import AGENTS
+from tests.support.private_net import PrivateLoopback
+from tests.support.restart_mid_turn import RESTART_PROMPT, request_restart, restart_mid_turn
+from tests.support.tui import Screen
 from tests.test_codex_e2e import codex_env, needs_codex
-from tests.tui import Screen
 
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
 
-SERVER = TESTS / "agents" / "slow_mcp_server.py"
+SERVER = AGENTS / "slow_mcp_server.py"
 
 
 def codex_home(home: Path, api: FakeOpenAIResponses, project: Path | None = None,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NEEDS_ROOT, aegis_bin, offline, real_cli
-from tests.fake_gemini import FakeGemini, FunctionCall
-from tests.pool_e2e import TASK, spawn_and_wait
-from tests.poolkit import cleanup_pool
-from tests.private_net import PrivateLoopback
-from tests.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
+from tests.support.fake_gemini import FakeGemini, FunctionCall
+from tests.support.host import NEEDS_ROOT, aegis_bin, offline, real_cli
+from tests.support.pool_e2e import TASK, spawn_and_wait
+from tests.support.poolkit import cleanup_pool
+from tests.support.private_net import PrivateLoopback
+from tests.support.restart_mid_turn import RESTART_PROMPT, restart_beside_another, restart_mid_turn
 
 GEMINI, pytestmark = real_cli("AEGIS_TEST_GEMINI", "the npm Gemini CLI")
 

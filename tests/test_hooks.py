@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.snippets.harness import (
+from tests.support.snippets.harness import (
     LIB,
     RawHTTPServer,
     compile_snippet,

@@ -1,4 +1,4 @@
-"""The real Claude Code CLI under the hooks, offline against tests/fake_anthropic.py: its
+"""The real Claude Code CLI under the hooks, offline against tests/support/fake_anthropic.py: its
 connection to the stand-in and its byte counts appear in the log.
 
 Claude Code 2.1.x (Bun) connects, sends and receives through libc (connect, send, recv), closes
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.fake_anthropic import FakeAnthropic
-from tests.snippets.harness import LIB, events, hooked_env
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.snippets.harness import LIB, events, hooked_env
 
 CLAUDE = os.environ.get("AEGIS_TEST_CLAUDE")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.snippets.harness import LIB, compile_snippet, hooked_env, plain_env, run
+from tests.support.snippets.harness import LIB, compile_snippet, hooked_env, plain_env, run
 
 pytestmark = pytest.mark.skipif(not Path(LIB).exists(), reason=f"{LIB} is not built")
 

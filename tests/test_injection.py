@@ -14,8 +14,8 @@ import pytest
 
 from aegis_mcp.mcp import injection
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES
-from tests.conftest import aegis_bin
-from tests.supervisor_helpers import FakeAgentWorld, fake_profile
+from tests.support.host import aegis_bin
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_profile
 
 READER = "import json; print(sorted(json.load(open('.mcp.json'))['mcpServers']))"
 NODE_READER = ("console.log(JSON.stringify(Object.keys(JSON.parse("

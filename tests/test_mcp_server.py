@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from tests.mcp_helpers import call, text, with_client
-from tests.supervisor_helpers import FakeAgentWorld, fake_world
+from tests.support.mcp_helpers import call, text, with_client
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world
 
 SPEC_TOOLS = {
     "restart_claude", "server_status", "agent_spawn", "agent_list", "agent_status",

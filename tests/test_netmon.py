@@ -19,7 +19,7 @@ from aegis_mcp.netmon import elf
 from aegis_mcp.netmon import log as netlog
 from aegis_mcp.netmon import summary as netsummary
 from aegis_mcp.netmon import tools as netmon_tools
-from tests.conftest import aegis_bin
+from tests.support.host import aegis_bin
 
 
 def ev(kind: str, **kw: Any) -> dict[str, Any]:
@@ -269,7 +269,7 @@ def test_tools_in_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_tools_over_stdio(tmp_path: Path, aegis_env: dict[str, str]) -> None:
-    from tests.mcp_helpers import call, text
+    from tests.support.mcp_helpers import call, text
 
     log = tmp_path / "log.jsonl"
     sample(log)

@@ -28,8 +28,8 @@ from aegis_mcp.errors import AegisError
 from aegis_mcp.netns import namespace as netns
 from aegis_mcp.netns import plan, stop
 from aegis_mcp.netns import state as netns_state
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.netns_helpers import (
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.netns_helpers import (
     DnsResponder,
     Outside,
     TcpServer,

@@ -66,7 +66,7 @@ def test_reset_after_data_and_accepted_connection(tmp_path: Path) -> None:
 
 
 def test_dns_answer_names_later_connections(tmp_path: Path) -> None:
-    from tests.netns_helpers import DnsResponder
+    from tests.support.netns_helpers import DnsResponder
 
     responder = DnsResponder.__new__(DnsResponder)
     responder.records, responder.questions = {"example.test": PEER}, []

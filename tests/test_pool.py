@@ -17,8 +17,8 @@ import pytest
 
 from aegis_mcp.errors import AegisError
 from aegis_mcp.pool.pool import Pool
-from tests.conftest import aegis_bin
-from tests.poolkit import (
+from tests.support.host import aegis_bin
+from tests.support.poolkit import (
     cleanup_pool,
     git,
     make_repo,

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from tests.conftest import real_cli
-from tests.fake_anthropic import FakeAnthropic
-from tests.mcp_helpers import text, with_client
-from tests.poolkit import cleanup_pool
+from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.host import real_cli
+from tests.support.mcp_helpers import text, with_client
+from tests.support.poolkit import cleanup_pool
 
 CLAUDE, pytestmark = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 

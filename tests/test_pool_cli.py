@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import aegis_bin
-from tests.poolkit import cleanup_pool, pool_config
+from tests.support.host import aegis_bin
+from tests.support.poolkit import cleanup_pool, pool_config
 
 ACTIONS = ("spawn", "list", "status", "await", "stop", "stats", "locks", "logs")
 

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from aegis_mcp.pool.pool import Pool
-from tests.conftest import aegis_bin
-from tests.poolkit import cleanup_pool, git, make_repo, pool_config
+from tests.support.host import aegis_bin
+from tests.support.poolkit import cleanup_pool, git, make_repo, pool_config
 
 
 def agents_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,8 +18,8 @@ import pytest
 
 from aegis_mcp.paths import hooks_library, runtime_base
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
 
 pytestmark = NEEDS_ROOT
 

@@ -85,7 +85,7 @@ def test_profiles_say_what_each_agent_waits_for(aegis_env: dict[str, str]) -> No
     import json
     import subprocess
 
-    from tests.conftest import aegis_bin
+    from tests.support.host import aegis_bin
 
     out = subprocess.run([aegis_bin(), "profiles", "--json"], env=aegis_env, capture_output=True,
                          text=True, timeout=60)

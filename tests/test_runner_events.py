@@ -12,6 +12,7 @@ import pytest
 
 from aegis_mcp.pool.runner import Runner
 from aegis_mcp.pool.stream import last_chat_reply
+from tests.support.paths import SNIPPETS
 
 
 class _Pool:
@@ -88,7 +89,7 @@ def test_claude_result_event_wins(tmp_path: Path) -> None:
 # Aider's chat history, as the real Aider 0.86 wrote it for a `--message` run that edited a file:
 # its own output is quoted with "> ", the user's message is a "#### " line, the answer is plain
 # text (a SEARCH/REPLACE block's ">>>>>>> REPLACE" included).
-AIDER_HISTORY = (Path(__file__).parent / "snippets" / "aider.chat.history.md").read_text()
+AIDER_HISTORY = (SNIPPETS / "aider.chat.history.md").read_text()
 
 
 def test_aiders_answer_comes_from_its_chat_history(tmp_path: Path) -> None:

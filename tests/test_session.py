@@ -97,8 +97,8 @@ def test_the_supervisor_names_the_session_follows_the_hook_and_resumes_exactly_i
     import pexpect
 
     from aegis_mcp.supervise import control
-    from tests.conftest import aegis_bin
-    from tests.supervisor_helpers import fake_profile, fake_world
+    from tests.support.host import aegis_bin
+    from tests.support.supervisor_helpers import fake_profile, fake_world
 
     world = fake_world(tmp_path, aegis_env)
     profile = fake_profile().replace('"-c"]', '"-c", "--session-id"]').replace(
@@ -145,7 +145,7 @@ def test_a_profile_that_resumes_only_the_latest_says_so_once(
     import pexpect
 
     from aegis_mcp.supervise import control
-    from tests.supervisor_helpers import fake_world
+    from tests.support.supervisor_helpers import fake_world
 
     world = fake_world(tmp_path, aegis_env)
     child = world.spawn("fake", "first")

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from aegis_mcp.supervise import control
-from tests.conftest import aegis_bin
-from tests.supervisor_helpers import (
+from tests.support.host import aegis_bin
+from tests.support.supervisor_helpers import (
     FakeAgentWorld,
     fake_world,
     inotify_watches,

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from aegis_mcp.netmon import summary as netsummary
-from tests.conftest import aegis_bin
-from tests.netns_helpers import pids_in
-from tests.supervisor_helpers import inotify_watches, wait_for
+from tests.support.host import aegis_bin
+from tests.support.netns_helpers import pids_in
+from tests.support.supervisor_helpers import inotify_watches, wait_for
 
 AGENT = """
 import json, os, subprocess, sys, urllib.request

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tests.scripted_api import ScriptedAPI
+from tests.support.scripted_api import ScriptedAPI
 
 
 @dataclass(frozen=True)

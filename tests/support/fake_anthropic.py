@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.scripted_api import Bind, RecordedRequest, ScriptedAPI
+from tests.support.scripted_api import Bind, RecordedRequest, ScriptedAPI
 
 
 @dataclass(frozen=True)

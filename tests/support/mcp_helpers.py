@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from mcp import Client, StdioServerParameters
 
-from tests.conftest import aegis_bin
+from tests.support.host import aegis_bin
 
 T = TypeVar("T")
 

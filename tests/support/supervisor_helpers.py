@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pexpect
 
-from tests.conftest import TESTS, aegis_bin
+from tests.support.host import aegis_bin
+from tests.support.paths import AGENTS
 
-FAKE_AGENT = TESTS / "agents" / "fake_agent.py"
+FAKE_AGENT = AGENTS / "fake_agent.py"
 
 
 def fake_profile(python: str = sys.executable, script: Path = FAKE_AGENT,

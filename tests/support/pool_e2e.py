@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import aegis_bin
-from tests.private_net import PrivateLoopback
+from tests.support.host import aegis_bin
+from tests.support.private_net import PrivateLoopback
 
 # Starts like options on purpose: the pool must hand it to each real CLI as its prompt, never
 # as options (before, claude and codex printed their help for it and gemini failed; argparse,

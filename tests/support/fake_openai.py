@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tests.scripted_api import Bind, ScriptedAPI
+from tests.support.scripted_api import Bind, ScriptedAPI
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import aegis_bin
-from tests.private_net import PrivateLoopback
-from tests.scripted_api import ScriptedAPI
+from tests.support.host import aegis_bin
+from tests.support.private_net import PrivateLoopback
+from tests.support.scripted_api import ScriptedAPI
 
 RESTART_PROMPT = "go on"
 REASON = "MCP server updated"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.private_net import run_in_netns
+from tests.support.private_net import run_in_netns
 
 T = TypeVar("T")
 SYSCTLS = ("net/ipv4/ip_forward", "net/netfilter/nf_conntrack_acct")
