@@ -25,7 +25,8 @@ import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_profile, wait_for
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_profile
+from tests.support.wait import wait_for
 from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 pytestmark = NEEDS_ROOT

@@ -24,7 +24,8 @@ import pytest
 from tests import test_privileges
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.netns_helpers import pids_in
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.wait import wait_for
 
 sudo_world = test_privileges.sudo_world
 

@@ -28,7 +28,8 @@ import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
-from tests.support.supervisor_helpers import FakeAgentWorld, wait_for
+from tests.support.supervisor_helpers import FakeAgentWorld
+from tests.support.wait import wait_for
 from tests.test_privileges import sudo_world as sudo_world_fixture
 
 pytestmark = NEEDS_ROOT

@@ -23,7 +23,8 @@ from mcp import Client, StdioServerParameters
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.wait import wait_for
 
 RELAY_MAX_USS = 15 * 1024 * 1024
 

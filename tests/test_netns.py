@@ -38,7 +38,7 @@ from tests.support.netns_helpers import (
     normalise,
     pids_in,
     read_events,
-    wait_for,
+    wait_event,
 )
 
 pytestmark = [
@@ -120,7 +120,7 @@ def test_tcp_connection_and_exact_totals(ns: netns.Namespace, outside: Outside) 
     def mine(e: dict) -> bool:
         return e.get("port") == port and e.get("proto") == "tcp"
 
-    close = wait_for(log_of(ns), lambda e: mine(e) and e["event"] == "close")
+    close = wait_event(log_of(ns), lambda e: mine(e) and e["event"] == "close")
     connect = next(e for e in read_events(log_of(ns)) if mine(e) and e["event"] == "connect")
     assert (close["sent"], close["recv"], close["result"]) == (123_457, 345_679, "ok")
     assert connect["result"] == "EINPROGRESS" and connect["ts"] <= close["ts"]
@@ -141,7 +141,7 @@ def test_refused_connection_is_recorded(ns: netns.Namespace, outside: Outside) -
             "(sys.argv[1], int(sys.argv[2])), timeout=5)\nexcept ConnectionRefusedError:\n "
             "print('refused')")
     assert run_inside(ns, [PY, "-c", code, outside.addr, str(port)]).stdout == "refused\n"
-    close = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
+    close = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
     assert close["result"] == "ECONNREFUSED" and (close["sent"], close["recv"]) == (0, 0)
 
 
@@ -162,11 +162,11 @@ def test_udp_flow_totals(ns: netns.Namespace, outside: Outside) -> None:
         echo.close()
     assert out.stdout.strip() == "100"
     port = echo.port
-    connect = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "connect")
+    connect = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "connect")
     assert connect["proto"] == "udp" and connect["result"] == "ok"
     # The flow is still open for conntrack (UDP has no close): the periodic totals (1 s here)
     # carry its exact payload bytes.
-    totals = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "totals"
+    totals = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "totals"
                       and e["sent"] == 300)
     assert totals["recv"] == 100 and totals["proto"] == "udp"
 
@@ -191,12 +191,12 @@ def test_long_tcp_flow_gets_periodic_totals(ns: netns.Namespace, outside: Outsid
         while got < 40000 and (data := conn.recv(65536)):
             got += len(data)
         port = server.getsockname()[1]
-        totals = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "totals")
+        totals = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "totals")
         # Mid-flow totals come from conntrack's IP byte counters minus estimated headers.
         assert 39000 <= totals["sent"] <= 41000 and totals["recv"] == 0
         assert proc.wait(10) == 0
         conn.close()
-        close = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
+        close = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
         assert close["sent"] == 40000
     finally:
         proc.kill()
@@ -256,7 +256,7 @@ def test_static_binary_traffic_is_recorded(ns: netns.Namespace, world: Path,
         server.close()
     assert out.stdout.strip() == "7777"
     port = server.port
-    close = wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
+    close = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
     assert (close["sent"], close["recv"]) == (50_000, 7_777)
 
 
@@ -322,12 +322,12 @@ def test_dns_names_the_peer_through_a_loopback_resolver(world: Path, outside: Ou
         assert out.stdout.split() == [outside.addr, "5"]
         assert "api.example.test" in dns.questions
         log = log_of(ns)
-        answer = wait_for(log, lambda e: e["event"] == "dns" and e["answers"])
+        answer = wait_event(log, lambda e: e["event"] == "dns" and e["answers"])
         assert answer["host"] == "api.example.test"
         assert answer["answers"] == [outside.addr] and answer["result"] == "ok"
         assert (answer["addr"], answer["port"]) == (ns.state.host_addr, 53)
         port = server.port
-        connect = wait_for(log, lambda e: e.get("port") == port and e["event"] == "connect")
+        connect = wait_event(log, lambda e: e.get("port") == port and e["event"] == "connect")
         assert connect["host"] == "api.example.test"
         assert read_events(log).index(answer) < read_events(log).index(connect)
     finally:
@@ -595,7 +595,7 @@ def test_traffic_is_forwarded_and_masqueraded(ns: netns.Namespace, outside: Outs
     finally:
         server.kill()
         server.wait()
-    close = wait_for(log_of(ns), lambda e: e.get("addr") == outside.addr
+    close = wait_event(log_of(ns), lambda e: e.get("addr") == outside.addr
                      and e["event"] == "close")
     assert (close["sent"], close["recv"], close["port"]) == (4, len(answer), 8080)
 
@@ -616,7 +616,7 @@ def test_teardown_writes_final_totals_of_open_flows(ns: netns.Namespace,
         while got < 3000 and (data := conn.recv(65536)):
             got += len(data)
         port = server.getsockname()[1]
-        wait_for(log_of(ns), lambda e: e.get("port") == port and e["event"] == "connect")
+        wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "connect")
         ns.teardown()  # the agent is still connected: the capture's last word is its totals
         assert not ns.helper_pids
         final = [e for e in read_events(log_of(ns)) if e.get("port") == port]
@@ -832,10 +832,10 @@ def test_the_agent_cannot_reach_the_hosts_services(world: Path, outside: Outside
         # The refused attempts are recorded like any other: the log shows what the agent tried.
         log = log_of(ns)
         any4 = host_services["port"]["any4"]  # type: ignore[index]
-        refused = wait_for(log, lambda e: e.get("addr") == ns.state.host_addr
+        refused = wait_event(log, lambda e: e.get("addr") == ns.state.host_addr
                            and e.get("port") == any4 and e["event"] == "close")
         assert refused["result"] == "ECONNREFUSED" and refused["sent"] == 0
-        wait_for(log, lambda e: e.get("addr") == outside.addr and e["event"] == "close")
+        wait_event(log, lambda e: e.get("addr") == outside.addr and e["event"] == "close")
     finally:
         ns.teardown()
         api.close()

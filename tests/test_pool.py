@@ -18,15 +18,8 @@ import pytest
 from aegis_mcp.errors import AegisError
 from aegis_mcp.pool.pool import Pool
 from tests.support.host import aegis_bin
-from tests.support.poolkit import (
-    cleanup_pool,
-    git,
-    make_repo,
-    pid_alive,
-    pool_config,
-    read_pids,
-    wait_for,
-)
+from tests.support.poolkit import cleanup_pool, git, make_repo, pid_alive, pool_config, read_pids
+from tests.support.wait import wait_for
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive, wait_for
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.wait import wait_for
 from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 GRACE = 3.0  # the default --restart-grace: a stop that takes it all lasts over 6 s

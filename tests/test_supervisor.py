@@ -16,13 +16,8 @@ import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import aegis_bin
-from tests.support.supervisor_helpers import (
-    FakeAgentWorld,
-    fake_world,
-    inotify_watches,
-    pid_alive,
-    wait_for,
-)
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, inotify_watches, pid_alive
+from tests.support.wait import wait_for
 
 
 @pytest.fixture

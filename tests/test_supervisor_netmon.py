@@ -20,7 +20,8 @@ import pytest
 from aegis_mcp.netmon import summary as netsummary
 from tests.support.host import aegis_bin
 from tests.support.netns_helpers import pids_in
-from tests.support.supervisor_helpers import inotify_watches, wait_for
+from tests.support.supervisor_helpers import inotify_watches
+from tests.support.wait import wait_for
 
 AGENT = """
 import json, os, subprocess, sys, urllib.request

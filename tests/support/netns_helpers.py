@@ -75,8 +75,9 @@ def read_events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-def wait_for(log: Path, predicate: Callable[[dict[str, Any]], bool],
-             timeout: float = 10.0) -> dict[str, Any]:
+def wait_event(log: Path, predicate: Callable[[dict[str, Any]], bool],
+               timeout: float = 10.0) -> dict[str, Any]:
+    """The first event in the capture's log at `log` that `predicate` accepts, waited for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in read_events(log):

@@ -1,5 +1,5 @@
 """Helpers for the pool tests: a config that points agent types at the fake headless agent,
-and bounded waits."""
+and waits for the pids it records."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from tests.support.wait import wait_for
 
 FAKE = Path(__file__).resolve().with_name("fake_headless_agent.py")
 
@@ -37,18 +37,6 @@ timeout_secs = {timeout}
 isolation = "{isolation}"
 worktree_setup = {json.dumps(worktree_setup)}
 """
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    """Poll `check` (test-side only) until it returns something truthy, bounded."""
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def pid_alive(pid: int) -> bool:

@@ -6,8 +6,6 @@ import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pexpect
 
 from tests.support.host import aegis_bin
 from tests.support.paths import AGENTS
+from tests.support.wait import wait_for
 
 FAKE_AGENT = AGENTS / "fake_agent.py"
 
@@ -63,16 +62,6 @@ def fake_world(root: Path, env: dict[str, str], **extra: str) -> FakeAgentWorld:
     state.mkdir()
     Path(env["AEGIS_CONFIG"]).write_text(fake_profile())
     return FakeAgentWorld(root, state, {**env, "FAKE_AGENT_STATE": str(state), **extra})
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def inotify_watches(pid: int) -> int:
