@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.private_net import PrivateLoopback
+from tests.support.supervisor_helpers import FakeAgentWorld, fake_world
 
 
 @pytest.fixture
@@ -70,3 +71,10 @@ def net() -> Iterator[PrivateLoopback]:
     """A loopback-only network namespace of the test's own, for real agent CLIs."""
     with PrivateLoopback() as private:
         yield private
+
+
+@pytest.fixture
+def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
+    """The scripted fake agent's world under tmp_path: its profile in the test's config, its
+    state directory, and the environment to start `aegis-mcp` with."""
+    return fake_world(tmp_path, aegis_env)

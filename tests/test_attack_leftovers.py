@@ -24,7 +24,7 @@ import pytest
 from tests import test_privileges
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.netns_helpers import pids_in
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.supervisor_helpers import FakeAgentWorld, pid_alive
 from tests.support.wait import wait_for
 
 sudo_world = test_privileges.sudo_world
@@ -35,11 +35,6 @@ double-forked into a session of its own, and a (marked) pool runner; it ignores 
 SHELL = '"$@"; echo "SUPERVISOR-EXITED $?"; sleep 120'
 GONE_WITHIN = 30.0
 """Generous: the grace is 1 s, but the machine may be loaded."""
-
-
-@pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    return fake_world(tmp_path, aegis_env)
 
 
 class Session:

@@ -23,13 +23,12 @@ NODE_READER = ("console.log(JSON.stringify(Object.keys(JSON.parse("
 
 
 @pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    state = tmp_path / "agent-state"
-    state.mkdir()
-    Path(aegis_env["AEGIS_CONFIG"]).write_text(fake_profile(injection="preload")
+def world(world: FakeAgentWorld) -> FakeAgentWorld:
+    # The shared world with preload injection, in a project with a .mcp.json of the user's own.
+    Path(world.env["AEGIS_CONFIG"]).write_text(fake_profile(injection="preload")
                                                + 'config_files = [".mcp.json"]\n')
-    (tmp_path / ".mcp.json").write_text(json.dumps({"mcpServers": {"mine": {"command": "x"}}}))
-    return FakeAgentWorld(tmp_path, state, {**aegis_env, "FAKE_AGENT_STATE": str(state)})
+    (world.root / ".mcp.json").write_text(json.dumps({"mcpServers": {"mine": {"command": "x"}}}))
+    return world
 
 
 def run(world: FakeAgentWorld, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,20 +18,14 @@ from typing import Any
 
 import pexpect
 import psutil
-import pytest
 from mcp import Client, StdioServerParameters
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.supervisor_helpers import FakeAgentWorld, pid_alive
 from tests.support.wait import wait_for
 
 RELAY_MAX_USS = 15 * 1024 * 1024
-
-
-@pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    return fake_world(tmp_path, aegis_env)
 
 
 def _entry(start: dict[str, Any]) -> dict[str, Any]:

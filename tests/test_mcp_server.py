@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pexpect
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
 from tests.support.mcp_helpers import call, text, with_client
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world
+from tests.support.supervisor_helpers import FakeAgentWorld
 
 SPEC_TOOLS = {
     "restart_claude", "server_status", "agent_spawn", "agent_list", "agent_status",
@@ -21,11 +20,6 @@ SPEC_TOOLS = {
     "netmon_log", "netmon_namespace_list", "netmon_namespace_cleanup",
 }
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-@pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    return fake_world(tmp_path, aegis_env)
 
 
 def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str, str]) -> None:

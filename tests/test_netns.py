@@ -52,7 +52,7 @@ NOBODY = pwd.getpwnam("nobody")
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[Path]:
+def ns_dir(tmp_path: Path) -> Iterator[Path]:
     """A 0755 directory the dropped user can read, with a loopback-free resolv.conf."""
     root = Path(tempfile.mkdtemp(prefix="aegis-netns-"))
     os.chmod(root, 0o755)
@@ -62,12 +62,12 @@ def world(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def ns(world: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[netns.Namespace]:
+def ns(ns_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[netns.Namespace]:
     """A namespace owned by this test process; afterwards the host must be as before."""
     monkeypatch.setenv("AEGIS_NETNS_TOTALS_INTERVAL", "1")
     before = normalise(host_snapshot())
-    namespace = netns.create(os.getpid(), world / "netmon.jsonl",
-                             resolv_conf=world / "resolv.conf")
+    namespace = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
+                             resolv_conf=ns_dir / "resolv.conf")
     try:
         yield namespace
     finally:
@@ -237,14 +237,14 @@ int main(int argc, char **argv) {
 """
 
 
-def test_static_binary_traffic_is_recorded(ns: netns.Namespace, world: Path,
+def test_static_binary_traffic_is_recorded(ns: netns.Namespace, ns_dir: Path,
                                            outside: Outside) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("needs gcc (scripts/test installs gcc and libc6-dev)")
-    (world / "client.c").write_text(STATIC_CLIENT)
-    binary = world / "client"
-    build = subprocess.run([gcc, "-static", "-O2", "-o", str(binary), str(world / "client.c")],
+    (ns_dir / "client.c").write_text(STATIC_CLIENT)
+    binary = ns_dir / "client"
+    build = subprocess.run([gcc, "-static", "-O2", "-o", str(binary), str(ns_dir / "client.c")],
                            capture_output=True, text=True)
     assert build.returncode == 0, f"static build failed (libc6-dev missing?): {build.stderr}"
     os.chmod(binary, 0o755)
@@ -295,13 +295,13 @@ def test_agent_runs_inside_as_the_dropped_user(ns: netns.Namespace,
     assert "nameserver 192.0.2.53" in out.stdout and "search example.test" in out.stdout
 
 
-def test_dns_names_the_peer_through_a_loopback_resolver(world: Path, outside: Outside) -> None:
+def test_dns_names_the_peer_through_a_loopback_resolver(ns_dir: Path, outside: Outside) -> None:
     """The host uses a loopback resolver (as with systemd-resolved): the namespace asks the
     host end of its veth, which is DNAT-ed to it; the answer is logged and names the peer."""
     resolver = "127.83.0.1"
-    (world / "resolv.conf").write_text(f"nameserver {resolver}\noptions edns0\n")
+    (ns_dir / "resolv.conf").write_text(f"nameserver {resolver}\noptions edns0\n")
     before = normalise(host_snapshot())
-    ns = netns.create(os.getpid(), world / "dns.jsonl", resolv_conf=world / "resolv.conf")
+    ns = netns.create(os.getpid(), ns_dir / "dns.jsonl", resolv_conf=ns_dir / "resolv.conf")
     try:
         assert ns.state.dns == f"dnat:{resolver}"
         dns = DnsResponder(resolver, {"api.example.test": outside.addr})
@@ -348,12 +348,12 @@ def test_dns_plan_copies_reachable_resolvers(tmp_path: Path) -> None:
     assert plan.dns_plan(conf, "10.200.0.1")[0] == "dnat:127.0.0.53"
 
 
-def test_subnets_avoid_host_routes_and_each_other(world: Path) -> None:
+def test_subnets_avoid_host_routes_and_each_other(ns_dir: Path) -> None:
     before = normalise(host_snapshot())
     sleeper = subprocess.Popen(["sleep", "60"])
-    first = netns.create(os.getpid(), world / "a.jsonl", resolv_conf=world / "resolv.conf")
+    first = netns.create(os.getpid(), ns_dir / "a.jsonl", resolv_conf=ns_dir / "resolv.conf")
     try:
-        second = netns.create(sleeper.pid, world / "b.jsonl", resolv_conf=world / "resolv.conf")
+        second = netns.create(sleeper.pid, ns_dir / "b.jsonl", resolv_conf=ns_dir / "resolv.conf")
         try:
             a, b = (netns.ipaddress.ip_network(n.state.subnet) for n in (first, second))
             assert not a.overlaps(b)
@@ -395,14 +395,14 @@ OWNER = textwrap.dedent("""\
 """)
 
 
-def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(world: Path,
+def test_kill9_leaves_a_stale_namespace_that_cleanup_removes(ns_dir: Path,
                                                              aegis_env: dict[str, str]) -> None:
     before = normalise(host_snapshot())
     foreign = f"aegis-{_dead_pid()}"  # an aegis-* namespace aegis-mcp did not create
     subprocess.run(["ip", "netns", "add", foreign], check=True)
     try:
-        owner = subprocess.Popen([sys.executable, "-c", OWNER, str(world / "k.jsonl"),
-                                  str(world / "resolv.conf")], stdout=subprocess.PIPE,
+        owner = subprocess.Popen([sys.executable, "-c", OWNER, str(ns_dir / "k.jsonl"),
+                                  str(ns_dir / "resolv.conf")], stdout=subprocess.PIPE,
                                  text=True)
         assert owner.stdout is not None
         name, capture = owner.stdout.readline().split()
@@ -497,7 +497,7 @@ NOT_ROOT = textwrap.dedent("""\
 """)
 
 
-def test_cleanup_and_create_refuse_without_root(world: Path) -> None:
+def test_cleanup_and_create_refuse_without_root(ns_dir: Path) -> None:
     out = subprocess.run(["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
                           "--clear-groups", sys.executable, "-c", NOT_ROOT],
                          capture_output=True, text=True, cwd="/", timeout=60,
@@ -512,7 +512,7 @@ def test_cleanup_and_create_refuse_without_root(world: Path) -> None:
     with pytest.raises(AegisError, match="already exists"):
         subprocess.run(["ip", "netns", "add", f"aegis-{os.getpid()}"], check=True)
         try:
-            netns.create(os.getpid(), world / "x.jsonl", resolv_conf=world / "resolv.conf")
+            netns.create(os.getpid(), ns_dir / "x.jsonl", resolv_conf=ns_dir / "resolv.conf")
         finally:
             subprocess.run(["ip", "netns", "delete", f"aegis-{os.getpid()}"], check=True)
 
@@ -754,14 +754,14 @@ def attacks(ns: netns.Namespace, services: dict[str, object]) -> list[tuple[str,
     return targets
 
 
-def test_the_agent_cannot_reach_the_hosts_services(world: Path, outside: Outside,
+def test_the_agent_cannot_reach_the_hosts_services(ns_dir: Path, outside: Outside,
                                                    host_services: dict[str, object]) -> None:
     resolver = f"127.84.0.{os.getpid() % 250 + 1}"
-    (world / "resolv.conf").write_text(f"nameserver {resolver}\n")
+    (ns_dir / "resolv.conf").write_text(f"nameserver {resolver}\n")
     api = listener(socket.AF_INET, "127.0.0.1")  # a forwarded loopback service (an API proxy)
     api_port = api.getsockname()[1]
     before = normalise(host_snapshot())
-    ns = netns.create(os.getpid(), world / "attack.jsonl", resolv_conf=world / "resolv.conf",
+    ns = netns.create(os.getpid(), ns_dir / "attack.jsonl", resolv_conf=ns_dir / "resolv.conf",
                       forwards=(("127.0.0.1", api_port),))
     try:
         assert not ns.state.host_access
@@ -843,7 +843,7 @@ def test_the_agent_cannot_reach_the_hosts_services(world: Path, outside: Outside
 
 
 def test_without_reject_in_prerouting_the_host_is_still_off_limits(
-        world: Path, host_services: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+        ns_dir: Path, host_services: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     """Kernels before 5.9 refuse `reject` in a prerouting chain: the guard drops instead."""
     real = netns._nft
 
@@ -854,7 +854,7 @@ def test_without_reject_in_prerouting_the_host_is_still_off_limits(
 
     monkeypatch.setattr(netns, "_nft", old_kernel)
     port: dict[str, int] = host_services["port"]  # type: ignore[assignment]
-    ns = netns.create(os.getpid(), world / "old.jsonl", resolv_conf=world / "resolv.conf")
+    ns = netns.create(os.getpid(), ns_dir / "old.jsonl", resolv_conf=ns_dir / "resolv.conf")
     try:
         got = probe(ns, [("any4", "tcp", ns.state.host_addr, port["any4"])])
         assert got == {"any4": "TimeoutError"}
@@ -865,9 +865,9 @@ def test_without_reject_in_prerouting_the_host_is_still_off_limits(
 
 
 def test_netns_host_access_lets_the_agent_reach_the_host_again(
-        world: Path, host_services: dict[str, object]) -> None:
+        ns_dir: Path, host_services: dict[str, object]) -> None:
     port: dict[str, int] = host_services["port"]  # type: ignore[assignment]
-    ns = netns.create(os.getpid(), world / "open.jsonl", resolv_conf=world / "resolv.conf",
+    ns = netns.create(os.getpid(), ns_dir / "open.jsonl", resolv_conf=ns_dir / "resolv.conf",
                       host_access=True)
     try:
         assert ns.state.host_access
@@ -882,11 +882,11 @@ def test_netns_host_access_lets_the_agent_reach_the_host_again(
         ns.teardown()
 
 
-def test_aegis_namespaces_cannot_reach_each_other(world: Path) -> None:
+def test_aegis_namespaces_cannot_reach_each_other(ns_dir: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
-    first = netns.create(os.getpid(), world / "a.jsonl", resolv_conf=world / "resolv.conf")
+    first = netns.create(os.getpid(), ns_dir / "a.jsonl", resolv_conf=ns_dir / "resolv.conf")
     try:
-        second = netns.create(sleeper.pid, world / "b.jsonl", resolv_conf=world / "resolv.conf")
+        second = netns.create(sleeper.pid, ns_dir / "b.jsonl", resolv_conf=ns_dir / "resolv.conf")
         try:
             # a service of the other agent, on every address of its namespace
             serve = ("import socket;s=socket.socket();s.bind(('0.0.0.0',7777));s.listen(8);"
@@ -913,13 +913,13 @@ def test_aegis_namespaces_cannot_reach_each_other(world: Path) -> None:
 # The namespace state: root's own, private, never written through a symlink.
 
 
-def test_state_files_are_private_and_never_written_through_a_symlink(world: Path) -> None:
+def test_state_files_are_private_and_never_written_through_a_symlink(ns_dir: Path) -> None:
     state_dir = netns_state.STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o755)  # as an earlier version left it
     victims = {}
     for name in (f".aegis-{os.getpid()}.json.tmp", f".{netns_state.BASELINE}.tmp"):
-        victim = world / f"victim-{name}"
+        victim = ns_dir / f"victim-{name}"
         victim.write_text("precious\n")
         os.chmod(victim, 0o644)
         with contextlib.suppress(FileNotFoundError):
@@ -928,7 +928,7 @@ def test_state_files_are_private_and_never_written_through_a_symlink(world: Path
         victims[name] = victim
     baseline = netns_state.BASELINE
     private = ["lock"] if (state_dir / baseline).exists() else ["lock", baseline]
-    ns = netns.create(os.getpid(), world / "s.jsonl", resolv_conf=world / "resolv.conf")
+    ns = netns.create(os.getpid(), ns_dir / "s.jsonl", resolv_conf=ns_dir / "resolv.conf")
     try:
         for victim in victims.values():
             st = os.lstat(victim)

@@ -11,21 +11,15 @@ import time
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, pid_alive
+from tests.support.supervisor_helpers import FakeAgentWorld, pid_alive
 from tests.support.wait import wait_for
 from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 GRACE = 3.0  # the default --restart-grace: a stop that takes it all lasts over 6 s
 QUICK = 1.0  # how long any request may wait for its answer, whatever the supervisor does
-
-
-@pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    return fake_world(tmp_path, aegis_env)
 
 
 def socket_of(world: FakeAgentWorld) -> Path:

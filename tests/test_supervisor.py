@@ -16,13 +16,15 @@ import pytest
 
 from aegis_mcp.supervise import control
 from tests.support.host import aegis_bin
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world, inotify_watches, pid_alive
+from tests.support.supervisor_helpers import FakeAgentWorld, inotify_watches, pid_alive
 from tests.support.wait import wait_for
 
 
 @pytest.fixture
-def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
-    return fake_world(tmp_path, aegis_env, CLAUDECODE="1")
+def world(world: FakeAgentWorld) -> FakeAgentWorld:
+    # Started as from inside a Claude Code session: the agent must not inherit CLAUDECODE.
+    world.env["CLAUDECODE"] = "1"
+    return world
 
 
 def socket_of(world: FakeAgentWorld) -> Path:
