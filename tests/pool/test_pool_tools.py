@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
+from tests.pool.test_pool_cli import bad_directories
 from tests.support.host import aegis_bin
 from tests.support.mcp_helpers import text, with_client
 from tests.support.poolkit import cleanup_pool, pid_alive, pool_config
-from tests.test_pool_cli import bad_directories
 
 POOL_TOOLS = {"agent_spawn", "agent_list", "agent_status", "agent_await", "agent_stop",
               "agent_pool_stats", "agent_file_locks"}

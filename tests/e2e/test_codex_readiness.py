@@ -19,13 +19,13 @@ import pexpect
 import pytest
 
 from aegis_mcp.supervise import control
+from tests.e2e.test_codex_e2e import codex_env, needs_codex
 from tests.support.fake_openai import FakeOpenAIResponses
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.paths import AGENTS
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, request_restart, restart_mid_turn
 from tests.support.tui import Screen
-from tests.test_codex_e2e import codex_env, needs_codex
 
 pytestmark = [needs_codex, NEEDS_ROOT]  # root: its own network namespace
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mcp import Client
 
 from tests.support.mcp_helpers import call, text, with_client
+from tests.support.paths import REPO
 from tests.support.supervisor_helpers import FakeAgentWorld
 
 SPEC_TOOLS = {
@@ -19,7 +20,7 @@ SPEC_TOOLS = {
     "agent_await", "agent_stop", "agent_pool_stats", "agent_file_locks", "netmon_status",
     "netmon_log", "netmon_namespace_list", "netmon_namespace_cleanup",
 }
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str, str]) -> None:

@@ -5,7 +5,7 @@ model (the stand-in) to call a tool of a second MCP server that takes 3 s to ans
 still connecting when a tool of it is called from 2.1.284 on (2.1.284, 2.1.286, 2.1.290,
 2.1.299, 2.1.331, 2.1.332); 2.1.197 to 2.1.283 do not ("No such tool available:
 mcp__second__ping. The MCP server 'second' is still connecting"). To measure another version:
-AEGIS_TEST_CLAUDE=/path/to/node_modules/.bin/claude pytest tests/test_claude_readiness.py"""
+AEGIS_TEST_CLAUDE=/path/to/node_modules/.bin/claude pytest tests/e2e/test_claude_readiness.py"""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from typing import Any
 import pexpect
 
 from aegis_mcp.supervise import control
+from tests.e2e.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.private_net import PrivateLoopback
 from tests.support.scripted_api import RecordedRequest
 from tests.support.tui import type_prompt
-from tests.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
 
 pytestmark = [needs_claude, NEEDS_ROOT]
 
