@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.private_net import PrivateLoopback
-from tests.support.supervisor_helpers import FakeAgentWorld, fake_world
+from tests.support.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile, fake_world
 
 
 @pytest.fixture
@@ -78,3 +78,27 @@ def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
     """The scripted fake agent's world under tmp_path: its profile in the test's config, its
     state directory, and the environment to start `aegis-mcp` with."""
     return fake_world(tmp_path, aegis_env)
+
+
+@pytest.fixture
+def sudo_world(throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> Iterator[
+        FakeAgentWorld]:
+    """A world the dropped user can reach: everything under a 0755 directory of its own."""
+    root = Path(tempfile.mkdtemp(prefix="aegis-priv-"))
+    os.chmod(root, 0o755)
+    script = root / "fake_agent.py"
+    shutil.copy(FAKE_AGENT, script)
+    os.chmod(script, 0o755)
+    state = root / "state"
+    state.mkdir()
+    os.chown(state, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    config = root / "config.toml"
+    config.write_text(fake_profile(python=sys.executable, script=script))
+    env = {**aegis_env, "AEGIS_CONFIG": str(config), "AEGIS_RUNTIME_DIR": str(root / "run"),
+           "FAKE_AGENT_STATE": str(state), "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "SUDO_USER": throwaway_user.pw_name,
+           "HOME": "/root", "USER": "root"}
+    try:
+        yield FakeAgentWorld(root, state, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -27,7 +27,6 @@ from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.supervisor_helpers import FakeAgentWorld, fake_profile
 from tests.support.wait import wait_for
-from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 pytestmark = NEEDS_ROOT
 
@@ -100,7 +99,7 @@ class Attack:
 
 
 @pytest.fixture
-def attack(sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd  # noqa: F811
+def attack(sudo_world: FakeAgentWorld, throwaway_user: pwd.struct_passwd
            ) -> Iterator[Attack]:
     uid, gid = throwaway_user.pw_uid, throwaway_user.pw_gid
     mine = sudo_world.root / "mine"  # the user's own space: it may rename anything in it

@@ -21,13 +21,10 @@ import pexpect
 import psutil
 import pytest
 
-from tests import test_privileges
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.netns_helpers import pids_in
 from tests.support.supervisor_helpers import FakeAgentWorld, pid_alive
 from tests.support.wait import wait_for
-
-sudo_world = test_privileges.sudo_world
 
 TREE = "stubborn-child,daemon,pool-runner,ignore-sigint,ignore-sigterm"
 """What the fake agent starts: an MCP server, a child that ignores SIGTERM, a daemon that

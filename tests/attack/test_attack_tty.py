@@ -30,10 +30,14 @@ from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.supervisor_helpers import FakeAgentWorld
 from tests.support.wait import wait_for
-from tests.test_privileges import sudo_world as sudo_world_fixture
 
 pytestmark = NEEDS_ROOT
-world = sudo_world_fixture  # test_privileges' world, under the name the tests here use
+
+
+@pytest.fixture
+def world(sudo_world: FakeAgentWorld) -> FakeAgentWorld:
+    return sudo_world  # the sudo world, under the name the tests here use
+
 
 PROMPT = "root-shell-4242# "
 LEGACY_TIOCSTI = Path("/proc/sys/dev/tty/legacy_tiocsti")

@@ -16,7 +16,6 @@ from aegis_mcp.supervise import control
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.supervisor_helpers import FakeAgentWorld, pid_alive
 from tests.support.wait import wait_for
-from tests.test_privileges import sudo_world  # noqa: F401 - the fixture
 
 GRACE = 3.0  # the default --restart-grace: a stop that takes it all lasts over 6 s
 QUICK = 1.0  # how long any request may wait for its answer, whatever the supervisor does
@@ -237,7 +236,7 @@ def test_a_restart_asked_while_the_supervisor_shuts_down_is_refused_in_one_line(
 
 @NEEDS_ROOT
 def test_under_sudo_the_relay_and_the_socket_both_run_through_a_slow_stop(
-        sudo_world: FakeAgentWorld,  # noqa: F811 - the fixture
+        sudo_world: FakeAgentWorld,
         throwaway_user: pwd.struct_passwd) -> None:
     child = sudo_world.spawn("--restart-grace", "2", "fake", "--behaviour",
                              "ignore-sigint,ignore-sigterm", timeout=60)
