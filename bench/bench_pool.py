@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-FAKE = Path(__file__).resolve().parents[1] / "tests" / "fake_headless_agent.py"
+FAKE = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_headless_agent.py"
 TICK = os.sysconf("SC_CLK_TCK")
 
 

@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the tests' stand-in for the model API
 
 from aegis_mcp.supervise import control  # noqa: E402
-from tests.fake_anthropic import FakeAnthropic  # noqa: E402
-from tests.private_net import PrivateLoopback  # noqa: E402
+from tests.support.fake_anthropic import FakeAnthropic  # noqa: E402
+from tests.support.private_net import PrivateLoopback  # noqa: E402
 
 
 def aegis() -> str:

@@ -14,36 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.private_net import PrivateLoopback
-
-TESTS = Path(__file__).resolve().parent
-
-
-def real_cli(var: str, what: str) -> tuple[str, pytest.MarkDecorator]:
-    """The path of a real agent CLI that scripts/test installs (in env `var`), and the mark that
-    skips a test module when it is not there (pytest run by hand)."""
-    path = os.environ.get(var, "")
-    return path, pytest.mark.skipif(not path or not os.access(path, os.X_OK),
-                                    reason=f"{var} ({what}) is not set; scripts/test installs it")
-
-
-NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CI runs as root)")
-
-
-def aegis_bin() -> str:
-    """The installed `aegis-mcp` of the interpreter running the tests."""
-    exe = Path(sys.executable).parent / "aegis-mcp"
-    return str(exe) if exe.exists() else shutil.which("aegis-mcp") or "aegis-mcp"
-
-
-def offline(command: list[str]) -> list[str]:
-    """`command` in a network namespace of its own with only loopback, when we are root: for
-    real agent CLIs that reach for the network on their own (update checks, telemetry)."""
-    if os.geteuid() != 0:
-        return command
-    import shlex
-
-    return ["unshare", "--net", "sh", "-c", f"ip link set lo up; exec {shlex.join(command)}"]
+from tests.support.private_net import PrivateLoopback
+from tests.support.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile, fake_world
 
 
 @pytest.fixture
@@ -99,3 +71,34 @@ def net() -> Iterator[PrivateLoopback]:
     """A loopback-only network namespace of the test's own, for real agent CLIs."""
     with PrivateLoopback() as private:
         yield private
+
+
+@pytest.fixture
+def world(tmp_path: Path, aegis_env: dict[str, str]) -> FakeAgentWorld:
+    """The scripted fake agent's world under tmp_path: its profile in the test's config, its
+    state directory, and the environment to start `aegis-mcp` with."""
+    return fake_world(tmp_path, aegis_env)
+
+
+@pytest.fixture
+def sudo_world(throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> Iterator[
+        FakeAgentWorld]:
+    """A world the dropped user can reach: everything under a 0755 directory of its own."""
+    root = Path(tempfile.mkdtemp(prefix="aegis-priv-"))
+    os.chmod(root, 0o755)
+    script = root / "fake_agent.py"
+    shutil.copy(FAKE_AGENT, script)
+    os.chmod(script, 0o755)
+    state = root / "state"
+    state.mkdir()
+    os.chown(state, throwaway_user.pw_uid, throwaway_user.pw_gid)
+    config = root / "config.toml"
+    config.write_text(fake_profile(python=sys.executable, script=script))
+    env = {**aegis_env, "AEGIS_CONFIG": str(config), "AEGIS_RUNTIME_DIR": str(root / "run"),
+           "FAKE_AGENT_STATE": str(state), "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "SUDO_USER": throwaway_user.pw_name,
+           "HOME": "/root", "USER": "root"}
+    try:
+        yield FakeAgentWorld(root, state, env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

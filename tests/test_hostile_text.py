@@ -18,9 +18,9 @@ import pexpect
 import pytest
 
 from aegis_mcp.display import lines, plain, text
-from tests.conftest import aegis_bin
-from tests.poolkit import cleanup_pool, pool_config
-from tests.test_netmon import ev, write
+from tests.netmon.test_netmon import ev, write
+from tests.support.host import aegis_bin
+from tests.support.poolkit import cleanup_pool, pool_config
 
 # Markup that Rich rejects ([/bold] closes nothing) or acts on (a hyperlink), an OSC 52
 # clipboard write ended by BEL, a clear screen, and a bidi override.

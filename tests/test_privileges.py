@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -18,34 +17,10 @@ import pytest
 
 from aegis_mcp.paths import hooks_library, runtime_base
 from aegis_mcp.supervise import control
-from tests.conftest import NEEDS_ROOT, aegis_bin
-from tests.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile
+from tests.support.host import NEEDS_ROOT, aegis_bin
+from tests.support.supervisor_helpers import FakeAgentWorld
 
 pytestmark = NEEDS_ROOT
-
-
-@pytest.fixture
-def sudo_world(throwaway_user: pwd.struct_passwd, aegis_env: dict[str, str]) -> Iterator[
-        FakeAgentWorld]:
-    """A world the dropped user can reach: everything under a 0755 directory of its own."""
-    root = Path(tempfile.mkdtemp(prefix="aegis-priv-"))
-    os.chmod(root, 0o755)
-    script = root / "fake_agent.py"
-    shutil.copy(FAKE_AGENT, script)
-    os.chmod(script, 0o755)
-    state = root / "state"
-    state.mkdir()
-    os.chown(state, throwaway_user.pw_uid, throwaway_user.pw_gid)
-    config = root / "config.toml"
-    config.write_text(fake_profile(python=sys.executable, script=script))
-    env = {**aegis_env, "AEGIS_CONFIG": str(config), "AEGIS_RUNTIME_DIR": str(root / "run"),
-           "FAKE_AGENT_STATE": str(state), "SUDO_UID": str(throwaway_user.pw_uid),
-           "SUDO_GID": str(throwaway_user.pw_gid), "SUDO_USER": throwaway_user.pw_name,
-           "HOME": "/root", "USER": "root"}
-    try:
-        yield FakeAgentWorld(root, state, env)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_agent_runs_as_the_sudo_user_with_its_groups(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aegis_mcp.cli import SUBCOMMANDS
-from tests.conftest import aegis_bin
+from tests.support.host import aegis_bin
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SHOWN = sorted(set(re.findall(r"^aegis-mcp (?!-)([a-z]+)\b", README, re.M)) & set(SUBCOMMANDS))

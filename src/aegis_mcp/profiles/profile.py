@@ -162,7 +162,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             session_id_flag="--session-id",
             session_id_options=("--resume", "-r"),
             session_hook="claude-settings",
-            # measured in the TUI with tests/test_claude_readiness.py, by bisection
+            # measured in the TUI with tests/e2e/test_claude_readiness.py, by bisection
             mcp_readiness=("waits from 2.1.284 on: a tool of a server still connecting is "
                            "called once it is up (2.1.284, 2.1.286, 2.1.290, 2.1.299, 2.1.331, "
                            "2.1.332; a 40 s server is not waited for); 2.1.197 to 2.1.283 do "
