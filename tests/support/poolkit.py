@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.supervisor_helpers import pid_alive  # noqa: F401 (one test copy)
 from tests.support.wait import wait_for
 
 FAKE = Path(__file__).resolve().with_name("fake_headless_agent.py")
@@ -37,15 +38,6 @@ timeout_secs = {timeout}
 isolation = "{isolation}"
 worktree_setup = {json.dumps(worktree_setup)}
 """
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def read_pids(path: Path, count: int, timeout: float = 10) -> list[int]:
