@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 # start raises as a failed spawn would, and the supervisor goes on without one.
 LAUNCH = (
     "import sys\n"
-    "from aegis_mcp import cli, watchdog\n"
+    "from aegis_mcp import cli\n"
+    "from aegis_mcp.supervise import watchdog\n"
     "from aegis_mcp.errors import AegisError\n"
     "if sys.argv.pop(1) == 'off':\n"
     "    def off(*_args, **_kwargs):\n"

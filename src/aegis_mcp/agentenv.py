@@ -33,3 +33,13 @@ def inherited(base: Mapping[str, str], hooks_library: str) -> dict[str, str]:
     if preload:
         env["LD_PRELOAD"] = " ".join(preload)
     return env
+
+
+def for_background_agent(agent_id: str, base: Mapping[str, str]) -> dict[str, str]:
+    """A pool agent's environment: the same policy, plus AEGIS_AGENT_ID, the mark by which the
+    pool finds the agent's processes (an orphan's tree after its runner died)."""
+    from aegis_mcp.paths import hooks_library
+
+    env = inherited(base, str(hooks_library()))
+    env["AEGIS_AGENT_ID"] = agent_id
+    return env

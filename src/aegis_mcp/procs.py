@@ -116,6 +116,10 @@ def crashpoint(name: str) -> None:
 
 
 POOL_RUNNER_MARK = "AEGIS_POOL_RUNNER"
+"""In every pool runner's environment, naming its agent id. Runners started by the MCP server
+are descendants of the supervisor (a child subreaper): its stop of the agent's tree, and the
+watchdog's sweep, skip them and their descendants, or background agents would die at each
+reload."""
 SUPERVISOR_PID_MARK = "AEGIS_SUPERVISOR_PID"
 CONTROL_MARK = "AEGIS_CONTROL"
 

@@ -343,7 +343,7 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
     import dataclasses
     import sys
 
-    from aegis_mcp.pool.command import headless_argv
+    from aegis_mcp.profiles.argv import headless_argv
     from aegis_mcp.profiles.profile import BUILTIN_PROFILES
 
     task = "-v --model x"

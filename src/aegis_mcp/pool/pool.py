@@ -19,10 +19,9 @@ import subprocess
 import time
 from typing import Any
 
-from aegis_mcp import procs
+from aegis_mcp import agentenv, procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.pathcheck import check_path, current_directory
-from aegis_mcp.pool.command import agent_environment, headless_argv
 from aegis_mcp.pool.scheduler import Scheduler
 from aegis_mcp.pool.settings import ISOLATIONS, load_settings
 from aegis_mcp.pool.store import (
@@ -44,6 +43,7 @@ from aegis_mcp.pool.store import (
     paths_overlap,
 )
 from aegis_mcp.pool.watch import Watch
+from aegis_mcp.profiles.argv import headless_argv
 
 
 class Pool(Scheduler):
@@ -84,7 +84,7 @@ class Pool(Scheduler):
 
         for _ in range(5):
             agent_id = secrets.token_hex(4)
-            agent_env = agent_environment(agent_id, env)
+            agent_env = agentenv.for_background_agent(agent_id, os.environ if env is None else env)
             argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env,
                                                  self.chat_path(agent_id))
             if chosen == "worktree":

@@ -36,10 +36,6 @@ from aegis_mcp.pool.store import (
     paths_overlap,
 )
 
-RUNNER_MARK = "AEGIS_POOL_RUNNER"
-"""Environment variable naming the agent id in every runner's environment. Runners started by
-the MCP server are descendants of the supervisor (a child subreaper); its stop of the agent's
-tree must skip them and their descendants, or background agents would die at each reload."""
 _RUNNER_START_TIMEOUT = 60.0
 """A claimed agent whose runner has not registered by then is queued again."""
 _MAX_LAUNCHES = 3
@@ -115,8 +111,8 @@ class Scheduler(Store):
             env.pop(procs.CRASHPOINT_VAR, None)  # the pool's own points are not the runner's
         env.pop("AEGIS_AGENT_ID", None)
         # Marks the runner (and through it the agent's tree) as the pool's: a supervisor that
-        # stops "every descendant" at a hot-reload must leave these alone (RUNNER_MARK).
-        env[RUNNER_MARK] = agent_id
+        # stops "every descendant" at a hot-reload must leave these alone (procs.POOL_RUNNER_MARK).
+        env[procs.POOL_RUNNER_MARK] = agent_id
         with open(self.log_path(agent_id), "ab") as log:
             try:
                 # Own session: no terminal signals reach it, and it outlives whoever launched it.

@@ -1,4 +1,4 @@
-"""The agent's command line: the first start and every restart.
+"""The agent's command line: the first start, every restart, and a headless run of the pool.
 
 The user's arguments survive restarts (model, print mode, ...); only the first prompt is
 replaced by the restart prompt, and resume flags the user gave are replaced by the profile's.
@@ -7,8 +7,11 @@ Telling the prompt from option values needs the profile's lists of options that 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
+from aegis_mcp.errors import AegisError
 from aegis_mcp.mcp.name import SERVER_NAME
 from aegis_mcp.profiles.profile import AgentProfile
 
@@ -190,3 +193,52 @@ def _mode_restart_argv(profile: AgentProfile, executable: str, args: list[str],
     prefix, resume_flags = resume_words(profile, session)
     return [executable, *profile.command[1:], mode, *rest, *prefix, *flags, *resume_flags,
             *inject_args, *tail]
+
+
+def headless_argv(profile: AgentProfile, prompt: str, max_iterations: int | None,
+                  env: dict[str, str] | None = None, chat_history: Path | None = None
+                  ) -> tuple[list[str], bool, list[str]]:
+    """The argv of a headless run of `profile` on `prompt`, whether the pool must enforce
+    `max_iterations` itself (the agent has no turn limit flag), and notes for the status.
+    `{prompt}` in the profile's headless_args becomes the task, `{chat_history}` the agent's
+    own transcript file (Aider's, from which the runner takes its answer). The flags added
+    here go before a `--` in headless_args, so that the task can stay last, after it."""
+    notes: list[str] = []
+    if not profile.headless_args:
+        raise AegisError(f"agent type {profile.name!r} has no headless mode (set headless_args "
+                         f"in [agents.{profile.name}] of the config)")
+    _check_task_is_text(profile, prompt)
+    args = [a.replace("{prompt}", prompt).replace("{chat_history}", str(chat_history or ""))
+            for a in profile.headless_args]
+    kept, dropped = root_permission_flags(profile, env if env is not None else os.environ,
+                                          as_root=os.geteuid() == 0)
+    flags = list(kept)
+    if dropped:
+        notes.append(f"running as root: left out {' '.join(dropped)} (the agent refuses it "
+                     "as root unless IS_SANDBOX=1), so it may be denied tools")
+    enforce = False
+    if max_iterations is not None:
+        if profile.max_turns_flag:
+            flags += [profile.max_turns_flag, str(max_iterations)]
+        else:
+            enforce = True
+    argv = [profile.executable(), *profile.command[1:], *with_injected(args, flags)]
+    return argv, enforce, notes
+
+
+def _check_task_is_text(profile: AgentProfile, prompt: str) -> None:
+    """The task is untrusted text (a description from an MCP client): it must reach the agent as
+    its prompt, never as an option of the agent CLI."""
+    if not prompt.strip(" -"):
+        # Measured: codex exec reads its prompt from stdin for `-`, argparse (aider) drops `--`.
+        raise AegisError(f"the task {prompt!r} says nothing the agent can do: describe the task")
+    if not prompt.startswith("-"):
+        return
+    args = list(profile.headless_args)
+    for i, arg in enumerate(args):
+        if arg == "{prompt}" and "--" not in args[:i]:
+            raise AegisError(
+                f"the task starts with '-' and agent type {profile.name!r} passes it as a word "
+                f"of its own, which {profile.name} would read as an option: in "
+                f"[agents.{profile.name}] headless_args, put \"--\" before \"{{prompt}}\" or "
+                "use the --option={prompt} form")

@@ -34,11 +34,9 @@ from aegis_mcp import __version__, agentenv, procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import injection
-from aegis_mcp.mcp.codex import ReadinessWatch
 from aegis_mcp.mcp.warm import WarmServer
 from aegis_mcp.mcp.warm import socket_path as warm_socket_path
 from aegis_mcp.netmon.mode import resolve_mode
-from aegis_mcp.netns import plan
 from aegis_mcp.paths import (
     hooks_library,
     runtime_dir,
@@ -69,11 +67,12 @@ from aegis_mcp.supervise import control, ptymonitor
 from aegis_mcp.supervise.options import SupervisorOptions
 from aegis_mcp.supervise.ptyrelay import PtyRelay
 from aegis_mcp.supervise.terminal import Terminal
-from aegis_mcp.supervise.watch import FileWatch
 from aegis_mcp.supervise.watchdog import Watchdog
 
-if TYPE_CHECKING:  # imported when netns mode is on: it pulls in pyroute2
+if TYPE_CHECKING:  # imported when their feature is on: every start pays for the rest
+    from aegis_mcp.mcp.codex import ReadinessWatch
     from aegis_mcp.netns.namespace import Namespace
+    from aegis_mcp.supervise.watch import FileWatch
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
 # (an inherited CLAUDECODE=1 makes claude refuse to start as a nested session).
@@ -266,11 +265,13 @@ class Supervisor:
                                  f"{exc.strerror or exc}; check that it is your own private "
                                  "directory, or pass --no-inject-mcp") from None
             env.update(self.injection.env)
-        self.readiness = ReadinessWatch(
-            self.agent_start, tuple(self.injection.awaited),
-            time.monotonic() + self.opts.mcp_ready_timeout) \
-            if self.injection is not None and self.injection.awaited \
-            and not agentargs.is_subcommand(self.profile, self.opts.agent_args) else None
+        self.readiness = None
+        if self.injection is not None and self.injection.awaited \
+                and not agentargs.is_subcommand(self.profile, self.opts.agent_args):
+            from aegis_mcp.mcp.codex import ReadinessWatch
+
+            self.readiness = ReadinessWatch(self.agent_start, tuple(self.injection.awaited),
+                                            time.monotonic() + self.opts.mcp_ready_timeout)
         if self._needs_preload():
             lib = str(hooks_library())
             env["LD_PRELOAD"] = " ".join([lib, *env.get("LD_PRELOAD", "").split()])
@@ -847,6 +848,8 @@ class Supervisor:
                 from aegis_mcp.netns import namespace as netns
 
                 assert self.netmon_log is not None
+                from aegis_mcp.netns import plan
+
                 forwards, unreachable = plan.loopback_forwards(dict(os.environ),
                                                           self.opts.netns_forward)
                 (log_fd,) = fds_as_user(self.user, open_log, str(self.netmon_log))
@@ -868,6 +871,8 @@ class Supervisor:
             # Only now: pyroute2 made the namespace in forks of this process, which must not
             # copy a process with a second thread running (a lock it held stays locked there).
             if self.opts.watch:
+                from aegis_mcp.supervise.watch import FileWatch
+
                 self.watch = FileWatch.start(self.opts.watch)
                 self.selector.register(self.watch.fd, selectors.EVENT_READ, "watch")
             self._spawn(resume=False, prompt=None)
