@@ -5,6 +5,10 @@ offset read so far), so a call reads only what was appended since the last one: 
 is reborn at every hot-reload and must not re-read a million events each time. Rotation
 (`<log>` renamed to `<log>.1` by the hooks at AEGIS_NETMON_MAX_BYTES) is followed: the rest of
 the rotated file is read before the new one; events rotated away unread are reported as lost.
+
+A little over 400 lines: the typed records of the status (what netmon_status and `aegis-mcp
+netmon` show, with their descriptions) are declared here, beside the aggregates they are made
+of, so that the two cannot drift apart.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex and Gemini CLI. Users add or
 override profiles in the `[agents.<name>]` tables of their config file (see `paths.config_file`).
+About 400 lines, half of them the built-in table: each CLI's measured facts, kept together.
 """
 
 from __future__ import annotations
