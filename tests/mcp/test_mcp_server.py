@@ -37,6 +37,27 @@ def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str
     assert set(props) == {"reason", "prompt"} and not restart.input_schema.get("required")
 
 
+def test_every_tool_says_what_it_does_to_the_world_in_flowing_text(
+        aegis_env: dict[str, str]) -> None:
+    async def body(client: Client) -> Any:
+        return (await client.list_tools()).tools
+
+    tools = with_client(aegis_env, body)
+    for tool in tools:
+        assert "\n" not in tool.description and "  " not in tool.description, tool.name
+        hints = tool.annotations
+        assert hints is not None, tool.name
+        assert hints.read_only_hint or hints.destructive_hint is not None, tool.name
+        assert hints.open_world_hint is not None, tool.name
+    by_name = {t.name: t.annotations for t in tools}
+    assert by_name["server_status"].read_only_hint is True
+    assert by_name["agent_list"].read_only_hint is True
+    assert by_name["agent_stop"].destructive_hint is True
+    assert by_name["restart_claude"].destructive_hint is True
+    assert by_name["agent_spawn"].open_world_hint is True
+    assert by_name["netmon_namespace_cleanup"].destructive_hint is True
+
+
 def test_readme_lists_exactly_the_servers_tools() -> None:
     listed = set(re.findall(r"^\| `(\w+)`", README.read_text(), re.M))
     assert SPEC_TOOLS | {"restart_agent"} <= listed

@@ -110,15 +110,51 @@ class ServerStatus(BaseModel):
         "agent may reach the host's own services (netns_host_access)")
 
 
+# What each tool does to the world, for clients that decide by it what to confirm (MCP tool
+# annotations): the one place these hints are written.
+_READS = {"read_only_hint": True, "open_world_hint": False}
+TOOL_HINTS: dict[str, dict[str, bool]] = {
+    # stops this agent (and starts it again): the turn ends
+    "restart_claude": {"destructive_hint": True, "idempotent_hint": False,
+                       "open_world_hint": False},
+    "restart_agent": {"destructive_hint": True, "idempotent_hint": False,
+                      "open_world_hint": False},
+    "server_status": _READS,
+    # a background agent with its permission flag: it may reach anything
+    "agent_spawn": {"destructive_hint": False, "idempotent_hint": False,
+                    "open_world_hint": True},
+    "agent_list": _READS, "agent_status": _READS, "agent_await": _READS,
+    "agent_pool_stats": _READS, "agent_file_locks": _READS,
+    "agent_stop": {"destructive_hint": True, "idempotent_hint": True, "open_world_hint": False},
+    "netmon_status": _READS, "netmon_log": _READS, "netmon_namespace_list": _READS,
+    "netmon_namespace_cleanup": {"destructive_hint": True, "idempotent_hint": True,
+                                 "open_world_hint": False},
+}
+
+
+def flowing(text: str) -> str:
+    """A docstring as one paragraph: clients show a tool's description as it is, and a
+    docstring's indentation and line breaks are layout for the source, not for them."""
+    return " ".join(inspect.cleandoc(text).split())
+
+
 class AegisMCPServer(MCPServer):
     """MCPServer whose tools may raise AegisError: the SDK hides the text of unexpected
     exceptions from the client, so an AegisError becomes a ToolError whose message (what is
-    wrong and what to do) reaches the agent as an is_error result."""
+    wrong and what to do) reaches the agent as an is_error result. Each tool gets its hints
+    from TOOL_HINTS and its docstring as a flowing description."""
 
     def tool(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-        register = super().tool(*args, **kwargs)
-
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            from mcp.types import ToolAnnotations
+
+            name = kwargs.get("name") or fn.__name__
+            options = dict(kwargs)
+            if options.get("description") is None and fn.__doc__:
+                options["description"] = flowing(fn.__doc__)
+            if options.get("annotations") is None and name in TOOL_HINTS:
+                options["annotations"] = ToolAnnotations(**TOOL_HINTS[name])
+            register = super(AegisMCPServer, self).tool(*args, **options)
             if inspect.iscoroutinefunction(fn):
                 @functools.wraps(fn)
                 async def wrapped_async(*a: Any, **kw: Any) -> Any:
