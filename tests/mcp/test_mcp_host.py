@@ -99,17 +99,19 @@ def test_the_sdk_client_through_the_relay_gets_the_warm_servers_tools_as_its_own
     first = world.starts()[0]
     elsewhere = Path(tempfile.mkdtemp(prefix="w-"))  # short: an error shows it whole
     big = "x" * 1_000_000  # one message far bigger than a pipe or socket buffer
-    status, spawn, echo = _client(_entry(first), elsewhere, [
+    status, spawn, big_call = _client(_entry(first), elsewhere, [
         ("server_status", {}),
         ("agent_spawn", {"description": "t", "working_directory": "missing-dir"}),
-        ("server_status", {"padding": big})])
+        ("agent_spawn", {"description": big})])
     assert not status.is_error
     got = status.structured_content
     assert got["mcp_server_warm"] is True and got["supervised"] is True
     assert got["mcp_server_pid"] != got["supervisor"]["warm_mcp_server"]["pid"]
     # A relative directory is the caller's (the relay's), not the warm server's.
     assert spawn.is_error and str(elsewhere / "missing-dir") in spawn.content[0].text
-    assert not echo.is_error
+    # the whole megabyte went through and was read: its one argument is judged too long
+    assert big_call.is_error and "argument description should have at most" in \
+        big_call.content[0].text
     child.sendline("exit 0")
     child.expect(pexpect.EOF)
     elsewhere.rmdir()

@@ -106,6 +106,25 @@ def test_bad_arguments_name_the_argument(aegis_env: dict[str, str]) -> None:
     assert result.is_error and "prompt" in text(result)
 
 
+def test_an_argument_error_is_one_line_and_an_unknown_argument_is_refused(
+        aegis_env: dict[str, str]) -> None:
+    cases = [
+        ("restart_claude", {"reason": "x" * 501},
+         "restart_claude: argument reason should have at most 500 characters"),
+        ("agent_spawn", {}, "agent_spawn: argument description is required"),
+        ("agent_spawn", {"description": "t", "isolation": "nope"},
+         "agent_spawn: argument isolation should be 'lock' or 'worktree'"),
+        ("server_status", {"bogus": 1},
+         "server_status: unknown argument 'bogus' (it takes no arguments)"),
+        ("restart_agent", {"reasn": "typo"},
+         "restart_agent: unknown argument 'reasn' (it takes prompt, reason)"),
+    ]
+    for tool, args, expected in cases:
+        result = call(aegis_env, tool, args)
+        assert result.is_error and text(result) == expected, (tool, text(result))
+        assert "pydantic" not in text(result) and "\n" not in text(result)
+
+
 hostile = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=True) | st.text(max_size=50)

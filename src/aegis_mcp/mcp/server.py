@@ -178,6 +178,39 @@ class AegisMCPServer(MCPServer):
 
         return decorate
 
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None
+                        ) -> Any:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            check_arguments(name, tool.fn_metadata, arguments or {})
+        return await super().call_tool(name, arguments, context)
+
+
+def check_arguments(name: str, metadata: Any, arguments: dict[str, Any]) -> None:
+    """One line naming the argument and what is allowed, instead of the SDK's pydantic dump
+    (with its URL); an argument the tool does not take is refused, not silently dropped."""
+    from pydantic import ValidationError
+
+    fields = metadata.arg_model.model_fields
+    known = sorted(f.alias or key for key, f in fields.items())
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        takes = ", ".join(known) if known else "no arguments"
+        raise ToolError(f"{name}: unknown argument{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))} (it takes {takes})")
+    try:
+        metadata.validate_arguments(arguments)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        where = ".".join(str(part) for part in first["loc"]) or "arguments"
+        msg = str(first["msg"])
+        for subject in ("String ", "Input ", "Value "):  # pydantic's: the argument is ours
+            msg = msg.removeprefix(subject)
+        what = "is required" if first["type"] == "missing" else msg[0].lower() + msg[1:]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ToolError(f"{name}: argument {where} {what}{more}") from None
+
 
 def _control() -> str:
     path = os.environ.get("AEGIS_CONTROL")
