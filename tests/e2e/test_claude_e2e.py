@@ -20,7 +20,7 @@ from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.host import NEEDS_ROOT, aegis_bin, real_cli
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.support.tui import Screen, type_prompt
+from tests.support.tui import Screen, quit_tui, type_prompt
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user
@@ -163,11 +163,7 @@ def test_interactive_tui_restarts_in_the_same_terminal(
                 status = control.request(sock, {"op": "status"})["status"]
             assert status["mcp_servers_seen"]
         finally:
-            for _ in range(3):
-                child.sendcontrol("c")
-                time.sleep(0.5)
-            child.expect(pexpect.EOF, timeout=30)
-            status = child.wait()
+            status = quit_tui(child)
         # claude's own exit status, forwarded (its Ctrl-C exit)
         assert status is not None and status < 128 + 64, (status, child.signalstatus)
 
@@ -372,8 +368,4 @@ def test_after_clear_in_the_tui_a_restart_resumes_the_new_session(
             assert "after the clear" in last and "go on" in last
             assert "before the clear" not in last  # the cleared conversation stays behind
         finally:
-            for _ in range(3):
-                child.sendcontrol("c")
-                time.sleep(0.5)
-            child.expect(pexpect.EOF, timeout=30)
-            child.wait()
+            quit_tui(child)

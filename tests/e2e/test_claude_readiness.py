@@ -18,15 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pexpect
-
 from aegis_mcp.supervise import control
 from tests.e2e.test_claude_e2e import TUI_KEY, needs_claude, spawn_tui, trust_project
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.host import NEEDS_ROOT, aegis_bin
 from tests.support.private_net import PrivateLoopback
 from tests.support.scripted_api import RecordedRequest
-from tests.support.tui import type_prompt
+from tests.support.tui import quit_tui, type_prompt
 
 pytestmark = [needs_claude, NEEDS_ROOT]
 
@@ -129,11 +127,7 @@ def run_tui(throwaway_user: pwd.struct_passwd, project: Path, aegis_env: dict[st
             last = json.dumps(api.message_requests()[-1].body["messages"])
             assert "first prompt" in last and "use the second server" in last
         finally:
-            for _ in range(3):
-                child.sendcontrol("c")
-                time.sleep(0.5)
-            child.expect(pexpect.EOF, timeout=30)
-            child.wait()
+            quit_tui(child)
 
 
 def test_the_first_turn_after_a_tool_restart_uses_a_slow_mcp_server(

@@ -75,3 +75,13 @@ def type_prompt(child: pexpect.spawn, screen: Screen, text: str, attempts: int =
         child.sendcontrol("u")
     time.sleep(0.3)
     child.send("\r")
+
+
+def quit_tui(child: pexpect.spawn) -> int | None:
+    """End a TUI the way its user does: Ctrl-C until it is gone (Claude Code asks twice);
+    its exit status."""
+    for _ in range(3):
+        child.sendcontrol("c")
+        time.sleep(0.5)
+    child.expect(pexpect.EOF, timeout=30)
+    return child.wait()
