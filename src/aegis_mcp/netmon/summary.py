@@ -336,6 +336,7 @@ def refresh(log: Path) -> Summary:
     log = Path(log)
     rotated = rotated_path(log)
     s = _load_summary(log)
+    seen = (s.dev, s.ino, s.offset, s.lost)
     try:
         st = log.stat()
     except FileNotFoundError:
@@ -362,7 +363,10 @@ def refresh(log: Path) -> Summary:
         else:
             s.dev, s.ino = st.st_dev, st.st_ino
             s.offset = s.consume(log, 0)
-    _save_summary(log, s)
+    # Written only when it moved on: a reader that watches the directory (aegis-mcp top)
+    # must not be woken by its own reading.
+    if (s.dev, s.ino, s.offset, s.lost) != seen or not summary_path(log).exists():
+        _save_summary(log, s)
     return s
 
 
