@@ -164,22 +164,24 @@ def _wait_and_report(path: Path, answer: dict[str, Any], timeout: float, as_json
 _NAMES = {"restarted": "restart", "mcp_server": "aegis-mcp MCP server"}
 
 
-def supervisors() -> list[dict[str, Any]]:
+def supervisors(stale: bool = True) -> list[dict[str, Any]]:
     """A row per supervisor: the status of each live one (`stale: false`), then one per dead
     supervisor whose socket is left or whose marked processes still run (`stale: true`, with
-    `leftovers`: the processes carrying its mark, which outlived it)."""
+    `leftovers`: the processes carrying its mark, which outlived it). `stale=False` leaves the
+    dead ones out, and so the look at every process of the system that finds their
+    leftovers: the live view asks for those only when a supervisor came or went."""
     dirs = control_dirs()
     rows: list[dict[str, Any]] = []
     answering: set[str] = set()  # live, or alive but not answering: not stale
-    stale: dict[str, int] = {}
+    dead: dict[str, int] = {}
     for pid, path in (found for runtime in dirs for found in control.sockets(runtime)):
         if not procs.alive(pid):
-            stale[str(path)] = pid
+            dead[str(path)] = pid
             continue
         try:
             answer = control.request(path, {"op": "status"}, timeout=2)
         except control.NoSupervisorError:
-            stale[str(path)] = pid  # its pid now belongs to another process
+            dead[str(path)] = pid  # its pid now belongs to another process
             continue
         except AegisError:
             answering.add(str(path))
@@ -187,12 +189,14 @@ def supervisors() -> list[dict[str, Any]]:
         answering.add(str(path))
         if answer.get("ok"):
             rows.append({**answer["status"], "stale": False})
+    if not stale:
+        return rows
     roots = {str(d) for d in dirs} | {str(d.resolve()) for d in dirs}
     left = procs.leftovers(lambda mark: mark[1] not in answering
                               and str(Path(mark[1]).parent) in roots)
     for pid, path in left:
-        stale.setdefault(path, pid)
-    for path, pid in sorted(stale.items(), key=lambda item: item[1]):
+        dead.setdefault(path, pid)
+    for path, pid in sorted(dead.items(), key=lambda item: item[1]):
         theirs = left.get((pid, path), [])
         rows.append({"supervisor_pid": pid, "control_socket": path, "stale": True,
                      "leftovers": [_describe(p) for p in sorted(theirs, key=lambda p: p.pid)]})
