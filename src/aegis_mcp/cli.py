@@ -59,6 +59,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agents": ("aegis_mcp.pool.cli", "background agents: spawn, list, status, await, stop ..."),
     "netmon": ("aegis_mcp.netmon.cli", "show the network connections an agent made"),
     "netns": ("aegis_mcp.netns.cli", "list or clean up aegis network namespaces"),
+    "top": ("aegis_mcp.top.cli", "one live view of your supervisors, background agents and "
+            "their network"),
 }
 
 
