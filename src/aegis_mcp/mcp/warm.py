@@ -55,9 +55,10 @@ class WarmServer:
 
     @classmethod
     def start(cls, command: list[str], env: dict[str, str], cwd: Path, user: User | None,
-              path: Path) -> WarmServer:
-        """Run `command` (`python -m aegis_mcp.mcp.warm PATH`, as the agent runs: see
-        Supervisor._as_agent), dropping to `user` when given; OSError when it cannot start."""
+              path: Path, listening: int) -> WarmServer:
+        """Run `command` (`python -m aegis_mcp.mcp.warm PATH FD`, as the agent runs: see
+        Supervisor._as_agent) with the socket `listening` bound at `path` as its FD, dropping
+        to `user` when given; OSError when it cannot start."""
         kwargs: dict[str, Any] = {}
         if user is not None:
             kwargs = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
@@ -65,7 +66,7 @@ class WarmServer:
         proc = subprocess.Popen(
             command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=None if debug else subprocess.DEVNULL,
-            close_fds=True, start_new_session=True, **kwargs)
+            close_fds=True, pass_fds=(listening,), start_new_session=True, **kwargs)
         return cls(proc, path)
 
     @property
@@ -174,17 +175,20 @@ async def _serve(sock: socket.socket, server: MCPServer) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m aegis_mcp.mcp.warm SOCKET (started by the supervisor)",
-              file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: python -m aegis_mcp.mcp.warm SOCKET [FD] (started by the supervisor, "
+              "which binds SOCKET and hands it over as FD)", file=sys.stderr)
         return 2
     if not procs.die_with_parent(signal.SIGTERM):
         return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     path = argv[0]
-    from aegis_mcp.supervise.control import bind_socket
+    if len(argv) == 2:
+        fd = int(argv[1])
+    else:
+        from aegis_mcp.supervise.control import bind_socket
 
-    (fd,) = bind_socket(path, "the warm MCP server's socket", backlog=64)
+        (fd,) = bind_socket(path, "the warm MCP server's socket", backlog=64)
     sock = socket.socket(fileno=fd)
     bound = os.stat(path).st_ino
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -381,13 +381,26 @@ class Supervisor:
             self._forget_warm()
         env, _ = self._agent_env()
         path = warm_socket_path(self.runtime, self.pid)
-        command, cwd, drop = self._as_agent(
-            python_command("aegis_mcp.mcp.warm", str(path)), env)
+        # Bound here, as the agent's user, and handed over: the socket is there before the
+        # agent starts, so its relay never finds it missing (it waits in the backlog while
+        # the server imports), however slowly the server's Python starts on a busy machine.
         try:
-            self.warm = WarmServer.start(command, env, cwd, drop, path)
+            (fd,) = fds_as_user(self.user, control.bind_socket, str(path),
+                                "the warm MCP server's socket", 64)
+        except AegisError as exc:
+            say(f"{exc}: the agent's aegis-mcp server starts cold")
+            return
+        command, cwd, drop = self._as_agent(
+            python_command("aegis_mcp.mcp.warm", str(path), str(fd)), env)
+        try:
+            self.warm = WarmServer.start(command, env, cwd, drop, path, fd)
         except OSError as exc:
             say(f"cannot start the warm MCP server ({exc.strerror or exc}): the agent's "
                 "aegis-mcp server starts cold")
+            with contextlib.suppress(OSError, AegisError):
+                as_user(self.user, control.unlink_socket, str(path))
+        finally:
+            os.close(fd)
 
     def _forget_warm(self) -> None:
         warm, self.warm = self.warm, None
