@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,27 +55,50 @@ def network_line(line: str) -> str:
     return event_line(event) if isinstance(event, dict) else line
 
 
-class Tail:
-    """New whole lines of a file; at the first read, from `BACKLOG` bytes before its end."""
+class NotTheirs(Exception):
+    """The file is not what it should be: not a regular file, or (read as root) not owned by
+    the user whose supervisor named it."""
 
-    def __init__(self, path: Path) -> None:
+
+class Tail:
+    """New whole lines of a file; at the first read, from `BACKLOG` bytes before its end.
+
+    As root, a supervisor's log path comes from that supervisor, so from whatever runs as its
+    user: the file is opened without following a symlink and without blocking (a FIFO), and
+    read only if it is a regular file of that user (`owner`)."""
+
+    def __init__(self, path: Path, owner: int | None = None) -> None:
         self.path = path
+        self.owner = owner
+        self.fd: int | None = None
         self.ino: int | None = None
         self.offset = 0
         self.rest = b""
         self.mid_line = False
 
+    def _open(self) -> os.stat_result:
+        fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (
+                os.geteuid() == 0 and self.owner is not None and st.st_uid != self.owner):
+            os.close(fd)
+            raise NotTheirs(f"{self.path} is not a log file of the supervisor's user: not read")
+        self.close()
+        self.fd = fd
+        return st
+
     def read(self) -> list[str]:
         try:
-            st = self.path.stat()
+            st = os.stat(self.path)
         except FileNotFoundError:
             return []
-        if st.st_ino != self.ino or st.st_size < self.offset:  # new, replaced or cut
-            start = max(0, st.st_size - BACKLOG) if self.ino is None else 0
+        if self.fd is None or st.st_ino != self.ino or st.st_size < self.offset:
+            first = self.ino is None  # new, replaced (rotated) or cut: from its start
+            st = self._open()
+            start = max(0, st.st_size - BACKLOG) if first else 0
             self.ino, self.offset, self.rest, self.mid_line = st.st_ino, start, b"", start > 0
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(8 << 20)
+        assert self.fd is not None
+        data = os.pread(self.fd, 8 << 20, self.offset)
         self.offset += len(data)
         if self.mid_line:  # the backlog starts inside a line: from the next one
             cut = data.find(b"\n")
@@ -83,6 +107,11 @@ class Tail:
             data, self.mid_line = data[cut + 1:], False
         whole, _, self.rest = (self.rest + data).rpartition(b"\n")
         return [line.decode(errors="replace") for line in whole.split(b"\n")] if whole else []
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class LogScreen(Screen[None]):
@@ -93,10 +122,12 @@ class LogScreen(Screen[None]):
                          background: $primary-background; }
     """
 
-    def __init__(self, title: str, path: Path, fmt: Callable[[str], str]) -> None:
+    def __init__(self, title: str, path: Path, fmt: Callable[[str], str],
+                 owner: int | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.path = path
+        self.owner = owner
         self.fmt = fmt
         self.closing = threading.Event()
 
@@ -110,7 +141,7 @@ class LogScreen(Screen[None]):
         log = s["netmon_log"]
         assert log is not None
         return cls(f"network of supervisor {s['pid']} ({s['agent']}): {log}", Path(log),
-                   network_line)
+                   network_line, s["owner_uid"])
 
     def compose(self) -> ComposeResult:
         yield Static(text(self.title_text), id="title")
@@ -130,7 +161,7 @@ class LogScreen(Screen[None]):
         from aegis_mcp.errors import AegisError
         from aegis_mcp.pool.watch import Watch
 
-        tail = Tail(self.path)
+        tail = Tail(self.path, self.owner)
         watch: Watch | None = None
         try:
             with contextlib.suppress(AegisError):
@@ -146,9 +177,12 @@ class LogScreen(Screen[None]):
                     self.closing.wait(1.0)
                 else:
                     watch.wait(1.0)
+        except NotTheirs as exc:
+            self._write([str(exc)])
         except OSError as exc:
             self._write([f"cannot read {self.path}: {exc.strerror or exc}"])
         finally:
+            tail.close()
             if watch is not None:
                 watch.close()
 

@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
+# At the top, not in the function: a dropped, forked helper runs it (see `network`), and a
+# fork of the view's threaded process must not be the first to import anything.
+from aegis_mcp.netmon.log import NoLog
+from aegis_mcp.netmon.summary import empty_status, status
+
 if TYPE_CHECKING:
     from aegis_mcp.pool.pool import Pool
     from aegis_mcp.pool.store import AgentStatus, PoolStats
@@ -50,6 +55,7 @@ class SupervisorView(TypedDict):
     netmon_log: str | None
     cwd: str | None
     control_socket: str | None
+    owner_uid: Annotated[int, "Whose it is: its files are read with this identity"]
     leftovers: Annotated[list[dict[str, Any]], "Processes a dead supervisor left running"]
     network: Network | None
 
@@ -77,8 +83,10 @@ def supervisor_view(row: dict[str, Any]) -> SupervisorView:
                 "session_id": None, "mcp_servers_up": 0, "netmon_mode": None,
                 "netmon_log": None, "cwd": None,
                 "control_socket": row.get("control_socket"),
+                "owner_uid": owner_of(row.get("control_socket")),
                 "leftovers": row.get("leftovers", []), "network": None}
     log = row.get("netmon_log")
+    owner = owner_of(row.get("control_socket"))
     return {
         "pid": row["supervisor_pid"], "stale": False, "agent": row.get("agent"),
         "agent_pid": row.get("agent_pid"), "phase": row.get("phase"),
@@ -87,25 +95,29 @@ def supervisor_view(row: dict[str, Any]) -> SupervisorView:
         "session_id": row.get("session_id"),
         "mcp_servers_up": len(row.get("mcp_servers_seen") or []),
         "netmon_mode": row.get("netmon_mode"), "netmon_log": log, "cwd": row.get("cwd"),
-        "control_socket": row.get("control_socket"), "leftovers": [],
-        "network": network(Path(log), row.get("netmon_mode") or "?") if log else None,
+        "control_socket": row.get("control_socket"), "owner_uid": owner, "leftovers": [],
+        "network": network(Path(log), row.get("netmon_mode") or "?", owner) if log else None,
     }
 
 
-def network(log: Path, mode: str) -> Network:
-    """The few numbers of a netmon log. Run as root (sudo aegis-mcp top), the summary is read
-    as the log's owner: netmon keeps its summary file next to the log, in the user's directory,
-    where root must not write."""
+def owner_of(control_socket: str | None) -> int:
+    """Whose a supervisor's files are: the owner of its control socket (the agent's user;
+    under sudo the socket is made as that user). Everything the supervisor says it has, its
+    netmon log's path included, is read with that identity, never more."""
+    try:
+        return os.lstat(control_socket).st_uid if control_socket else os.geteuid()
+    except OSError:
+        return os.geteuid()
+
+
+def network(log: Path, mode: str, owner: int) -> Network:
+    """The few numbers of a netmon log. Run as root (`sudo aegis-mcp top`), a supervisor of
+    another user's is read as that user: the log's path comes from that supervisor (so from
+    whatever runs as that user), and netmon writes its summary file next to the log."""
     from aegis_mcp.errors import AegisError
 
     try:
-        owner = log.stat().st_uid
-    except FileNotFoundError:
-        owner = os.geteuid()
-    except OSError as exc:
-        return _no_network(mode, exc.strerror or str(exc))
-    try:
-        if owner != os.geteuid() and os.geteuid() == 0:
+        if os.geteuid() == 0 and owner != 0:
             from aegis_mcp.privileges import User, as_user
 
             s = as_user(User.from_uid(owner), _status_or_empty, str(log))
@@ -119,9 +131,6 @@ def network(log: Path, mode: str) -> Network:
 
 
 def _status_or_empty(log: str) -> dict[str, Any]:
-    from aegis_mcp.netmon.log import NoLog
-    from aegis_mcp.netmon.summary import empty_status, status
-
     try:
         return dict(status(Path(log)))
     except NoLog:
