@@ -51,3 +51,34 @@ def check_path(path: str, what: str, *, directory: bool = False, exit_code: int 
         if not os.access(path, os.X_OK):
             raise AegisError(f"{label}: permission denied (you cannot enter it)", exit_code)
     return os.path.realpath(path)
+
+
+def why_not_runnable(command: str, search: str | None = None) -> str | None:
+    """Why `command` cannot be run although something of that name exists: `not executable
+    (chmod +x it)`, `a directory, not a program`, ...; None when nothing of that name exists
+    (then it is simply not found). A bare name is looked for in each directory of `search`
+    (default: PATH), as a shell does after finding no executable of that name, and the
+    message names the file it found."""
+    if os.sep in command:
+        candidates = [command]
+    else:
+        search = os.environ.get("PATH", os.defpath) if search is None else search
+        candidates = [os.path.join(d, command) for d in search.split(os.pathsep) if d]
+    for path in candidates:
+        named = "" if path == command else f"{shown(path)} is "
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if os.sep in command and exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return f"{(exc.strerror or str(exc)).lower()}"
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if path == command:  # on PATH, a directory of that name is skipped, as by a shell
+                return "a directory, not a program"
+            continue
+        if os.access(path, os.X_OK):
+            continue  # runnable after all (a race, or the caller did not look)
+        if not st.st_mode & 0o111:
+            return f"{named}not executable (chmod +x it)"
+        return f"{named}not executable for you (permission denied)"
+    return None

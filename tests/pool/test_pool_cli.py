@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.host import aegis_bin
-from tests.support.poolkit import cleanup_pool, pool_config
+from tests.support.poolkit import FAKE, cleanup_pool, pool_config
 
 ACTIONS = ("spawn", "list", "status", "await", "stop", "stats", "locks", "logs")
 
@@ -178,3 +181,98 @@ def test_a_bad_working_directory_is_one_line_and_nothing_is_stored(env: dict[str
     # And the pool still works.
     done = agents(env, "spawn", "--wait", "-C", str(tmp_path), "result=fine")
     assert done.returncode == 0 and "fine" in done.stdout, done.stderr
+
+
+def test_piped_tables_are_never_cut(env: dict[str, str], tmp_path: Path) -> None:
+    """Piped, Rich would lay tables out in 80 columns (or $COLUMNS) and end long values in "…":
+    every value must come whole, on its line, whatever the width says."""
+    deep = tmp_path / ("d" * 70) / ("e" * 70) / ("f" * 70)
+    deep.mkdir(parents=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    task = "hang " + " ".join(f"word{i:03d}" for i in range(50))
+    answer = "answer-" + "x" * 150
+    running = as_json(env, "spawn", "-C", str(deep), task)
+    assert isinstance(running, dict)
+    agent_id = running["agent_id"]
+    queued = agents(env, "spawn", "-C", str(deep), "result=later").stdout.split()[0]
+    done = agents(env, "spawn", "--wait", "-C", str(other), f"result={answer}")
+    finished = done.stdout.split()[0]
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00"
+
+    for columns in ("80", "40", None):
+        piped = {k: v for k, v in env.items() if k != "COLUMNS"}
+        if columns:
+            piped["COLUMNS"] = columns
+        outputs = {args: agents(piped, *args) for args in [
+            ("list",), ("status", agent_id), ("status", finished), ("locks",), ("stats",),
+            ("await", finished)]}
+        for args, proc in outputs.items():
+            assert proc.returncode == 0, (args, proc.stderr)
+            assert "…" not in proc.stdout and "..." not in proc.stdout, (args, proc.stdout)
+            assert all(line == line.rstrip() for line in proc.stdout.splitlines()), args
+        lines = outputs[("list",)].stdout.splitlines()
+        row = next(line for line in lines if line.lstrip().startswith(agent_id))
+        assert task in row and "system (init)" in row
+        row = next(line for line in lines if line.lstrip().startswith(finished))
+        assert f"result (success): {answer}" in row
+        row = next(line for line in lines if line.lstrip().startswith(queued))
+        assert f"queue #1, waits for {agent_id}" in row
+
+        status = outputs[("status", agent_id)].stdout.splitlines()
+        assert any(re.fullmatch(rf" working_directory +{re.escape(str(deep))}", line)
+                   for line in status)
+        assert any(re.fullmatch(rf" description +{re.escape(task)}", line) for line in status)
+        assert any(re.fullmatch(rf" created_at +{iso}", line) for line in status)
+        for args in (("status", finished), ("await", finished)):
+            assert any(re.fullmatch(rf" result +{answer}", line)
+                       for line in outputs[args].stdout.splitlines()), outputs[args].stdout
+
+        locks = outputs[("locks",)].stdout
+        assert re.search(rf"{re.escape(str(deep))} +. {agent_id} +. tree +. {iso} +. {queued}",
+                         locks), locks
+        stats = outputs[("stats",)].stdout
+        for key in ("max_agents", "active", "queued", "running", "completed", "failed",
+                    "stopped", "lost"):
+            assert key in stats
+
+
+def test_an_agent_program_that_cannot_run_is_named_for_what_it_is(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """At the spawn (one line, nothing stored) and, when its x bit goes while it waits in the
+    queue, in the reason it failed with."""
+    no_x = tmp_path / "my-agent"
+    no_x.write_text("#!/bin/sh\necho hi\n")  # mode 0644
+    a_dir = tmp_path / "agent-dir"
+    a_dir.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "lazy-agent-xyz").write_text("#!/bin/sh\necho hi\n")
+    later = tmp_path / "later-agent"
+    later.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    later.chmod(0o755)
+    config = Path(env["AEGIS_CONFIG"])
+    config.write_text(config.read_text() + "".join(
+        f'\n[agents.{name}]\ncommand = ["{command}"]\nheadless_args = ["-p", "{{prompt}}"]\n'
+        for name, command in [("noexec", no_x), ("isdir", a_dir), ("gone", tmp_path / "gone"),
+                              ("onpath", "lazy-agent-xyz"), ("later", later)]))
+    on_path = {**env, "PATH": f"{bindir}{os.pathsep}{env['PATH']}"}
+    for agent_type, line in [
+        ("noexec", f"noexec: {no_x}: not executable (chmod +x it)"),
+        ("isdir", f"isdir: {a_dir}: a directory, not a program"),
+        ("gone", f"gone: executable not found (looked for {tmp_path / 'gone'})"),
+        ("onpath", f"onpath: {bindir}/lazy-agent-xyz is not executable (chmod +x it)"),
+    ]:
+        proc = agents(on_path, "spawn", "-t", agent_type, "-C", str(tmp_path), "x")
+        assert (proc.returncode, proc.stderr) == (1, f"aegis-mcp: {line}\n"), agent_type
+    assert as_json(env, "list") == []
+
+    blocker = agents(env, "spawn", "-C", str(tmp_path), "hang").stdout.split()[0]
+    waiting = agents(env, "spawn", "-t", "later", "-C", str(tmp_path), "result=never")
+    assert "queued" in waiting.stdout
+    later.chmod(0o644)
+    agents(env, "stop", blocker)
+    proc = agents(env, "await", waiting.stdout.split()[0], "--timeout", "30", "--json")
+    ended = json.loads(proc.stdout)
+    assert (proc.returncode, ended["state"]) == (1, "failed")
+    assert ended["reason"] == f"cannot start {later}: not executable (chmod +x it)"

@@ -325,6 +325,29 @@ def test_bad_input_gets_one_clear_line(world: FakeAgentWorld, args: list[str], c
     assert not run_dir.exists() or not list(run_dir.iterdir())  # nothing left behind
 
 
+def test_a_program_that_is_there_but_cannot_run_is_not_called_not_found(
+        world: FakeAgentWorld) -> None:
+    """A file without the x bit, a directory: exit 126 and what is wrong, as a shell says it;
+    127 and "no such file" / "command not found" only when nothing of that name is there."""
+    (world.root / "agent.sh").write_text("#!/bin/sh\necho hi\n")  # mode 0644
+    (world.root / "a-dir").mkdir()
+    bindir = world.root / "bin"
+    bindir.mkdir()
+    (bindir / "lazy-agent-xyz").write_text("#!/bin/sh\necho hi\n")
+    on_path = {**world.env, "PATH": f"{bindir}{os.pathsep}{world.env['PATH']}"}
+    for args, env, code, line in [
+        (["--", "./agent.sh"], world.env, 126, "./agent.sh: not executable (chmod +x it)"),
+        (["--", "./a-dir"], world.env, 126, "./a-dir: a directory, not a program"),
+        (["--", "./missing.sh"], world.env, 127, "./missing.sh: no such file"),
+        (["--", "lazy-agent-xyz"], on_path, 126,
+         f"lazy-agent-xyz: {bindir}/lazy-agent-xyz is not executable (chmod +x it)"),
+    ]:
+        out = subprocess.run([aegis_bin(), *args], env=env, capture_output=True, text=True,
+                             timeout=30, stdin=subprocess.DEVNULL, cwd=world.root)
+        assert (out.returncode, out.stderr) == (code, f"aegis-mcp: {line}\n"), args
+    assert not world.starts()
+
+
 def test_a_deleted_current_directory_is_one_line(world: FakeAgentWorld) -> None:
     gone = world.root / "gone"
     gone.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -13,6 +14,8 @@ from aegis_mcp.display import lines, plain, text
 from aegis_mcp.errors import AegisError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from aegis_mcp.pool.pool import Pool
     from aegis_mcp.pool.store import AgentStatus, AwaitResult
 
@@ -65,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                    help="lock: lock the directory tree (the default); worktree: work in a new "
                    "git worktree on branch aegis/<id> so agents never share files")
     p.add_argument("--wait", action="store_true",
-                   help="wait for the agent to end and print its result")
+                   help="then wait for the agent to end and print its result, as `await` "
+                   "does (Ctrl-C stops the waiting, not the agent)")
 
     p = add("list", "list background agents",
             "List background agents, oldest first: queued and running ones, then the most "
@@ -82,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     p = add("await", "wait for an agent to end and print its result",
             "Wait until the agent ends and print its result. Exit status: 0 if it completed, "
             "1 if it failed, was stopped or lost, 124 if --timeout passed first (the agent "
-            "keeps running).")
+            "goes on: it keeps running, or stays queued). On a terminal a live line shows its "
+            "state, time, turns and last event; Ctrl-C stops the waiting, not the agent.")
     p.add_argument("agent_id", help="agent id (or a unique prefix)")
     p.add_argument("--timeout", type=_seconds, metavar="SECS", dest="timeout_secs",
                    help="stop waiting after SECS seconds")
@@ -177,10 +182,31 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+_UNCUT = 1_000_000
+"""The width tables are laid out in when stdout is not a terminal: Rich would take 80 columns
+and cut values (`/tmp/s…`), but piped output is read by programs and grep, so it is never cut."""
+
+
 def _console() -> Any:
+    """Rich's console on stdout: on a terminal its width, elsewhere no width limit at all."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=_UNCUT)
+    return console
+
+
+def _print_table(table: Any, console: Any = None) -> None:
+    """A Rich table on stdout; piped, without the spaces that pad its lines to the table's
+    width (each value whole, nothing after it)."""
+    console = console or _console()
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
 
 
 _STATE_STYLE = {"queued": "yellow", "starting": "cyan", "running": "cyan", "completed": "green",
@@ -194,18 +220,19 @@ def _state(s: AgentStatus) -> Any:
 def _spawn(pool: Pool, args: argparse.Namespace) -> int:
     status = pool.spawn(" ".join(args.task), args.agent_type, args.working_directory,
                         args.max_iterations, args.isolation, args.timeout_secs)
-    if args.wait:
-        return _print_await(pool.await_agent(status["agent_id"]), args)
-    if args.json:
+    if args.json and not args.wait:
         _print_json(status)
-    else:
+    elif not args.json:
+        # With --wait too: the id first, at once (--json keeps to one document at the end).
         where = f" in worktree {status['worktree_path']} (branch {status['branch']})" \
             if status["worktree_path"] else ""
         queued = f", position {status['queue_position']} in the queue" \
             if status["state"] == "queued" else ""
         waits = f", waiting for {', '.join(status['waiting_for'])}" \
             if status["waiting_for"] else ""
-        print(plain(f"{status['agent_id']}  {status['state']}{queued}{waits}{where}"))
+        print(plain(f"{status['agent_id']}  {status['state']}{queued}{waits}{where}"), flush=True)
+    if args.wait:
+        return _wait(pool, status["agent_id"], None, args)
     return 0
 
 
@@ -220,12 +247,17 @@ def _list(pool: Pool, args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD)
-    # Fixed columns keep their width; the task and the last event share the rest.
+    console = _console()
+    # On a terminal the fixed columns keep their width and the task and the last event share
+    # the rest (2:3), cut to one line each; piped, every value is there in full.
+    fit = console.is_terminal
+    table = Table(box=box.SIMPLE_HEAD, expand=fit)
     for name, width in (("id", 8), ("state", 9), ("type", 6), ("turns", 5), ("elapsed", 7)):
         table.add_column(name, no_wrap=True, min_width=width)
-    table.add_column("task", no_wrap=True, overflow="ellipsis", min_width=8, max_width=30)
-    table.add_column("last event", no_wrap=True, overflow="ellipsis", min_width=12)
+    table.add_column("task", no_wrap=True, overflow="ellipsis", min_width=8,
+                     ratio=2 if fit else None)
+    table.add_column("last event", no_wrap=True, overflow="ellipsis", min_width=12,
+                     ratio=3 if fit else None)
     for a in agents:
         last = a["reason"] if a["state"] in ("failed", "stopped", "lost") else a["last_event"]
         if a["state"] == "queued":
@@ -235,7 +267,7 @@ def _list(pool: Pool, args: argparse.Namespace) -> int:
                       str(a["iterations"]),
                       f"{a['elapsed_secs']:.0f}s" if a["elapsed_secs"] is not None else "-",
                       text(a["description"]), text((last or "").replace("\n", " ")))
-    _console().print(table)
+    _print_table(table, console)
     return 0
 
 
@@ -243,8 +275,8 @@ def _status_table(s: AgentStatus) -> None:
     from rich.table import Table
 
     table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # on a terminal a long path folds, never ends in "…"
     skip = {"last_output", "notes", "waiting_for"}
     for key, value in s.items():
         if key in skip or value is None or value == []:
@@ -256,7 +288,7 @@ def _status_table(s: AgentStatus) -> None:
         table.add_row("note", text(note))
     if s["last_output"]:
         table.add_row("last_output", lines(s["last_output"]))
-    _console().print(table)
+    _print_table(table)
 
 
 def _status(pool: Pool, args: argparse.Namespace) -> int:
@@ -268,12 +300,22 @@ def _status(pool: Pool, args: argparse.Namespace) -> int:
     return 0
 
 
+def _goes_on(s: AgentStatus) -> str:
+    """What an agent does without anyone waiting for it, as the end of a sentence."""
+    if s["state"] == "queued":
+        waits = f", waiting for {', '.join(s['waiting_for'])}" if s["waiting_for"] else ""
+        return f"stays queued (position {s['queue_position']}{waits}) and starts by itself"
+    if s["state"] in ("starting", "running"):
+        return "keeps running"
+    return f"has ended meanwhile ({s['state']})"
+
+
 def _print_await(status: AwaitResult, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
     elif status["timed_out"]:
-        print(plain(f"{status['agent_id']} is still {status['state']} (stopped waiting; it "
-                    "keeps running)"))
+        print(plain(f"stopped waiting (--timeout passed); agent {status['agent_id']} "
+                    f"{_goes_on(status)}"))
     else:
         _status_table(status)
     if status["timed_out"]:
@@ -282,7 +324,136 @@ def _print_await(status: AwaitResult, args: argparse.Namespace) -> int:
 
 
 def _await(pool: Pool, args: argparse.Namespace) -> int:
-    return _print_await(pool.await_agent(args.agent_id, args.timeout_secs), args)
+    return _wait(pool, pool.resolve_id(args.agent_id), args.timeout_secs, args)
+
+
+def _wait(pool: Pool, agent_id: str, timeout_secs: float | None,
+          args: argparse.Namespace) -> int:
+    """`await` and `spawn --wait` (`agent_id` is a full id): on a terminal a live line (state,
+    elapsed time, turns, last event) redrawn when the agent's status changes, else nothing
+    until the end. Ctrl-C stops the waiting, never the agent (it runs in a session of its
+    own): exit 130 and one line on what goes on and how to follow it, wherever in the wait it
+    lands."""
+    progress = _Progress(agent_id)
+    try:
+        console = _console()
+        with _no_echoed_interrupt():
+            if console.is_terminal and not args.json:
+                from rich.live import Live
+
+                # Redrawn at each change (on_progress) and once a second for the clock; gone
+                # at the end, where the result takes its place.
+                with Live(progress, console=console, transient=True, refresh_per_second=1,
+                          redirect_stdout=False, redirect_stderr=False) as live:
+                    def on_progress(status: AgentStatus) -> None:
+                        progress.update(status)
+                        live.refresh()
+
+                    result = pool.await_agent(agent_id, timeout_secs, on_progress)
+            else:
+                result = pool.await_agent(agent_id, timeout_secs)
+    except KeyboardInterrupt:
+        print(plain(_stopped_waiting(pool, agent_id, progress.status)), file=sys.stderr)
+        return 130
+    return _print_await(result, args)
+
+
+def _stopped_waiting(pool: Pool, agent_id: str, last: AgentStatus | None) -> str:
+    """The line for a Ctrl-C during a wait: the agent's state now, what it does next, and the
+    commands to follow or stop it."""
+    from aegis_mcp.pool.pool import Pool
+    from aegis_mcp.pool.store import ENDED
+
+    status = last
+    # A connection of its own: the interrupt may have hit the wait's one inside a transaction.
+    with contextlib.suppress(Exception):
+        fresh = Pool(pool.dir)
+        try:
+            status = fresh.status(agent_id, refresh=False)
+        finally:
+            fresh.close()
+    if status is not None and status["state"] in ENDED:
+        return (f"stopped waiting; agent {agent_id} {_goes_on(status)}: see `aegis-mcp agents "
+                f"status {agent_id}`")
+    goes_on = "goes on in the background" if status is None else _goes_on(status)
+    stop = "take it off the queue" if status and status["state"] == "queued" else "stop it"
+    return (f"stopped waiting; agent {agent_id} {goes_on}: follow it with `aegis-mcp agents "
+            f"await {agent_id}` or {stop} with `aegis-mcp agents stop {agent_id}`")
+
+
+@contextlib.contextmanager
+def _no_echoed_interrupt() -> Iterator[None]:
+    """While waiting: the terminal does not echo `^C` (ECHOCTL off), so the line that Ctrl-C
+    leads to is not preceded by it. Only when we are the terminal's foreground process:
+    changing it from the background would stop us (SIGTTOU)."""
+    import termios
+
+    fd: int | None = None
+    saved: list[Any] | None = None
+    with contextlib.suppress(OSError, ValueError, AttributeError, termios.error):
+        if sys.stdin is not None and sys.stdin.isatty() \
+                and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp():
+            fd = sys.stdin.fileno()
+            saved = termios.tcgetattr(fd)
+            quiet = termios.tcgetattr(fd)
+            quiet[3] &= ~termios.ECHOCTL
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        if fd is not None and saved is not None:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
+def _clock(secs: float) -> str:
+    secs = int(max(0.0, secs))
+    h, rest = divmod(secs, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Progress:
+    """The live line of a wait: `3f9c1a2b  running  1:02  3 turns  last: ...`. The clock runs
+    between two status reads: Live draws it once a second, without reading the store."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.status: AgentStatus | None = None
+        self.read_at = time.monotonic()
+
+    def update(self, status: AgentStatus) -> None:
+        self.status, self.read_at = status, time.monotonic()
+
+    def __rich__(self) -> Any:
+        from datetime import datetime
+
+        from rich.text import Text
+
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append(plain(self.agent_id))
+        s = self.status
+        if s is None:
+            line.append("  waiting for its status ...")
+            return line
+        line.append("  ")
+        line.append(_state(s))
+        since = time.monotonic() - self.read_at
+        if s["elapsed_secs"] is not None:  # running: since it started
+            line.append(f"  {_clock(s['elapsed_secs'] + since)}")
+        elif s["created_at"]:  # queued or starting: since it was spawned
+            created = datetime.fromisoformat(s["created_at"]).timestamp()
+            line.append(f"  {_clock(time.time() - created)}")
+        if s["state"] == "queued":
+            line.append(f"  position {s['queue_position']}")
+            if s["waiting_for"]:
+                line.append(plain(f", waiting for {', '.join(s['waiting_for'])}"))
+            return line
+        turns = s["iterations"]
+        line.append(f"  {turns} turn{'' if turns == 1 else 's'}")
+        if s["last_event"]:
+            line.append("  last: ", style="dim")
+            line.append(plain(s["last_event"]))
+        return line
 
 
 def _stop(pool: Pool, args: argparse.Namespace) -> int:
@@ -307,7 +478,7 @@ def _stats(pool: Pool, args: argparse.Namespace) -> int:
     keys = ("max_agents", "active", "queued", "running", "completed", "failed", "stopped", "lost")
     table = Table(*keys)
     table.add_row(*(str(stats[k]) for k in keys))
-    _console().print(table)
+    _print_table(table)
     return 0
 
 
@@ -321,11 +492,15 @@ def _locks(pool: Pool, args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table("path", "agent", "kind", "since", "waiting")
+    table = Table()
+    table.add_column("path", overflow="fold")
+    for name in ("agent", "kind", "since"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("waiting", overflow="fold")
     for lock in locks:
         table.add_row(text(lock["path"]), text(lock["agent_id"]), text(lock["kind"]),
                       text(lock["since"] or "-"), text(", ".join(lock["waiting"]) or "-"))
-    _console().print(table)
+    _print_table(table)
     return 0
 
 

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aegis_mcp import agentenv, procs
@@ -44,6 +45,9 @@ from aegis_mcp.pool.store import (
 )
 from aegis_mcp.pool.watch import Watch
 from aegis_mcp.profiles.argv import headless_argv
+
+_PROGRESS_READ_EVERY = 0.1
+"""`await_agent` with progress reads the store at most this often however busy the pool is."""
 
 
 class Pool(Scheduler):
@@ -142,20 +146,31 @@ class Pool(Scheduler):
             rows = sorted([*rows, *ended], key=lambda r: r["seq"])
         return [self._status(r, lines=1) for r in rows]
 
-    def await_agent(self, agent_id: str, timeout_secs: float | None = None) -> AwaitResult:
+    def await_agent(self, agent_id: str, timeout_secs: float | None = None,
+                    on_progress: Callable[[AgentStatus], None] | None = None) -> AwaitResult:
         """Block until the agent has ended (or `timeout_secs` passed: then `timed_out` is True
-        and the agent keeps running). Wakes on the done file, not by polling the store."""
+        and the agent goes on, running or queued). Wakes on the done file, not by polling the
+        store. With `on_progress`, it also wakes on every write to the store (turns, the last
+        event, a queued agent starting) and calls `on_progress` with the status each time
+        the agent's status changed, and once at the start."""
         if timeout_secs is not None and not 0 <= timeout_secs <= 7 * 86400:
             raise AegisError(f"timeout_secs must be from 0 to 604800 (got {timeout_secs})")
         agent_id = self.resolve_id(agent_id)
         deadline = None if timeout_secs is None else time.monotonic() + timeout_secs
         runner: tuple[int, int] | None = None  # (pid, pidfd) of the agent's runner
+        shown: dict[str, Any] | None = None
         try:
-            with Watch([self.done]) as watch:
+            with self.watch_changes() if on_progress else Watch([self.done]) as watch:
                 while True:
                     status = self.status(agent_id)
                     if status["state"] in ENDED:
                         return {**status, "timed_out": False}
+                    if on_progress is not None:
+                        # elapsed_secs changes at every read: the caller ticks it itself.
+                        seen = {k: v for k, v in status.items() if k != "elapsed_secs"}
+                        if seen != shown:
+                            shown = seen
+                            on_progress(status)
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return {**status, "timed_out": True}
@@ -167,11 +182,22 @@ class Pool(Scheduler):
                         if runner is not None:
                             os.close(runner[1])
                         runner = procs.pidfd(pid, self._row(agent_id)["runner_start"])
+                    woke = time.monotonic()
                     watch.wait(5.0 if left is None else min(left, 5.0),
                                (runner[1],) if runner else ())
+                    if on_progress is not None:
+                        # Other agents write to the store too: at most this many reads a second.
+                        time.sleep(max(0.0, woke + _PROGRESS_READ_EVERY - time.monotonic()))
         finally:
             if runner is not None:
                 os.close(runner[1])
+
+    def watch_changes(self) -> Watch:
+        """An inotify watch that wakes on any change to the pool: a write to the store (a
+        spawn, a runner's progress, an end) and the done files. For views that follow the
+        pool (`await` with progress, `aegis-mcp top`): `with pool.watch_changes() as w:
+        w.wait(timeout)`."""
+        return Watch([self.dir, self.done])
 
     def stop(self, agent_id: str, wait_secs: float | None = None) -> StopResult:
         """Stop the agent's whole process tree (SIGINT, SIGTERM, then SIGKILL, each after the

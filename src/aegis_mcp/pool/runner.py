@@ -135,7 +135,15 @@ class Runner(EventStream):
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_die_with_runner)
         except OSError as exc:
-            self.finish(FAILED, f"cannot start {argv[0]}: {exc.strerror or exc}", None)
+            from aegis_mcp.pathcheck import why_not_runnable
+
+            # Both were fine at the spawn (the pool checked them): say which one changed.
+            why = (exc.strerror or str(exc)).lower()
+            if exc.filename == self.row["cwd"]:
+                why = f"its directory {self.row['cwd']}: {why}"
+            else:
+                why = why_not_runnable(argv[0]) or why
+            self.finish(FAILED, f"cannot start {argv[0]}: {why}", None)
             return
         self.agent_pid = proc.pid
         assert proc.stdout is not None

@@ -128,7 +128,8 @@ class AgentStatus(TypedDict):
 class AwaitResult(AgentStatus):
     """`Pool.await_agent`: the status when the wait ended."""
 
-    timed_out: Annotated[bool, "True: the wait ended first; the agent keeps running"]
+    timed_out: Annotated[bool, "True: the wait ended first; the agent goes on (it keeps "
+                         "running, or stays queued)"]
 
 
 class StopResult(AgentStatus):

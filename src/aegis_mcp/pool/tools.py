@@ -109,12 +109,12 @@ def register(server: MCPServer) -> None:
     async def agent_await(
         agent_id: AgentId,
         timeout_secs: Annotated[float | None, Field(ge=0, le=86_400, description=(
-            "Give up waiting after this many seconds (the agent keeps running); default: "
-            "wait until it ends"))] = None,
+            "Give up waiting after this many seconds (the agent goes on, running or queued); "
+            "default: wait until it ends"))] = None,
     ) -> AwaitResult:
         """Wait for a background agent to end and return its final status and result (woken
-        by the agent's end, not by polling). On timeout, timed_out is true and the agent keeps
-        running: call again to keep waiting."""
+        by the agent's end, not by polling). On timeout, timed_out is true and the agent goes on
+        (running, or still queued): call again to keep waiting."""
         import anyio
 
         result = await anyio.to_thread.run_sync(

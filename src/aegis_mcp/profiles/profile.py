@@ -118,9 +118,17 @@ class AgentProfile:
                      else (name if _is_exe(name) else None))
             if found:
                 return found
+        from aegis_mcp.pathcheck import shown, why_not_runnable
+
+        names = (self.command[0], *self.alternatives)
+        for name in names:  # there, but it cannot run: say so, not "not found"
+            if why := why_not_runnable(name, search):
+                subject = f"{shown(name)}: " if os.sep in name else ""
+                raise AegisError(f"{self.name}: {subject}{why}")
         hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
-        tried = ", ".join((self.command[0], *self.alternatives))
-        raise AegisError(f"{self.name}: executable not found on PATH (looked for {tried}){hint}")
+        where = " on PATH" if any(os.sep not in n for n in names) else ""
+        raise AegisError(f"{self.name}: executable not found{where} (looked for "
+                         f"{', '.join(names)}){hint}")
 
 
 # Where per-user installers put agent CLIs (claude's native installer, npm --prefix ~/.npm-global,

@@ -972,9 +972,16 @@ def resolve_agent(opts: SupervisorOptions, user: User | None = None
     if opts.agent is None:
         profile = generic_profile(opts.agent_args)
         command = opts.agent_args[0]
-        found = shutil.which(command, path=os.pathsep.join(
-            [os.environ.get("PATH", os.defpath), *extra]))
+        search = os.pathsep.join([os.environ.get("PATH", os.defpath), *extra])
+        found = shutil.which(command, path=search)
         if found is None:
+            from aegis_mcp.pathcheck import why_not_runnable
+
+            # As a shell says it: 126 for a file that is there but cannot run, 127 for none.
+            if why := why_not_runnable(command, search):
+                raise AegisError(f"{command}: {why}", 126)
+            if os.sep in command:
+                raise AegisError(f"{command}: no such file", 127)
             raise AegisError(f"{command}: command not found (check the name or give its path)",
                              127)
         opts.agent_args = opts.agent_args[1:]
