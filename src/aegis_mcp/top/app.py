@@ -58,6 +58,7 @@ class TopApp(App[int]):
     TITLE = "aegis-mcp top"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),  # as in any top
         Binding("tab", "switch", "supervisors/agents", priority=True),
         Binding("l", "follow", "follow log"),
         Binding("s", "stop", "stop agent"),
