@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -206,5 +207,24 @@ def config_file() -> Path:
 
 
 def hooks_library() -> Path:
-    """The LD_PRELOAD library built next to the package by `pip install`."""
+    """The LD_PRELOAD library built next to the package when aegis-mcp is installed."""
     return Path(__file__).resolve().parent / "netmon" / "libaegis_hooks.so"
+
+
+def hooks_library_missing() -> str | None:
+    """What is wrong and what to do when the hooks library is not there (aegis-mcp was
+    installed without a C compiler: setup.py goes on without it), or None when it is."""
+    lib = hooks_library()
+    if lib.exists():
+        return None
+    # The same installer again: a pip install into pipx's or uv's venv would be undone by
+    # their next upgrade, and pipx leaves an installed package alone without --force.
+    prefix = Path(sys.prefix)
+    if (prefix / "pipx_metadata.json").exists():
+        again = "pipx install --force ."
+    elif (prefix / "uv-receipt.toml").exists():
+        again = "uv tool install --reinstall ."
+    else:
+        again = f"{Path(sys.executable).parent / 'pip'} install ."
+    return (f"the hooks library {lib} is missing: aegis-mcp was installed without a C "
+            f"compiler; install gcc, then run `{again}` in aegis-mcp's source directory")

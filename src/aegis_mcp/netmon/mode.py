@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 
 from aegis_mcp.errors import AegisError
-from aegis_mcp.paths import hooks_library
+from aegis_mcp.paths import hooks_library_missing
 from aegis_mcp.privileges import User, as_user
 from aegis_mcp.profiles.profile import AgentProfile
 
@@ -27,9 +27,9 @@ def resolve_mode(asked: str | None, profile: AgentProfile, executable: str, user
 
         namespace.require_root()
     elif mode == "preload":
-        if not hooks_library().exists():
-            raise AegisError(f"the hooks library is missing ({hooks_library()}): "
-                             "reinstall aegis-mcp with `pip install .` (it needs gcc)")
+        missing = hooks_library_missing()
+        if missing:
+            raise AegisError(f"--netmon=preload: {missing}")
         from aegis_mcp.netmon.elf import is_preload_visible
 
         if profile.static_binary:  # e.g. codex: a Node launcher that execs a static one

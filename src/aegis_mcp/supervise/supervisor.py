@@ -39,6 +39,7 @@ from aegis_mcp.mcp.warm import socket_path as warm_socket_path
 from aegis_mcp.netmon.mode import resolve_mode
 from aegis_mcp.paths import (
     hooks_library,
+    hooks_library_missing,
     runtime_dir,
     runtime_file,
     user_runtime_dir,
@@ -188,6 +189,12 @@ class Supervisor:
                                         self.user, say)
         if self.netmon_mode is not None:
             self.netmon_log = runtime_file(self.runtime, "netmon_log", self.pid)
+        missing = hooks_library_missing() if self.profile.injection == "preload" else None
+        if self.opts.inject_mcp and missing:
+            # An LD_PRELOAD of a missing file would only make ld.so complain in every process.
+            say(f"{self.profile.name} starts without aegis-mcp's MCP server (it is given to "
+                f"{self.profile.name} through LD_PRELOAD): {missing}")
+            self.opts = replace(self.opts, inject_mcp=False)
         if self.user is not None and (self.opts.inject_mcp or self.netmon_mode == "preload"):
             check_user_can_run(self.user, [hooks_library()] if self._needs_preload() else [])
         if self.user is not None and not as_user(self.user, _can_enter, str(self.cwd)):
