@@ -2,12 +2,13 @@
 temporary tool directories, and the venv line without a C compiler, which installs all but
 the hooks library and then says, in one line, what is missing and what to run.
 
-They build the package and install its dependencies, from the package registry or the local
-caches, so each takes some seconds; the caches are the user's, everything installed is in the
-test's directory."""
+They build the package and install its dependencies with no network (a namespace of their
+own, as root): from the wheels scripts/test downloads beforehand ($AEGIS_TEST_WHEELS), so each
+takes some seconds; everything installed is in the test's directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from aegis_mcp import __version__
+from tests.support.host import offline
 from tests.support.paths import REPO
 
 README = (REPO / "README.md").read_text()
@@ -27,7 +29,11 @@ UV = "uv tool install ."
 VENV = "python3 -m venv ~/.venvs/aegis-mcp && ~/.venvs/aegis-mcp/bin/pip install ."
 INSTALL_TIMEOUT = 300  # a busy machine, and a registry that may be slow: generous
 
-pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT)
+WHEELS = os.environ.get("AEGIS_TEST_WHEELS", "")
+
+pytestmark = [pytest.mark.timeout(2 * INSTALL_TIMEOUT),
+              pytest.mark.skipif(not os.path.isdir(WHEELS), reason="AEGIS_TEST_WHEELS (the "
+                                 "installs' dependencies) is not set; scripts/test makes it")]
 
 
 @pytest.fixture
@@ -49,15 +55,20 @@ def install_env(tmp_path: Path, aegis_env: dict[str, str]) -> dict[str, str]:
     download caches kept so that a run does not fetch every dependency again."""
     home = tmp_path / "home"
     home.mkdir()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return {**aegis_env, "HOME": str(home), "XDG_CACHE_HOME": cache}
+    # pip (the venv's, pipx's pip backend) and uv (uv's own, pipx's uv backend) install from
+    # the wheelhouse alone; uv takes "no index" from a config file only
+    uv_config = tmp_path / "uv.toml"
+    uv_config.write_text(f"no-index = true\nfind-links = [{json.dumps(WHEELS)}]\n"
+                         'python-downloads = "never"\n')
+    return {**aegis_env, "HOME": str(home), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS, "UV_CONFIG_FILE": str(uv_config)}
 
 
 def install(command: str, cwd: Path, env: dict[str, str]) -> None:
     """Run one install line of the README as a shell would."""
     assert command in QUICK_START, f"the README's quick start no longer says {command!r}"
-    out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=INSTALL_TIMEOUT)
+    out = subprocess.run(offline(["bash", "-c", command]), cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
     assert out.returncode == 0, f"{command}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
 
 
