@@ -356,7 +356,7 @@ def test_cli_errors_are_one_line(args: list[str], aegis_env: dict[str, str]) -> 
 def test_cli_follow_prints_new_events(tmp_path: Path, aegis_env: dict[str, str]) -> None:
     log = tmp_path / "log.jsonl"
     write(log, ev("connect", fd=1))
-    proc = subprocess.Popen([aegis_bin(), "netmon", "--follow", "--json", str(log)],
+    proc = subprocess.Popen([aegis_bin(), "netmon", "--follow", "--json", "-n", "0", str(log)],
                             env=aegis_env, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
