@@ -56,21 +56,24 @@ def _clock(ts: Any) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "-"
 
 
-def event_line(ev: dict[str, Any]) -> str:
+def event_line(ev: dict[str, Any], hints: bool = True) -> str:
     """One event in words, for the terminal: inert text (see `display`), as every field of an
-    event may come from the agent or a peer (host names, paths, reasons)."""
-    return plain(_event_words(ev))
+    event may come from the agent or a peer (host names, paths, reasons). `hints=False` leaves
+    out an event's hint (shown apart, once)."""
+    return plain(_event_words(ev, hints))
 
 
-def _event_words(ev: dict[str, Any]) -> str:
+def _event_words(ev: dict[str, Any], hints: bool) -> str:
     kind = ev.get("event", "?")
     who = f"{ev.get('exe') or '-'}[{ev.get('pid') if ev.get('pid') is not None else '-'}]"
-    port = ev.get("port")
-    where = f"{ev.get('addr')}:{port}" if port is not None else str(ev.get("addr"))
+    port, addr = ev.get("port"), str(ev.get("addr"))
+    if port is not None and ":" in addr:
+        addr = f"[{addr}]"  # IPv6
+    where = f"{addr}:{port}" if port is not None else addr
     if ev.get("host"):
         where = f"{ev['host']} ({where})"
     head = f"{_clock(ev.get('ts'))} {kind:<7} {who:<22}"
-    hint = f": {ev['hint']}" if ev.get("hint") else ""
+    hint = f": {ev['hint']}" if ev.get("hint") and hints else ""
     if kind in ("connect", "accept"):
         res = ev.get("result")
         # A non-blocking connect has only begun: its outcome comes with a later event.
@@ -135,7 +138,7 @@ def _render(status: NetmonStatus, events: list[dict[str, Any]],
         parts.append(text(f"hint: {hint}", style="yellow"))
     if events:
         parts.append(Text("recent events:", style="bold"))
-        parts.extend(Text(event_line(ev)) for ev in events)
+        parts.extend(Text(event_line(ev, hints=False)) for ev in events)
     return Group(*parts)
 
 

@@ -163,7 +163,7 @@ class Summary:
         self.addresses: dict[str, int] = {}
         self.addresses_capped = False
         self.names: dict[str, str] = {}  # "pid|address" -> host, from dns events (_name_key)
-        self.hints: dict[str, str] = {}  # what a hint is about -> the hint, oldest first
+        self.hints: dict[str, str] = {}  # the port a hint is about -> the hint, oldest first
         # connection key -> {target, addr, port, host, pid, exe, ts, sent, recv, result}
         self.open: dict[str, dict[str, Any]] = {}
         self.recent_gaps: list[dict[str, Any]] = []
@@ -225,8 +225,8 @@ class Summary:
         kind = ev.get("event")
         hint = ev.get("hint")
         if hint and isinstance(hint, str):
-            about = f"{ev.get('addr')}:{ev.get('port')}"
-            if about in self.hints or len(self.hints) < MAX_HINTS:
+            about = str(ev.get("port"))  # one per port: 127.0.0.1 and ::1 are one advice
+            if about not in self.hints and len(self.hints) < MAX_HINTS:
                 self.hints[about] = hint
         if kind in ("connect", "accept"):
             addr = str(ev.get("addr"))  # every address tried counts, refused ones too
