@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from aegis_mcp.netmon import summary as netsummary
+from aegis_mcp.supervise import control
 from tests.support.host import aegis_bin
 from tests.support.netns_helpers import pids_in
-from tests.support.supervisor_helpers import inotify_watches
+from tests.support.supervisor_helpers import FakeAgentWorld, inotify_watches
 from tests.support.wait import wait_for
 
 AGENT = """
@@ -110,6 +112,30 @@ def test_preload_mode_records_the_agents_connections(
     summary = json.loads(netsummary.summary_path(log).read_text())
     assert summary["offset"] == log.stat().st_size
     assert netsummary.status(log)["connections"] >= 1
+
+
+def test_preload_mode_leaves_aegis_mcps_own_sockets_out(world: FakeAgentWorld) -> None:
+    """The injected MCP server's relay to the warm server, its hello to the supervisor's
+    control socket: aegis-mcp's plumbing, not the agent's traffic (netns mode never sees them
+    either). Here the fake agent starts the injected server from --mcp-config, preloaded."""
+    child = world.spawn("--netmon=preload", "fake")
+    try:
+        child.expect("READY")
+        run_dir = Path(world.env["AEGIS_RUNTIME_DIR"])
+        sock = next(run_dir.glob("supervisor-*.sock"))
+        wait_for(lambda: control.request(sock, {"op": "status"})["status"]["mcp_servers_seen"],
+                 30, "the injected MCP server's hello")
+        server = next(c for c in world.starts()[0]["children"] if c["name"] == "aegis-mcp")
+        log = next(run_dir.glob("netmon-*.jsonl"))
+        out = run(world.env, "netmon", str(log), cwd=world.root)
+    finally:
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert server["pid"]  # the server ran under the hooks (it inherited LD_PRELOAD)
+    assert not [e for e in (events(log) if log.exists() else [])
+                if str(e.get("addr", "")).startswith(str(run_dir))]
+    assert out.returncode == 0 and ".sock" not in out.stdout and "0 connections" in out.stdout
 
 
 def test_hooks_stay_silent_in_netns_mode(tmp_path: Path,
