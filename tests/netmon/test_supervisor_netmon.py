@@ -293,6 +293,39 @@ def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
     assert closes[api]["host"] == closes[extra]["host"] == "127.0.0.1"
 
 
+@needs_root
+def test_netns_mode_names_the_forward_for_a_refused_host_port(
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd) -> None:
+    """The agent asks for 127.0.0.1:PORT, where this host serves, three times: inside its
+    namespace that is refused. The supervisor's terminal says once which option lets it
+    through, `aegis-mcp netmon` counts the failures and shows the hint."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+    code = ("import socket, sys\n"
+            "for _ in range(3):\n"
+            "    print(socket.socket().connect_ex(('127.0.0.1', int(sys.argv[1]))))\n")
+    try:
+        out = run(env, "--netmon=netns", "--", sys.executable, "-c", code, str(port),
+                  cwd=shared_dir)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    import errno
+
+    assert out.stdout.split() == [str(errno.ECONNREFUSED)] * 3
+    assert out.stderr.count(f"--netns-forward {port} lets the agent reach it") == 1, out.stderr
+    log = next((shared_dir / "run").rglob("netmon-*.jsonl"))
+    shown = run(env, "netmon", str(log), cwd=shared_dir)
+    assert "0 connections (3 failed," in shown.stdout, shown.stdout
+    assert f"hint: 127.0.0.1:{port} refused" in shown.stdout
+    status = json.loads(run(env, "netmon", "--json", str(log), cwd=shared_dir).stdout)
+    assert [f"--netns-forward {port}" in h for h in status["hints"]] == [True]
+
+
 def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],
                                                   tmp_path: Path) -> None:
     if os.geteuid() == 0:
