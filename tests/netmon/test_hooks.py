@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.host import aegis_bin
 from tests.support.snippets.harness import (
     LIB,
     RawHTTPServer,
@@ -332,6 +333,69 @@ def test_unix_socket(tmp_path: Path) -> None:
     assert (close["family"], close["proto"], close["addr"], close["port"]) == (
         "unix", "unix", str(path), None)
     assert (close["sent"], close["recv"]) == (1234, 77)
+
+
+def test_aegis_mcps_own_sockets_are_not_the_agents_traffic(tmp_path: Path) -> None:
+    """The unix sockets in aegis-mcp's runtime directory (that of AEGIS_CONTROL: the control
+    socket, the warm MCP server's) are its plumbing: neither a connect to them nor an accept
+    on them is recorded. A socket elsewhere, even one named alike, is."""
+    run_dir, other = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    other.mkdir()
+    paths = [run_dir / "supervisor-1.sock", run_dir / "mcp-1.sock", other / "supervisor-1.sock"]
+    servers = []
+    for path in paths:
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(str(path))
+        srv.listen(4)
+        servers.append(srv)
+    log = tmp_path / "log.jsonl"
+    client = ("import socket, sys\n"
+              "for p in sys.argv[1:]:\n"
+              "    s = socket.socket(socket.AF_UNIX); s.connect(p); s.sendall(b'hi'); s.close()\n")
+    env = hooked_env(log, AEGIS_CONTROL=str(paths[0]))
+    out = run([sys.executable, "-c", client, *map(str, paths)], env)
+    assert out.returncode == 0, out.stderr
+    # a server of aegis-mcp's own under the hooks (as the warm server would be): no accept
+    server = ("import socket, sys\n"
+              "srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(1)\n"
+              "print('ready', flush=True)\n"
+              "c, _ = srv.accept(); c.recv(10); c.close()\n")
+    listening = run_dir / "warm.sock"
+    proc = subprocess.Popen([sys.executable, "-c", server, str(listening)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(listening))
+        s.sendall(b"x")
+    assert proc.wait(20) == 0
+    for srv in servers:
+        srv.close()
+    assert {e["addr"] for e in events(log)} == {str(paths[2])}
+    assert [e["event"] for e in events(log)] == ["connect", "close"]
+
+
+def test_a_name_belongs_to_the_process_that_resolved_it(tmp_path: Path,
+                                                        server: RawHTTPServer) -> None:
+    """10 curl requests to 127.0.0.1 and 10 Python requests to localhost, interleaved, into one
+    log: curl's connections stay 127.0.0.1 (it resolved nothing), Python's are localhost."""
+    log = tmp_path / "log.jsonl"
+    fetch = f"import urllib.request; urllib.request.urlopen('http://localhost:{server.port}/')"
+    procs = []
+    for _ in range(10):
+        procs.append(subprocess.Popen([sys.executable, "-c", fetch], env=hooked_env(log)))
+        procs.append(subprocess.Popen(["curl", "-sS", "-o", "/dev/null", server.url("/")],
+                                      env=hooked_env(log)))
+    assert [p.wait(60) for p in procs] == [0] * 20
+    from aegis_mcp.netmon import summary as netsummary
+
+    status = netsummary.status(log)
+    hosts = {h["host"]: h["connections"] for h in status["top_hosts"]}
+    assert hosts == {"localhost": 10, "127.0.0.1": 10}, hosts
+    out = subprocess.run([aegis_bin(), "netmon", str(log)], capture_output=True, text=True,
+                         timeout=60)
+    assert f"localhost:{server.port}" in out.stdout and f"127.0.0.1:{server.port}" in out.stdout
+    assert "20 connections (" in out.stdout
 
 
 @pytest.mark.parametrize("ending", ["sys.exit(0)", "os._exit(0)"])

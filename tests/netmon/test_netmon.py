@@ -86,6 +86,52 @@ def test_summary_of_known_traffic(tmp_path: Path) -> None:
     assert s["log_files"] == [str(log)]
 
 
+def test_names_are_per_resolver(tmp_path: Path) -> None:
+    """A dns event names its answers for the connections of the process that looked them up
+    (preload), or of the namespace (netns: its events carry no process), no one else's."""
+    log = tmp_path / "log.jsonl"
+    write(log,
+          ev("dns", pid=7, host="localhost", answers=["127.0.0.1"]),
+          ev("connect", pid=7, fd=3, addr="127.0.0.1", port=8080),   # hooks' cache missed it
+          ev("connect", pid=8, fd=3, addr="127.0.0.1", port=8080),   # curl: resolved nothing
+          ev("dns", source="netns", pid=None, host="api.example", answers=["10.0.0.7"]),
+          ev("connect", source="netns", pid=None, fd=None, addr="10.0.0.7", local_port=5),
+          ev("connect", pid=9, fd=3, addr="10.0.0.7"))
+    hosts = {h["host"]: h["connections"] for h in netsummary.status(log)["top_hosts"]}
+    assert hosts == {"localhost": 1, "127.0.0.1": 1, "api.example": 1, "10.0.0.7": 1}
+
+
+def test_a_connect_in_progress_is_connecting_until_it_is_known(tmp_path: Path) -> None:
+    from aegis_mcp.netmon.cli import event_line
+
+    log = tmp_path / "log.jsonl"
+    me = os.getpid()
+    write(log, ev("connect", pid=me, fd=5, result="EINPROGRESS"),
+          ev("connect", pid=me, fd=6, result="EINPROGRESS", addr="10.0.0.2"))
+    s = netsummary.status(log)
+    assert s["connecting"] == 2 and {c["state"] for c in s["open"]} == {"connecting"}
+    write(log, ev("totals", pid=me, fd=5, sent=10, recv=20))  # data moved: it connected
+    s = netsummary.status(log)
+    assert s["connecting"] == 1
+    assert {c["addr"]: c["state"] for c in s["open"]} == {"10.0.0.1": "open",
+                                                          "10.0.0.2": "connecting"}
+    line = event_line(ev("connect", result="EINPROGRESS"))
+    assert line.endswith("10.0.0.1:443 tcp connecting") and "EINPROGRESS" not in line
+    closed = event_line(ev("close", result="EINPROGRESS", duration=0.1))
+    assert closed.endswith("closed while connecting")
+    assert event_line(ev("close", result="ECONNREFUSED", duration=0.1)).endswith("ECONNREFUSED")
+
+
+def test_hints_are_kept_once_per_port(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    hint = "127.0.0.1:8080 refused in the agent's network namespace: --netns-forward 8080"
+    write(log, *(ev("connect", source="netns", pid=None, fd=None, addr=a, port=8080,
+                    result="ECONNREFUSED", hint=hint.replace("127.0.0.1", a))
+                 for a in ("127.0.0.1", "::1", "127.0.0.1")))
+    s = netsummary.status(log)
+    assert s["hints"] == [hint] and s["failed_connections"] == 3
+
+
 def test_summary_file_keeps_target_rows_as_lists(tmp_path: Path) -> None:
     """Target rows are records in memory, but the summary file keeps its format: a summary
     written by an earlier version is read on, not rebuilt from the whole log."""
@@ -318,10 +364,22 @@ def test_cli_table_and_json(tmp_path: Path, aegis_env: dict[str, str]) -> None:
     sample(log)
     out = cli(str(log), env=aegis_env)
     assert out.returncode == 0, out.stderr
-    assert "6 connections" in out.stdout and "api.example.com:443" in out.stdout
+    assert "6 connections (2 failed, 1 accepted), 9 addresses" in out.stdout
+    assert "api.example.com:443" in out.stdout and "1 gap" in out.stdout
     assert "statically linked" in out.stdout
     data = json.loads(cli("--json", "-n", "2", str(log), env=aegis_env).stdout)
     assert data["connections"] == 6 and len(data["recent_events"]) == 2
+
+
+def test_cli_counts_in_words(tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    """"1 connection", never "1 connections"; a connect in progress reads "connecting"."""
+    log = tmp_path / "log.jsonl"
+    write(log, ev("connect", pid=os.getpid(), fd=5, result="EINPROGRESS"))
+    out = cli(str(log), env=aegis_env)
+    assert out.returncode == 0, out.stderr
+    assert "1 connection (0 failed, 0 accepted, 1 connecting), 1 address," in out.stdout
+    assert "EINPROGRESS" not in out.stdout and "connections" not in out.stdout.split("\n")[0]
+    assert "tcp connecting" in out.stdout
 
 
 def test_cli_finds_the_log_of_a_pid(tmp_path: Path, aegis_env: dict[str, str]) -> None:
@@ -356,7 +414,7 @@ def test_cli_errors_are_one_line(args: list[str], aegis_env: dict[str, str]) -> 
 def test_cli_follow_prints_new_events(tmp_path: Path, aegis_env: dict[str, str]) -> None:
     log = tmp_path / "log.jsonl"
     write(log, ev("connect", fd=1))
-    proc = subprocess.Popen([aegis_bin(), "netmon", "--follow", "--json", str(log)],
+    proc = subprocess.Popen([aegis_bin(), "netmon", "--follow", "--json", "-n", "0", str(log)],
                             env=aegis_env, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)

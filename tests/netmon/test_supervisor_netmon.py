@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from aegis_mcp.netmon import summary as netsummary
+from aegis_mcp.supervise import control
 from tests.support.host import aegis_bin
 from tests.support.netns_helpers import pids_in
-from tests.support.supervisor_helpers import inotify_watches
+from tests.support.supervisor_helpers import FakeAgentWorld, inotify_watches
 from tests.support.wait import wait_for
 
 AGENT = """
@@ -110,6 +112,30 @@ def test_preload_mode_records_the_agents_connections(
     summary = json.loads(netsummary.summary_path(log).read_text())
     assert summary["offset"] == log.stat().st_size
     assert netsummary.status(log)["connections"] >= 1
+
+
+def test_preload_mode_leaves_aegis_mcps_own_sockets_out(world: FakeAgentWorld) -> None:
+    """The injected MCP server's relay to the warm server, its hello to the supervisor's
+    control socket: aegis-mcp's plumbing, not the agent's traffic (netns mode never sees them
+    either). Here the fake agent starts the injected server from --mcp-config, preloaded."""
+    child = world.spawn("--netmon=preload", "fake")
+    try:
+        child.expect("READY")
+        run_dir = Path(world.env["AEGIS_RUNTIME_DIR"])
+        sock = next(run_dir.glob("supervisor-*.sock"))
+        wait_for(lambda: control.request(sock, {"op": "status"})["status"]["mcp_servers_seen"],
+                 30, "the injected MCP server's hello")
+        server = next(c for c in world.starts()[0]["children"] if c["name"] == "aegis-mcp")
+        log = next(run_dir.glob("netmon-*.jsonl"))
+        out = run(world.env, "netmon", str(log), cwd=world.root)
+    finally:
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert server["pid"]  # the server ran under the hooks (it inherited LD_PRELOAD)
+    assert not [e for e in (events(log) if log.exists() else [])
+                if str(e.get("addr", "")).startswith(str(run_dir))]
+    assert out.returncode == 0 and ".sock" not in out.stdout and "0 connections" in out.stdout
 
 
 def test_hooks_stay_silent_in_netns_mode(tmp_path: Path,
@@ -265,6 +291,39 @@ def test_netns_mode_forwards_the_host_loopback_ports_the_agent_needs(
     assert {api, extra} <= set(closes)
     # named by the address the agent used, not by the link's host end
     assert closes[api]["host"] == closes[extra]["host"] == "127.0.0.1"
+
+
+@needs_root
+def test_netns_mode_names_the_forward_for_a_refused_host_port(
+        aegis_env: dict[str, str], shared_dir: Path, throwaway_user: pwd.struct_passwd) -> None:
+    """The agent asks for 127.0.0.1:PORT, where this host serves, three times: inside its
+    namespace that is refused. The supervisor's terminal says once which option lets it
+    through, `aegis-mcp netmon` counts the failures and shows the hint."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
+           "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run")}
+    code = ("import socket, sys\n"
+            "for _ in range(3):\n"
+            "    print(socket.socket().connect_ex(('127.0.0.1', int(sys.argv[1]))))\n")
+    try:
+        out = run(env, "--netmon=netns", "--", sys.executable, "-c", code, str(port),
+                  cwd=shared_dir)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    import errno
+
+    assert out.stdout.split() == [str(errno.ECONNREFUSED)] * 3
+    assert out.stderr.count(f"--netns-forward {port} lets the agent reach it") == 1, out.stderr
+    log = next((shared_dir / "run").rglob("netmon-*.jsonl"))
+    shown = run(env, "netmon", str(log), cwd=shared_dir)
+    assert "0 connections (3 failed," in shown.stdout, shown.stdout
+    assert f"hint: 127.0.0.1:{port} refused" in shown.stdout
+    status = json.loads(run(env, "netmon", "--json", str(log), cwd=shared_dir).stdout)
+    assert [f"--netns-forward {port}" in h for h in status["hints"]] == [True]
 
 
 def test_netns_mode_without_root_says_to_use_sudo(aegis_env: dict[str, str],

@@ -145,6 +145,102 @@ def test_refused_connection_is_recorded(ns: netns.Namespace, outside: Outside) -
     assert close["result"] == "ECONNREFUSED" and (close["sent"], close["recv"]) == (0, 0)
 
 
+REFUSED = textwrap.dedent("""\
+    import socket, sys
+    for target in sys.argv[1:]:
+        host, port = target.rsplit(":", 1)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.settimeout(10)
+            print(target, s.connect_ex((host.strip("[]"), int(port))))
+""")
+
+
+def test_a_refused_port_of_the_host_is_an_event_and_names_the_forward(
+        ns_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent connects to 127.0.0.1:PORT where this host listens: inside the namespace
+    that is its own loopback, so it is refused there and nothing crosses the veth. It is
+    still a failed connect event, with a hint naming --netns-forward PORT, said once on the
+    supervisor's terminal (here a pipe); as is the guard's refusal of the host end's PORT.
+    A port the host does not listen on either gets the event, and no hint."""
+    import errno
+
+    from aegis_mcp.netmon import summary as netsummary
+
+    before = normalise(host_snapshot())
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens there once the probe is gone
+    said_r, said_w = os.pipe()
+    os.set_blocking(said_r, False)
+    ipv6 = Path("/proc/sys/net/ipv6").exists()
+    try:
+        ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
+                          resolv_conf=ns_dir / "resolv.conf", say_fd=said_w)
+        try:
+            targets = [f"127.0.0.1:{port}", f"127.0.0.1:{closed}",
+                       f"{ns.state.host_addr}:{port}", *([f"[::1]:{port}"] if ipv6 else [])]
+            out = run_inside(ns, [PY, "-c", REFUSED, *targets]).stdout.split("\n")
+            assert [line.split()[1] for line in out if line] == \
+                [str(errno.ECONNREFUSED)] * len(targets)
+            log = log_of(ns)
+            wait_event(log, lambda e: e.get("addr") == ns.state.host_addr
+                       and e["event"] == "close")
+            for target in targets[:2] + targets[3:]:
+                host, p = target.rsplit(":", 1)
+                addr = host.strip("[]")
+                wait_event(log, lambda e, a=addr, p=int(p): e["event"] == "connect"
+                           and e.get("addr") == a and e.get("port") == p)
+        finally:
+            ns.teardown()
+        evs = [e for e in read_events(log) if e.get("port") in (port, closed)]
+        refused = [e for e in evs if e.get("result") == "ECONNREFUSED"]
+        assert len(refused) == len(targets)
+        hinted = [e for e in refused if e.get("hint")]
+        assert {e["port"] for e in hinted} == {port}
+        assert all(f"--netns-forward {port}" in e["hint"] for e in hinted)
+        guarded = next(e for e in refused if e["addr"] == ns.state.host_addr)
+        assert guarded["event"] == "close" and "end of its link" in guarded["hint"]
+        lo = next(e for e in refused if e["addr"] == "127.0.0.1" and e["port"] == port)
+        assert (lo["event"], lo["source"], lo["proto"], lo["local_addr"]) == (
+            "connect", "netns", "tcp", "127.0.0.1")
+        said = os.read(said_r, 65536).decode()
+        assert said.count("aegis-mcp: ") == 1 and f"--netns-forward {port} " in said, said
+        status = netsummary.status(log)
+        assert status["failed_connections"] == len(targets) and status["connections"] == 0
+        assert len(status["hints"]) == 1 and f"--netns-forward {port}" in status["hints"][0]
+        shown = subprocess.run([aegis_bin(), "netmon", str(log)], capture_output=True,
+                               text=True, timeout=60).stdout
+        assert f"hint: 127.0.0.1:{port} refused in the agent's network namespace" in shown
+        assert f"({len(targets)} failed" in shown
+    finally:
+        listener.close()
+        os.close(said_r)
+        os.close(said_w)
+    assert normalise(host_snapshot()) == before
+
+
+def test_an_unreachable_peer_is_a_failed_connect(ns: netns.Namespace,
+                                                  outside: Outside) -> None:
+    """An ICMP destination-unreachable on the way (here the outside's firewall answering
+    host-unreachable) ends the connect at once; the capture says so with the same error."""
+    port = 7777
+    rule = (f"add table ip t\nadd chain ip t input {{ type filter hook input priority 0; }}\n"
+            f"add rule ip t input tcp dport {port} reject with icmp type host-unreachable\n")
+    subprocess.run(outside.exec(["nft", "-f", "-"]), input=rule, text=True, check=True)
+    out = run_inside(ns, [PY, "-c", REFUSED, f"{outside.addr}:{port}"]).stdout
+    import errno
+
+    assert out.split() == [f"{outside.addr}:{port}", str(errno.EHOSTUNREACH)]
+    close = wait_event(log_of(ns), lambda e: e.get("port") == port and e["event"] == "close")
+    assert close["result"] == "EHOSTUNREACH" and close["addr"] == outside.addr
+    assert "hint" not in close
+
+
 def test_udp_flow_totals(ns: netns.Namespace, outside: Outside) -> None:
     echo = outside.run(lambda: UdpEcho(outside.addr, reply_size=50, replies=2))
     code = textwrap.dedent("""\

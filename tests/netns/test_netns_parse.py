@@ -131,3 +131,32 @@ def test_crafted_packets_never_crash_the_tracker(tmp_path_factory: object, body:
     data = b"\0" * 12 + b"\x08\x00" + ip + body
     t.packet(len(data).to_bytes(4, "big") + data, 1.0)
     t.packet(len(data).to_bytes(4, "big") + data[: len(data) // 2], 1.0)
+
+
+def test_a_reset_on_the_loopback_is_a_refused_connect_only_when_it_answers_a_syn(
+        tmp_path: Path) -> None:
+    """On the namespace's loopback, a refused connect leaves one reset: RST+ACK with sequence
+    number 0 (RFC 793). The reset of an established connection is not a refusal."""
+    t, log = tracker(tmp_path)
+    t.loopback_packet(frame("127.0.0.1", "127.0.0.1", 8080, 40000, 0, 1001, RST | ACK), 1.0)
+    t.loopback_packet(frame("127.0.0.1", "127.0.0.1", 9090, 40001, 5555, 77, RST | ACK), 1.1)
+    t.loopback_packet(frame("127.0.0.1", "127.0.0.1", 9090, 40001, 0, 0, RST), 1.2)
+    (refused,) = events(log)
+    assert (refused["event"], refused["result"], refused["addr"], refused["port"]) == (
+        "connect", "ECONNREFUSED", "127.0.0.1", 8080)
+    assert refused["local_port"] == 40000 and refused["source"] == "netns"
+
+
+def test_icmp_unreachable_ends_a_pending_connect(tmp_path: Path) -> None:
+    t, log = tracker(tmp_path)
+    syn = frame(NS, PEER, 40000, 443, 1000, 0, SYN)
+    t.packet(syn, 1.0)
+    inner = syn[4 + 14: 4 + 14 + 28]  # the SYN's IP header and first 8 bytes, as ICMP quotes it
+    icmp = bytes([3, 1, 0, 0, 0, 0, 0, 0]) + inner  # destination unreachable: host
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
+                     socket.inet_aton("192.0.2.1"), socket.inet_aton(NS))
+    data = b"\0" * 12 + b"\x08\x00" + ip + icmp
+    t.packet(len(data).to_bytes(4, "big") + data, 1.5)
+    connect, close = events(log)
+    assert (close["event"], close["result"], close["port"]) == ("close", "EHOSTUNREACH", 443)
+    assert t.flows == {}

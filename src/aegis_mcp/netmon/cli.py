@@ -1,15 +1,16 @@
 """`aegis-mcp netmon [--follow] [--json] [PID|LOGFILE]`: the network connections an agent made.
 
 Without --follow: the summary (totals, top targets, open connections) and the latest events.
-With --follow: on a terminal, a live table redrawn as events arrive; otherwise one line per new
-event (JSON lines with --json), so it can be piped. Ctrl-C ends it."""
+With --follow: on a terminal, a live table redrawn as events arrive; otherwise the latest
+events, then one line per new event as it is written (JSON lines with --json), so it can be
+piped; what it follows, and when that supervisor ends, is said on stderr (`follow`). Ctrl-C
+ends it."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import time
@@ -21,19 +22,25 @@ from aegis_mcp.display import plain, text
 if TYPE_CHECKING:
     from aegis_mcp.netmon.summary import NetmonStatus
 
-POLL = 0.5
-
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("target", nargs="?", metavar="PID|LOGFILE",
                         help="a supervisor's or agent's pid, or a netmon log file (default: "
-                        "$AEGIS_NETMON_LOG, else the newest log of your supervisors)")
+                        "$AEGIS_NETMON_LOG, else the log of your newest running supervisor, "
+                        "else the newest log of your supervisors)")
     parser.add_argument("-f", "--follow", action="store_true",
-                        help="keep showing new events as they arrive")
+                        help="keep showing new events as they arrive; without a target, "
+                        "follow the running supervisor, waiting for one and moving to the "
+                        "next when it ends")
     parser.add_argument("--json", action="store_true",
                         help="machine-readable output (with --follow: JSON lines)")
     parser.add_argument("-n", "--events", type=int, default=10, metavar="N",
                         help="how many recent events to show (default 10, 0-1000)")
+
+
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """`1 connection`, `2 connections`."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _size(n: int) -> str:
@@ -49,26 +56,35 @@ def _clock(ts: Any) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "-"
 
 
-def event_line(ev: dict[str, Any]) -> str:
+def event_line(ev: dict[str, Any], hints: bool = True) -> str:
     """One event in words, for the terminal: inert text (see `display`), as every field of an
-    event may come from the agent or a peer (host names, paths, reasons)."""
-    return plain(_event_words(ev))
+    event may come from the agent or a peer (host names, paths, reasons). `hints=False` leaves
+    out an event's hint (shown apart, once)."""
+    return plain(_event_words(ev, hints))
 
 
-def _event_words(ev: dict[str, Any]) -> str:
+def _event_words(ev: dict[str, Any], hints: bool) -> str:
     kind = ev.get("event", "?")
     who = f"{ev.get('exe') or '-'}[{ev.get('pid') if ev.get('pid') is not None else '-'}]"
-    port = ev.get("port")
-    where = f"{ev.get('addr')}:{port}" if port is not None else str(ev.get("addr"))
+    port, addr = ev.get("port"), str(ev.get("addr"))
+    if port is not None and ":" in addr:
+        addr = f"[{addr}]"  # IPv6
+    where = f"{addr}:{port}" if port is not None else addr
     if ev.get("host"):
         where = f"{ev['host']} ({where})"
     head = f"{_clock(ev.get('ts'))} {kind:<7} {who:<22}"
+    hint = f": {ev['hint']}" if ev.get("hint") and hints else ""
     if kind in ("connect", "accept"):
-        return f"{head} {where} {ev.get('proto') or ''} {ev.get('result') or ''}".rstrip()
+        res = ev.get("result")
+        # A non-blocking connect has only begun: its outcome comes with a later event.
+        res = "connecting" if res == "EINPROGRESS" else res
+        return f"{head} {where} {ev.get('proto') or ''} {res or ''}".rstrip() + hint
     if kind in ("totals", "close"):
         dur = ev.get("duration")
         tail = f" {dur:.1f}s" if isinstance(dur, int | float) else ""
         res = ev.get("result")
+        if res == "EINPROGRESS":
+            res = "still connecting" if kind == "totals" else "closed while connecting"
         extra = f" {res}" if res not in (None, "ok") else ""
         return (f"{head} {where} sent {_size(int(ev.get('sent') or 0))} "
                 f"recv {_size(int(ev.get('recv') or 0))}{tail}{extra}")
@@ -79,86 +95,51 @@ def _event_words(ev: dict[str, Any]) -> str:
     return f"{head} {json.dumps(ev)}"
 
 
-def _render(status: NetmonStatus, events: list[dict[str, Any]]) -> Any:
+def headline(status: NetmonStatus) -> str:
+    """The totals in one line."""
+    connecting = status.get("connecting", 0)
+    return (
+        f"{status['log_path']}: {count(status['connections'], 'connection')} "
+        f"({status['failed_connections']} failed, {status['accepted']} accepted"
+        + (f", {connecting} connecting" if connecting else "") + "), "
+        f"{count(status['unique_addresses'], 'address', 'addresses')}, "
+        f"sent {_size(status['bytes_sent'])}, received {_size(status['bytes_received'])}, "
+        f"{status['open_connections']} open"
+        + (f", {count(status['gaps'], 'gap')}" if status["gaps"] else ""))
+
+
+def _render(status: NetmonStatus, events: list[dict[str, Any]],
+            notices: list[str] | None = None) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    head = text(
-        f"{status['log_path']}: {status['connections']} connections "
-        f"({status['failed_connections']} failed, {status['accepted']} accepted), "
-        f"{status['unique_addresses']} addresses, sent {_size(status['bytes_sent'])}, "
-        f"received {_size(status['bytes_received'])}, {status['open_connections']} open"
-        + (f", {status['gaps']} gaps" if status["gaps"] else ""))
+    head = text(headline(status))
     targets = Table(title="top targets by bytes", title_justify="left", expand=False)
     for col in ("target", "conns", "sent", "recv"):
         targets.add_column(col, justify="left" if col == "target" else "right")
     for row in status["top_by_bytes"]:
         targets.add_row(text(row["target"]), str(row["connections"]), _size(row["sent"]),
                         _size(row["recv"]))
-    parts: list[Any] = [head, targets]
+    parts: list[Any] = [text(n, style="bold yellow") for n in (notices or [])[-3:]]
+    parts += [head, targets]
     if status["open"]:
         opened = Table(title="open connections", title_justify="left")
-        for col in ("target", "process", "since", "sent", "recv"):
+        for col in ("target", "process", "since", "state", "sent", "recv"):
             opened.add_column(col)
         for c in status["open"][-15:]:
             opened.add_row(text(c["target"]), text(f"{c['exe']}[{c['pid']}]"),
-                           _clock(c["ts"]), _size(c["sent"]), _size(c["recv"]))
+                           _clock(c["ts"]), c.get("state", "open"), _size(c["sent"]),
+                           _size(c["recv"]))
         parts.append(opened)
     for gap in status["recent_gaps"][-3:]:
         parts.append(text(f"gap: {gap.get('target') or ''} {gap.get('reason')}", style="yellow"))
+    for hint in status.get("hints", [])[-5:]:
+        parts.append(text(f"hint: {hint}", style="yellow"))
     if events:
         parts.append(Text("recent events:", style="bold"))
-        parts.extend(Text(event_line(ev)) for ev in events)
+        parts.extend(Text(event_line(ev, hints=False)) for ev in events)
     return Group(*parts)
-
-
-class _Follower:
-    """Reads lines appended to the log, following a rotation to the new file."""
-
-    def __init__(self, log: Path) -> None:
-        self.log = log
-        self.ino: int | None = None
-        self.offset = 0
-        self.rest = b""
-        try:
-            st = log.stat()
-            self.ino, self.offset = st.st_ino, st.st_size
-        except FileNotFoundError:
-            pass
-
-    def poll(self) -> list[dict[str, Any]]:
-        from aegis_mcp.netmon.log import rotated_path
-
-        try:
-            st = self.log.stat()
-        except FileNotFoundError:
-            return []
-        data = b""
-        if st.st_ino != self.ino:
-            if self.ino is not None:  # finish the rotated file first
-                with open(rotated_path(self.log), "rb") as f:
-                    if os.fstat(f.fileno()).st_ino == self.ino:
-                        f.seek(self.offset)
-                        data += f.read()
-            self.ino, self.offset, self.rest = st.st_ino, 0, b""
-        if st.st_size < self.offset:
-            self.offset = 0
-        with open(self.log, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        self.offset += len(chunk)
-        data = self.rest + data + chunk
-        end = data.rfind(b"\n")
-        self.rest = data[end + 1:]
-        events = []
-        for line in data[:end + 1].split(b"\n") if end >= 0 else []:
-            if line.strip():
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    continue
-        return events
 
 
 def _status_or_empty(log: Path) -> NetmonStatus:
@@ -177,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.events <= 1000:
         raise AegisError(f"--events {args.events}: give a number from 0 to 1000")
-    log = find_log(args.target)
     if not args.follow:
+        log = find_log(args.target)
         status = _status_or_empty(log)
         try:
             events = tail(log, args.events) if args.events else []
@@ -193,25 +174,53 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    follower = _Follower(log)
     try:
-        if sys.stdout.isatty() and not args.json:
-            from rich.live import Live
-
-            recent: list[dict[str, Any]] = []
-            with contextlib.suppress(NoLog):
-                recent = tail(log, args.events) if args.events else []
-            with Live(_render(_status_or_empty(log), recent), auto_refresh=False) as live:
-                while True:
-                    new = follower.poll()
-                    if new:
-                        recent = (recent + new)[-max(args.events, 1):]
-                        live.update(_render(_status_or_empty(log), recent), refresh=True)
-                    time.sleep(POLL)
-        else:
-            while True:
-                for ev in follower.poll():
-                    print(json.dumps(ev) if args.json else event_line(ev), flush=True)
-                time.sleep(POLL)
+        return _follow(args)
     except KeyboardInterrupt:
         return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from aegis_mcp.netmon.follow import Follow
+
+    live = sys.stdout.isatty() and not args.json
+    notices: list[str] = []
+
+    def notice(message: str) -> None:
+        if live:
+            notices.append(f"{time.strftime('%H:%M:%S')} {message}")
+        else:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(f"aegis-mcp: {plain(message)}\n")
+                sys.stderr.flush()
+
+    follow = Follow(args.target, notice, backlog=args.events)
+    if not live:
+        for _ in follow.wakeups():
+            for ev in follow.poll():
+                print(json.dumps(ev) if args.json else event_line(ev), flush=True)
+        return 0
+    from rich.live import Live
+
+    def view(recent: list[dict[str, Any]]) -> Any:
+        log = follow.log
+        if log is None:
+            from rich.console import Group
+
+            return Group(*(text(n, style="bold yellow") for n in notices[-3:]))
+        return _render(_status_or_empty(log), recent, notices)
+
+    recent: list[dict[str, Any]] = []
+    shown = len(notices)
+    with Live(view(recent), auto_refresh=False) as screen:
+        for _ in follow.wakeups():
+            if follow.switched:
+                recent, follow.switched = [], False
+            new = follow.poll()
+            if follow.switched:  # moved to another supervisor's log during this poll
+                recent, follow.switched = [], False
+            if new or len(notices) != shown:
+                recent = (recent + new)[-max(args.events, 1):]
+                shown = len(notices)
+                screen.update(view(recent), refresh=True)
+    return 0

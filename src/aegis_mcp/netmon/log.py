@@ -60,12 +60,15 @@ def log_for_supervisor(pid: int) -> Path | None:
 # ---- the tail -----------------------------------------------------------------------------
 
 
-def _tail_lines(path: Path, count: int, block: int = 65536) -> list[bytes]:
-    """The last `count` complete lines of `path` (oldest first), reading backwards."""
-    if not path.exists():
+def _tail_lines(path: Path, count: int, block: int = 65536, end: int | None = None
+                ) -> list[bytes]:
+    """The last `count` complete lines of `path` (oldest first) before offset `end` (default:
+    its end), reading backwards."""
+    if not path.exists() or count <= 0:
         return []
     with open(path, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
+        size = f.seek(0, os.SEEK_END)
+        end = size if end is None else min(end, size)
         pos, data = end, b""
         while pos > 0 and data.count(b"\n") <= count:
             step = min(block, pos)
@@ -81,13 +84,15 @@ def _tail_lines(path: Path, count: int, block: int = 65536) -> list[bytes]:
         return [line for line in lines if line.strip()][-count:]
 
 
-def tail(log: Path, count: int) -> list[dict[str, Any]]:
-    """The most recent `count` events (newest last), including the rotated file if needed."""
+def tail(log: Path, count: int, end: int | None = None) -> list[dict[str, Any]]:
+    """The most recent `count` events (newest last), including the rotated file if needed;
+    with `end`, those before that offset of the log (what a follower starting there has not
+    read)."""
     log = Path(log)
     rotated = rotated_path(log)
     if not log.exists() and not rotated.exists():
         raise NoLog(f"no netmon log at {log}")
-    lines = _tail_lines(log, count)
+    lines = _tail_lines(log, count, end=end)
     if len(lines) < count:
         lines = _tail_lines(rotated, count - len(lines)) + lines
     events = []
@@ -104,9 +109,50 @@ def tail(log: Path, count: int) -> list[dict[str, Any]]:
 # ---- finding a log --------------------------------------------------------------------------
 
 
+def supervisor_of_log(log: Path) -> int | None:
+    """The pid of the supervisor whose log this is (its name in the runtime directory)."""
+    from aegis_mcp.paths import runtime_files_of
+
+    log = Path(log)
+    with contextlib.suppress(OSError):
+        for pid, path in runtime_files_of(log.parent, "netmon_log"):
+            if path.name == log.name:
+                return pid
+    return None
+
+
+def supervisor_alive(pid: int, runtime: Path) -> bool:
+    """Whether supervisor `pid` of `runtime` still runs: its control socket is there, and the
+    process of that pid started before the socket was made (not a later one that got the pid
+    of a supervisor killed with -9)."""
+    import psutil
+
+    from aegis_mcp.paths import runtime_file
+
+    try:
+        made = runtime_file(runtime, "control", pid).stat().st_ctime
+        return procs.alive(pid) and psutil.Process(pid).create_time() <= made + 1
+    except (OSError, psutil.Error):
+        return False
+
+
+def live_supervisor_logs() -> list[tuple[int, Path]]:
+    """(pid, netmon log) of the caller's running supervisors that have one, newest first."""
+    from aegis_mcp.paths import control_dirs, runtime_files_of
+
+    found = []
+    for runtime in control_dirs():
+        for pid, log in runtime_files_of(runtime, "netmon_log"):
+            if supervisor_alive(pid, runtime):
+                found.append((procs.start_time(pid) or 0, pid, log))
+    return [(pid, log) for _, pid, log in sorted(found, reverse=True)]
+
+
+
 def find_log(target: str | None = None) -> Path:
     """The log named by `target`: a file, a supervisor's or agent's pid; else this process's
-    AEGIS_NETMON_LOG, else the newest log in the runtime directory."""
+    AEGIS_NETMON_LOG, else the log of the newest running supervisor, else the newest log in
+    the runtime directory."""
     from aegis_mcp.errors import AegisError
     from aegis_mcp.paths import control_dirs, runtime_files_of
 
@@ -129,6 +175,9 @@ def find_log(target: str | None = None) -> Path:
     env_log = os.environ.get("AEGIS_NETMON_LOG")
     if env_log:
         return Path(env_log)
+    live = live_supervisor_logs()
+    if live:
+        return live[0][1]
     dirs = control_dirs()
     logs = sorted((log for d in dirs for _, log in runtime_files_of(d, "netmon_log")),
                   key=lambda p: p.stat().st_mtime)

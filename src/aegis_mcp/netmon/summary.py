@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NotRequired, TypedDict
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: names per resolver (pid), plumbing left out by the hooks
 MAX_TARGETS = 5000
 MAX_ADDRESSES = 100_000
 MAX_NAMES = 10_000
+MAX_HINTS = 20
 TOP = 10
 _CHUNK = 8 << 20
 _OK_CONNECT = {"ok", "EINPROGRESS", "EINTR", "EAGAIN", None}
@@ -75,6 +76,8 @@ class OpenConnection(TypedDict):
     sent: Annotated[int, "Bytes sent as of its last totals event"]
     recv: int
     result: str | None  # the connect's result (EINPROGRESS: still being connected)
+    state: Annotated[str, "connecting (its connect is not known to have completed yet) or "
+                     "open"]
     key: str  # the summary's key of the connection (pid and fd, or its addresses)
 
 
@@ -90,6 +93,8 @@ class NetmonStatus(TypedDict):
     connections: Annotated[int, "Outgoing connections made (not refused)"]
     accepted: Annotated[int, "Incoming connections accepted"]
     failed_connections: Annotated[int, "Connects that failed (refused, unreachable...)"]
+    connecting: Annotated[int, "Open connections whose (non-blocking) connect is not known to "
+                          "have completed yet"]
     unique_addresses: int
     unique_addresses_capped: bool  # more than MAX_ADDRESSES: unique_addresses is a floor
     bytes_sent: int
@@ -104,6 +109,8 @@ class NetmonStatus(TypedDict):
     gaps: Annotated[int, "Things monitoring could not see (e.g. a child started without "
                     "LD_PRELOAD, a static binary)"]
     recent_gaps: list[dict[str, Any]]
+    hints: Annotated[list[str], "What the user can do about failures seen (e.g. a port of this "
+                     "host refused inside the network namespace: --netns-forward PORT)"]
     events_lost_to_rotation: bool
     first_event: float | None
     last_event: float | None
@@ -124,6 +131,13 @@ def _conn_key(ev: dict[str, Any]) -> str:
 
 def _target(addr: str | None, port: int | None) -> str:
     return f"{addr}:{port}" if port is not None else str(addr)
+
+
+def _name_key(pid: Any, addr: Any) -> str:
+    """The key of a resolved name: who resolved it, and the address. A name belongs to the
+    connections of the one that looked it up: a process in preload mode; in netns mode,
+    whose events carry no process, the namespace (the agent and its children as one)."""
+    return f"{pid if pid is not None else ''}|{addr}"
 
 
 class Summary:
@@ -148,7 +162,8 @@ class Summary:
         self.targets: dict[str, TargetRow] = {}  # by target "host:port" (or addr:port)
         self.addresses: dict[str, int] = {}
         self.addresses_capped = False
-        self.names: dict[str, str] = {}  # address -> host, from dns events
+        self.names: dict[str, str] = {}  # "pid|address" -> host, from dns events (_name_key)
+        self.hints: dict[str, str] = {}  # the port a hint is about -> the hint, oldest first
         # connection key -> {target, addr, port, host, pid, exe, ts, sent, recv, result}
         self.open: dict[str, dict[str, Any]] = {}
         self.recent_gaps: list[dict[str, Any]] = []
@@ -173,7 +188,7 @@ class Summary:
     # -- events --
     def _target_row(self, ev: dict[str, Any]) -> TargetRow:
         addr, port = ev.get("addr"), ev.get("port")
-        host = ev.get("host") or self.names.get(str(addr))
+        host = ev.get("host") or self.names.get(_name_key(ev.get("pid"), addr))
         key = _target(host or addr, port)
         row = self.targets.get(key)
         if row is None:
@@ -208,6 +223,11 @@ class Summary:
                 self.first_ts = ts
             self.last_ts = ts
         kind = ev.get("event")
+        hint = ev.get("hint")
+        if hint and isinstance(hint, str):
+            about = str(ev.get("port"))  # one per port: 127.0.0.1 and ::1 are one advice
+            if about not in self.hints and len(self.hints) < MAX_HINTS:
+                self.hints[about] = hint
         if kind in ("connect", "accept"):
             addr = str(ev.get("addr"))  # every address tried counts, refused ones too
             if addr in self.addresses:
@@ -237,7 +257,12 @@ class Summary:
                 "ts": ts, "sent": 0, "recv": 0, "result": ev.get("result"),
             }
         elif kind == "totals":
-            self._count(_conn_key(ev), ev)
+            key = _conn_key(ev)
+            self._count(key, ev)
+            conn = self.open.get(key)
+            if conn is not None and conn.get("result") == "EINPROGRESS" and (
+                    ev.get("sent") or ev.get("recv")):
+                conn["result"] = "ok"  # data moved: the connect completed
         elif kind == "close":
             key = _conn_key(ev)
             self._count(key, ev)
@@ -252,9 +277,11 @@ class Summary:
             self.dns += 1
             host = ev.get("host")
             if host:
+                pid = ev.get("pid")
                 for answer in ev.get("answers") or []:
-                    if answer in self.names or len(self.names) < MAX_NAMES:
-                        self.names[answer] = host
+                    key = _name_key(pid, answer)
+                    if key in self.names or len(self.names) < MAX_NAMES:
+                        self.names[key] = host
         elif kind == "gap":
             self.gaps += 1
             self.recent_gaps = [*self.recent_gaps[-9:], {
@@ -384,8 +411,10 @@ def status(log: Path) -> NetmonStatus:
         if pid is not None and not procs.alive(int(pid)):
             ended += 1  # its process ended without a close we saw (killed, or no exit hook)
             continue
-        open_now.append({"key": key, **{k: v for k, v in conn.items() if k != "target"},
-                         "target": conn.get("target")})  # type: ignore[typeddict-item]
+        state = "connecting" if conn.get("result") == "EINPROGRESS" else "open"
+        open_now.append({"key": key,  # type: ignore[typeddict-item]
+                         **{k: v for k, v in conn.items() if k != "target"},
+                         "target": conn.get("target"), "state": state})
     open_now.sort(key=lambda c: c.get("ts") or 0)
 
     by_host: dict[str, HostStat] = {}
@@ -413,6 +442,7 @@ def status(log: Path) -> NetmonStatus:
         "connections": s.connections,
         "accepted": s.accepted,
         "failed_connections": s.failed,
+        "connecting": sum(1 for c in open_now if c["state"] == "connecting"),
         "unique_addresses": len(s.addresses),
         "unique_addresses_capped": s.addresses_capped,
         "bytes_sent": s.sent,
@@ -420,6 +450,7 @@ def status(log: Path) -> NetmonStatus:
         "dns_lookups": s.dns,
         "gaps": s.gaps,
         "recent_gaps": s.recent_gaps,
+        "hints": list(s.hints.values()),
         "top_hosts": top_hosts,
         "top_by_bytes": [target_stat(k, r) for k, r in top_bytes],
         "open_connections": len(open_now),
@@ -436,9 +467,10 @@ def empty_status(log: Path) -> NetmonStatus:
     """The status of a log not written yet (monitoring is on, nothing recorded so far)."""
     return {
         "log_path": str(log), "log_files": [], "log_bytes": 0, "events": 0, "connections": 0,
-        "accepted": 0, "failed_connections": 0, "unique_addresses": 0,
+        "accepted": 0, "failed_connections": 0, "connecting": 0, "unique_addresses": 0,
         "unique_addresses_capped": False, "bytes_sent": 0, "bytes_received": 0,
-        "dns_lookups": 0, "gaps": 0, "recent_gaps": [], "top_hosts": [], "top_by_bytes": [],
+        "dns_lookups": 0, "gaps": 0, "recent_gaps": [], "hints": [], "top_hosts": [],
+        "top_by_bytes": [],
         "open_connections": 0, "open": [], "ended_without_close": 0, "first_event": None,
         "last_event": None, "events_lost_to_rotation": False, "bad_lines": 0,
         "note": "monitoring is on but nothing has been recorded yet",

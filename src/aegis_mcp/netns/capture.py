@@ -7,10 +7,15 @@ Nothing here looks at every packet in Python, so a bulk transfer pays (almost) n
   Conntrack counts IP bytes; UDP payload is exact from it (IP + UDP headers are fixed), TCP
   payload is estimated from it only for periodic totals.
 - One AF_PACKET socket on the host end of the veth carries a classic BPF filter that passes
-  only TCP SYN/FIN/RST and UDP port 53, so Python sees a handful of packets per connection.
+  only TCP SYN/FIN/RST, UDP port 53 and ICMP destination-unreachable, so Python sees a
+  handful of packets per connection.
   The SYN and FIN sequence numbers give exact TCP payload totals at close, and the DNS
   answers name the peers. Both directions share the socket's one queue, so they arrive in the
   order they happened (a DNS answer before the SYN it causes, a SYN before its SYN-ACK).
+- One more on the namespace's own loopback passes only the resets sent there: a connect to
+  127.0.0.1 or ::1 inside, refused, never reaches the veth (the host's loopback is not the
+  namespace's), and its reset is the only trace of it. A hint for the user (`--netns-forward
+  PORT`) goes to the descriptor `--say-fd` names, the supervisor's terminal.
 
 Ordering against conntrack: a packet reaches the socket before netfilter sees it, so each pass
 reads conntrack first and the packets second, and processes the packets first.
@@ -32,11 +37,18 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from aegis_mcp import procs
 from aegis_mcp.netns.capture_flows import EventLog, Tracker
 from aegis_mcp.netns.capture_netlink import Conntrack
-from aegis_mcp.netns.capture_packets import SNAPLEN, drain_packets, packet_socket, packets_dropped
+from aegis_mcp.netns.capture_packets import (
+    SNAPLEN,
+    drain_packets,
+    loopback_socket,
+    packet_socket,
+    packets_dropped,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Main loop
@@ -63,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
     log = EventLog(args.log_fd)
     ct = Conntrack()
     packets = packet_socket(args.veth)
+    loopback = loopback_socket(f"/run/netns/{args.name}")
     forwarded = {(args.host_addr, int(port)): ip
                  for ip, port in (f.rsplit(":", 1) for f in args.forward)}
-    tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded)
+    tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded,
+                      host_addr=args.host_addr,
+                      say=_sayer(args.say_fd) if args.say_fd is not None else None)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -77,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     drops_reported = 0
     next_check = time.monotonic() + 1.0
     while not stop:
-        select.select([ct.events, packets, wake_r], [], [], 1.0)
+        select.select([ct.events, packets, loopback, wake_r], [], [], 1.0)
         with contextlib.suppress(BlockingIOError):
             os.read(wake_r, 64)
-        _pass(tracker, ct, packets, buf)
+        _pass(tracker, ct, packets, buf, loopback)
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             now = time.time()
@@ -97,15 +112,33 @@ def run(args: argparse.Namespace) -> int:
             if procs.start_time(args.owner_pid) != owner_start:
                 break
     # A last look at what is queued, then totals of every flow still open.
-    _pass(tracker, ct, packets, buf)
+    _pass(tracker, ct, packets, buf, loopback)
     tracker.tick(time.time(), final=True)
     return 0
 
 
-def _pass(tracker: Tracker, ct: Conntrack, packets: socket.socket, buf: bytearray) -> None:
+def _sayer(fd: int) -> Callable[[str], None]:
+    """One line to the user on `fd` (the supervisor's stderr), as the supervisor says it."""
+    end = "\r\n" if os.isatty(fd) else "\n"  # the agent's TUI may hold the terminal raw
+
+    def say(message: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, f"aegis-mcp: {message}{end}".encode())
+
+    return say
+
+
+def _pass(tracker: Tracker, ct: Conntrack, packets: socket.socket, buf: bytearray,
+          loopback: socket.socket | None = None) -> None:
     ct_batch = ct.drain()
     frames = drain_packets(packets, buf)
+    resets = drain_packets(loopback, buf) if loopback is not None else []
     now = time.time()
+    for frame in resets:
+        try:
+            tracker.loopback_packet(frame, now)
+        except (ValueError, IndexError, struct.error) as exc:
+            tracker.gap(now, f"unparsable packet skipped ({type(exc).__name__})")
     # Packets come from the agent: a malformed one must cost its own event, never the capture.
     for frame in frames:
         try:
@@ -129,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward", action="append", default=[], metavar="IP:PORT",
                         help="a host loopback ip:port forwarded to the host end's port: its "
                              "connections are named by that address (repeatable)")
+    parser.add_argument("--say-fd", type=int, default=None,
+                        help="open descriptor of the user's terminal, for hints (once each)")
     parser.add_argument("--totals-interval", type=float,
                         default=float(os.environ.get("AEGIS_NETNS_TOTALS_INTERVAL", "10")),
                         help="seconds between totals events of a long flow (default 10)")

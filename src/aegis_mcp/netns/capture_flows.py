@@ -1,5 +1,15 @@
 """The capture's flows: `Tracker` joins conntrack entries and control packets into netmon
 events (connect, totals, close, dns, gap), written by `EventLog`.
+
+A connect that fails is an event, as in preload mode: refused by a peer or by the namespace's
+guard (a reset on the veth), unreachable (an ICMP error on the veth), refused on the
+namespace's own loopback (its reset seen there: 127.0.0.1 inside is not the host's). When the
+refused port is one this host listens on, the event carries a `hint` naming
+`--netns-forward PORT`, said once per port on the supervisor's terminal too.
+
+Names: a DNS answer seen on the veth names that address for every connection of the
+namespace. The packets carry no process, so the namespace (the agent and its children) is
+the one that resolved it, as a process is in preload mode.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ import os
 import socket
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +31,27 @@ from aegis_mcp.netns.capture_netlink import (
     Conntrack,
     CtEntry,
 )
-from aegis_mcp.netns.capture_packets import ACK, FIN, RCODES, RST, SYN, parse_dns
+from aegis_mcp.netns.capture_packets import (
+    ACK,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    FIN,
+    ICMP_UNREACH,
+    RCODES,
+    RST,
+    SYN,
+    listening_ports,
+    parse_dns,
+)
+
+IPPROTO_ICMP = 1
+# ICMP destination-unreachable codes as the kernel reports them to a connect (icmp_err_convert)
+_UNREACH = {0: "ENETUNREACH", 1: "EHOSTUNREACH", 2: "ENOPROTOOPT", 3: "ECONNREFUSED",
+            4: "EMSGSIZE", 5: "EOPNOTSUPP", 6: "ENETUNREACH", 7: "EHOSTDOWN",
+            9: "ENETUNREACH", 10: "ENETUNREACH", 11: "ENETUNREACH", 12: "ENETUNREACH",
+            13: "EHOSTUNREACH", 14: "EHOSTUNREACH", 15: "EHOSTUNREACH"}
+LISTEN_RECHECK = 2.0
+"""Seconds a look at the host's listening ports is good for (refusals can come in bursts)."""
 
 
 class EventLog:
@@ -58,11 +89,18 @@ class Flow:
 class Tracker:
     def __init__(self, ns_addr: str, log: EventLog, ct: Conntrack | None,
                  totals_interval: float,
-                 forwarded: dict[tuple[str, int], str] | None = None) -> None:
+                 forwarded: dict[tuple[str, int], str] | None = None,
+                 host_addr: str | None = None, say: Callable[[str], None] | None = None
+                 ) -> None:
         self.ns_addr = ns_addr
         self.forwarded = forwarded or {}
         """(host end address, port) -> the host loopback address it is forwarded to: the
         name the agent used for it."""
+        self.host_addr = host_addr
+        self.say = say
+        """Tells the user (the supervisor's terminal) a hint, once per port."""
+        self.hinted: set[int] = set()
+        self._listening: tuple[float, set[int]] = (float("-inf"), set())
         self.log = log
         self.ct = ct
         self.totals_interval = totals_interval
@@ -96,12 +134,67 @@ class Tracker:
         self._event("connect" if initiator_local else "accept", flow, now, result=result)
         return flow
 
-    def _close(self, flow: Flow, now: float, sent: int, recv: int, result: str | None) -> None:
+    def _close(self, flow: Flow, now: float, sent: int, recv: int, result: str | None,
+               **extra: Any) -> None:
         self.flows.pop(flow.key, None)
         self.recently_closed[flow.key] = now
         while len(self.recently_closed) > 4096:
             self.recently_closed.popitem(last=False)
-        self._event("close", flow, now, sent, recv, result)
+        self._event("close", flow, now, sent, recv, result, **extra)
+
+    # -- hints -----------------------------------------------------------------------------
+    def hint(self, addr: str, port: int, now: float) -> dict[str, str]:
+        """`{"hint": ...}` for a refused connect to `addr`:`port` that a forward would let
+        through (this host listens on that port and it is not forwarded yet), else {}."""
+        if (self.host_addr, port) in self.forwarded:
+            return {}
+        checked, ports = self._listening
+        if port not in self.hinted and now - checked > LISTEN_RECHECK:
+            ports = listening_ports()
+            self._listening = (now, ports)
+        if port not in self.hinted and port not in ports:
+            return {}
+        what = ("this host's end of its link, closed but for forwarded ports"
+                if addr == self.host_addr else "its loopback is its own, not this host's")
+        text = (f"{_hostport(addr, port)} refused in the agent's network namespace ({what}); "
+                f"this host listens on port {port}: --netns-forward {port} lets the agent "
+                "reach it")
+        if port not in self.hinted:
+            self.hinted.add(port)
+            if self.say is not None:
+                self.say(text)
+        return {"hint": text}
+
+    def loopback_packet(self, frame: bytes, now: float) -> None:
+        """A reset sent on the namespace's loopback: a refused connect when it answers a SYN
+        (RST+ACK with sequence number 0, RFC 793), written as a failed connect event."""
+        data = frame[4:]
+        if len(data) < 34:
+            return
+        ethertype = int.from_bytes(data[12:14], "big")
+        if ethertype == ETH_P_IP:
+            ihl = (data[14] & 0x0F) * 4
+            family, src, dst, l4 = ("ipv4", socket.inet_ntoa(data[26:30]),
+                                    socket.inet_ntoa(data[30:34]), 14 + ihl)
+        elif ethertype == ETH_P_IPV6 and len(data) >= 54:
+            family, src, dst, l4 = ("ipv6", socket.inet_ntop(socket.AF_INET6, data[22:38]),
+                                    socket.inet_ntop(socket.AF_INET6, data[38:54]), 54)
+        else:
+            return
+        if len(data) < l4 + 14:
+            return
+        sport, dport, seq = struct.unpack_from("!HHI", data, l4)
+        flags = data[l4 + 13]
+        if not (flags & RST and flags & ACK) or seq != 0:
+            return  # the reset of a connection, not the refusal of a connect
+        # It answers the SYN that dst:dport sent to src:sport.
+        self.log.write({
+            "ts": round(now, 6), "event": "connect", "source": "netns", "pid": None,
+            "ppid": None, "exe": None, "fd": None, "family": family, "proto": "tcp",
+            "addr": src, "port": sport, "host": None, "local_addr": dst, "local_port": dport,
+            "sent": 0, "recv": 0, "duration": None, "result": "ECONNREFUSED",
+            **self.hint(src, sport, now),
+        })
 
     # -- packets ---------------------------------------------------------------------------
     def packet(self, frame: bytes, now: float) -> None:
@@ -115,6 +208,9 @@ class Tracker:
         src, dst = socket.inet_ntoa(data[26:30]), socket.inet_ntoa(data[30:34])
         l4 = 14 + ihl
         if len(data) < l4 + 8:
+            return
+        if proto == IPPROTO_ICMP:
+            self._icmp(data, l4, now)
             return
         sport, dport = struct.unpack_from("!HH", data, l4)
         outbound = src == self.ns_addr  # leaving the namespace
@@ -158,9 +254,11 @@ class Tracker:
             if other in flow.isn and other not in flow.done and flags & ACK:
                 flow.done[other] = (ack - flow.isn[other] - 1) & 0xFFFFFFFF
             refused = not flow.established and (side == "r") == flow.initiator_local
+            hint = (self.hint(flow.key[3], flow.key[4], now)
+                    if refused and flow.key[3] == self.host_addr else {})
             self._close(flow, now, flow.done.get("l", 0), flow.done.get("r", 0),
                         "ECONNREFUSED" if refused else ("ok" if flow.established else
-                                                        "ECONNRESET"))
+                                                        "ECONNRESET"), **hint)
             return
         if side not in flow.isn:
             return
@@ -168,6 +266,27 @@ class Tracker:
             flow.done[side] = (seq + payload - flow.isn[side] - 1) & 0xFFFFFFFF
         if "l" in flow.done and "r" in flow.done:
             self._close(flow, now, flow.done["l"], flow.done["r"], "ok")
+
+    def _icmp(self, data: bytes, l4: int, now: float) -> None:
+        """Destination unreachable for a packet of the namespace's: the connect (or the UDP
+        flow) it belonged to failed, with the error the agent's connect got."""
+        if len(data) < l4 + 8 + 20 or data[l4] != ICMP_UNREACH:
+            return
+        inner = l4 + 8
+        ihl = (data[inner] & 0x0F) * 4
+        proto = data[inner + 9]
+        src, dst = socket.inet_ntoa(data[inner + 12:inner + 16]), \
+            socket.inet_ntoa(data[inner + 16:inner + 20])
+        if src != self.ns_addr or len(data) < inner + ihl + 4:
+            return
+        sport, dport = struct.unpack_from("!HH", data, inner + ihl)
+        flow = self.flows.get((proto, src, sport, dst, dport))
+        if flow is None or flow.established or proto != IPPROTO_TCP:
+            return  # (a UDP flow has no connect to fail: its replies may have come already)
+        result = _UNREACH.get(data[l4 + 1], "EHOSTUNREACH")
+        hint = (self.hint(dst, dport, now) if result == "ECONNREFUSED"
+                and dst == self.host_addr else {})
+        self._close(flow, now, 0, 0, result, **hint)
 
     def _dns(self, payload: bytes, key: Key, outbound: bool, now: float) -> None:
         parsed = parse_dns(payload)
@@ -300,3 +419,7 @@ def _has_timestamps(options: bytes) -> bool:
             return False
         i += options[i + 1]
     return False
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

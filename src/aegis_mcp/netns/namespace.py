@@ -261,11 +261,14 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
     os.chmod(directory / "resolv.conf", 0o644)
 
 
-def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subprocess.Popen[bytes]:
+def _start_capture(state: State, log_path: Path, log_fd: int | None,
+                   say_fd: int | None = None) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
     started from / with a scrubbed environment, writing to a log descriptor it is handed."""
     own_fd = log_fd is None
     fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
+    # A number of its own: the helper's stderr (2) is its error file.
+    say = os.dup(say_fd) if say_fd is not None else None
     err_path = STATE_DIR / f"{state.name}.capture.err"
     try:
         err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -277,13 +280,17 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None) -> subproce
                     "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
                     "--log-fd", str(fd), "--owner-pid", str(state.owner_pid),
                     *(arg for forward in state.forwards for arg in ("--forward", forward)),
+                    *(("--say-fd", str(say)) if say is not None else ()),
                     root_side=True),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd="/",
-                env=root_env(), start_new_session=True, close_fds=True, pass_fds=(fd,),
+                env=root_env(), start_new_session=True, close_fds=True,
+                pass_fds=(fd,) if say is None else (fd, say),
             )
     finally:
         if own_fd:
             os.close(fd)
+        if say is not None:
+            os.close(say)
     assert proc.stdout is not None
     state.capture_pid = proc.pid
     state.capture_start = procs.start_time(proc.pid)
@@ -365,7 +372,8 @@ class Namespace:
 
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
            capture: bool = True, forwards: tuple[tuple[str, int], ...] = (),
-           host_access: bool = False, log_fd: int | None = None) -> Namespace:
+           host_access: bool = False, log_fd: int | None = None,
+           say_fd: int | None = None) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
@@ -376,7 +384,9 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     reaches the host itself only through DNS and those forwards, unless `host_access`
     (--netns-host-access) lets it reach every service of the host as before. `log_fd`, when
     given, is `log_path` already open for appending (by the user who owns its directory):
-    root then never opens a path there itself."""
+    root then never opens a path there itself. `say_fd`, when given, is where the capture
+    tells the user what to do about what it sees (the supervisor's stderr): a port of this
+    host refused inside the namespace names `--netns-forward PORT`, once per port."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -400,7 +410,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
             _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)
         if capture:
-            namespace._capture = _start_capture(state, Path(log_path), log_fd)
+            namespace._capture = _start_capture(state, Path(log_path), log_fd, say_fd)
     except BaseException as exc:
         namespace.teardown()
         if isinstance(exc, AegisError | KeyboardInterrupt):

@@ -876,7 +876,8 @@ class Supervisor:
                 try:
                     self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
                                                   forwards=tuple(forwards.values()),
-                                                  host_access=self.opts.netns_host_access)
+                                                  host_access=self.opts.netns_host_access,
+                                                  say_fd=sys.stderr.fileno())
                 finally:
                     os.close(log_fd)
                 self._say_forwards(forwards, unreachable)

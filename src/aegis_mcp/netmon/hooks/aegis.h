@@ -120,6 +120,11 @@ struct aegis_config {
     char exe[256];           /* basename of /proc/self/exe */
     char self_path[4096];    /* this library, to check that children still preload it */
     pid_t pid;               /* refreshed in the fork child; differs from getpid() in vfork children */
+    /* aegis-mcp's own runtime directory (that of AEGIS_CONTROL, with its final '/'): the unix
+     * sockets there (the supervisor's control socket, the warm MCP server's) are aegis-mcp's
+     * plumbing, not the agent's traffic, and are never recorded. Empty when not supervised. */
+    char plumbing_dir[4096];
+    size_t plumbing_len;
 };
 extern struct aegis_config aegis_cfg;
 

@@ -59,6 +59,13 @@ static void read_settings(void)
         strcpy(aegis_cfg.rotated_path + strlen(log), ".1");
         aegis_cfg.netmon = 1;
     }
+    const char *control = getenv("AEGIS_CONTROL");
+    const char *slash = control && control[0] == '/' ? strrchr(control, '/') : NULL;
+    if (slash && (size_t)(slash - control) + 1 < sizeof aegis_cfg.plumbing_dir) {
+        aegis_cfg.plumbing_len = (size_t)(slash - control) + 1;
+        memcpy(aegis_cfg.plumbing_dir, control, aegis_cfg.plumbing_len);
+        aegis_cfg.plumbing_dir[aegis_cfg.plumbing_len] = '\0';
+    }
     aegis_cfg.max_bytes = env_number("AEGIS_NETMON_MAX_BYTES", 64ull << 20, 4096);
     aegis_cfg.interval = (unsigned)env_number("AEGIS_NETMON_INTERVAL", 5, 1);
 

@@ -147,6 +147,15 @@ static int describe(int fd, const struct sockaddr *sa, socklen_t len, struct pee
     return 1;
 }
 
+/* A unix socket in aegis-mcp's runtime directory (the control socket, the warm MCP server's):
+ * aegis-mcp talking to itself, which namespace mode does not see either. */
+static int is_plumbing(const struct peer *p)
+{
+    size_t n = aegis_cfg.plumbing_len;
+    return p->family == AF_UNIX && n && !strncmp(p->addr, aegis_cfg.plumbing_dir, n) &&
+           p->addr[n] && !strchr(p->addr + n, '/');
+}
+
 struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind)
 {
     struct cold *c;
@@ -194,6 +203,10 @@ static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err
     }
     struct peer p;
     if (!describe(fd, sa, len, &p)) return;
+    if (is_plumbing(&p)) {
+        if (st != S_FREE) aegis_net_release(fd, h, c, "replaced"); /* its close went past us */
+        return;
+    }
     if (st != S_FREE) {
         /* Polling a connect in progress (EALREADY / EISCONN / the final result), not a new one. */
         if (err == EALREADY || err == EINPROGRESS) return;
@@ -226,6 +239,13 @@ static void on_accept(int fd)
     if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) return;
     struct peer p;
     if (!describe(fd, (struct sockaddr *)&ss, len, &p)) return;
+    if (p.family == AF_UNIX && aegis_cfg.plumbing_len) { /* the peer is unnamed: ask our end */
+        struct peer mine;
+        len = sizeof ss;
+        if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+            describe(fd, (struct sockaddr *)&ss, len, &mine) && is_plumbing(&mine))
+            return;
+    }
     track(fd, &p, (struct sockaddr *)&ss, 0, 1, S_OPEN);
     struct cold *c;
     struct hot *h = aegis_fd_slot(fd, &c);
