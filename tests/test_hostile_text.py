@@ -94,9 +94,12 @@ def test_netmon_follow_prints_hostile_events_literally(tmp_path: Path,
         time.sleep(1.0)
         write(log, ev("connect", fd=2, host=HOSTILE), ev("connect", fd=3, host="after.example"))
         assert proc.stdout is not None
-        got = [proc.stdout.readline() for _ in range(2)]
-        assert f"{SHOWN} (10.0.0.1:443)" in got[0] and "\x1b" not in got[0]
-        assert "after.example" in got[1]
+        # the log's latest events first (as tail -f), then what is appended: the same three
+        # lines whether the follower started before the write or after it
+        got = [proc.stdout.readline() for _ in range(3)]
+        assert "10.0.0.1:443" in got[0] and "after.example" not in got[0]
+        assert f"{SHOWN} (10.0.0.1:443)" in got[1] and "\x1b" not in got[1]
+        assert "after.example" in got[2]
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

@@ -381,12 +381,16 @@ def test_a_name_belongs_to_the_process_that_resolved_it(tmp_path: Path,
     log: curl's connections stay 127.0.0.1 (it resolved nothing), Python's are localhost."""
     log = tmp_path / "log.jsonl"
     fetch = f"import urllib.request; urllib.request.urlopen('http://localhost:{server.port}/')"
-    procs = []
+    # a pair at a time: interleaved in the log, without twenty programs starting at once on
+    # a busy machine
     for _ in range(10):
-        procs.append(subprocess.Popen([sys.executable, "-c", fetch], env=hooked_env(log)))
-        procs.append(subprocess.Popen(["curl", "-sS", "-o", "/dev/null", server.url("/")],
-                                      env=hooked_env(log)))
-    assert [p.wait(60) for p in procs] == [0] * 20
+        pair = [subprocess.Popen([sys.executable, "-c", fetch], env=hooked_env(log),
+                                 stderr=subprocess.PIPE, text=True),
+                subprocess.Popen(["curl", "-sS", "-o", "/dev/null", server.url("/")],
+                                 env=hooked_env(log), stderr=subprocess.PIPE, text=True)]
+        for p in pair:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, (p.args, err)
     from aegis_mcp.netmon import summary as netsummary
 
     status = netsummary.status(log)
