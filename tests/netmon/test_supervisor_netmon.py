@@ -74,6 +74,7 @@ def http_server() -> Iterator[ThreadingHTTPServer]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
+    server.server_close()  # its port is free again now, not when the object is collected
 
 
 @pytest.fixture
