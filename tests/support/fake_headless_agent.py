@@ -19,6 +19,7 @@ What it does is told by words in the prompt (so that a test can say it through a
   stamp          add "t=<unix time at the end>" to the result text (for wake-up timing)
   noresult       end without a result event
   plain          write plain text lines instead of stream-json
+  fetch=URL      GET URL once before the first turn (its network, for the pool's netmon)
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def main(argv: list[str]) -> int:
     else:
         emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd(),
               "tools": [], "model": "fake"})
+    if "fetch" in opts:
+        import urllib.request
+
+        with urllib.request.urlopen(opts["fetch"], timeout=30) as answer:
+            answer.read()
     if "hang" in flags:
         time.sleep(3600)
         return 0

@@ -5,7 +5,8 @@ client sees of it is made from that declaration."""
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Annotated, Any, NotRequired, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
 from pydantic import BaseModel, Field, create_model
 
@@ -16,7 +17,8 @@ def output_model(record: type, omit: Collection[str] = (), optional: Collection[
     fields in its order, the string in a field's Annotated as its description. Keys the record
     marks NotRequired, and `optional` ones, default to None (not required in the schema);
     `omit` leaves keys out (the model ignores them in what it validates); `nested` swaps a
-    record inside a list for its model, so that it keeps its descriptions too."""
+    record, alone, optional or inside a list, for its model, so that it keeps its
+    descriptions too."""
     fields: dict[str, Any] = {}
     for key, hint in get_type_hints(record, include_extras=True).items():
         if key in omit:
@@ -27,8 +29,8 @@ def output_model(record: type, omit: Collection[str] = (), optional: Collection[
         if get_origin(hint) is NotRequired:
             hint, required = get_args(hint)[0], False
         annotation, *extras = get_args(hint) if get_origin(hint) is Annotated else (hint,)
-        if get_origin(annotation) is list and nested and get_args(annotation)[0] in nested:
-            annotation = list[nested[get_args(annotation)[0]]]  # type: ignore[misc]
+        if nested:
+            annotation = _swap(annotation, nested)
         default = ... if required else None
         if default is None:
             annotation = annotation | None
@@ -36,3 +38,17 @@ def output_model(record: type, omit: Collection[str] = (), optional: Collection[
         fields[key] = (annotation, Field(default, description=descriptions[0])
                        if descriptions else default)
     return create_model(record.__name__, **fields)
+
+
+def _swap(annotation: Any, nested: Mapping[type, type[BaseModel]]) -> Any:
+    """`annotation` with each record of `nested` in it (`R`, `R | None`, `list[R]`) made its
+    model: pydantic cannot take a typing.TypedDict on Python 3.11, and a record's model keeps
+    its descriptions."""
+    if annotation in nested:
+        return nested[annotation]
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and args[0] in nested:
+        return list[nested[args[0]]]  # type: ignore[misc]
+    if args and any(a in nested for a in args) and get_origin(annotation) in (Union, UnionType):
+        return Union[tuple(nested.get(a, a) for a in args)]  # noqa: UP007
+    return annotation

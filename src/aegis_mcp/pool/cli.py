@@ -277,11 +277,15 @@ def _status_table(s: AgentStatus) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")  # on a terminal a long path folds, never ends in "…"
-    skip = {"last_output", "notes", "waiting_for"}
+    skip = {"last_output", "notes", "waiting_for", "network"}
     for key, value in s.items():
         if key in skip or value is None or value == []:
             continue
         table.add_row(key, _state(s) if key == "state" else text(value))
+    if s["network"] is not None:
+        from aegis_mcp.netmon.digest import describe
+
+        table.add_row("network", text(describe(s["network"])))
     if s["waiting_for"]:
         table.add_row("waiting_for", text(", ".join(s["waiting_for"])))
     for note in s["notes"]:

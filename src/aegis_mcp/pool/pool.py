@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_mcp import agentenv, procs
 from aegis_mcp.errors import AegisError
@@ -45,6 +45,9 @@ from aegis_mcp.pool.store import (
 )
 from aegis_mcp.pool.watch import Watch
 from aegis_mcp.profiles.argv import headless_argv
+
+if TYPE_CHECKING:
+    from aegis_mcp.profiles.profile import AgentProfile
 
 _PROGRESS_READ_EVERY = 0.1
 """`await_agent` with progress reads the store at most this often however busy the pool is."""
@@ -91,6 +94,8 @@ class Pool(Scheduler):
             agent_env = agentenv.for_background_agent(agent_id, os.environ if env is None else env)
             argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env,
                                                  self.chat_path(agent_id))
+            if settings.netmon:
+                notes += self._monitor(agent_env, profile, argv[0], agent_id)
             if chosen == "worktree":
                 assert repo_root is not None
                 worktree = str(self.worktrees / agent_id)
@@ -124,6 +129,24 @@ class Pool(Scheduler):
         procs.crashpoint("spawn-after-insert")
         self.promote()
         return self.status(agent_id, refresh=False)
+
+    def _monitor(self, env: dict[str, str], profile: AgentProfile, executable: str,
+                 agent_id: str) -> list[str]:
+        """Give the agent's processes the hooks library and a netmon log of their own (in
+        `env`), as `--netmon=preload` does for a supervisor's agent; the note that says why
+        not, when LD_PRELOAD cannot see this agent."""
+        from aegis_mcp.netmon.elf import is_preload_visible
+        from aegis_mcp.paths import hooks_library, hooks_library_missing
+
+        if missing := hooks_library_missing():
+            return [f"network not monitored: {missing}"]
+        if profile.static_binary or not is_preload_visible(executable):
+            return [f"network not monitored: {profile.name} does its networking in a "
+                    "statically linked binary, which LD_PRELOAD cannot see"]
+        lib = str(hooks_library())
+        env["LD_PRELOAD"] = " ".join([lib, *env.get("LD_PRELOAD", "").split()])
+        env["AEGIS_NETMON_LOG"] = str(self.netmon_path(agent_id))
+        return []
 
     def status(self, agent_id: str, refresh: bool = True) -> AgentStatus:
         """Everything known about one agent (see docs/pool.md for the fields)."""
@@ -249,6 +272,9 @@ class Pool(Scheduler):
         files. An agent whose git worktree still exists is kept (its work may not be merged
         yet) unless `worktrees`: then the worktree is removed with `git worktree remove`, which
         refuses a worktree with uncommitted changes; the branch always stays."""
+        from aegis_mcp.netmon.log import rotated_path
+        from aegis_mcp.netmon.summary import summary_path
+
         if not 0 <= older_than_secs <= 10 * 365 * 86400:
             raise AegisError(f"older_than_secs must be from 0 to ten years (got {older_than_secs})")
         self.refresh()
@@ -275,8 +301,9 @@ class Pool(Scheduler):
                     continue
             with self.transaction() as conn:
                 conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
-            for path in (self.log_path(row["id"]), self.chat_path(row["id"]),
-                         self.done / row["id"]):
+            net = self.netmon_path(row["id"])
+            for path in (self.log_path(row["id"]), self.chat_path(row["id"]), net,
+                         rotated_path(net), summary_path(net), self.done / row["id"]):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             removed.append({"agent_id": row["id"], "state": row["state"],

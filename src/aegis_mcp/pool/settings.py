@@ -27,6 +27,9 @@ class PoolSettings:
     worktree_setup: str = ""
     """A shell command run in each new git worktree before its agent starts (install the
     dependencies, write a .env with $AEGIS_AGENT_PORT, ...); its failure fails the agent."""
+    netmon: bool = True
+    """Record each agent's network connections in a log of its own (the LD_PRELOAD hooks;
+    an agent that does its networking in a static binary, such as codex, cannot be seen)."""
 
 
 _ENV_KEYS = {
@@ -35,6 +38,7 @@ _ENV_KEYS = {
     "isolation": "AEGIS_POOL_ISOLATION",
     "stop_grace_secs": "AEGIS_POOL_STOP_GRACE",
     "worktree_setup": "AEGIS_POOL_WORKTREE_SETUP",
+    "netmon": "AEGIS_POOL_NETMON",
 }
 
 
@@ -72,6 +76,10 @@ def _checked_settings(values: dict[str, Any]) -> PoolSettings:
             elif key == "worktree_setup":
                 out[key] = value
                 ok = isinstance(value, str)
+            elif key == "netmon":
+                out[key] = value if isinstance(value, bool) else \
+                    {"1": True, "true": True, "0": False, "false": False}.get(str(value).lower())
+                ok = out[key] is not None
             else:
                 out[key] = float(value)
                 ok = 0 <= out[key] <= 7 * 86400
@@ -81,6 +89,7 @@ def _checked_settings(values: dict[str, Any]) -> PoolSettings:
             expected = {"max_agents": "a whole number from 1 to 256",
                         "isolation": "lock or worktree",
                         "worktree_setup": "a shell command, as a string",
+                        "netmon": "true or false",
                         }.get(key, "seconds from 0 to 604800")
             raise AegisError(f"pool setting {key} = {value!r}: expected {expected}")
     return PoolSettings(**out)

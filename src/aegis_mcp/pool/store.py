@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NotRequired, TypedDict
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.netmon.digest import NetworkDigest
 
 if TYPE_CHECKING:  # sqlite3 waits for the first query: the MCP server imports AgentStatus
     import sqlite3
@@ -120,6 +121,8 @@ class AgentStatus(TypedDict):
     log_path: Annotated[str, "The full output of the agent"]
     chat_history_path: Annotated[str | None, "Its own chat transcript, for agents that keep one "
                                  "(Aider)"]
+    network: Annotated[NetworkDigest | None, "Its network connections, from a log of its own "
+                       "(null when not monitored: see notes)"]
     queue_position: Annotated[int | None, "1 = next to start, while queued"]
     waiting_for: Annotated[list[str], "Agents whose lock this queued agent waits for"]
     notes: list[str]
@@ -263,6 +266,10 @@ class Store:
     def log_path(self, agent_id: str) -> Path:
         return self.logs / f"{agent_id}.log"
 
+    def netmon_path(self, agent_id: str) -> Path:
+        """The agent's netmon log, when the pool records its network (PoolSettings.netmon)."""
+        return self.logs / f"{agent_id}.netmon.jsonl"
+
     def chat_path(self, agent_id: str) -> Path:
         """The transcript an agent keeps where its profile asks for one (Aider's chat history:
         each background agent its own, rather than all appending to the project's)."""
@@ -323,10 +330,15 @@ class Store:
             "log_path": str(self.log_path(row["id"])),
             "chat_history_path": str(chat) if (chat := self.chat_path(row["id"])).exists()
             else None,
+            "network": None,
             "queue_position": None,
             "waiting_for": [],
             "notes": json.loads(row["notes"] or "[]"),
         }
+        if json.loads(row["env"] or "{}").get("AEGIS_NETMON_LOG") and row["state"] != QUEUED:
+            from aegis_mcp.netmon.digest import digest
+
+            out["network"] = digest(self.netmon_path(row["id"]))
         if row["started_at"]:
             out["elapsed_secs"] = round((row["ended_at"] or now) - row["started_at"], 3)
         if row["state"] == QUEUED:

@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 
 # What MCP clients see is built from the records the Pool API returns (pool/store.py). port and
 # chat_history_path keep the default they were published with: not required in the schema.
-AgentStatus = output_model(store.AgentStatus, optional=("port", "chat_history_path"))
-AwaitResult = output_model(store.AwaitResult, optional=("port", "chat_history_path"))
+NetworkDigest = output_model(store.NetworkDigest)
+_NESTED = {store.NetworkDigest: NetworkDigest}
+AgentStatus = output_model(store.AgentStatus, optional=("port", "chat_history_path", "network"),
+                           nested=_NESTED)
+AwaitResult = output_model(store.AwaitResult, optional=("port", "chat_history_path", "network"),
+                           nested=_NESTED)
 # The model never had timed_out, which a stop that waited for its runner carries too.
-StopResult = output_model(store.StopResult, optional=("port", "chat_history_path"),
-                          omit=("timed_out",))
+StopResult = output_model(store.StopResult, optional=("port", "chat_history_path", "network"),
+                          omit=("timed_out",), nested=_NESTED)
 PoolStats = output_model(store.PoolStats)
 FileLock = output_model(store.FileLock)
 

@@ -13,7 +13,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from aegis_mcp.display import text
-from aegis_mcp.top.snapshot import AgentView, Network, Snapshot, SupervisorView
+from aegis_mcp.netmon.digest import NetworkDigest, describe
+from aegis_mcp.top.snapshot import AgentView, Snapshot, SupervisorView
 
 SUPERVISOR_COLUMNS = [("pid", "pid"), ("agent", "agent"), ("agent_pid", "agent pid"),
                       ("up", "up"), ("restarts", "restarts"), ("last", "last restart"),
@@ -21,7 +22,7 @@ SUPERVISOR_COLUMNS = [("pid", "pid"), ("agent", "agent"), ("agent_pid", "agent p
                       ("conns", "conns"), ("bytes", "sent/recv"), ("failed", "failed"),
                       ("hosts", "top hosts")]
 AGENT_COLUMNS = [("id", "id"), ("state", "state"), ("type", "type"), ("elapsed", "elapsed"),
-                 ("turns", "turns"), ("cost", "cost"), ("last", "last event"),
+                 ("turns", "turns"), ("cost", "cost"), ("net", "conns"), ("last", "last event"),
                  ("holds", "queue / lock"), ("worktree", "worktree (branch)"),
                  ("task", "task")]
 ACTIVE = ("queued", "starting", "running")
@@ -99,7 +100,7 @@ def supervisor_cells(s: SupervisorView, now: float, taken_at: float | None = Non
     }
 
 
-def _network_cells(net: Network | None) -> dict[str, Any]:
+def _network_cells(net: NetworkDigest | None) -> dict[str, Any]:
     if net is None:
         return {"conns": "-", "bytes": "-", "failed": "-", "hosts": "-"}
     if net["error"]:
@@ -132,9 +133,21 @@ def agent_cells(a: AgentView, now: float, taken_at: float | None = None) -> dict
         "type": text(s["agent_type"]), "elapsed": duration(elapsed),
         "turns": str(s["num_turns"] if s["num_turns"] is not None else s["iterations"]),
         "cost": f"${cost:.4f}" if cost is not None else "-",
+        "net": _agent_network_cell(s["network"]),
         "last": text(short(last or "-", 40)), "holds": text(holds), "worktree": text(worktree),
         "task": text(short(s["description"], 40)),
     }
+
+
+def _agent_network_cell(net: NetworkDigest | None) -> Text:
+    if net is None:
+        return Text("-")
+    if net["error"]:
+        return Text("?", style="red")
+    cell = Text(f"{net['open']}/{net['connections']}")
+    if net["failed"]:
+        cell.append(f" {net['failed']} failed", style="red")
+    return cell
 
 
 def fill(table: DataTable, rows: list[tuple[str, dict[str, Any]]]) -> None:
@@ -209,9 +222,9 @@ def supervisor_detail(s: SupervisorView, now: float, taken_at: float) -> Any:
     if net is None:
         out.append(text("network: not monitored (start it with --netmon)", style="dim"))
     elif net["error"]:
-        out.append(text(f"network ({net['mode']}): {net['error']}", style="red"))
+        out.append(text(f"network ({s['netmon_mode']}): {net['error']}", style="red"))
     else:
-        out.append(text(f"network ({net['mode']}): {net['connections']} connections, "
+        out.append(text(f"network ({s['netmon_mode']}): {net['connections']} connections, "
                         f"{net['open']} open, {net['failed']} failed, sent "
                         f"{size(net['sent'])}, received {size(net['recv'])}; top hosts: "
                         f"{', '.join(net['top_hosts']) or '-'}"))
@@ -235,6 +248,8 @@ def agent_detail(a: AgentView, now: float, taken_at: float) -> Any:
         out.append(text(f"session {s['session_id'] or '-'}"
                         + (f", cost ${s['total_cost_usd']:.4f}"
                            if s["total_cost_usd"] is not None else "")))
+    if s["network"] is not None:
+        out.append(text(f"network: {describe(s['network'])}"))
     if s["reason"]:
         out.append(text(f"reason: {short(s['reason'], 200)}"))
     if s["result"]:

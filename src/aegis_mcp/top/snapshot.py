@@ -13,29 +13,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
-# At the top, not in the function: a dropped, forked helper runs it (see `network`), and a
-# fork of the view's threaded process must not be the first to import anything.
-from aegis_mcp.netmon.log import NoLog
-from aegis_mcp.netmon.summary import empty_status, status
+# At the top, not where they are used: a dropped, forked helper reads a user's log (see
+# `network`), and a fork of the view's threaded process must not be the first to import them.
+import aegis_mcp.netmon.log
+import aegis_mcp.netmon.summary  # noqa: F401
+from aegis_mcp.netmon.digest import NetworkDigest, digest, failed
 
 if TYPE_CHECKING:
     from aegis_mcp.pool.pool import Pool
     from aegis_mcp.pool.store import AgentStatus, PoolStats
-
-TOP_HOSTS = 3
-
-
-class Network(TypedDict):
-    """What netmon saw of one supervisor's agent, in the few numbers a row has room for."""
-
-    mode: Annotated[str, "preload or netns"]
-    connections: int
-    failed: int
-    open: int
-    sent: int
-    recv: int
-    top_hosts: Annotated[list[str], "The most used hosts, most connections first"]
-    error: Annotated[str | None, "Why the log could not be read"]
 
 
 class SupervisorView(TypedDict):
@@ -57,7 +43,7 @@ class SupervisorView(TypedDict):
     control_socket: str | None
     owner_uid: Annotated[int, "Whose it is: its files are read with this identity"]
     leftovers: Annotated[list[dict[str, Any]], "Processes a dead supervisor left running"]
-    network: Network | None
+    network: NetworkDigest | None
 
 
 class AgentView(TypedDict):
@@ -96,7 +82,7 @@ def supervisor_view(row: dict[str, Any]) -> SupervisorView:
         "mcp_servers_up": len(row.get("mcp_servers_seen") or []),
         "netmon_mode": row.get("netmon_mode"), "netmon_log": log, "cwd": row.get("cwd"),
         "control_socket": row.get("control_socket"), "owner_uid": owner, "leftovers": [],
-        "network": network(Path(log), row.get("netmon_mode") or "?", owner) if log else None,
+        "network": network(Path(log), owner) if log else None,
     }
 
 
@@ -110,36 +96,20 @@ def owner_of(control_socket: str | None) -> int:
         return os.geteuid()
 
 
-def network(log: Path, mode: str, owner: int) -> Network:
-    """The few numbers of a netmon log. Run as root (`sudo aegis-mcp top`), a supervisor of
-    another user's is read as that user: the log's path comes from that supervisor (so from
-    whatever runs as that user), and netmon writes its summary file next to the log."""
+def network(log: Path, owner: int) -> NetworkDigest:
+    """The digest of a supervisor's netmon log. Run as root (`sudo aegis-mcp top`), a
+    supervisor of another user's is read as that user: the log's path comes from that
+    supervisor (so from whatever runs as that user), and netmon writes its summary file next
+    to the log."""
+    if os.geteuid() != 0 or owner == 0:
+        return digest(log)
     from aegis_mcp.errors import AegisError
+    from aegis_mcp.privileges import User, as_user
 
     try:
-        if os.geteuid() == 0 and owner != 0:
-            from aegis_mcp.privileges import User, as_user
-
-            s = as_user(User.from_uid(owner), _status_or_empty, str(log))
-        else:
-            s = _status_or_empty(str(log))
-    except (AegisError, OSError, ValueError) as exc:
-        return _no_network(mode, str(exc))
-    return {"mode": mode, "connections": s["connections"], "failed": s["failed_connections"],
-            "open": s["open_connections"], "sent": s["bytes_sent"], "recv": s["bytes_received"],
-            "top_hosts": [h["host"] for h in s["top_hosts"][:TOP_HOSTS]], "error": None}
-
-
-def _status_or_empty(log: str) -> dict[str, Any]:
-    try:
-        return dict(status(Path(log)))
-    except NoLog:
-        return dict(empty_status(Path(log)))
-
-
-def _no_network(mode: str, why: str) -> Network:
-    return {"mode": mode, "connections": 0, "failed": 0, "open": 0, "sent": 0, "recv": 0,
-            "top_hosts": [], "error": why}
+        return as_user(User.from_uid(owner), digest, log)
+    except (AegisError, OSError) as exc:
+        return failed(log, str(exc))
 
 
 def supervisors(previous: list[SupervisorView] | None = None) -> list[SupervisorView]:
