@@ -35,6 +35,8 @@ class Network(TypedDict):
     sent: int
     recv: int
     top_hosts: Annotated[list[str], "The most used hosts, most connections first"]
+    denied: Annotated[int, "Connections the network policy denied"]
+    denied_targets: Annotated[list[str], "What it denied most often (host:port)"]
     error: Annotated[str | None, "Why the log could not be read"]
 
 
@@ -127,7 +129,9 @@ def network(log: Path, mode: str, owner: int) -> Network:
         return _no_network(mode, str(exc))
     return {"mode": mode, "connections": s["connections"], "failed": s["failed_connections"],
             "open": s["open_connections"], "sent": s["bytes_sent"], "recv": s["bytes_received"],
-            "top_hosts": [h["host"] for h in s["top_hosts"][:TOP_HOSTS]], "error": None}
+            "top_hosts": [h["host"] for h in s["top_hosts"][:TOP_HOSTS]],
+            "denied": s["denied"],
+            "denied_targets": [d["target"] for d in s["top_denied"][:TOP_HOSTS]], "error": None}
 
 
 def _status_or_empty(log: str) -> dict[str, Any]:
@@ -139,7 +143,7 @@ def _status_or_empty(log: str) -> dict[str, Any]:
 
 def _no_network(mode: str, why: str) -> Network:
     return {"mode": mode, "connections": 0, "failed": 0, "open": 0, "sent": 0, "recv": 0,
-            "top_hosts": [], "error": why}
+            "top_hosts": [], "denied": 0, "denied_targets": [], "error": why}
 
 
 def supervisors(previous: list[SupervisorView] | None = None) -> list[SupervisorView]:
