@@ -92,6 +92,8 @@ def test_each_denial_comes_with_a_sentence_to_act_on(tmp_path: Path) -> None:
     assert "[2001:db8::7]:443 is not in it" in v6 and v6.endswith("--allow 2001:db8::7")
     hostile = advice(deny_event(host="x\n--allow *; rm -rf ~", addr="192.0.2.5"), policy)
     assert "\n" not in hostile and hostile.endswith("e.g. --allow 192.0.2.5")
+    closed = advice(deny_event(label="invalid policy /p line 3: not a host name"), policy)
+    assert closed.startswith("denied: invalid policy /p line 3: not a host name; 203.0.113.9:443")
     from_file = netpolicy.effective(netpolicy.parse_file('allow = ["a.example"]', "./p.toml"),
                                     [])
     assert "(policy file ./p.toml)" in advice(deny_event(), from_file)

@@ -94,6 +94,9 @@ def advice(denial: Mapping[str, Any], policy: Any = None) -> str:
     where = _where(host, addr, port)
     policy_not_fault = ("this is the user's network policy, not a network fault: retrying, "
                         "or another route to it, is denied too")
+    if denial.get("default") and denial.get("label"):  # the enforcer failed closed
+        return plain(f"denied: {denial['label']}; {where} and every other connection are "
+                     "denied until the user fixes the network policy; tell the user")
     if denial.get("default"):
         return plain(f"denied by the allow-list ({_allow_sources(policy)}): {where} is not in "
                      f"it; {policy_not_fault}; if the task needs it, ask the user to allow "

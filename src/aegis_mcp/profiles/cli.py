@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(*(text(cell) for cell in (
             row["name"], " ".join(row["command"]), row["found"] or "no", resume or "-",
             row["injection"], row["mcp_readiness"] or "not measured",
-            row["mcp_waits_since"] or "-", " ".join(row["api_hosts"]) or "-",
+            row["mcp_waits_since"] or "-", "\n".join(row["api_hosts"]) or "-",
             row["origin"])))
     Console().print(table)
     return 0
