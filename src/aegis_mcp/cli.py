@@ -28,6 +28,15 @@ options (before or after AGENT; put agent flags of the same name after `--`):
   --netmon[=MODE]         record the agent's network connections; MODE is preload (LD_PRELOAD,
                           no root needed), netns (network namespace, needs sudo) or auto
                           (netns as root, preload otherwise; the default for a bare --netmon)
+  --allow RULE            network policy: allow the agent's connections to RULE and deny all
+                          others (repeatable). RULE: a host name (*.example.com: its
+                          subdomains), an address or a CIDR range, with an optional port:
+                          api.example.com:443, 10.0.0.0/8:5432, [2001:db8::1]:443. The
+                          agent's own model API and DNS stay allowed unless denied
+  --deny RULE             network policy: deny connections to RULE, whatever allows them
+  --policy FILE           network policy: the rules of a TOML file (allow = [...], deny = [...];
+                          `aegis-mcp netmon policy --from-log LOG` writes one). A policy turns
+                          --netmon on; in preload mode its enforcement is advisory
   --netns-forward PORT    with --netmon=netns, let the agent reach this TCP port of the host's
                           127.0.0.1 (repeatable; ports of loopback URLs in the environment,
                           such as ANTHROPIC_BASE_URL, are forwarded without asking)
@@ -52,6 +61,8 @@ Run `aegis-mcp SUBCOMMAND --help` for a subcommand's options.
 
 # name -> (module, one-line help). Each module has `add_arguments(parser, name)` (the name: one
 # module may serve several subcommands) and `run(args) -> int` (`args.subcommand` is the name).
+# A module's WORDS are first words with a parser of their own: `aegis-mcp netmon policy ...` is
+# the subcommand "netmon policy" (a file of that name is then spelled `./policy`).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "restart": ("aegis_mcp.supervise.cli", "restart the agent of a running supervisor"),
     "ps": ("aegis_mcp.supervise.cli", "list the supervisors running for you and their agents"),
@@ -76,6 +87,8 @@ def _run_subcommand(name: str, argv: list[str]) -> int:
 
     module_name, text = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
+    if argv and argv[0] in getattr(module, "WORDS", ()):
+        name, argv = f"{name} {argv[0]}", argv[1:]
     parser = argparse.ArgumentParser(prog=f"aegis-mcp {name}", description=text)
     module.add_arguments(parser, name)
     args = parser.parse_args(argv)

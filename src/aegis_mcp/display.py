@@ -17,9 +17,11 @@ Rich goes through `text()`. JSON output needs neither (`json.dumps` escapes cont
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.text import Text
 
 # C0 controls, DEL and C1 controls (0x9b is a one-byte CSI on some terminals).
@@ -49,3 +51,28 @@ def lines(values: list[str], style: str = "") -> Text:
     from rich.text import Text
 
     return Text("\n".join(plain(v) for v in values), style=style)
+
+
+# Piped, a table is as wide as its values: Rich would otherwise lay it out for 80 columns and
+# cut what does not fit ("00:00:…", "/tmp/s…"), and a script reading it would get less.
+_UNCUT = 1_000_000
+
+
+def console() -> Console:
+    """Rich's console on stdout: on a terminal its width, elsewhere no width limit at all."""
+    from rich.console import Console
+
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(highlight=False, width=_UNCUT)
+
+
+def print_table(table: Any, out: Console | None = None) -> None:
+    """A Rich table (or any renderable) on stdout; piped, each value whole and without the
+    spaces that pad its lines to the table's width."""
+    out = out or console()
+    if out.is_terminal:
+        out.print(table)
+        return
+    with out.capture() as captured:
+        out.print(table)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))

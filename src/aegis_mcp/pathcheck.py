@@ -65,7 +65,8 @@ def why_not_runnable(command: str, search: str | None = None) -> str | None:
         search = os.environ.get("PATH", os.defpath) if search is None else search
         candidates = [os.path.join(d, command) for d in search.split(os.pathsep) if d]
     for path in candidates:
-        named = "" if path == command else f"{shown(path)} is "
+        # whole, not cut as `shown` would: it is the file the user has to fix
+        named = "" if path == command else f"{plain(path)} is "
         try:
             st = os.stat(path)
         except OSError as exc:

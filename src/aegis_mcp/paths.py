@@ -145,7 +145,8 @@ def _root_makes_dir_for(path: Path, user: User) -> None:
 
 # Every file a supervisor (pid {pid}) keeps in its runtime directory, by what it is. Those in
 # GOES_WITH_SUPERVISOR are its working files, removed when it ends (and, when it was killed, by
-# the next supervisor's cleanup); the netmon log stays: it is the record of what the agent did.
+# the next supervisor's cleanup); the netmon log and policy stay: they are the record of what
+# the agent did, and under which rules.
 RUNTIME_FILES = {
     "control": "supervisor-{pid}.sock",       # the control socket (supervise.control)
     "warm": "mcp-{pid}.sock",                 # the warm MCP server's socket (mcp.warm)
@@ -153,6 +154,7 @@ RUNTIME_FILES = {
     "config_overlay": "config-overlay-{pid}-{n}.json",  # preload-redirected configs
     "history": "{agent}-history-{pid}.md",    # a chat history of the supervisor's own (Aider)
     "netmon_log": "netmon-{pid}.jsonl",       # netmon.log; its summary sits beside it
+    "netmon_policy": "netmon-{pid}.policy",   # the compiled network policy (netmon.policy)
 }
 GOES_WITH_SUPERVISOR = ("control", "warm", "mcp_overlay", "config_overlay")
 

@@ -18,6 +18,7 @@ SPEC_TOOLS = {
     "agent_await", "agent_stop", "agent_pool_stats", "agent_file_locks", "netmon_status",
     "netmon_log", "netmon_namespace_list", "netmon_namespace_cleanup",
 }
+NEW_TOOLS = {"restart_agent", "netmon_policy"}
 
 
 def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str, str]) -> None:
@@ -26,7 +27,7 @@ def test_all_spec_tools_plus_restart_agent_with_descriptions(aegis_env: dict[str
 
     tools = with_client(aegis_env, body)
     names = {t.name for t in tools}
-    assert names == SPEC_TOOLS | {"restart_agent"}
+    assert names == SPEC_TOOLS | NEW_TOOLS
     for tool in tools:
         assert tool.description and len(tool.description) > 30, tool.name
     restart = next(t for t in tools if t.name == "restart_claude")
@@ -53,6 +54,7 @@ def test_every_tool_says_what_it_does_to_the_world_in_flowing_text(
     assert by_name["restart_claude"].destructive_hint is True
     assert by_name["agent_spawn"].open_world_hint is True
     assert by_name["netmon_namespace_cleanup"].destructive_hint is True
+    assert by_name["netmon_policy"].read_only_hint is True
 
 
 def test_restart_without_a_supervisor_says_how_to_run(aegis_env: dict[str, str]) -> None:
@@ -136,7 +138,7 @@ def test_fuzz_every_tool_never_crashes_the_server(aegis_env: dict[str, str],
     calls: list[tuple[str, dict[str, Any]]] = []
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.sampled_from(sorted(SPEC_TOOLS | {"restart_agent"})),
+    @given(st.sampled_from(sorted(SPEC_TOOLS | NEW_TOOLS)),
            st.dictionaries(st.sampled_from(KNOWN_ARGS) | st.text(max_size=10), hostile,
                            max_size=4))
     def collect(tool: str, args: dict[str, Any]) -> None:

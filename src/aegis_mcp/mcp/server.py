@@ -126,7 +126,8 @@ TOOL_HINTS: dict[str, dict[str, bool]] = {
     "agent_list": _READS, "agent_status": _READS, "agent_await": _READS,
     "agent_pool_stats": _READS, "agent_file_locks": _READS,
     "agent_stop": {"destructive_hint": True, "idempotent_hint": True, "open_world_hint": False},
-    "netmon_status": _READS, "netmon_log": _READS, "netmon_namespace_list": _READS,
+    "netmon_status": _READS, "netmon_log": _READS, "netmon_policy": _READS,
+    "netmon_namespace_list": _READS,
     "netmon_namespace_cleanup": {"destructive_hint": True, "idempotent_hint": True,
                                  "open_world_hint": False},
 }

@@ -1,10 +1,14 @@
 """`aegis-mcp netmon [--follow] [--json] [PID|LOGFILE]`: the network connections an agent made.
 
-Without --follow: the summary (totals, top targets, open connections) and the latest events.
-With --follow: on a terminal, a live table redrawn as events arrive; otherwise the latest
-events, then one line per new event as it is written (JSON lines with --json), so it can be
-piped; what it follows, and when that supervisor ends, is said on stderr (`follow`). Ctrl-C
-ends it."""
+Without --follow: the summary (totals, top targets, open connections, denials) and the latest
+events. With --follow: on a terminal, a live table redrawn as events arrive; otherwise the
+latest events, then one line per new event as it is written (JSON lines with --json), so it can
+be piped; what it follows, and when that supervisor ends, is said on stderr (`follow`). Ctrl-C
+ends it.
+
+`aegis-mcp netmon policy [PID|LOGFILE]`: the network policy in force and its denials;
+`aegis-mcp netmon policy --from-log LOG`: an allow-list learned from a session (learn.py).
+`policy` is a word of its own (cli.py's WORDS): a log file of that name is `./policy`."""
 
 from __future__ import annotations
 
@@ -23,7 +27,17 @@ if TYPE_CHECKING:
     from aegis_mcp.netmon.summary import NetmonStatus
 
 
+WORDS = ("policy",)
+"""`aegis-mcp netmon policy ...` is a subcommand of its own (see aegis_mcp.cli)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "netmon policy":
+        _policy_arguments(parser)
+        return
+    parser.epilog = ("`aegis-mcp netmon policy` shows the network policy in force and its "
+                     "denials; `aegis-mcp netmon policy --from-log LOG` learns an allow-list "
+                     "from a session (see its --help). A log file named `policy`: ./policy")
     parser.add_argument("target", nargs="?", metavar="PID|LOGFILE",
                         help="a supervisor's or agent's pid, or a netmon log file (default: "
                         "$AEGIS_NETMON_LOG, else the log of your newest running supervisor, "
@@ -36,6 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="machine-readable output (with --follow: JSON lines)")
     parser.add_argument("-n", "--events", type=int, default=10, metavar="N",
                         help="how many recent events to show (default 10, 0-1000)")
+
+
+def _policy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Show the network policy in force for a supervisor's agent (its rules, where each "
+        "came from, how far it is enforced) and the connections it denied, each with what to "
+        "do; or, with --from-log, write an allow-list policy file (TOML, for --policy) that "
+        "allows exactly what a past session used: each host name (or address, when none was "
+        "known) with its port, the connection counts as comments, grouped by domain; what "
+        "that session's policy denied is left out and listed in a comment.")
+    parser.epilog = "example: aegis-mcp netmon policy --from-log LOG > agent-policy.toml"
+    parser.add_argument("target", nargs="?", metavar="PID|LOGFILE",
+                        help="a supervisor's or agent's pid, or its netmon log (default: as "
+                        "for `aegis-mcp netmon`)")
+    parser.add_argument("--from-log", metavar="LOG",
+                        help="learn an allow-list from this netmon log (PID|LOGFILE: a pid "
+                        "finds its supervisor's log) and print it as a policy file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead")
 
 
 def count(n: int, word: str, plural: str | None = None) -> str:
@@ -92,7 +124,16 @@ def _event_words(ev: dict[str, Any], hints: bool) -> str:
         return f"{head} {ev.get('host')} -> {', '.join(ev.get('answers') or []) or '-'}"
     if kind == "gap":
         return f"{head} {ev.get('target') or ''} {ev.get('reason') or ''}".rstrip()
+    if kind == "deny":
+        return f"{head} {where} {ev.get('proto') or ''} denied by {_denier(ev)}"
     return f"{head} {json.dumps(ev)}"
+
+
+def _denier(ev: dict[str, Any]) -> str:
+    """What denied a connection: the rule's origin (`--deny x`), or the allow-list."""
+    if ev.get("default"):
+        return "the allow-list (not in it)"
+    return str(ev.get("label") or ev.get("rule") or "the network policy")
 
 
 def headline(status: NetmonStatus) -> str:
@@ -105,6 +146,7 @@ def headline(status: NetmonStatus) -> str:
         f"{count(status['unique_addresses'], 'address', 'addresses')}, "
         f"sent {_size(status['bytes_sent'])}, received {_size(status['bytes_received'])}, "
         f"{status['open_connections']} open"
+        + (f", {status['denied']} denied by the network policy" if status.get("denied") else "")
         + (f", {count(status['gaps'], 'gap')}" if status["gaps"] else ""))
 
 
@@ -132,6 +174,12 @@ def _render(status: NetmonStatus, events: list[dict[str, Any]],
                            _clock(c["ts"]), c.get("state", "open"), _size(c["sent"]),
                            _size(c["recv"]))
         parts.append(opened)
+    denials = status.get("recent_denials") or []
+    if denials:
+        parts.append(Text(f"denied by the network policy ({status['denied']}; "
+                          "`aegis-mcp netmon policy` says why):", style="bold red"))
+        parts.extend(text(event_line({**d, "event": "deny"}), style="red")
+                     for d in denials[-10:])
     for gap in status["recent_gaps"][-3:]:
         parts.append(text(f"gap: {gap.get('target') or ''} {gap.get('reason')}", style="yellow"))
     for hint in status.get("hints", [])[-5:]:
@@ -156,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     from aegis_mcp.errors import AegisError
     from aegis_mcp.netmon.log import NoLog, find_log, tail
 
+    if args.subcommand == "netmon policy":
+        return _policy(args)
     if not 0 <= args.events <= 1000:
         raise AegisError(f"--events {args.events}: give a number from 0 to 1000")
     if not args.follow:
@@ -168,9 +218,9 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({**status, "recent_events": events}, indent=2))
             return 0
-        from rich.console import Console
+        from aegis_mcp.display import print_table
 
-        Console(highlight=False, soft_wrap=True).print(_render(status, events))
+        print_table(_render(status, events))
         return 0
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -224,3 +274,85 @@ def _follow(args: argparse.Namespace) -> int:
                 shown = len(notices)
                 screen.update(view(recent), refresh=True)
     return 0
+
+
+# ---- aegis-mcp netmon policy ----------------------------------------------------------------
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from aegis_mcp.errors import AegisError
+    from aegis_mcp.netmon.log import NoLog, find_log
+
+    if args.from_log is not None:
+        from aegis_mcp.netmon import learn
+
+        if args.target is not None:
+            raise AegisError(f"give either --from-log LOG or a target, not both (got "
+                             f"{plain(args.target)})", 2)
+        log = find_log(args.from_log)
+        try:
+            usage = learn.learn(log)
+        except NoLog as exc:
+            raise AegisError(str(exc)) from None
+        if args.json:
+            print(json.dumps(learn.to_json(usage, log), indent=2))
+        else:
+            sys.stdout.write(learn.to_toml(usage, log))
+        return 0
+    report = _policy_report(args.target)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    from aegis_mcp.display import print_table
+
+    print_table(_render_policy(report))
+    return 0
+
+
+def _policy_report(target: str | None) -> Any:
+    """The policy in force for `target` (as `aegis-mcp netmon` finds a log), its denials."""
+    import os
+
+    from aegis_mcp import procs
+    from aegis_mcp.netmon import policy as netpolicy
+    from aegis_mcp.netmon.denials import report
+    from aegis_mcp.netmon.log import NoLog, find_log, tail
+
+    log = find_log(target)
+    found = netpolicy.path_for_log(log)
+    policy_file = str(found) if found.exists() else None
+    if policy_file is None and target is None:
+        policy_file = os.environ.get(netpolicy.ENV_VAR) or None
+    if policy_file is None and target is not None and target.isdigit():
+        policy_file = procs.environ_of(int(target)).get(netpolicy.ENV_VAR) or None
+    try:  # the mode is the one its events were recorded in
+        last = tail(log, 1)
+    except NoLog:
+        last = []
+    mode = last[0].get("mode") or last[0].get("source") if last else None
+    return report(policy_file, str(log), mode if isinstance(mode, str) else None)
+
+
+def _render_policy(report: Any) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    parts: list[Any] = [text(report["summary"], style="" if report["active"] else "yellow")]
+    if report["policy_file"]:
+        parts.append(text(f"rules from {report['policy_file']} (a deny beats every allow):"))
+        table = Table("", "rule", "from", box=None, pad_edge=False)
+        for rule in report["rules"]:
+            table.add_row(text(rule["action"], style="red" if rule["action"] == "deny"
+                               else "green"), text(rule["rule"]),
+                          text(rule["source"], style="dim" if rule["implicit"] else ""))
+        parts.append(table)
+    if report["denied"]:
+        parts.append(text(f"{count(report['denied'], 'connection')} denied; the latest:",
+                          style="bold red"))
+        for d in report["recent_denials"]:
+            parts.append(text(f"{_clock(d.get('ts'))} {d.get('exe') or '-'}"
+                              f"[{d.get('pid') if d.get('pid') is not None else '-'}]: "
+                              f"{d['advice']}", style="red"))
+    elif report["active"]:
+        parts.append(text("no connection denied so far"))
+    return Group(*parts)

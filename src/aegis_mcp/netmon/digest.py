@@ -20,6 +20,8 @@ class NetworkDigest(TypedDict):
     sent: Annotated[int, "Bytes sent"]
     recv: Annotated[int, "Bytes received"]
     top_hosts: Annotated[list[str], "The most used hosts, most connections first"]
+    denied: Annotated[int, "Connections the network policy denied"]
+    denied_targets: Annotated[list[str], "What it denied most often (host:port)"]
     error: Annotated[str | None, "Why the log could not be read"]
 
 
@@ -33,12 +35,14 @@ def digest(log: Path) -> NetworkDigest:
     return {"log_path": str(log), "connections": s["connections"],
             "failed": s["failed_connections"], "open": s["open_connections"],
             "sent": s["bytes_sent"], "recv": s["bytes_received"],
-            "top_hosts": [h["host"] for h in s["top_hosts"][:TOP_HOSTS]], "error": None}
+            "top_hosts": [h["host"] for h in s["top_hosts"][:TOP_HOSTS]],
+            "denied": s["denied"],
+            "denied_targets": [d["target"] for d in s["top_denied"][:TOP_HOSTS]], "error": None}
 
 
 def failed(log: Path, why: str) -> NetworkDigest:
     return {"log_path": str(log), "connections": 0, "failed": 0, "open": 0, "sent": 0,
-            "recv": 0, "top_hosts": [], "error": why}
+            "recv": 0, "top_hosts": [], "denied": 0, "denied_targets": [], "error": why}
 
 
 def status_or_empty(log: str) -> dict[str, Any]:
@@ -74,6 +78,8 @@ def describe(d: NetworkDigest) -> str:
     extra = [f"{d['failed']} failed"] if d["failed"] else []
     extra += [f"{d['open']} open"] if d["open"] else []
     hosts = f"; top hosts: {', '.join(d['top_hosts'])}" if d["top_hosts"] else ""
+    denied = f"; {d['denied']} denied by the policy ({', '.join(d['denied_targets'])})" \
+        if d["denied"] else ""
     return (f"{plural(d['connections'], 'connection')}"
             + (f" ({', '.join(extra)})" if extra else "")
-            + f", sent {size(d['sent'])}, received {size(d['recv'])}{hosts}")
+            + f", sent {size(d['sent'])}, received {size(d['recv'])}{hosts}{denied}")

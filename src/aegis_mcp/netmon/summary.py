@@ -21,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NotRequired, TypedDict
 
-SUMMARY_VERSION = 2  # 2: names per resolver (pid), plumbing left out by the hooks
+SUMMARY_VERSION = 3  # 2: names per resolver (pid), plumbing left out by the hooks; 3: denials
 MAX_TARGETS = 5000
 MAX_ADDRESSES = 100_000
 MAX_NAMES = 10_000
 MAX_HINTS = 20
+MAX_DENIALS = 20
+"""Recent denials kept (newest last)."""
+DENIAL_KEYS = ("ts", "pid", "exe", "proto", "addr", "port", "host", "rule", "label", "default",
+               "mode")
 TOP = 10
 _CHUNK = 8 << 20
 _OK_CONNECT = {"ok", "EINPROGRESS", "EINTR", "EAGAIN", None}
@@ -81,6 +85,29 @@ class OpenConnection(TypedDict):
     key: str  # the summary's key of the connection (pid and fd, or its addresses)
 
 
+class Denial(TypedDict):
+    """A connection the network policy denied: a `deny` event of the log."""
+
+    ts: float | None
+    pid: Annotated[int | None, "Process that asked (null in netns mode)"]
+    exe: str | None
+    proto: str | None
+    addr: str | None
+    port: int | None
+    host: Annotated[str | None, "Host name the program asked for, when known"]
+    rule: Annotated[str | None, "The rule that denied it (`deny host *.example.com 0`), or "
+                    "`default deny` when none matched and the policy denies by default"]
+    label: Annotated[str | None, "Where that rule came from (`--deny x`, a policy file's key "
+                     "and index, the config's [network] table)"]
+    default: Annotated[bool | None, "True: denied because it is not on the allow-list"]
+    mode: Annotated[str | None, "The enforcer: preload (the connect hook) or netns"]
+
+
+class DeniedTarget(TypedDict):
+    target: Annotated[str, "host:port (or address:port) the policy denied"]
+    denials: int
+
+
 class NetmonStatus(TypedDict):
     """What `status` says of a log: `netmon_status` returns it (netmon/tools.py builds its
     output model from this declaration), `aegis-mcp netmon` prints it. The string in a field's
@@ -111,6 +138,10 @@ class NetmonStatus(TypedDict):
     recent_gaps: list[dict[str, Any]]
     hints: Annotated[list[str], "What the user can do about failures seen (e.g. a port of this "
                      "host refused inside the network namespace: --netns-forward PORT)"]
+    denied: Annotated[int, "Connections the network policy denied (netmon_policy says why "
+                      "and what to ask the user)"]
+    recent_denials: Annotated[list[Denial], "The most recent denials, newest last"]
+    top_denied: Annotated[list[DeniedTarget], "Targets denied most often"]
     events_lost_to_rotation: bool
     first_event: float | None
     last_event: float | None
@@ -167,6 +198,9 @@ class Summary:
         # connection key -> {target, addr, port, host, pid, exe, ts, sent, recv, result}
         self.open: dict[str, dict[str, Any]] = {}
         self.recent_gaps: list[dict[str, Any]] = []
+        self.denied = 0
+        self.recent_denials: list[dict[str, Any]] = []
+        self.denied_targets: dict[str, int] = {}  # "host:port" (or addr:port) -> denials
 
     # -- persistence --
     def to_json(self) -> dict[str, Any]:
@@ -186,9 +220,14 @@ class Summary:
         return s
 
     # -- events --
+    def host_of(self, ev: dict[str, Any]) -> str | None:
+        """The host name an event's connection is to: the one its event carries, else the
+        one its resolver (the process, or the namespace) looked up for that address."""
+        return ev.get("host") or self.names.get(_name_key(ev.get("pid"), ev.get("addr")))
+
     def _target_row(self, ev: dict[str, Any]) -> TargetRow:
         addr, port = ev.get("addr"), ev.get("port")
-        host = ev.get("host") or self.names.get(_name_key(ev.get("pid"), addr))
+        host = self.host_of(ev)
         key = _target(host or addr, port)
         row = self.targets.get(key)
         if row is None:
@@ -282,11 +321,22 @@ class Summary:
                     key = _name_key(pid, answer)
                     if key in self.names or len(self.names) < MAX_NAMES:
                         self.names[key] = host
+        elif kind == "deny":
+            self._deny(ev)
         elif kind == "gap":
             self.gaps += 1
             self.recent_gaps = [*self.recent_gaps[-9:], {
                 k: ev.get(k) for k in ("ts", "pid", "exe", "target", "reason")
                 if ev.get(k) is not None}]
+
+    def _deny(self, ev: dict[str, Any]) -> None:
+        self.denied += 1
+        denial = {key: ev.get(key) for key in DENIAL_KEYS}
+        denial["host"] = self.host_of(ev)  # named as its connection would have been
+        self.recent_denials = [*self.recent_denials[-(MAX_DENIALS - 1):], denial]
+        key = _target(denial["host"] or denial["addr"], denial["port"])
+        if key in self.denied_targets or len(self.denied_targets) < MAX_TARGETS:
+            self.denied_targets[key] = self.denied_targets.get(key, 0) + 1
 
     # -- reading --
     def consume(self, path: Path, offset: int) -> int:
@@ -434,6 +484,7 @@ def status(log: Path) -> NetmonStatus:
                        key=lambda h: (-h["connections"], -(h["sent"] + h["recv"])))[:TOP]
     rotated = rotated_path(log)
     files = [str(p) for p in (rotated, log) if p.exists()]
+    top_denied = sorted(s.denied_targets.items(), key=lambda kv: -kv[1])[:TOP]
     return {
         "log_path": str(log),
         "log_files": files,
@@ -451,6 +502,9 @@ def status(log: Path) -> NetmonStatus:
         "gaps": s.gaps,
         "recent_gaps": s.recent_gaps,
         "hints": list(s.hints.values()),
+        "denied": s.denied,
+        "recent_denials": s.recent_denials,  # type: ignore[typeddict-item]
+        "top_denied": [{"target": key, "denials": n} for key, n in top_denied],
         "top_hosts": top_hosts,
         "top_by_bytes": [target_stat(k, r) for k, r in top_bytes],
         "open_connections": len(open_now),
@@ -469,7 +523,8 @@ def empty_status(log: Path) -> NetmonStatus:
         "log_path": str(log), "log_files": [], "log_bytes": 0, "events": 0, "connections": 0,
         "accepted": 0, "failed_connections": 0, "connecting": 0, "unique_addresses": 0,
         "unique_addresses_capped": False, "bytes_sent": 0, "bytes_received": 0,
-        "dns_lookups": 0, "gaps": 0, "recent_gaps": [], "hints": [], "top_hosts": [],
+        "dns_lookups": 0, "gaps": 0, "recent_gaps": [], "hints": [], "denied": 0,
+        "recent_denials": [], "top_denied": [], "top_hosts": [],
         "top_by_bytes": [],
         "open_connections": 0, "open": [], "ended_without_close": 0, "first_event": None,
         "last_event": None, "events_lost_to_rotation": False, "bad_lines": 0,

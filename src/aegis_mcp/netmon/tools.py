@@ -1,7 +1,7 @@
-"""MCP tools of network monitoring: netmon_status and netmon_log, a thin front over
-`aegis_mcp.netmon.log` and `aegis_mcp.netmon.summary`. The output models are built from
-summary's records at the server's start; what a tool needs to run is imported when it runs
-(every hot-reload pays the server's cold start).
+"""MCP tools of network monitoring: netmon_status, netmon_log and netmon_policy, a thin front
+over `aegis_mcp.netmon.log`, `aegis_mcp.netmon.summary` and `aegis_mcp.netmon.denials`. The
+output models are built from their records at the server's start; what a tool needs to run
+is imported when it runs (every hot-reload pays the server's cold start).
 
 The log is the one the supervisor gave the agent in AEGIS_NETMON_LOG; this server inherits it
 from the agent. Without it, monitoring is off and both tools say how to turn it on."""
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, Field
 
 from aegis_mcp.mcp.models import output_model
-from aegis_mcp.netmon import summary
+from aegis_mcp.netmon import denials, summary
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -31,10 +31,19 @@ MAX_COUNT = 1000
 HostStat = output_model(summary.HostStat)
 TargetStat = output_model(summary.TargetStat)
 OpenConnection = output_model(summary.OpenConnection, omit=("result", "key"))
+Denial = output_model(summary.Denial)
+DeniedTarget = output_model(summary.DeniedTarget)
 NetmonStatus = output_model(summary.NetmonStatus, omit=("unique_addresses_capped", "bad_lines"),
                             nested={summary.HostStat: HostStat,
                                     summary.TargetStat: TargetStat,
-                                    summary.OpenConnection: OpenConnection})
+                                    summary.OpenConnection: OpenConnection,
+                                    summary.Denial: Denial,
+                                    summary.DeniedTarget: DeniedTarget})
+PolicyRule = output_model(denials.PolicyRule)
+AdvisedDenial = output_model(denials.AdvisedDenial)
+PolicyReport = output_model(denials.PolicyReport,
+                            nested={denials.PolicyRule: PolicyRule,
+                                    denials.AdvisedDenial: AdvisedDenial})
 
 
 class NetmonLog(BaseModel):
@@ -42,7 +51,8 @@ class NetmonLog(BaseModel):
     count: int = Field(description="How many events are returned")
     events: list[dict[str, Any]] = Field(
         description="The most recent events, newest last (JSONL records: ts, event "
-        "connect|accept|totals|close|dns|gap, pid, exe, addr, port, host, sent, recv, ...)")
+        "connect|accept|totals|close|dns|gap|deny, pid, exe, addr, port, host, sent, recv, "
+        "...)")
 
 
 def _log_path() -> str:
@@ -59,7 +69,8 @@ def register(server: MCPServer) -> None:
     def netmon_status() -> NetmonStatus:
         """Network monitoring statistics of this agent: total connections, unique addresses,
         bytes sent and received, top targets by host name and by bytes, connections still open,
-        gaps in what could be seen, and the log's path."""
+        gaps in what could be seen, connections the network policy denied, and the log's
+        path."""
         from pathlib import Path
 
         from aegis_mcp.netmon.log import NoLog
@@ -79,7 +90,7 @@ def register(server: MCPServer) -> None:
     ) -> NetmonLog:
         """The most recent network events of this agent from the monitoring log, newest last:
         connects (with host name and result), accepts, periodic totals, closes (bytes sent and
-        received, duration), DNS lookups and gaps."""
+        received, duration), DNS lookups, gaps and the network policy's denials."""
         from pathlib import Path
 
         from aegis_mcp.errors import AegisError
@@ -93,3 +104,18 @@ def register(server: MCPServer) -> None:
         except NoLog:
             events = []
         return NetmonLog(log_path=path, count=len(events), events=events)
+
+    @server.tool()
+    def netmon_policy() -> PolicyReport:
+        """The network policy the user set for this agent: its rules (denies first; each with
+        where it came from, the implicit ones that keep the agent's own API reachable
+        included), whether it denies by default (an allow-list), how far it is enforced, and
+        the recent denials, each with one sentence on what to do. A denial is the user's
+        decision, not a network fault: do not retry around it, ask the user. Says plainly when
+        no policy is active."""
+        from aegis_mcp.netmon.policy import ENV_VAR
+
+        data = denials.report(os.environ.get(ENV_VAR) or None,
+                              os.environ.get("AEGIS_NETMON_LOG") or None,
+                              os.environ.get("AEGIS_NETMON_MODE") or None)
+        return PolicyReport.model_validate(data)

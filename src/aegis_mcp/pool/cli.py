@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from aegis_mcp.display import lines, plain, text
+from aegis_mcp.display import console, lines, plain, print_table, text
 from aegis_mcp.errors import AegisError
 
 if TYPE_CHECKING:
@@ -182,33 +182,6 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-_UNCUT = 1_000_000
-"""The width tables are laid out in when stdout is not a terminal: Rich would take 80 columns
-and cut values (`/tmp/s…`), but piped output is read by programs and grep, so it is never cut."""
-
-
-def _console() -> Any:
-    """Rich's console on stdout: on a terminal its width, elsewhere no width limit at all."""
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=_UNCUT)
-    return console
-
-
-def _print_table(table: Any, console: Any = None) -> None:
-    """A Rich table on stdout; piped, without the spaces that pad its lines to the table's
-    width (each value whole, nothing after it)."""
-    console = console or _console()
-    if console.is_terminal:
-        console.print(table)
-        return
-    with console.capture() as captured:
-        console.print(table)
-    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
-
-
 _STATE_STYLE = {"queued": "yellow", "starting": "cyan", "running": "cyan", "completed": "green",
                 "failed": "red", "stopped": "magenta", "lost": "red"}
 
@@ -247,10 +220,10 @@ def _list(pool: Pool, args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    console = _console()
+    out = console()
     # On a terminal the fixed columns keep their width and the task and the last event share
     # the rest (2:3), cut to one line each; piped, every value is there in full.
-    fit = console.is_terminal
+    fit = out.is_terminal
     table = Table(box=box.SIMPLE_HEAD, expand=fit)
     for name, width in (("id", 8), ("state", 9), ("type", 6), ("turns", 5), ("elapsed", 7)):
         table.add_column(name, no_wrap=True, min_width=width)
@@ -267,7 +240,7 @@ def _list(pool: Pool, args: argparse.Namespace) -> int:
                       str(a["iterations"]),
                       f"{a['elapsed_secs']:.0f}s" if a["elapsed_secs"] is not None else "-",
                       text(a["description"]), text((last or "").replace("\n", " ")))
-    _print_table(table, console)
+    print_table(table, out)
     return 0
 
 
@@ -292,7 +265,7 @@ def _status_table(s: AgentStatus) -> None:
         table.add_row("note", text(note))
     if s["last_output"]:
         table.add_row("last_output", lines(s["last_output"]))
-    _print_table(table)
+    print_table(table)
 
 
 def _status(pool: Pool, args: argparse.Namespace) -> int:
@@ -340,14 +313,14 @@ def _wait(pool: Pool, agent_id: str, timeout_secs: float | None,
     lands."""
     progress = _Progress(agent_id)
     try:
-        console = _console()
+        out = console()
         with _no_echoed_interrupt():
-            if console.is_terminal and not args.json:
+            if out.is_terminal and not args.json:
                 from rich.live import Live
 
                 # Redrawn at each change (on_progress) and once a second for the clock; gone
                 # at the end, where the result takes its place.
-                with Live(progress, console=console, transient=True, refresh_per_second=1,
+                with Live(progress, console=out, transient=True, refresh_per_second=1,
                           redirect_stdout=False, redirect_stderr=False) as live:
                     def on_progress(status: AgentStatus) -> None:
                         progress.update(status)
@@ -482,7 +455,7 @@ def _stats(pool: Pool, args: argparse.Namespace) -> int:
     keys = ("max_agents", "active", "queued", "running", "completed", "failed", "stopped", "lost")
     table = Table(*keys)
     table.add_row(*(str(stats[k]) for k in keys))
-    _print_table(table)
+    print_table(table)
     return 0
 
 
@@ -504,7 +477,7 @@ def _locks(pool: Pool, args: argparse.Namespace) -> int:
     for lock in locks:
         table.add_row(text(lock["path"]), text(lock["agent_id"]), text(lock["kind"]),
                       text(lock["since"] or "-"), text(", ".join(lock["waiting"]) or "-"))
-    _print_table(table)
+    print_table(table)
     return 0
 
 

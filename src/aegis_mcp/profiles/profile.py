@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from aegis_mcp.errors import AegisError
+from aegis_mcp.netmon.policy import ANTHROPIC_URLS, GEMINI_URLS, OPENAI_URLS, OTHER_URLS
 from aegis_mcp.paths import config_file
 
 # The versions mcp_waits_since accepts: what version.parse_version reads.
@@ -82,6 +83,14 @@ class AgentProfile:
     """The key under which `config_files` list MCP servers."""
     static_binary: bool = False
     """Known to be statically linked: LD_PRELOAD hooks cannot see it."""
+    api_hosts: tuple[str, ...] = ()
+    """What the agent must reach to run at all (its model API, its sign-in), as `--allow`
+    takes it (`api.anthropic.com`, `*.example.com:443`): a network policy's allow-list allows
+    them without asking, unless a deny names them (`aegis-mcp profiles` shows them)."""
+    api_env: tuple[str, ...] = ()
+    """Variables whose URL points the agent at its API elsewhere (`ANTHROPIC_BASE_URL`): the
+    host and port of each one set are allowed the same way. Empty: every such variable
+    aegis-mcp knows (netmon.policy.API_URLS)."""
     headless_args: tuple[str, ...] = ()
     """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task.
     The task is untrusted text: it must never be read as an option, so it comes after a `--`
@@ -118,12 +127,13 @@ class AgentProfile:
                      else (name if _is_exe(name) else None))
             if found:
                 return found
-        from aegis_mcp.pathcheck import shown, why_not_runnable
+        from aegis_mcp.display import plain
+        from aegis_mcp.pathcheck import why_not_runnable
 
         names = (self.command[0], *self.alternatives)
         for name in names:  # there, but it cannot run: say so, not "not found"
             if why := why_not_runnable(name, search):
-                subject = f"{shown(name)}: " if os.sep in name else ""
+                subject = f"{plain(name)}: " if os.sep in name else ""
                 raise AegisError(f"{self.name}: {subject}{why}")
         hint = f"; install it with: {self.install_hint}" if self.install_hint else ""
         where = " on PATH" if any(os.sep not in n for n in names) else ""
@@ -193,6 +203,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # a whole server's tools (measured on 2.1.331 and 2.1.332): without it, as root
             # "Claude requested permissions to use mcp__aegis-mcp__restart_claude"
             allow_tools_flags=("--allowedTools=mcp__{server}",),
+            # its model API (and its settings, metrics and event log), and the OAuth sign-in of
+            # a subscription (TOKEN_URL platform.claude.com, origin claude.ai), read off
+            # 2.1.331; its telemetry (Datadog, Sentry) is not needed and is not allowed
+            api_hosts=("api.anthropic.com", "platform.claude.com", "claude.ai"),
+            api_env=ANTHROPIC_URLS,
             description="Claude Code (Anthropic)",
         ),
         AgentProfile(
@@ -218,6 +233,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # prompt as for claude (the same commander-style parser; not measured here)
             headless_args=("-p", "--output-format", "stream-json", "--trust", "--",
                            "{prompt}"),
+            api_hosts=("*.cursor.sh",),  # api2.cursor.sh and its agent backends
             description="Cursor CLI (cursor-agent)",
         ),
         AgentProfile(
@@ -239,6 +255,10 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             headless_args=("--message={prompt}", "--no-pretty", "--no-stream",
                            "--chat-history-file", "{chat_history}"),
             interrupts=2,  # the first Ctrl-C only says "^C again to exit"
+            # the providers of its default models (it picks by the API key it finds); others
+            # through their base URL variables, or --allow
+            api_hosts=("api.anthropic.com", "api.openai.com"),
+            api_env=(*ANTHROPIC_URLS, *OPENAI_URLS, *OTHER_URLS),
             description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
         ),
         AgentProfile(
@@ -271,6 +291,10 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             static_binary=True,
             subcommands=("mcp", "login", "logout", "completion", "apply", "sandbox", "app-server"),
             headless_args=("exec", "--json", "--", "{prompt}"),  # clap honours `--`
+            # the API with a key; with a ChatGPT sign-in its backend (chatgpt.com/backend-api)
+            # and the token refresh (auth.openai.com/oauth/token), read off 0.169.0
+            api_hosts=("api.openai.com", "chatgpt.com", "auth.openai.com"),
+            api_env=OPENAI_URLS,
             description="OpenAI Codex CLI",
         ),
         AgentProfile(
@@ -305,6 +329,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # `--prompt=-x` as the text; a positional prompt after `--` is not headless.
             headless_args=("--prompt={prompt}", "--output-format", "stream-json",
                            "--skip-trust"),
+            # the API with a key; with a Google sign-in Code Assist (CODE_ASSIST_ENDPOINT) and
+            # the token refresh, read off 0.61.0
+            api_hosts=("generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com",
+                       "oauth2.googleapis.com"),
+            api_env=GEMINI_URLS,
             description="Gemini CLI (Google)",
         ),
     )
@@ -342,6 +371,8 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise AegisError(f"{source}: [agents.{name}] {key} must be a list of strings")
             value = tuple(value)
+            if key == "api_hosts":
+                _check_api_hosts(value, f"{source}: [agents.{name}] {key}")
         elif key == "static_binary":
             if not isinstance(value, bool):
                 raise AegisError(f"{source}: [agents.{name}] {key} must be true or false")
@@ -361,6 +392,16 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
     profile = AgentProfile(name=name, **values)  # type: ignore[arg-type]
     _check(profile, source)
     return profile
+
+
+def _check_api_hosts(hosts: tuple[str, ...], where: str) -> None:
+    from aegis_mcp.netmon.policy import PolicyError, RuleError, parse_rule
+
+    for i, host in enumerate(hosts):
+        try:
+            parse_rule(host, "allow", "")
+        except RuleError as exc:
+            raise PolicyError(f"{where}[{i}]: {exc}") from None
 
 
 def _check(profile: AgentProfile, source: Path) -> None:

@@ -249,12 +249,11 @@ def _short(command: str, width: int = 100) -> str:
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     # Every cell is display.text: a restart reason or a path is untrusted, never Rich markup
     # and never a terminal escape.
-    from rich.console import Console
     from rich.table import Table
 
+    from aegis_mcp.display import print_table
     from aegis_mcp.display import text as Text
 
-    console = Console()
     live = [r for r in rows if not r["stale"]]
     if live:
         table = Table("pid", "agent", "agent pid", "session", "restarts", "up", "last restart",
@@ -268,7 +267,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
                 row["supervisor_pid"], row["agent"], row["agent_pid"] or "-", sid,
                 row["restart_count"], up, row["last_restart_reason"] or "-",
                 row["netmon_mode"] or "off", row["cwd"])))
-        console.print(table)
+        print_table(table)
     stale = [r for r in rows if r["stale"]]
     if not stale:
         return
@@ -282,7 +281,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
         for proc in row["leftovers"] or [{"pid": "-", "command": "-"}]:
             table.add_row(*first, Text(str(proc["pid"])), Text(_short(proc["command"])))
             first = [Text(""), Text("")]
-    console.print(table)
+    print_table(table)
     pids = " ".join(str(p["pid"]) for r in stale for p in r["leftovers"])
     if pids:
-        console.print(Text(f"end what they left with: kill {pids}"))
+        print_table(Text(f"end what they left with: kill {pids}"))

@@ -17,6 +17,10 @@ class SupervisorOptions:
     """Profile name, or None for a generic command given after `--`."""
     agent_args: list[str] = field(default_factory=list)
     netmon: str | None = None
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    policy: list[str] = field(default_factory=list)
+    """Network policy: --allow and --deny rules, --policy files (netmon.policy)."""
     netns_forward: list[int] = field(default_factory=list)
     netns_host_access: bool = False
     inject_mcp: bool = True
@@ -35,9 +39,18 @@ class UsageError(Exception):
 def _value(argv: list[str], i: int, arg: str) -> tuple[str, int]:
     if "=" in arg:
         return arg.split("=", 1)[1], i + 1
-    if i + 1 >= len(argv):
+    if i + 1 >= len(argv) or argv[i + 1] == "--":
         raise UsageError(f"{arg} needs a value")
     return argv[i + 1], i + 2
+
+
+def _check_rule(flag: str, value: str) -> None:
+    from aegis_mcp.netmon.policy import PolicyError, from_flags
+
+    try:
+        from_flags([value], []) if flag == "--allow" else from_flags([], [value])
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
@@ -62,6 +75,13 @@ def parse_supervisor_args(argv: list[str]) -> SupervisorOptions:
                 raise UsageError(f"--netmon={mode}: the mode must be preload, netns or auto")
             opts.netmon = mode
             i += 1
+        elif name in ("--allow", "--deny"):
+            value, i = _value(argv, i, arg)
+            _check_rule(name, value)
+            (opts.allow if name == "--allow" else opts.deny).append(value)
+        elif name == "--policy":
+            value, i = _value(argv, i, arg)
+            opts.policy.append(value)
         elif name == "--netns-forward":
             value, i = _value(argv, i, arg)
             if not value.isdigit() or not 0 < int(value) < 65536:

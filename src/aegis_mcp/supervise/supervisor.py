@@ -36,6 +36,7 @@ from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import injection
 from aegis_mcp.mcp.warm import WarmServer
 from aegis_mcp.mcp.warm import socket_path as warm_socket_path
+from aegis_mcp.netmon import policy as netpolicy
 from aegis_mcp.netmon.mode import resolve_mode
 from aegis_mcp.paths import (
     hooks_library,
@@ -58,6 +59,7 @@ from aegis_mcp.profiles import session
 from aegis_mcp.profiles import version as agentversion
 from aegis_mcp.profiles.profile import (
     AgentProfile,
+    Config,
     generic_profile,
     get_profile,
     load_config,
@@ -131,6 +133,8 @@ class Supervisor:
     opts: SupervisorOptions
     user: User | None = None
     cwd: Path = field(default_factory=Path.cwd)
+    network_rules: list[netpolicy.Rule] = field(default_factory=list)
+    """The user's network policy rules (flags, config, policy files); none: no policy."""
     # Made by _setup, before anything that needs cleaning up (main runs _shutdown only once
     # _setup has succeeded):
     pid: int = field(init=False)
@@ -150,6 +154,10 @@ class Supervisor:
     netmon_log: Path | None = None
     namespace: Namespace | None = None
     """The agent's network namespace (--netmon=netns); made in main, before the first start."""
+    policy: netpolicy.Policy | None = None
+    policy_file: Path | None = None
+    """The compiled network policy, beside the netmon log; written in main, before the first
+    start (its implicit allows need the namespace's resolver in netns mode)."""
     run: AgentRun | None = None
     pending: RestartRequest | None = None
     injection: injection.Injection | None = None
@@ -186,9 +194,11 @@ class Supervisor:
         self.pid = os.getpid()
         self.runtime = runtime_dir() if self.user is None else user_runtime_dir(self.user)
         self.netmon_mode = resolve_mode(self.opts.netmon, self.profile, self.executable,
-                                        self.user, say)
+                                        self.user, say, policy=bool(self.network_rules))
         if self.netmon_mode is not None:
             self.netmon_log = runtime_file(self.runtime, "netmon_log", self.pid)
+        if self.network_rules:
+            self.policy_file = runtime_file(self.runtime, "netmon_policy", self.pid)
         missing = hooks_library_missing() if self.profile.injection == "preload" else None
         if self.opts.inject_mcp and missing:
             # An LD_PRELOAD of a missing file would only make ld.so complain in every process.
@@ -248,6 +258,8 @@ class Supervisor:
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             # netns: the hooks (loaded for the config redirect only) must not record as well
             env["AEGIS_NETMON_MODE"] = server_env["AEGIS_NETMON_MODE"] = str(self.netmon_mode)
+        if self.policy_file is not None:
+            env[netpolicy.ENV_VAR] = server_env[netpolicy.ENV_VAR] = str(self.policy_file)
         return env, server_env
 
     def _prepare_start(self) -> dict[str, str]:
@@ -660,6 +672,8 @@ class Supervisor:
             "history_file": str(path) if (path := self._history_file()) else None,
             "netmon_mode": self.netmon_mode,
             "netmon_log": str(self.netmon_log) if self.netmon_log else None,
+            # the compiled network policy (AEGIS_NETMON_POLICY), None when there is none
+            "netmon_policy": str(self.policy_file) if self.policy else None,
             "netns": self.namespace.name if self.namespace else None,
             # host loopback services reachable from inside the namespace, at the same address
             "netns_forwards": self.namespace.state.forwards if self.namespace else [],
@@ -896,10 +910,45 @@ class Supervisor:
 
                 self.watch = FileWatch.start(self.opts.watch)
                 self.selector.register(self.watch.fd, selectors.EVENT_READ, "watch")
+            if self.network_rules:
+                self._write_policy()
             self._spawn(resume=False, prompt=None)
             return self._loop()
         finally:
             self._shutdown()
+
+    def _write_policy(self) -> None:
+        """The effective network policy (the user's rules and the implicit allows), compiled
+        into the file the enforcers read, written as the agent's user; one line says what it
+        is and, honestly, how far it is enforced."""
+        assert self.policy_file is not None
+        env, _ = self._agent_env()
+        if self.namespace is not None:  # inside, DNS goes to the namespace's resolv.conf
+            state = self.namespace.state
+            servers = [state.host_addr] if state.dns.startswith("dnat:") else \
+                list(state.nameservers)
+            implicit = netpolicy.implicit_rules(self.profile, env, servers,
+                                                "the network namespace's resolv.conf")
+            implicit += [netpolicy.parse_rule(f"127.0.0.1:{port}", "allow",
+                                              f"{netpolicy.IMPLICIT}--netns-forward {port}")
+                         for port in self.opts.netns_forward]
+        else:
+            implicit = netpolicy.implicit_rules(self.profile, env, netpolicy.resolvers())
+        policy = netpolicy.effective(self.network_rules, implicit)
+        assert policy is not None
+        try:
+            as_user(self.user, netpolicy.write_compiled, str(self.policy_file),
+                    policy.compile())
+        except OSError as exc:
+            raise AegisError(f"cannot write the network policy {self.policy_file}: "
+                             f"{exc.strerror or exc}; the agent is not started without it") \
+                from None
+        self.policy = policy
+        say(f"network policy ({netpolicy.describe(policy)}, in {self.policy_file}): "
+            f"{netpolicy.enforcement(self.netmon_mode)}")
+        if proxies := netpolicy.proxies(policy):
+            say(f"the agent's connections go through {' and '.join(proxies)}, which the "
+                "network policy allows: it sees the proxy, not the hosts behind it")
 
     def _say_forwards(self, forwards: dict[str, tuple[str, int]], unreachable: list[str]
                       ) -> None:
@@ -972,8 +1021,8 @@ def _current_user() -> str:
         return str(os.geteuid())
 
 
-def resolve_agent(opts: SupervisorOptions, user: User | None = None
-                  ) -> tuple[AgentProfile, str]:
+def resolve_agent(opts: SupervisorOptions, user: User | None = None,
+                  config: Config | None = None) -> tuple[AgentProfile, str]:
     """The profile and the executable; under sudo the user's own bin directories are searched
     after PATH."""
     extra = user_bin_dirs(user.home) if user is not None else ()
@@ -994,14 +1043,26 @@ def resolve_agent(opts: SupervisorOptions, user: User | None = None
                              127)
         opts.agent_args = opts.agent_args[1:]
         return profile, found
-    profile = get_profile(opts.agent, load_config())
+    profile = get_profile(opts.agent, config or load_config())
     return profile, profile.executable(extra)
+
+
+def network_rules(opts: SupervisorOptions, user: User | None, config: Config
+                  ) -> list[netpolicy.Rule]:
+    """The user's network policy rules: the config file's [network] table, the --policy
+    files (read as the agent's user: a file the user names is never root's to read), the
+    --allow and --deny flags. A bad one is one line naming its place, exit status 2."""
+    return netpolicy.user_rules(
+        opts.allow, opts.deny, opts.policy, config.settings, config.source,
+        read=lambda path: as_user(user, netpolicy.read_policy_file, path))
 
 
 def run_supervisor(opts: SupervisorOptions) -> int:
     """`aegis-mcp [OPTIONS] AGENT [ARGS]`: returns the agent's exit status."""
     user = agent_user(opts.keep_root)
-    profile, executable = resolve_agent(opts, user)
+    config = load_config()
+    profile, executable = resolve_agent(opts, user, config)
+    rules = network_rules(opts, user, config)
     if notice := root_notice(opts.keep_root):
         say(notice)
     kept, dropped = agentargs.root_permission_flags(
@@ -1020,5 +1081,6 @@ def run_supervisor(opts: SupervisorOptions) -> int:
             installed = as_user(user, agentversion.npm_package_version, executable)
         if notice := agentversion.readiness_notice(profile, installed):
             say(notice)
-    sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user)
+    sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user,
+                     network_rules=rules)
     return sup.main()

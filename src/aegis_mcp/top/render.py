@@ -20,7 +20,7 @@ SUPERVISOR_COLUMNS = [("pid", "pid"), ("agent", "agent"), ("agent_pid", "agent p
                       ("up", "up"), ("restarts", "restarts"), ("last", "last restart"),
                       ("session", "session"), ("mcp", "mcp"), ("netmon", "netmon"),
                       ("conns", "conns"), ("bytes", "sent/recv"), ("failed", "failed"),
-                      ("hosts", "top hosts")]
+                      ("denied", "denied"), ("hosts", "top hosts")]
 AGENT_COLUMNS = [("id", "id"), ("state", "state"), ("type", "type"), ("elapsed", "elapsed"),
                  ("turns", "turns"), ("cost", "cost"), ("net", "conns"), ("last", "last event"),
                  ("holds", "queue / lock"), ("worktree", "worktree (branch)"),
@@ -80,7 +80,7 @@ def supervisor_cells(s: SupervisorView, now: float, taken_at: float | None = Non
         return {"pid": str(s["pid"]), "agent": Text("stale", style="red"), "agent_pid": "-",
                 "up": "-", "restarts": "-", "last": text(f"died; left running: {left}"),
                 "session": "-", "mcp": "-", "netmon": "-", "conns": "-", "bytes": "-",
-                "failed": "-", "hosts": "-"}
+                "failed": "-", "denied": "-", "hosts": "-"}
     net = s["network"]
     up = s["uptime_s"]
     if up is not None and taken_at is not None:
@@ -102,13 +102,16 @@ def supervisor_cells(s: SupervisorView, now: float, taken_at: float | None = Non
 
 def _network_cells(net: NetworkDigest | None) -> dict[str, Any]:
     if net is None:
-        return {"conns": "-", "bytes": "-", "failed": "-", "hosts": "-"}
+        return {"conns": "-", "bytes": "-", "failed": "-", "denied": "-", "hosts": "-"}
     if net["error"]:
-        return {"conns": "?", "bytes": "?", "failed": "?",
+        return {"conns": "?", "bytes": "?", "failed": "?", "denied": "?",
                 "hosts": text(short(net["error"], 30), style="red")}
     return {"conns": f"{net['open']}/{net['connections']}",
             "bytes": f"{size(net['sent'])}/{size(net['recv'])}",
             "failed": Text(str(net["failed"]), style="red" if net["failed"] else ""),
+            # a denial is the policy at work, or the agent reaching out of bounds: it stands out
+            "denied": Text(str(net["denied"]), style="bold white on red" if net["denied"]
+                           else "dim"),
             "hosts": text(short(", ".join(net["top_hosts"]) or "-", 40))}
 
 
@@ -198,7 +201,10 @@ def headline(snap: Snapshot) -> Text:
     if nets:
         parts.append(f"network: {sum(n['open'] for n in nets)} open, "
                      f"{sum(n['failed'] for n in nets)} failed")
+    denied = sum(n["denied"] for n in nets)
     line = text("  ·  ".join(parts))
+    if denied:
+        line.append_text(text(f", {denied} denied by policy", style="bold red"))
     if snap["pool_error"]:
         line.append_text(text(f"  pool: {snap['pool_error']}", style="red"))
     return line
@@ -228,6 +234,10 @@ def supervisor_detail(s: SupervisorView, now: float, taken_at: float) -> Any:
                         f"{net['open']} open, {net['failed']} failed, sent "
                         f"{size(net['sent'])}, received {size(net['recv'])}; top hosts: "
                         f"{', '.join(net['top_hosts']) or '-'}"))
+        if net["denied"]:
+            out.append(text(f"denied by the network policy: {net['denied']} ("
+                            f"{', '.join(net['denied_targets'])}; `aegis-mcp netmon policy "
+                            f"{s['pid']}` says why)", style="bold red"))
     out.append(Text("r restart its agent · enter follow its network log", style="dim"))
     return Group(*out)
 
