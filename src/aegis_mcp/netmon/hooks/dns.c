@@ -109,7 +109,7 @@ static void remember(const char *node, const struct addrinfo *res)
         for (int i = 0; i < nanswers && !dup; i++) dup = !strcmp(answers[i], text);
         if (!dup) strcpy(answers[nanswers++], text);
     }
-    struct jbuf b = {line, 0, sizeof line};
+    struct jbuf b = {.p = line, .cap = sizeof line};
     jb_begin_event(&b, "dns");
     jb_key(&b, "host");
     jb_str(&b, node, 400);
