@@ -11,6 +11,7 @@
  *   fdlife.c    what happens to a tracked fd besides I/O: close, dup*, fcntl F_DUPFD*,
  *               close_range, closefrom, syscall(SYS_close*), fork, and the flush at exec and exit
  *   dns.c       getaddrinfo: remembers address -> host name for the connect events
+ *   policy.c    the network policy (AEGIS_NETMON_POLICY): denied connects fail at once
  *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
  *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
  *
@@ -239,6 +240,13 @@ void aegis_fdlife_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
 /* ---- dns.c ---- */
 void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n);
 void aegis_dns_atfork_child(void);
+
+/* ---- policy.c ---- */
+extern AEGIS_HIDDEN int aegis_policy_on;  /* AEGIS_NETMON_POLICY was given */
+void aegis_policy_init(void);
+/* A connect/send to sa that the policy denies: writes the deny event and returns 1 (the caller
+ * fails with ECONNREFUSED without calling the real function). */
+int aegis_policy_denies(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* ---- redirect.c ---- */
 void aegis_redirect_init(void);

@@ -376,9 +376,23 @@ static inline void account(int fd, ssize_t n, int incoming)
 
 /* ---- the hooks ---- */
 
+/* The policy's check before a connect or a send with a destination: 1 when it is denied (the
+ * deny event is written; errno is ECONNREFUSED, the error of a refusing port). */
+static int denied(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (LIKELY(!aegis_policy_on) || !sa || aegis_busy) return 0;
+    int saved = errno;
+    aegis_busy++;
+    int deny = aegis_policy_denies(fd, sa, len);
+    aegis_busy--;
+    errno = deny ? ECONNREFUSED : saved;
+    return deny;
+}
+
 AEGIS_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     REAL_OR_ENOSYS(connect);
+    if (UNLIKELY(denied(fd, addr, len))) return -1;
     int r = true_connect(fd, addr, len);
     if (aegis_cfg.netmon && !aegis_busy) {
         int saved = errno;
@@ -451,10 +465,26 @@ IO_HOOK(ssize_t, write, 0, (int fd, const void *buf, size_t n), (fd, buf, n))
 IO_HOOK(ssize_t, readv, 1, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
 IO_HOOK(ssize_t, writev, 0, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
 IO_HOOK(ssize_t, send, 0, (int fd, const void *buf, size_t n, int flags), (fd, buf, n, flags))
-IO_HOOK(ssize_t, sendto, 0,
-        (int fd, const void *buf, size_t n, int flags, const struct sockaddr *a, socklen_t al),
-        (fd, buf, n, flags, a, al))
-IO_HOOK(ssize_t, sendmsg, 0, (int fd, const struct msghdr *msg, int flags), (fd, msg, flags))
+/* A send with a destination (unconnected UDP, QUIC, TCP fast open) is a connect for the policy. */
+AEGIS_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *a,
+                            socklen_t al)
+{
+    REAL_OR_ENOSYS(sendto);
+    if (UNLIKELY(denied(fd, a, al))) return -1;
+    ssize_t r = true_sendto(fd, buf, n, flags, a, al);
+    account(fd, r, 0);
+    return r;
+}
+
+AEGIS_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    REAL_OR_ENOSYS(sendmsg);
+    if (UNLIKELY(msg && denied(fd, (const struct sockaddr *)msg->msg_name, msg->msg_namelen)))
+        return -1;
+    ssize_t r = true_sendmsg(fd, msg, flags);
+    account(fd, r, 0);
+    return r;
+}
 IO_HOOK(ssize_t, __read_chk, 1, (int fd, void *buf, size_t n, size_t buflen), (fd, buf, n, buflen))
 
 /* MSG_PEEK leaves the data in the socket: it is counted when it is really read. */
@@ -501,6 +531,16 @@ static size_t mmsg_bytes(const struct mmsghdr *v, int r)
 AEGIS_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
     REAL_OR_ENOSYS(sendmmsg);
+    if (UNLIKELY(aegis_policy_on) && vec) { /* send those before the first denied message */
+        for (unsigned i = 0; i < vlen; i++) {
+            const struct msghdr *m = &vec[i].msg_hdr;
+            if (denied(fd, (const struct sockaddr *)m->msg_name, m->msg_namelen)) {
+                if (i == 0) return -1;
+                vlen = i;
+                break;
+            }
+        }
+    }
     int r = true_sendmmsg(fd, vec, vlen, flags);
     if (r > 0 && aegis_fd_tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 0);
     return r;
