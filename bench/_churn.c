@@ -2,7 +2,8 @@
  * (read 64 bytes, write 64, wait for the close); `_churn churn PORT N` makes N connections to it
  * one after another (connect, 64 bytes each way, close) and prints microseconds per connection,
  * wall clock and CPU time of the process. The server runs unhooked, so only the client's cost
- * is measured. */
+ * is measured. `_churn refused PORT N`: N connects that fail (a closed port, or one the policy
+ * denies), nanoseconds per attempt. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -53,9 +54,19 @@ int main(int argc, char **argv)
             close(c);
         }
     }
-    if (argc != 4 || strcmp(argv[1], "churn")) return 2;
+    if (argc != 4) return 2;
     sa.sin_port = htons((unsigned short)atoi(argv[2]));
     long n = atol(argv[3]);
+    if (!strcmp(argv[1], "refused")) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        double start = clock_of(CLOCK_MONOTONIC), cpu0 = clock_of(CLOCK_PROCESS_CPUTIME_ID);
+        for (long i = 0; i < n; i++)
+            if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) return 6;
+        double cpu = clock_of(CLOCK_PROCESS_CPUTIME_ID) - cpu0, wall = clock_of(CLOCK_MONOTONIC) - start;
+        printf("%.2f %.2f\n", wall * 1e9 / n, cpu * 1e9 / n);
+        return 0;
+    }
+    if (strcmp(argv[1], "churn")) return 2;
     double start = clock_of(CLOCK_MONOTONIC), cpu0 = clock_of(CLOCK_PROCESS_CPUTIME_ID);
     for (long i = 0; i < n; i++) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);

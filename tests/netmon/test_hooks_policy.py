@@ -320,3 +320,28 @@ def test_a_malformed_policy_fails_closed(tmp_path: Path, server: RawHTTPServer,
             "l.listen()\nc = socket.socket(socket.AF_UNIX)\nc.connect(sys.argv[1])\nprint('ok')")
     unix = run([sys.executable, "-c", code, str(tmp_path / "u.sock")], env)
     assert unix.stdout.strip() == "ok", unix.stderr
+
+
+def test_a_child_without_the_policy_variable_is_a_gap(tmp_path: Path,
+                                                      server: RawHTTPServer) -> None:
+    """The policy is advisory: a child whose environment drops AEGIS_NETMON_POLICY is not bound
+    by it, and the log says so."""
+    policy = write_policy(tmp_path / "policy", "deny")
+    log = tmp_path / "log.jsonl"
+    code = textwrap.dedent(f"""
+        import os, socket, subprocess, sys
+        env = {{k: v for k, v in os.environ.items() if k != "AEGIS_NETMON_POLICY"}}
+        child = ("import socket; socket.create_connection(('127.0.0.1', {server.port})).close();"
+                 " print('child connected')")
+        subprocess.run([sys.executable, "-c", child], env=env, check=True)
+        try:
+            socket.create_connection(('127.0.0.1', {server.port}))
+        except ConnectionRefusedError:
+            print('parent denied')
+    """)
+    out = run([sys.executable, "-c", code], hooked_env(log, AEGIS_NETMON_POLICY=str(policy)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["child connected", "parent denied"]
+    (gap,) = events(log, "gap")
+    assert "AEGIS_NETMON_POLICY" in gap["reason"]
+    assert len(server.wait(1)) == 1

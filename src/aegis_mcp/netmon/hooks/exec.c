@@ -109,6 +109,8 @@ void aegis_exec_check_env(const char *file, char *const envp[], int search)
         reason = "child started without LD_PRELOAD of libaegis_hooks: its connections are not recorded";
     else if (!env_value(envp, "AEGIS_NETMON_LOG"))
         reason = "child started without AEGIS_NETMON_LOG: its connections are not recorded";
+    else if (aegis_policy_on && !env_value(envp, "AEGIS_NETMON_POLICY"))
+        reason = "child started without AEGIS_NETMON_POLICY: the network policy does not bind it";
     else
         reason = invisible_reason(path);
     if (reason) emit_gap(path ? path : file, reason);
