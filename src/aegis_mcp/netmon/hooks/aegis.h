@@ -11,6 +11,7 @@
  *   fdlife.c    what happens to a tracked fd besides I/O: close, dup*, fcntl F_DUPFD*,
  *               close_range, closefrom, syscall(SYS_close*), fork, and the flush at exec and exit
  *   dns.c       getaddrinfo: remembers address -> host name for the connect events
+ *   policy.c    the network policy (AEGIS_NETMON_POLICY): denied connects fail at once
  *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
  *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
  *
@@ -132,6 +133,7 @@ extern struct aegis_config aegis_cfg;
 struct jbuf {
     char *p;
     size_t len, cap;
+    pid_t pid, ppid; /* asked once per buffer, however many lines it carries (0: not yet) */
 };
 void jb_raw(struct jbuf *b, const char *s);
 void jb_str(struct jbuf *b, const char *s, size_t max_out); /* JSON string, or null for NULL */
@@ -141,8 +143,10 @@ void jb_time(struct jbuf *b, double t);
 void jb_key(struct jbuf *b, const char *key);  /* ,"key": */
 /* Starts an event: {"ts":..,"event":..,"source":"preload","pid":..,"ppid":..,"exe":.. */
 void jb_begin_event(struct jbuf *b, const char *event);
-/* Closes the object, appends the newline and writes the line to the log (one write). */
-void aegis_emit(struct jbuf *b);
+void jb_begin_event_at(struct jbuf *b, const char *event, double ts); /* ts: when it happened */
+void jb_end_line(struct jbuf *b);   /* closes the object and appends the newline */
+void aegis_write(struct jbuf *b);   /* writes the buffer's lines to the log: one write() */
+void aegis_emit(struct jbuf *b);    /* jb_end_line, then aegis_write */
 const char *aegis_errno_name(int err, char *scratch, size_t n);
 double aegis_now(void);      /* realtime, seconds */
 double aegis_mono(void);     /* monotonic, seconds */
@@ -164,12 +168,14 @@ struct hot {
     _Atomic uint64_t sent;
     _Atomic uint64_t recv;
     _Atomic uint32_t next_report;  /* coarse monotonic ms of the next totals event */
+    _Atomic uint32_t unreported;   /* its connect/accept line is not written yet (net.c) */
 } __attribute__((aligned(64)));
 
 struct cold {
     double start_real, start_mono;
     uint64_t rep_sent, rep_recv;   /* counts at the last totals event (no event if unchanged) */
     int result;                    /* connect's errno, 0 when connected */
+    int open_result;               /* what connect itself returned, for its deferred line */
     int dup_of;                    /* fd this one duplicates (no connect event of its own), or -1 */
     uint16_t port;
     uint8_t family, proto, accepted;
@@ -180,6 +186,7 @@ struct cold {
 /* What a freed slot held, for its close event. */
 struct fd_final {
     uint32_t state;                /* the state it had */
+    uint32_t unreported;           /* its connect/accept line was still to be written */
     int consistent;                /* snap is a consistent copy (the slot was not refilled meanwhile) */
     uint64_t sent, recv;
     struct cold snap;
@@ -192,7 +199,7 @@ struct hot *aegis_fd_ovf_find(int fd, struct cold **c);  /* fds beyond FD_TABLE;
 struct hot *aegis_fd_claim(int fd, struct cold **c);
 /* Writes src into a claimed slot (fresh counters, start time now) and publishes it as `kind`. */
 void aegis_fd_fill(int fd, struct hot *h, struct cold *c, const struct cold *src, uint32_t kind,
-                   uint32_t next_report);
+                   uint32_t next_report, uint32_t unreported);
 /* Frees fd's slot; 0 if it was already free, else 1 with what it held in *out. */
 int aegis_fd_free(int fd, struct hot *h, const struct cold *c, struct fd_final *out);
 /* A consistent copy of the cold half, or 0 if the slot was reused meanwhile. */
@@ -217,8 +224,11 @@ static inline int aegis_fd_tracked(int fd)
 }
 
 /* ---- net.c ---- */
-/* Puts src (with fresh counters) into fd's slot as `kind`; a socket still there is closed first. */
-struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind);
+/* Puts src (with fresh counters) into fd's slot as `kind`; a socket still there is closed first.
+ * unreported: its connect/accept line is deferred (written with its close, or later). */
+struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind, int unreported);
+/* Writes fd's deferred connect/accept line now, if it has one. */
+void aegis_net_report_open(int fd, struct hot *h, struct cold *c);
 /* Frees the slot and writes its close event (reason NULL: an ordinary close). */
 void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason);
 void aegis_net_totals(int fd, struct hot *h, struct cold *c);  /* totals event, if counts changed */
@@ -230,6 +240,13 @@ void aegis_fdlife_flush_all(int at_exec);  /* at exit (0) or before exec (1) */
 /* ---- dns.c ---- */
 void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n);
 void aegis_dns_atfork_child(void);
+
+/* ---- policy.c ---- */
+extern AEGIS_HIDDEN int aegis_policy_on;  /* AEGIS_NETMON_POLICY was given */
+void aegis_policy_init(void);
+/* A connect/send to sa that the policy denies: writes the deny event and returns 1 (the caller
+ * fails with ECONNREFUSED without calling the real function). */
+int aegis_policy_denies(int fd, const struct sockaddr *sa, socklen_t len);
 
 /* ---- redirect.c ---- */
 void aegis_redirect_init(void);

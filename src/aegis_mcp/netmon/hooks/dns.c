@@ -100,6 +100,7 @@ static void remember(const char *node, const struct addrinfo *res)
         }
         unlock();
     }
+    if (!aegis_cfg.netmon) return; /* the policy alone needs the names, not the events */
     for (const struct addrinfo *ai = res; ai && nanswers < 8; ai = ai->ai_next) {
         const void *a = NULL;
         if (ai->ai_family == AF_INET) a = &((const struct sockaddr_in *)ai->ai_addr)->sin_addr;
@@ -109,7 +110,7 @@ static void remember(const char *node, const struct addrinfo *res)
         for (int i = 0; i < nanswers && !dup; i++) dup = !strcmp(answers[i], text);
         if (!dup) strcpy(answers[nanswers++], text);
     }
-    struct jbuf b = {line, 0, sizeof line};
+    struct jbuf b = {.p = line, .cap = sizeof line};
     jb_begin_event(&b, "dns");
     jb_key(&b, "host");
     jb_str(&b, node, 400);
@@ -132,7 +133,8 @@ AEGIS_EXPORT int getaddrinfo(const char *node, const char *service, const struct
     aegis_busy++;
     int r = true_getaddrinfo(node, service, hints, res);
     aegis_busy--;
-    if (r == 0 && !outer && aegis_cfg.netmon && node && res && *res && !is_numeric(node)) {
+    if (r == 0 && !outer && (aegis_cfg.netmon || aegis_policy_on) && node && res && *res &&
+        !is_numeric(node)) {
         int saved = errno;
         aegis_busy++;
         remember(node, *res);

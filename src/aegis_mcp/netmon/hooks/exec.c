@@ -91,7 +91,7 @@ static const char *search_path(const char *file, char *buf, size_t n)
 static void emit_gap(const char *target, const char *reason)
 {
     char line[2048];
-    struct jbuf b = {line, 0, sizeof line};
+    struct jbuf b = {.p = line, .cap = sizeof line};
     jb_begin_event(&b, "gap");
     jb_key(&b, "target");
     jb_str(&b, target, 400);
@@ -109,6 +109,8 @@ void aegis_exec_check_env(const char *file, char *const envp[], int search)
         reason = "child started without LD_PRELOAD of libaegis_hooks: its connections are not recorded";
     else if (!env_value(envp, "AEGIS_NETMON_LOG"))
         reason = "child started without AEGIS_NETMON_LOG: its connections are not recorded";
+    else if (aegis_policy_on && !env_value(envp, "AEGIS_NETMON_POLICY"))
+        reason = "child started without AEGIS_NETMON_POLICY: the network policy does not bind it";
     else
         reason = invisible_reason(path);
     if (reason) emit_gap(path ? path : file, reason);
@@ -159,7 +161,7 @@ AEGIS_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
 {
     REAL_OR_ENOSYS(fexecve);
     char path[64];
-    struct jbuf b = {path, 0, sizeof path};
+    struct jbuf b = {.p = path, .cap = sizeof path};
     jb_raw(&b, "/proc/self/fd/");
     jb_int(&b, fd);
     path[b.len] = '\0';

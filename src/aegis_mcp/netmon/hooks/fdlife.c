@@ -26,9 +26,10 @@ static void on_dup(int oldfd, int newfd)
     struct hot *oh = aegis_fd_slot(oldfd, &oc);
     struct cold snap;
     uint32_t st = oh ? atomic_load(&oh->state) : S_FREE;
+    if (st != S_FREE) aegis_net_report_open(oldfd, oh, oc); /* before the dup's own lines */
     if (st != S_FREE && aegis_fd_snapshot(oh, oc, &snap)) {
         if (snap.dup_of < 0) snap.dup_of = oldfd;
-        aegis_net_install(newfd, &snap, st);
+        aegis_net_install(newfd, &snap, st, 0);
     }
     errno = saved;
 }
@@ -89,6 +90,7 @@ static void inherit(int fd, struct hot *h, struct cold *c)
     uint32_t st = atomic_load(&h->state);
     if (st == S_FREE) return;
     atomic_store(&h->state, st | S_INHERITED);
+    atomic_store(&h->unreported, 0); /* the parent writes its connect line */
     atomic_store(&h->sent, 0);
     atomic_store(&h->recv, 0);
     c->rep_sent = c->rep_recv = 0;

@@ -81,7 +81,7 @@ struct hot *aegis_fd_claim(int fd, struct cold **c)
 }
 
 void aegis_fd_fill(int fd, struct hot *h, struct cold *c, const struct cold *src, uint32_t kind,
-                   uint32_t next_report)
+                   uint32_t next_report, uint32_t unreported)
 {
     atomic_fetch_add_explicit(&h->gen, 1, memory_order_acq_rel);
     memcpy(c, src, sizeof *c);
@@ -90,6 +90,7 @@ void aegis_fd_fill(int fd, struct hot *h, struct cold *c, const struct cold *src
     atomic_store(&h->sent, 0);
     atomic_store(&h->recv, 0);
     atomic_store(&h->next_report, next_report);
+    atomic_store(&h->unreported, unreported);
     atomic_fetch_add_explicit(&h->gen, 1, memory_order_release);
     atomic_store_explicit(&h->state, kind, memory_order_release);
     int m = atomic_load(&max_fd);
@@ -110,6 +111,7 @@ int aegis_fd_free(int fd, struct hot *h, const struct cold *c, struct fd_final *
 {
     out->state = atomic_exchange(&h->state, S_FREE);
     if (out->state == S_FREE) return 0;
+    out->unreported = atomic_exchange(&h->unreported, 0);
     out->sent = atomic_exchange(&h->sent, 0);
     out->recv = atomic_exchange(&h->recv, 0);
     out->consistent = aegis_fd_snapshot(h, c, &out->snap);

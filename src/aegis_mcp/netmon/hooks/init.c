@@ -99,6 +99,7 @@ static void init_once(void)
     AEGIS_SYMBOLS(AEGIS_LOAD_TRUE)
 #undef AEGIS_LOAD_TRUE
     read_settings();
+    aegis_policy_init();
     aegis_redirect_init();
     aegis_cfg.pid = getpid();
     pthread_atfork(NULL, NULL, atfork_child);

@@ -38,55 +38,115 @@ static const char *proto_name(int proto)
     return proto == P_TCP ? "tcp" : proto == P_UDP ? "udp" : "unix";
 }
 
-static void emit_conn(const char *event, int fd, const struct cold *c, uint64_t sent, uint64_t recv,
-                      int with_duration, const char *reason)
+/* One connection line into b: `ts` when it happened, `duration` null when negative. */
+static void put_conn(struct jbuf *b, const char *event, double ts, int fd, const struct cold *c,
+                     uint64_t sent, uint64_t recv, double duration, int result, const char *reason)
 {
-    char line[2048], scratch[24];
-    struct jbuf b = {line, 0, sizeof line};
-    jb_begin_event(&b, event);
-    jb_key(&b, "fd");
-    jb_int(&b, fd);
-    jb_key(&b, "family");
-    jb_str(&b, family_name(c->family), 8);
-    jb_key(&b, "proto");
-    jb_str(&b, proto_name(c->proto), 8);
-    jb_key(&b, "addr");
-    jb_str(&b, c->addr, 400);
-    jb_key(&b, "port");
-    if (c->family == AF_UNIX) jb_raw(&b, "null");
-    else jb_uint(&b, c->port);
-    jb_key(&b, "host");
-    jb_str(&b, c->host[0] ? c->host : NULL, 400);
-    jb_key(&b, "sent");
-    jb_uint(&b, sent);
-    jb_key(&b, "recv");
-    jb_uint(&b, recv);
-    jb_key(&b, "duration");
-    if (with_duration) jb_time(&b, aegis_mono() - c->start_mono);
-    else jb_raw(&b, "null");
-    jb_key(&b, "result");
-    jb_str(&b, aegis_errno_name(c->result, scratch, sizeof scratch), 40);
-    if (c->accepted) jb_raw(&b, ",\"direction\":\"in\"");
+    char scratch[24];
+    jb_begin_event_at(b, event, ts);
+    jb_key(b, "fd");
+    jb_int(b, fd);
+    jb_key(b, "family");
+    jb_str(b, family_name(c->family), 8);
+    jb_key(b, "proto");
+    jb_str(b, proto_name(c->proto), 8);
+    jb_key(b, "addr");
+    jb_str(b, c->addr, 400);
+    jb_key(b, "port");
+    if (c->family == AF_UNIX) jb_raw(b, "null");
+    else jb_uint(b, c->port);
+    jb_key(b, "host");
+    jb_str(b, c->host[0] ? c->host : NULL, 400);
+    jb_key(b, "sent");
+    jb_uint(b, sent);
+    jb_key(b, "recv");
+    jb_uint(b, recv);
+    jb_key(b, "duration");
+    if (duration >= 0) jb_time(b, duration);
+    else jb_raw(b, "null");
+    jb_key(b, "result");
+    jb_str(b, aegis_errno_name(result, scratch, sizeof scratch), 40);
+    if (c->accepted) jb_raw(b, ",\"direction\":\"in\"");
     if (c->dup_of >= 0) {
-        jb_key(&b, "dup_of");
-        jb_int(&b, c->dup_of);
+        jb_key(b, "dup_of");
+        jb_int(b, c->dup_of);
     }
     if (reason) {
-        jb_key(&b, "reason");
-        jb_str(&b, reason, 40);
+        jb_key(b, "reason");
+        jb_str(b, reason, 40);
     }
-    aegis_emit(&b);
+    jb_end_line(b);
+}
+
+/* The connect (or accept) line, as it would have been written when the connection opened. */
+static void put_open(struct jbuf *b, int fd, const struct cold *c)
+{
+    put_conn(b, c->accepted ? "accept" : "connect", c->start_real, fd, c, 0, 0, -1,
+             c->open_result, NULL);
+}
+
+/* ---- deferred connect lines ----
+ * Most connections of a busy program are short (an HTTP request, a health check): writing their
+ * connect line together with their close line, in one write, halves the cost of recording them.
+ * A connection's connect/accept line is therefore written at the first of: its close (with the
+ * close line), its first send/receive DEFER_MS or more after it opened (with a totals line), a
+ * dup, a fork's flush, exec or exit, or any connect, accept or close of the process DEFER_MS or
+ * more after it opened (the sweep below, so a connection stuck connecting or idle shows up as
+ * soon as the program does anything else with the network). */
+#define DEFER_MS 250u
+
+/* Coarse ms at which the oldest deferred line is due; 0 when none is waiting. */
+static _Atomic uint32_t sweep_due;
+
+static void arm_sweep(uint32_t due)
+{
+    uint32_t none = 0;
+    atomic_compare_exchange_strong(&sweep_due, &none, due | 1); /* never 0: 0 means none */
+}
+
+void aegis_net_report_open(int fd, struct hot *h, struct cold *c)
+{
+    struct cold snap;
+    if (!atomic_load(&h->unreported) || !aegis_fd_snapshot(h, c, &snap)) return;
+    if (!atomic_exchange(&h->unreported, 0)) return; /* another thread wrote it */
+    char line[2048];
+    struct jbuf b = {.p = line, .cap = sizeof line};
+    put_open(&b, fd, &snap);
+    aegis_write(&b);
+}
+
+static void sweep_one(int fd, struct hot *h, struct cold *c)
+{
+    if (!atomic_load_explicit(&h->unreported, memory_order_relaxed)) return;
+    uint32_t due = atomic_load(&h->next_report);
+    if ((int32_t)(coarse_ms() - due) >= 0) aegis_net_report_open(fd, h, c);
+    else arm_sweep(due);
+}
+
+/* At a connect, accept or close: the deferred lines that are due, in the whole process. */
+static void maybe_sweep(void)
+{
+    uint32_t due = atomic_load_explicit(&sweep_due, memory_order_relaxed);
+    if (LIKELY(!due || (int32_t)(coarse_ms() - due) < 0)) return;
+    if (!atomic_compare_exchange_strong(&sweep_due, &due, 0)) return; /* another thread sweeps */
+    aegis_fd_each(0, ~0u, sweep_one);
 }
 
 void aegis_net_totals(int fd, struct hot *h, struct cold *c)
 {
     struct cold snap;
     if (!aegis_fd_snapshot(h, c, &snap)) return;
+    char line[4096];
+    struct jbuf b = {.p = line, .cap = sizeof line};
+    if (atomic_load(&h->unreported) && atomic_exchange(&h->unreported, 0)) put_open(&b, fd, &snap);
     uint64_t sent = atomic_load(&h->sent), recv = atomic_load(&h->recv);
-    if (sent == snap.rep_sent && recv == snap.rep_recv) return;
-    c->rep_sent = sent;
-    c->rep_recv = recv;
-    emit_conn("totals", fd, &snap, sent, recv, 1, NULL);
+    if (sent != snap.rep_sent || recv != snap.rep_recv) {
+        c->rep_sent = sent;
+        c->rep_recv = recv;
+        put_conn(&b, "totals", aegis_now(), fd, &snap, sent, recv,
+                 aegis_mono() - snap.start_mono, snap.result, NULL);
+    }
+    aegis_write(&b);
 }
 
 void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason)
@@ -94,8 +154,14 @@ void aegis_net_release(int fd, struct hot *h, struct cold *c, const char *reason
     struct fd_final f;
     if (!aegis_fd_free(fd, h, c, &f)) return;
     /* A socket inherited across fork that this process never used is the parent's to report. */
-    if (f.consistent && (!(f.state & S_INHERITED) || f.sent || f.recv))
-        emit_conn("close", fd, &f.snap, f.sent, f.recv, 1, reason);
+    if (!f.consistent || ((f.state & S_INHERITED) && !f.sent && !f.recv)) return;
+    char line[4096];
+    struct jbuf b = {.p = line, .cap = sizeof line};
+    if (f.unreported) put_open(&b, fd, &f.snap);
+    put_conn(&b, "close", aegis_now(), fd, &f.snap, f.sent, f.recv,
+             aegis_mono() - f.snap.start_mono, f.snap.result, reason);
+    aegis_write(&b);
+    maybe_sweep();
 }
 
 /* ---- tracking ---- */
@@ -156,22 +222,32 @@ static int is_plumbing(const struct peer *p)
            p->addr[n] && !strchr(p->addr + n, '/');
 }
 
-struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind)
+struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind, int unreported)
 {
     struct cold *c;
     struct hot *h = aegis_fd_claim(fd, &c);
     if (!h) {
         if (!atomic_exchange(&ovf_full_noted, 1)) {
             char line[512];
-            struct jbuf b = {line, 0, sizeof line};
+            struct jbuf b = {.p = line, .cap = sizeof line};
             jb_begin_event(&b, "gap");
             jb_raw(&b, ",\"reason\":\"too many sockets open at once: some are not counted\"");
             aegis_emit(&b);
         }
+        if (unreported) { /* not tracked, but its connect is still on record */
+            char line[2048];
+            struct jbuf b = {.p = line, .cap = sizeof line};
+            put_open(&b, fd, src);
+            aegis_write(&b);
+        }
         return NULL;
     }
     if (atomic_load(&h->state) != S_FREE) aegis_net_release(fd, h, c, "replaced"); /* its close went past us */
-    aegis_fd_fill(fd, h, c, src, kind, coarse_ms() + aegis_cfg.interval * 1000u);
+    uint32_t now = coarse_ms();
+    /* While the open line waits, next_report is when it is due; then every interval. */
+    uint32_t due = now + (unreported ? DEFER_MS : aegis_cfg.interval * 1000u);
+    aegis_fd_fill(fd, h, c, src, kind, due, unreported ? 1 : 0);
+    if (unreported) arm_sweep(due);
     return h;
 }
 
@@ -181,7 +257,7 @@ static void track(int fd, const struct peer *p, const struct sockaddr *sa, int r
     struct cold c;
     memset(&c, 0, sizeof c);
     c.start_real = aegis_now();
-    c.result = result;
+    c.result = c.open_result = result;
     c.port = p->port;
     c.family = (uint8_t)p->family;
     c.proto = (uint8_t)p->proto;
@@ -189,7 +265,7 @@ static void track(int fd, const struct peer *p, const struct sockaddr *sa, int r
     c.dup_of = -1;
     memcpy(c.addr, p->addr, sizeof c.addr);
     if (p->family != AF_UNIX) aegis_dns_lookup(sa, c.host, sizeof c.host);
-    aegis_net_install(fd, &c, kind);
+    aegis_net_install(fd, &c, kind, 1);
 }
 
 static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err)
@@ -217,19 +293,28 @@ static void on_connect(int fd, const struct sockaddr *sa, socklen_t len, int err
         }
     }
     if (err == EALREADY || err == EISCONN) return;
-    struct cold ev;
-    memset(&ev, 0, sizeof ev);
-    ev.dup_of = -1;
-    ev.result = err;
-    ev.port = p.port;
-    ev.family = (uint8_t)p.family;
-    ev.proto = (uint8_t)p.proto;
-    memcpy(ev.addr, p.addr, sizeof ev.addr);
-    if (p.family != AF_UNIX) aegis_dns_lookup(sa, ev.host, sizeof ev.host);
-    emit_conn("connect", fd, &ev, 0, 0, 0, NULL);
-    if (err == 0) track(fd, &p, sa, 0, 0, S_OPEN);
-    else if (err == EINPROGRESS || err == EINTR || err == EAGAIN) track(fd, &p, sa, err, 0, S_PENDING);
-    else if (st != S_FREE) aegis_net_release(fd, h, c, "replaced");
+    maybe_sweep();
+    if (err == 0) {
+        track(fd, &p, sa, 0, 0, S_OPEN);
+    } else if (err == EINPROGRESS || err == EINTR || err == EAGAIN) {
+        track(fd, &p, sa, err, 0, S_PENDING);
+    } else { /* failed at once: nothing to wait for */
+        struct cold ev;
+        memset(&ev, 0, sizeof ev);
+        ev.dup_of = -1;
+        ev.result = ev.open_result = err;
+        ev.port = p.port;
+        ev.family = (uint8_t)p.family;
+        ev.proto = (uint8_t)p.proto;
+        ev.start_real = aegis_now();
+        memcpy(ev.addr, p.addr, sizeof ev.addr);
+        if (p.family != AF_UNIX) aegis_dns_lookup(sa, ev.host, sizeof ev.host);
+        char line[2048];
+        struct jbuf b = {.p = line, .cap = sizeof line};
+        put_open(&b, fd, &ev);
+        aegis_write(&b);
+        if (st != S_FREE) aegis_net_release(fd, h, c, "replaced");
+    }
 }
 
 static void on_accept(int fd)
@@ -246,11 +331,8 @@ static void on_accept(int fd)
             describe(fd, (struct sockaddr *)&ss, len, &mine) && is_plumbing(&mine))
             return;
     }
+    maybe_sweep();
     track(fd, &p, (struct sockaddr *)&ss, 0, 1, S_OPEN);
-    struct cold *c;
-    struct hot *h = aegis_fd_slot(fd, &c);
-    struct cold snap;
-    if (h && aegis_fd_snapshot(h, c, &snap)) emit_conn("accept", fd, &snap, 0, 0, 0, NULL);
 }
 
 /* The hot path: count bytes on a tracked socket; everything else costs one load. */
@@ -265,11 +347,16 @@ static void account_slow(int fd, struct hot *h, size_t n, int incoming)
         if (atomic_compare_exchange_strong(&h->state, &st, S_OPEN | (st & S_INHERITED))) c->result = 0;
     }
     uint32_t now = coarse_ms(), due = atomic_load_explicit(&h->next_report, memory_order_relaxed);
-    if (UNLIKELY((int32_t)(now - due) >= 0) &&
-        atomic_compare_exchange_strong(&h->next_report, &due, now + aegis_cfg.interval * 1000u)) {
-        int saved = errno;
-        aegis_net_totals(fd, h, c);
-        errno = saved;
+    if (UNLIKELY((int32_t)(now - due) >= 0)) {
+        /* The deferred open line first (its totals keep their own schedule from the open). */
+        int opening = atomic_load_explicit(&h->unreported, memory_order_relaxed) != 0;
+        uint32_t next = now + aegis_cfg.interval * 1000u - (opening ? DEFER_MS : 0);
+        if (atomic_compare_exchange_strong(&h->next_report, &due, next)) {
+            int saved = errno;
+            if (opening) aegis_net_report_open(fd, h, c);
+            else aegis_net_totals(fd, h, c);
+            errno = saved;
+        }
     }
 }
 
@@ -289,9 +376,23 @@ static inline void account(int fd, ssize_t n, int incoming)
 
 /* ---- the hooks ---- */
 
+/* The policy's check before a connect or a send with a destination: 1 when it is denied (the
+ * deny event is written; errno is ECONNREFUSED, the error of a refusing port). */
+static int denied(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (LIKELY(!aegis_policy_on) || !sa || aegis_busy) return 0;
+    int saved = errno;
+    aegis_busy++;
+    int deny = aegis_policy_denies(fd, sa, len);
+    aegis_busy--;
+    errno = deny ? ECONNREFUSED : saved;
+    return deny;
+}
+
 AEGIS_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     REAL_OR_ENOSYS(connect);
+    if (UNLIKELY(denied(fd, addr, len))) return -1;
     int r = true_connect(fd, addr, len);
     if (aegis_cfg.netmon && !aegis_busy) {
         int saved = errno;
@@ -364,10 +465,26 @@ IO_HOOK(ssize_t, write, 0, (int fd, const void *buf, size_t n), (fd, buf, n))
 IO_HOOK(ssize_t, readv, 1, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
 IO_HOOK(ssize_t, writev, 0, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt))
 IO_HOOK(ssize_t, send, 0, (int fd, const void *buf, size_t n, int flags), (fd, buf, n, flags))
-IO_HOOK(ssize_t, sendto, 0,
-        (int fd, const void *buf, size_t n, int flags, const struct sockaddr *a, socklen_t al),
-        (fd, buf, n, flags, a, al))
-IO_HOOK(ssize_t, sendmsg, 0, (int fd, const struct msghdr *msg, int flags), (fd, msg, flags))
+/* A send with a destination (unconnected UDP, QUIC, TCP fast open) is a connect for the policy. */
+AEGIS_EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *a,
+                            socklen_t al)
+{
+    REAL_OR_ENOSYS(sendto);
+    if (UNLIKELY(denied(fd, a, al))) return -1;
+    ssize_t r = true_sendto(fd, buf, n, flags, a, al);
+    account(fd, r, 0);
+    return r;
+}
+
+AEGIS_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+    REAL_OR_ENOSYS(sendmsg);
+    if (UNLIKELY(msg && denied(fd, (const struct sockaddr *)msg->msg_name, msg->msg_namelen)))
+        return -1;
+    ssize_t r = true_sendmsg(fd, msg, flags);
+    account(fd, r, 0);
+    return r;
+}
 IO_HOOK(ssize_t, __read_chk, 1, (int fd, void *buf, size_t n, size_t buflen), (fd, buf, n, buflen))
 
 /* MSG_PEEK leaves the data in the socket: it is counted when it is really read. */
@@ -414,6 +531,16 @@ static size_t mmsg_bytes(const struct mmsghdr *v, int r)
 AEGIS_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags)
 {
     REAL_OR_ENOSYS(sendmmsg);
+    if (UNLIKELY(aegis_policy_on) && vec) { /* send those before the first denied message */
+        for (unsigned i = 0; i < vlen; i++) {
+            const struct msghdr *m = &vec[i].msg_hdr;
+            if (denied(fd, (const struct sockaddr *)m->msg_name, m->msg_namelen)) {
+                if (i == 0) return -1;
+                vlen = i;
+                break;
+            }
+        }
+    }
     int r = true_sendmmsg(fd, vec, vlen, flags);
     if (r > 0 && aegis_fd_tracked(fd)) account(fd, (ssize_t)mmsg_bytes(vec, r), 0);
     return r;

@@ -124,7 +124,7 @@ static const char *match(int dirfd, const char *path)
             at = strlen(abs);
         } else {
             char link[64];
-            struct jbuf b = {link, 0, sizeof link};
+            struct jbuf b = {.p = link, .cap = sizeof link};
             jb_raw(&b, "/proc/self/fd/");
             jb_int(&b, dirfd);
             link[b.len] = '\0';

@@ -3,9 +3,9 @@
  *
  * Everything here is async-signal-safe (a close() from a signal handler may emit an event): the
  * formatter works in a caller's stack buffer, no malloc, no stdio, and the log is opened, written
- * and closed per event with plain system calls. Events are a few per connection, so the open per
- * event costs nothing that matters, and it means the library holds no fd the program could close
- * or inherit. Rotation: when the log reaches AEGIS_NETMON_MAX_BYTES it is renamed to <log>.1
+ * and closed per write with plain system calls, so the library holds no fd the program could
+ * close or inherit. A write may carry several lines (a short connection's connect and close go
+ * together, net.c), still one write() so they stay whole and in order. Rotation: when the log reaches AEGIS_NETMON_MAX_BYTES it is renamed to <log>.1
  * (replacing the previous one) under flock, so two processes never rotate twice. */
 #include "aegis.h"
 
@@ -112,17 +112,23 @@ double aegis_mono(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-void jb_begin_event(struct jbuf *b, const char *event)
+void jb_begin_event(struct jbuf *b, const char *event) { jb_begin_event_at(b, event, aegis_now()); }
+
+void jb_begin_event_at(struct jbuf *b, const char *event, double ts)
 {
     jb_raw(b, "{\"ts\":");
-    jb_time(b, aegis_now());
+    jb_time(b, ts);
     jb_key(b, "event");
     jb_str(b, event, 16);
     jb_raw(b, ",\"source\":\"preload\"");
+    if (!b->pid) {
+        b->pid = getpid();
+        b->ppid = getppid();
+    }
     jb_key(b, "pid");
-    jb_int(b, getpid());
+    jb_int(b, b->pid);
     jb_key(b, "ppid");
-    jb_int(b, getppid());
+    jb_int(b, b->ppid);
     jb_key(b, "exe");
     jb_str(b, aegis_cfg.exe[0] ? aegis_cfg.exe : NULL, 200);
 }
@@ -147,7 +153,7 @@ const char *aegis_errno_name(int err, char *scratch, size_t n)
     if (err == 0) return "ok";
     for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
         if (errno_names[i].err == err) return errno_names[i].name;
-    struct jbuf b = {scratch, 0, n};
+    struct jbuf b = {.p = scratch, .cap = n};
     jb_raw(&b, "E");
     jb_int(&b, err);
     scratch[b.len < n ? b.len : n - 1] = '\0';
@@ -177,18 +183,37 @@ static int rotate(int fd, const struct stat *st)
     return open_log();
 }
 
-void aegis_emit(struct jbuf *b)
+void jb_end_line(struct jbuf *b)
 {
-    if (b->len + 2 >= b->cap) return; /* overflowed: drop rather than write a broken line */
+    if (b->len + 2 >= b->cap) { /* overflowed: the whole buffer is dropped, never a broken line */
+        b->len = b->cap;
+        return;
+    }
     memcpy(b->p + b->len, "}\n", 2);
     b->len += 2;
+}
+
+/* Bytes this process wrote since it last looked at the log's size: the size is checked (one
+ * fstat) at the first write and then once per ROTATE_CHECK bytes (a 32nd of the limit if that
+ * is less), not per write, so a process lets the log outgrow AEGIS_NETMON_MAX_BYTES by at most
+ * that much (and one write) before it rotates it. */
+#define ROTATE_CHECK (64u << 10)
+static _Atomic uint64_t unchecked = ROTATE_CHECK;
+
+void aegis_write(struct jbuf *b)
+{
+    if (b->len == 0 || b->len >= b->cap) return;
     if (!true_write || !true_close) return;
     int saved = errno;
     aegis_busy++;
     int fd = open_log();
     if (fd >= 0) {
         struct stat st;
-        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= aegis_cfg.max_bytes) fd = rotate(fd, &st);
+        uint64_t every = aegis_cfg.max_bytes / 32 < ROTATE_CHECK ? aegis_cfg.max_bytes / 32 : ROTATE_CHECK;
+        if (atomic_fetch_add(&unchecked, b->len) >= every) {
+            atomic_store(&unchecked, 0);
+            if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= aegis_cfg.max_bytes) fd = rotate(fd, &st);
+        }
         if (fd >= 0) {
             /* Silent on failure: a full disk or a removed directory must not harm the program. */
             ssize_t w = true_write(fd, b->p, b->len);
@@ -198,4 +223,10 @@ void aegis_emit(struct jbuf *b)
     }
     aegis_busy--;
     errno = saved;
+}
+
+void aegis_emit(struct jbuf *b)
+{
+    jb_end_line(b);
+    aegis_write(b);
 }
