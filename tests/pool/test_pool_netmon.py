@@ -95,3 +95,63 @@ def test_a_bad_netmon_setting_is_one_line(aegis_env: dict[str, str], tmp_path: P
     assert out.returncode != 0 and out.stderr.count("\n") == 1
     assert "netmon = 'sometimes': expected true or false" in out.stderr
 
+
+
+@pytest.fixture
+def two_servers() -> Iterator[tuple[RawHTTPServer, RawHTTPServer]]:
+    pair = (RawHTTPServer(), RawHTTPServer())
+    yield pair
+    for srv in pair:
+        srv.close()
+
+
+def test_a_background_agent_with_its_own_policy(
+        aegis_env: dict[str, str], tmp_path: Path,
+        two_servers: tuple[RawHTTPServer, RawHTTPServer]) -> None:
+    allowed, other = two_servers
+    Path(aegis_env["AEGIS_CONFIG"]).write_text(pool_config())
+    task = f"turns=1 fetch={allowed.url('/')} fetch={other.url('/')}"
+    with cleanup_pool():
+        out = subprocess.run([aegis_bin(), "agents", "spawn", "--json", "-C", str(tmp_path),
+                              "--allow", f"127.0.0.1:{allowed.port}", "--", task],
+                             env=aegis_env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        spawned = json.loads(out.stdout)
+        assert any(n.startswith("network policy: deny by default") for n in spawned["notes"])
+        pool = Pool()
+        done = pool.await_agent(spawned["agent_id"], 60)
+        pool.close()
+    assert done["state"] == "completed", done
+    net = done["network"]
+    assert net["connections"] == 1 and net["denied"] == 1
+    assert net["denied_targets"] == [f"127.0.0.1:{other.port}"]
+    assert len(allowed.connections) == 1 and other.connections == []
+
+
+def test_a_background_agent_keeps_its_callers_policy(
+        aegis_env: dict[str, str], tmp_path: Path,
+        two_servers: tuple[RawHTTPServer, RawHTTPServer]) -> None:
+    """An agent under a policy spawning a helper must not get around its policy: the helper
+    keeps it (and may only narrow it)."""
+    from aegis_mcp.errors import AegisError
+    from aegis_mcp.netmon import policy as netpolicy
+
+    allowed, other = two_servers
+    Path(aegis_env["AEGIS_CONFIG"]).write_text(pool_config())
+    caller = netpolicy.effective(netpolicy.from_flags([f"127.0.0.1:{allowed.port}"], []), [])
+    assert caller is not None
+    compiled = tmp_path / "caller.policy"
+    compiled.write_text(caller.compile())
+    env = {**aegis_env, "AEGIS_NETMON_POLICY": str(compiled)}
+    with cleanup_pool():
+        pool = Pool()
+        with pytest.raises(AegisError, match="network_allow: this agent is spawned from under"):
+            pool.spawn("x", "claude", str(tmp_path), env=env, network_allow=["example.com"])
+        status = pool.spawn(f"turns=1 fetch={allowed.url('/')} fetch={other.url('/')}",
+                            "claude", str(tmp_path), env=env,
+                            network_deny=[f"127.0.0.1:{allowed.port}"])
+        done = pool.await_agent(status["agent_id"], 60)
+        pool.close()
+    # its own deny narrowed the caller's allow; the caller's default denied the other
+    assert done["state"] == "completed" and done["network"]["denied"] == 2
+    assert allowed.connections == [] and other.connections == []

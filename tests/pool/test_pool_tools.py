@@ -51,7 +51,8 @@ def test_the_pool_tools_are_listed_with_typed_bounded_parameters(
     spawn = tools["agent_spawn"].input_schema
     assert spawn["required"] == ["description"]
     assert set(spawn["properties"]) == {"description", "agent_type", "working_directory",
-                                        "max_iterations", "isolation", "timeout_secs"}
+                                        "max_iterations", "isolation", "timeout_secs",
+                                        "network_allow", "network_deny"}
     assert "worktree" in str(spawn["properties"]["isolation"])
     assert "minimum" in str(spawn["properties"]["max_iterations"])
     assert "minimum" in str(tools["agent_await"].input_schema["properties"]["timeout_secs"])

@@ -19,7 +19,7 @@ What it does is told by words in the prompt (so that a test can say it through a
   stamp          add "t=<unix time at the end>" to the result text (for wake-up timing)
   noresult       end without a result event
   plain          write plain text lines instead of stream-json
-  fetch=URL      GET URL once before the first turn (its network, for the pool's netmon)
+  fetch=URL      GET URL before the first turn (repeatable; a refusal is reported, not fatal)
 """
 
 from __future__ import annotations
@@ -125,11 +125,16 @@ def main(argv: list[str]) -> int:
     else:
         emit({"type": "system", "subtype": "init", "session_id": session, "cwd": os.getcwd(),
               "tools": [], "model": "fake"})
-    if "fetch" in opts:
+    for url in [v for k, v in (w.split("=", 1) for w in words if "=" in w) if k == "fetch"]:
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(opts["fetch"], timeout=30) as answer:
-            answer.read()
+        try:  # a refusal (a network policy's) is reported, and the agent goes on
+            with urllib.request.urlopen(url, timeout=30) as answer:
+                answer.read()
+        except urllib.error.URLError as exc:
+            print(json.dumps({"type": "system", "subtype": "fetch_error",
+                              "error": str(exc.reason)}), flush=True)
     if "hang" in flags:
         time.sleep(3600)
         return 0

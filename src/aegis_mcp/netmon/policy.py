@@ -300,6 +300,12 @@ def effective(users: Sequence[Rule], implicit: Sequence[Rule]) -> Policy | None:
     return Policy(default, tuple(_unique([*denies, *allows, *extra])))
 
 
+def narrowed(policy: Policy, denies: Sequence[Rule]) -> Policy:
+    """`policy` with more denies, first: what a background agent spawned from under a policy
+    gets (it keeps its caller's policy, and may only narrow it)."""
+    return Policy(policy.default, tuple(_unique([*denies, *policy.rules])))
+
+
 def _unique(rules: list[Rule]) -> list[Rule]:
     seen: set[str] = set()
     out = []

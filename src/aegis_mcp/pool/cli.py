@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--isolation", choices=("lock", "worktree"),
                    help="lock: lock the directory tree (the default); worktree: work in a new "
                    "git worktree on branch aegis/<id> so agents never share files")
+    p.add_argument("--allow", action="append", default=[], metavar="RULE",
+                   help="network policy: let the agent connect to RULE (a host, *.domain, an "
+                   "address or CIDR, with an optional :port) and deny everything else but its "
+                   "own model API (repeatable)")
+    p.add_argument("--deny", action="append", default=[], metavar="RULE",
+                   help="network policy: deny the agent's connections to RULE (repeatable)")
     p.add_argument("--wait", action="store_true",
                    help="then wait for the agent to end and print its result, as `await` "
                    "does (Ctrl-C stops the waiting, not the agent)")
@@ -192,7 +198,8 @@ def _state(s: AgentStatus) -> Any:
 
 def _spawn(pool: Pool, args: argparse.Namespace) -> int:
     status = pool.spawn(" ".join(args.task), args.agent_type, args.working_directory,
-                        args.max_iterations, args.isolation, args.timeout_secs)
+                        args.max_iterations, args.isolation, args.timeout_secs,
+                        network_allow=args.allow, network_deny=args.deny)
     if args.json and not args.wait:
         _print_json(status)
     elif not args.json:

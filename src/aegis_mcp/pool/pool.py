@@ -47,6 +47,9 @@ from aegis_mcp.pool.watch import Watch
 from aegis_mcp.profiles.argv import headless_argv
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from aegis_mcp.netmon.policy import Policy
     from aegis_mcp.profiles.profile import AgentProfile
 
 _PROGRESS_READ_EVERY = 0.1
@@ -60,9 +63,14 @@ class Pool(Scheduler):
     def spawn(self, description: str, agent_type: str = "claude",
               working_directory: str | None = None, max_iterations: int | None = None,
               isolation: str | None = None, timeout_secs: float | None = None,
-              env: dict[str, str] | None = None) -> AgentStatus:
+              env: dict[str, str] | None = None, network_allow: list[str] | None = None,
+              network_deny: list[str] | None = None) -> AgentStatus:
         """Queue a background agent and start it if a slot and its lock are free. Returns its
-        status at once (state queued, starting or, rarely, already running)."""
+        status at once (state queued, starting or, rarely, already running).
+
+        `network_allow`/`network_deny` give it a network policy of its own (with the config's
+        [network] rules), enforced by the hooks library; an agent spawned from under a policy
+        (the caller's AEGIS_NETMON_POLICY) gets that policy too, never less."""
         from aegis_mcp.profiles.profile import get_profile, load_config
 
         if not isinstance(description, str) or not description.strip():
@@ -79,6 +87,9 @@ class Pool(Scheduler):
             self._settings = load_settings(raw if isinstance(raw, dict) else None)
         settings = self.settings
         profile = get_profile(agent_type, config)
+        caller = os.environ if env is None else env
+        policy = agent_policy(profile, caller, network_allow or [], network_deny or [],
+                              config.settings, config.source)
         # Checked before anything is stored: a bad path is one line, and no agent.
         wd = check_path(os.path.expanduser(working_directory) if working_directory
                         else current_directory(), "working directory", directory=True)
@@ -94,8 +105,21 @@ class Pool(Scheduler):
             agent_env = agentenv.for_background_agent(agent_id, os.environ if env is None else env)
             argv, enforce, notes = headless_argv(profile, description, max_iterations, agent_env,
                                                  self.chat_path(agent_id))
-            if settings.netmon:
-                notes += self._monitor(agent_env, profile, argv[0], agent_id)
+            if settings.netmon or policy is not None:
+                unseen = self._monitor(agent_env, profile, argv[0], agent_id)
+                if unseen and policy is not None:
+                    raise AegisError(f"{profile.name}: a network policy cannot bind it: "
+                                     f"{unseen[0].removeprefix('network not monitored: ')}")
+                notes += unseen
+            if policy is not None:
+                from aegis_mcp.netmon.policy import describe, write_compiled
+
+                path = self.policy_path(agent_id)
+                write_compiled(str(path), policy.compile())
+                agent_env["AEGIS_NETMON_POLICY"] = str(path)
+                notes.append(f"network policy: {describe(policy)}, enforced by the LD_PRELOAD "
+                             "connect hook (advisory: static binaries and raw system calls "
+                             "pass by it)")
             if chosen == "worktree":
                 assert repo_root is not None
                 worktree = str(self.worktrees / agent_id)
@@ -303,7 +327,8 @@ class Pool(Scheduler):
                 conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
             net = self.netmon_path(row["id"])
             for path in (self.log_path(row["id"]), self.chat_path(row["id"]), net,
-                         rotated_path(net), summary_path(net), self.done / row["id"]):
+                         rotated_path(net), summary_path(net), self.policy_path(row["id"]),
+                         self.done / row["id"]):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             removed.append({"agent_id": row["id"], "state": row["state"],
@@ -336,3 +361,25 @@ def _git_toplevel(path: str) -> str | None:
     proc = subprocess.run([git, "-C", path, "rev-parse", "--show-toplevel"],
                           capture_output=True, text=True, check=False)
     return os.path.realpath(proc.stdout.strip()) if proc.returncode == 0 else None
+
+
+def agent_policy(profile: AgentProfile, caller: Mapping[str, str], allow: list[str],
+                 deny: list[str], settings: Mapping[str, Any], source: Any) -> Policy | None:
+    """A background agent's network policy: the config's [network] rules and its own, with
+    the implicit allows its profile needs. Spawned from under a policy (an agent started with
+    --allow/--deny spawning helpers), it gets that policy with its own denies added: a
+    background agent must never be a way around its caller's policy, so an allow of its own
+    is refused there (an allow cannot narrow what the caller's rules let through)."""
+    from aegis_mcp.netmon import policy as netpolicy
+
+    inherited = caller.get(netpolicy.ENV_VAR)
+    if inherited:
+        parent = netpolicy.load(inherited)
+        if allow:
+            raise AegisError("network_allow: this agent is spawned from under a network policy "
+                             f"({netpolicy.describe(parent)}), which it keeps; give "
+                             "network_deny to narrow it")
+        return netpolicy.narrowed(parent, netpolicy.from_flags([], deny))
+    users = netpolicy.user_rules(allow, deny, settings=settings, source=source)
+    implicit = netpolicy.implicit_rules(profile, caller, netpolicy.resolvers())
+    return netpolicy.effective(users, implicit)

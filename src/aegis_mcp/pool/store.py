@@ -270,6 +270,10 @@ class Store:
         """The agent's netmon log, when the pool records its network (PoolSettings.netmon)."""
         return self.logs / f"{agent_id}.netmon.jsonl"
 
+    def policy_path(self, agent_id: str) -> Path:
+        """The agent's compiled network policy (AEGIS_NETMON_POLICY), when it has one."""
+        return self.logs / f"{agent_id}.policy"
+
     def chat_path(self, agent_id: str) -> Path:
         """The transcript an agent keeps where its profile asks for one (Aider's chat history:
         each background agent its own, rather than all appending to the project's)."""

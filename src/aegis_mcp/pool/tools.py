@@ -81,6 +81,15 @@ def register(server: MCPServer) -> None:
         timeout_secs: Annotated[float | None, Field(ge=0, le=604_800, description=(
             "Stop the agent after this many seconds (0: no limit; default from config)"))]
         = None,
+        network_allow: Annotated[list[Annotated[str, Field(min_length=1, max_length=300)]]
+                                 | None, Field(max_length=1000, description=(
+            "Network policy: hosts (*.example.com for subdomains), addresses or CIDRs, each "
+            "with an optional :port, that the agent may connect to; everything else is denied "
+            "(its own model API stays allowed). Not allowed when you run under a policy "
+            "yourself: the agent gets yours"))] = None,
+        network_deny: Annotated[list[Annotated[str, Field(min_length=1, max_length=300)]]
+                                | None, Field(max_length=1000, description=(
+            "Network policy: what the agent may not connect to, whatever allows it"))] = None,
     ) -> AgentStatus:
         """Start a background agent (headless: claude -p, aider --message, codex exec, ...) on
         a task and return at once with its id and state (running, or queued when the pool is
@@ -91,7 +100,8 @@ def register(server: MCPServer) -> None:
         # the caller's directory: the relay's under a warm server, not the server's own
         working_directory = peer().directory(working_directory)
         return AgentStatus(**_call("spawn", description, agent_type, working_directory,
-                                   max_iterations, isolation, timeout_secs))
+                                   max_iterations, isolation, timeout_secs,
+                                   network_allow=network_allow, network_deny=network_deny))
 
     @server.tool(name="agent_list")
     def agent_list(
