@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aegis_mcp.display import plain, text
+from aegis_mcp.netmon.digest import count, size
 
 if TYPE_CHECKING:
     from aegis_mcp.netmon.summary import NetmonStatus
@@ -70,18 +71,6 @@ def _policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead")
 
 
-def count(n: int, word: str, plural: str | None = None) -> str:
-    """`1 connection`, `2 connections`."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def _clock(ts: Any) -> str:
@@ -118,8 +107,8 @@ def _event_words(ev: dict[str, Any], hints: bool) -> str:
         if res == "EINPROGRESS":
             res = "still connecting" if kind == "totals" else "closed while connecting"
         extra = f" {res}" if res not in (None, "ok") else ""
-        return (f"{head} {where} sent {_size(int(ev.get('sent') or 0))} "
-                f"recv {_size(int(ev.get('recv') or 0))}{tail}{extra}")
+        return (f"{head} {where} sent {size(int(ev.get('sent') or 0))} "
+                f"recv {size(int(ev.get('recv') or 0))}{tail}{extra}")
     if kind == "dns":
         return f"{head} {ev.get('host')} -> {', '.join(ev.get('answers') or []) or '-'}"
     if kind == "gap":
@@ -144,7 +133,7 @@ def headline(status: NetmonStatus) -> str:
         f"({status['failed_connections']} failed, {status['accepted']} accepted"
         + (f", {connecting} connecting" if connecting else "") + "), "
         f"{count(status['unique_addresses'], 'address', 'addresses')}, "
-        f"sent {_size(status['bytes_sent'])}, received {_size(status['bytes_received'])}, "
+        f"sent {size(status['bytes_sent'])}, received {size(status['bytes_received'])}, "
         f"{status['open_connections']} open"
         + (f", {status['denied']} denied by the network policy" if status.get("denied") else "")
         + (f", {count(status['gaps'], 'gap')}" if status["gaps"] else ""))
@@ -161,8 +150,8 @@ def _render(status: NetmonStatus, events: list[dict[str, Any]],
     for col in ("target", "conns", "sent", "recv"):
         targets.add_column(col, justify="left" if col == "target" else "right")
     for row in status["top_by_bytes"]:
-        targets.add_row(text(row["target"]), str(row["connections"]), _size(row["sent"]),
-                        _size(row["recv"]))
+        targets.add_row(text(row["target"]), str(row["connections"]), size(row["sent"]),
+                        size(row["recv"]))
     parts: list[Any] = [text(n, style="bold yellow") for n in (notices or [])[-3:]]
     parts += [head, targets]
     if status["open"]:
@@ -171,8 +160,8 @@ def _render(status: NetmonStatus, events: list[dict[str, Any]],
             opened.add_column(col)
         for c in status["open"][-15:]:
             opened.add_row(text(c["target"]), text(f"{c['exe']}[{c['pid']}]"),
-                           _clock(c["ts"]), c.get("state", "open"), _size(c["sent"]),
-                           _size(c["recv"]))
+                           _clock(c["ts"]), c.get("state", "open"), size(c["sent"]),
+                           size(c["recv"]))
         parts.append(opened)
     denials = status.get("recent_denials") or []
     if denials:

@@ -66,8 +66,9 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """`1 connection`, `2 connections`."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def describe(d: NetworkDigest) -> str:
@@ -80,6 +81,6 @@ def describe(d: NetworkDigest) -> str:
     hosts = f"; top hosts: {', '.join(d['top_hosts'])}" if d["top_hosts"] else ""
     denied = f"; {d['denied']} denied by the policy ({', '.join(d['denied_targets'])})" \
         if d["denied"] else ""
-    return (f"{plural(d['connections'], 'connection')}"
+    return (f"{count(d['connections'], 'connection')}"
             + (f" ({', '.join(extra)})" if extra else "")
             + f", sent {size(d['sent'])}, received {size(d['recv'])}{hosts}{denied}")

@@ -13,7 +13,6 @@ without a change, to notice a supervisor that ended (a kill -9 changes no file).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 from aegis_mcp import procs
 from aegis_mcp.netmon.log import (
+    events_of,
     find_log,
     live_supervisor_logs,
     log_for_supervisor,
@@ -85,16 +85,7 @@ class LogReader:
         data = self.rest + data + chunk
         end = data.rfind(b"\n")
         self.rest = data[end + 1:]
-        events = []
-        for line in data[:end + 1].split(b"\n") if end >= 0 else []:
-            if line.strip():
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict):
-                    events.append(ev)
-        return events
+        return events_of(data[:end + 1].split(b"\n") if end >= 0 else [])
 
 
 def _supervisor_of_target(target: str | None, log: Path) -> int | None:

@@ -95,8 +95,16 @@ def tail(log: Path, count: int, end: int | None = None) -> list[dict[str, Any]]:
     lines = _tail_lines(log, count, end=end)
     if len(lines) < count:
         lines = _tail_lines(rotated, count - len(lines)) + lines
+    return events_of(lines)
+
+
+def events_of(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The events among log lines: each a JSON object; anything else (a line cut by a crash,
+    a blank) is passed over."""
     events = []
     for line in lines:
+        if not line.strip():
+            continue
         try:
             ev = json.loads(line)
         except ValueError:

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from aegis_mcp.display import text
-from aegis_mcp.netmon.digest import NetworkDigest, describe
+from aegis_mcp.netmon.digest import NetworkDigest, describe, size
 from aegis_mcp.top.snapshot import AgentView, Snapshot, SupervisorView
 
 SUPERVISOR_COLUMNS = [("pid", "pid"), ("agent", "agent"), ("agent_pid", "agent pid"),
@@ -62,14 +62,6 @@ def seconds(secs: float | None) -> str:
     hours, rest = divmod(secs, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
-
-def size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
 
 
 def supervisor_cells(s: SupervisorView, now: float, taken_at: float | None = None
