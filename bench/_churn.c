@@ -3,7 +3,8 @@
  * one after another (connect, 64 bytes each way, close) and prints microseconds per connection,
  * wall clock and CPU time of the process. The server runs unhooked, so only the client's cost
  * is measured. `_churn refused PORT N`: N connects that fail (a closed port, or one the policy
- * denies), nanoseconds per attempt. */
+ * denies), nanoseconds per attempt. A last argument ADDR (`serve ADDR`, `churn PORT N ADDR`)
+ * uses that IPv4 address instead of 127.0.0.1 (bench_netns.py: across a namespace's veth). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -36,8 +37,10 @@ int main(int argc, char **argv)
     char buf[64];
     memset(buf, 'x', sizeof buf);
     struct sockaddr_in sa = {.sin_family = AF_INET};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (argc == 2 && !strcmp(argv[1], "serve")) {
+    const char *addr = "127.0.0.1";
+    if ((argc == 3 && !strcmp(argv[1], "serve")) || argc == 5) addr = argv[argc - 1];
+    if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) return 2;
+    if ((argc == 2 || argc == 3) && !strcmp(argv[1], "serve")) {
         int lst = socket(AF_INET, SOCK_STREAM, 0), one = 1;
         setsockopt(lst, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         socklen_t len = sizeof sa;
@@ -54,7 +57,7 @@ int main(int argc, char **argv)
             close(c);
         }
     }
-    if (argc != 4) return 2;
+    if (argc != 4 && argc != 5) return 2;
     sa.sin_port = htons((unsigned short)atoi(argv[2]));
     long n = atol(argv[3]);
     if (!strcmp(argv[1], "refused")) {

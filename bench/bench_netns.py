@@ -8,7 +8,12 @@
    wall-clock time, and MiB per CPU second of client + server + capture helper (the kernel's
    veth and conntrack work is charged to them), which a busy shared machine disturbs less.
 
-    sudo python bench/bench_netns.py [--cycles 20] [--mib 512] [--rounds 21]
+3. Connection churn across the veth (bench/_churn.c: connect, 64 bytes each way, close,
+   5,000 times, from inside the namespace to a server on the host end), with the capture on,
+   without a policy and with a 1,000-rule policy (the connection allowed by the last rule):
+   microseconds per connection, and the ratios to the capture-off run.
+
+    sudo python bench/bench_netns.py [--cycles 20] [--mib 512] [--rounds 21] [--churn 5000]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from aegis_mcp.netmon import policy as netpolicy
 from aegis_mcp.netns import namespace as netns
 
 CHUNK = 1 << 20
@@ -146,11 +152,57 @@ def throughput(mode: str, total: int, rounds: int, work: Path, resolv: Path
     return out
 
 
+def churn_binary(work: Path) -> Path:
+    exe = work / "_churn"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).with_name("_churn.c"))],
+                   check=True)
+    os.chmod(exe, 0o755)
+    return exe
+
+
+def thousand_rules(allowed: str, port: int) -> netpolicy.Policy:
+    """999 rules that do not match (CIDRs of TEST-NET-3 and host names), then the allow of
+    the churn's server: the worst case for a linear chain."""
+    allow = [f"203.0.113.{i % 250}:{1000 + i}" for i in range(500)]
+    allow += [f"host{i}.example.test" for i in range(499)]
+    allow.append(f"{allowed}:{port}")
+    policy = netpolicy.effective(netpolicy.from_flags(allow, []), [])
+    assert policy is not None and len(policy.rules) == 1000
+    return policy
+
+
+def one_churn(exe: Path, n: int, work: Path, resolv: Path, capture: bool,
+              rules: bool) -> tuple[float, float]:
+    """(wall, CPU) microseconds per connection of the churn client inside a fresh namespace,
+    to a server of the host's (every address: its port goes into the policy's last rule)."""
+    server = subprocess.Popen([str(exe), "serve", "0.0.0.0"], stdout=subprocess.PIPE,
+                              text=True)
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    ns = None
+    try:
+        ns = netns.create(os.getpid(), work / "churn.jsonl", resolv_conf=resolv,
+                          capture=capture, host_access=True,
+                          policy=(lambda state: thousand_rules(state.host_addr, port))
+                          if rules else None)
+        out = subprocess.run([*ns.exec_prefix(0, 0), str(exe), "churn", str(port), str(n),
+                              ns.state.host_addr], capture_output=True, text=True, check=True)
+        wall, cpu = (float(x) for x in out.stdout.split())
+        return wall, cpu
+    finally:
+        server.kill()
+        server.wait()
+        if ns is not None:
+            ns.teardown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--mib", type=int, default=512, help="MiB per transfer")
     parser.add_argument("--rounds", type=int, default=21, help="on/off pairs per direction")
+    parser.add_argument("--churn", type=int, default=5000, help="connections per churn run")
+    parser.add_argument("--churn-rounds", type=int, default=5)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_netns: needs root (sudo)", file=sys.stderr)
@@ -159,6 +211,19 @@ def main() -> int:
         work = Path(tmp)
         resolv = work / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.53\n")
+        exe = churn_binary(work)
+        cases = {"capture off": (False, False), "capture on": (True, False),
+                 "capture on, 1,000-rule policy": (True, True)}
+        got: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for _ in range(args.churn_rounds):
+            for name, (capture, rules) in cases.items():
+                got[name].append(one_churn(exe, args.churn, work, resolv, capture, rules))
+        base = [statistics.median(r[k] for r in got["capture off"]) for k in (0, 1)]
+        for name in cases:
+            wall, cpu = (statistics.median(r[k] for r in got[name]) for k in (0, 1))
+            print(f"churn {args.churn} x {args.churn_rounds}, {name}: {wall:.1f} us wall, "
+                  f"{cpu:.1f} us CPU per connection; ratio to capture off: wall "
+                  f"{wall / base[0]:.3f}, CPU {cpu / base[1]:.3f}")
         times = setup_teardown(args.cycles, work, resolv)
         print(f"setup+teardown: median {statistics.median(times) * 1000:.1f} ms "
               f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}, n={len(times)})")

@@ -204,19 +204,18 @@ def test_a_policy_turns_preload_monitoring_on_for_a_user(aegis_env: dict[str, st
 
 
 @NEEDS_ROOT
-def test_netns_mode_records_the_policy_and_says_it_is_not_yet_enforced(
+def test_netns_mode_writes_the_policy_and_says_the_kernel_enforces_it(
         aegis_env: dict[str, str], place: Path) -> None:
     """As root a policy means netns mode (a bare --netmon's choice); the policy file and the
-    variable are there for the namespace's enforcement, which this version does not have
-    yet: the supervisor says so, and claims nothing more."""
+    variable are there for the agent to read; the kernel enforces it (tests/netns and
+    tests/netmon/test_netns_policy_supervisor.py), and the supervisor says so."""
     out = run(aegis_env, "--allow", "api.example.com", "--netns-forward", "8099",
               *agent(place), cwd=place)
     assert out.returncode == 0, out.stderr
     assert "the network policy turns network monitoring on: netns mode (root)" in out.stderr
     line = next(ln for ln in out.stderr.splitlines() if "network policy (" in ln)
-    assert line.endswith("recorded but not yet enforced: this version does not enforce a "
-                         "network policy in netns mode (preload mode does, advisorily)")
-    assert "enforced by" not in out.stderr
+    assert line.endswith(netpolicy.enforcement("netns"))
+    assert "enforced by the kernel (nftables)" in line
     info = report(place)
     assert info["mode"] == "netns"
     policy = netpolicy.parse_compiled(info["text"], "compiled")

@@ -551,8 +551,9 @@ def enforcement(mode: str | None) -> str:
         return ("enforced by the LD_PRELOAD connect hook, which is advisory: statically "
                 "linked programs and raw system calls pass by it")
     if mode == "netns":
-        return ("recorded but not yet enforced: this version does not enforce a network "
-                "policy in netns mode (preload mode does, advisorily)")
+        return ("enforced by the kernel (nftables) for everything in the agent's network "
+                "namespace, static binaries included; host names by the addresses "
+                "aegis-mcp's resolver answers for them (IPv4; IPv6 is off inside)")
     return "not enforced: network monitoring is off"
 
 

@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 
 from aegis_mcp import procs
+from aegis_mcp.netmon.policy import parse_compiled
+from aegis_mcp.netns.capture_denials import Denials, logged_packets, nflog_socket
 from aegis_mcp.netns.capture_flows import EventLog, Tracker
 from aegis_mcp.netns.capture_netlink import Conntrack
 from aegis_mcp.netns.capture_packets import (
@@ -49,6 +51,7 @@ from aegis_mcp.netns.capture_packets import (
     packet_socket,
     packets_dropped,
 )
+from aegis_mcp.netns.resolver import MIN_TTL, Resolver
 
 # ---------------------------------------------------------------------------------------------
 # Main loop
@@ -81,6 +84,17 @@ def run(args: argparse.Namespace) -> int:
     tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded,
                       host_addr=args.host_addr,
                       say=_sayer(args.say_fd) if args.say_fd is not None else None)
+    denials, nflog, resolver = None, None, None
+    if args.nflog_group is not None:
+        # The policy the supervisor holds (root's, in memory), never the file beside the log.
+        policy = parse_compiled(sys.stdin.buffer.read(16 << 20).decode(), "the policy on stdin")
+        nflog = nflog_socket(args.nflog_group)
+        resolver = Resolver(socket.socket(fileno=args.resolver_fd), args.upstream, policy,
+                            args.table, args.nft, lambda why: tracker.gap(time.time(), why),
+                            args.min_ttl)
+        denials = Denials(policy, args.ns_addr, log.write,
+                          lambda addr, _rule: resolver.names.get(addr)
+                          or tracker.names.get(addr))
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -92,10 +106,15 @@ def run(args: argparse.Namespace) -> int:
     drops_reported = 0
     next_check = time.monotonic() + 1.0
     while not stop:
-        select.select([ct.events, packets, loopback, wake_r], [], [], 1.0)
+        select.select([ct.events, packets, loopback, wake_r, *([nflog] if nflog else []),
+                       *(resolver.sockets() if resolver else [])], [], [], 1.0)
+        if resolver is not None:  # first: a client waits for it
+            resolver.serve()
         with contextlib.suppress(BlockingIOError):
             os.read(wake_r, 64)
         _pass(tracker, ct, packets, buf, loopback)
+        if nflog is not None and denials is not None:
+            _denials(denials, nflog, tracker)
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + 1.0
             now = time.time()
@@ -113,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
                 break
     # A last look at what is queued, then totals of every flow still open.
     _pass(tracker, ct, packets, buf, loopback)
+    if nflog is not None and denials is not None:
+        _denials(denials, nflog, tracker)
     tracker.tick(time.time(), final=True)
     return 0
 
@@ -149,6 +170,19 @@ def _pass(tracker: Tracker, ct: Conntrack, packets: socket.socket, buf: bytearra
         tracker.conntrack(entry, now)
 
 
+def _denials(denials: Denials, nflog: socket.socket, tracker: Tracker) -> None:
+    try:
+        logged = logged_packets(nflog)
+    except OSError as exc:  # ENOBUFS: the kernel dropped some; what is queued still counts
+        tracker.gap(time.time(), f"denials lost ({exc.strerror or exc})")
+        return
+    for prefix, packet in logged:
+        try:
+            denials.packet(prefix, packet)
+        except (ValueError, IndexError, struct.error) as exc:
+            tracker.gap(time.time(), f"unparsable denial skipped ({type(exc).__name__})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aegis_mcp.netns.capture",
                                      description="netns capture helper (started by aegis-mcp)")
@@ -164,6 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                              "connections are named by that address (repeatable)")
     parser.add_argument("--say-fd", type=int, default=None,
                         help="open descriptor of the user's terminal, for hints (once each)")
+    parser.add_argument("--nflog-group", type=int, default=None,
+                        help="the nflog group the namespace's policy logs denials to; the "
+                             "policy (compiled) comes on stdin")
+    parser.add_argument("--resolver-fd", type=int, default=None,
+                        help="the UDP socket of the namespace's resolver (with --nflog-group)")
+    parser.add_argument("--upstream", default="127.0.0.53", help="the resolver's upstream")
+    parser.add_argument("--table", default="", help="the namespace's nft table (its sets)")
+    parser.add_argument("--nft", default="nft", help="the nft program")
+    parser.add_argument("--min-ttl", type=int, default=MIN_TTL,
+                        help="the shortest life of a learned address, in seconds")
     parser.add_argument("--totals-interval", type=float,
                         default=float(os.environ.get("AEGIS_NETNS_TOTALS_INTERVAL", "10")),
                         help="seconds between totals events of a long flow (default 10)")

@@ -45,10 +45,12 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
@@ -65,9 +67,12 @@ from aegis_mcp.netns.plan import (
     guard_table,
     host_guard,
     inner_forward_table,
+    is_ipv4,
     nameservers,
     nat_table,
+    nflog_group,
     pick_subnet,
+    policy_table,
 )
 from aegis_mcp.netns.state import (
     BASELINE,
@@ -80,6 +85,9 @@ from aegis_mcp.netns.state import (
     write_private,
 )
 from aegis_mcp.netns.stop import pids_inside, stop_process, stop_processes_inside
+
+if TYPE_CHECKING:
+    from aegis_mcp.netmon.policy import Policy
 
 SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -192,7 +200,7 @@ def _add_veth(state: State) -> None:
         ns.addr("add", index=index, address=state.ns_addr, prefixlen=30)
         ns.link("set", index=index, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway=state.host_addr)
-    if state.dns.startswith("dnat:") or state.forwards:
+    if state.dns.startswith("dnat:") or state.forwards:  # (the resolver is on the host end)
         # Lets the DNAT to 127.x route on this interface only (and its replies leave by it).
         _write_sysctl(f"net.ipv4.conf.{state.veth}.route_localnet", "1")
 
@@ -216,6 +224,24 @@ def _add_nft_table(state: State, nft: str) -> None:
         # Kernels before 5.9 cannot reject in prerouting: drop there (a connection attempt to
         # the host then times out instead of failing at once). Anything else fails again.
         _nft(nft, nat_table(state, host_guard(state, reject=False)))
+
+
+def _resolver_socket(state: State) -> socket.socket:
+    """The UDP socket of the namespace's resolver (`resolver`), on the host end of the veth
+    at a free port that the namespace's port 53 is DNAT-ed to: a resolver of the host that
+    holds every address's port 53 (dnsmasq) is no obstacle. Its upstream is what the
+    namespace would have used: the host's loopback resolver or its first nameserver."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((state.host_addr, 0))
+    upstream = state.dns.split(":", 1)[1] if state.dns.startswith("dnat:") else next(
+        (s for s in state.nameservers if is_ipv4(s)), "127.0.0.53")
+    state.dns = f"resolver:{sock.getsockname()[1]}:{upstream}"
+    state.save()
+    return sock
+
+
+def _add_policy(state: State, nft: str, policy: Policy) -> None:
+    _nft(nft, policy_table(state, list(policy.rules), policy.default, nflog_group(state.subnet)))
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
@@ -255,6 +281,10 @@ def _set_sysctls(state: State, nft: str, capture: bool) -> None:
 
 def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
     _, text = dns_plan(resolv_conf, state.host_addr)
+    if state.dns.startswith("resolver:"):
+        keep = [line for line in text.splitlines()[1:] if not line.startswith("nameserver")]
+        text = "\n".join(["# written by aegis-mcp: its resolver, which opens the names the "
+                          "network policy allows", f"nameserver {state.host_addr}", *keep]) + "\n"
     directory = NETNS_ETC / state.name
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "resolv.conf").write_text(text)
@@ -262,9 +292,18 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
 
 
 def _start_capture(state: State, log_path: Path, log_fd: int | None,
-                   say_fd: int | None = None) -> subprocess.Popen[bytes]:
+                   say_fd: int | None = None, policy: Policy | None = None,
+                   resolver: socket.socket | None = None, nft: str = "nft",
+                   min_ttl: int | None = None) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
-    started from / with a scrubbed environment, writing to a log descriptor it is handed."""
+    started from / with a scrubbed environment, writing to a log descriptor it is handed. With
+    a policy, it reads the denials the kernel logs, and the policy on its stdin."""
+    enforce: tuple[str, ...] = ()
+    if policy is not None and resolver is not None:
+        enforce = ("--nflog-group", str(nflog_group(state.subnet)), "--resolver-fd",
+                   str(resolver.fileno()), "--upstream", state.dns.rsplit(":", 1)[1],
+                   "--table", state.table, "--nft", nft,
+                   *(("--min-ttl", str(min_ttl)) if min_ttl is not None else ()))
     own_fd = log_fd is None
     fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
     # A number of its own: the helper's stderr (2) is its error file.
@@ -280,11 +319,13 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
                     "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
                     "--log-fd", str(fd), "--owner-pid", str(state.owner_pid),
                     *(arg for forward in state.forwards for arg in ("--forward", forward)),
-                    *(("--say-fd", str(say)) if say is not None else ()),
+                    *(("--say-fd", str(say)) if say is not None else ()), *enforce,
                     root_side=True),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd="/",
+                stdin=subprocess.PIPE if policy is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, cwd="/",
                 env=root_env(), start_new_session=True, close_fds=True,
-                pass_fds=(fd,) if say is None else (fd, say),
+                pass_fds=(fd, *(() if say is None else (say,)),
+                          *(() if resolver is None else (resolver.fileno(),))),
             )
     finally:
         if own_fd:
@@ -292,6 +333,14 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
         if say is not None:
             os.close(say)
     assert proc.stdout is not None
+    if resolver is not None:
+        resolver.close()  # the capture's now
+    if policy is not None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died: said below
+            proc.stdin.write(policy.compile().encode())
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
     state.capture_pid = proc.pid
     state.capture_start = procs.start_time(proc.pid)
     state.save()
@@ -320,6 +369,8 @@ class Namespace:
     def __init__(self, state: State, tools: dict[str, str],
                  capture: subprocess.Popen[bytes] | None) -> None:
         self.state = state
+        self.policy: Policy | None = None
+        """The network policy the kernel enforces for this namespace, if any."""
         self._tools = tools
         self._capture = capture
         self._torn_down = False
@@ -373,7 +424,9 @@ class Namespace:
 def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/resolv.conf"),
            capture: bool = True, forwards: tuple[tuple[str, int], ...] = (),
            host_access: bool = False, log_fd: int | None = None,
-           say_fd: int | None = None) -> Namespace:
+           say_fd: int | None = None,
+           policy: Callable[[State], Policy] | None = None,
+           min_ttl: int | None = None) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
@@ -386,7 +439,11 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     given, is `log_path` already open for appending (by the user who owns its directory):
     root then never opens a path there itself. `say_fd`, when given, is where the capture
     tells the user what to do about what it sees (the supervisor's stderr): a port of this
-    host refused inside the namespace names `--netns-forward PORT`, once per port."""
+    host refused inside the namespace names `--netns-forward PORT`, once per port. `policy`,
+    when given, makes the network policy for the namespace's state (its implicit allows
+    name the namespace's resolver): the kernel enforces it from before the agent starts, and
+    the capture writes a `deny` event for each denial. `min_ttl` (tests) lowers the bound of
+    a learned address's life (`resolver.MIN_TTL`)."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -400,19 +457,29 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         state.host_access = host_access
         state.save()
     namespace = Namespace(state, tools, None)
+    resolver: socket.socket | None = None
     try:
         _add_namespace(state)
         _add_veth(state)
         _disable_ipv6(state, tools)
+        if policy is not None:
+            resolver = _resolver_socket(state)
         _add_nft_table(state, tools["nft"])
+        if policy is not None:
+            namespace.policy = policy(state)
+            _add_policy(state, tools["nft"], namespace.policy)
         _add_inner_forwards(state, tools)
         with locked():
             _set_sysctls(state, tools["nft"], capture)
         _write_resolv_conf(state, resolv_conf)
         if capture:
-            namespace._capture = _start_capture(state, Path(log_path), log_fd, say_fd)
+            namespace._capture = _start_capture(state, Path(log_path), log_fd, say_fd,
+                                                namespace.policy, resolver, tools["nft"],
+                                                min_ttl)
     except BaseException as exc:
         namespace.teardown()
+        if resolver is not None:
+            resolver.close()
         if isinstance(exc, AegisError | KeyboardInterrupt):
             raise
         raise AegisError(f"could not set up network namespace {state.name}: {exc}") from exc

@@ -75,6 +75,7 @@ from aegis_mcp.supervise.watchdog import Watchdog
 if TYPE_CHECKING:  # imported when their feature is on: every start pays for the rest
     from aegis_mcp.mcp.codex import ReadinessWatch
     from aegis_mcp.netns.namespace import Namespace
+    from aegis_mcp.netns.state import State as NetnsState
     from aegis_mcp.supervise.watch import FileWatch
 
 # Variables never passed through to the agent: another supervisor's, or an agent session's
@@ -888,10 +889,11 @@ class Supervisor:
                                                           self.opts.netns_forward)
                 (log_fd,) = fds_as_user(self.user, open_log, str(self.netmon_log))
                 try:
-                    self.namespace = netns.create(self.pid, self.netmon_log, log_fd=log_fd,
-                                                  forwards=tuple(forwards.values()),
-                                                  host_access=self.opts.netns_host_access,
-                                                  say_fd=sys.stderr.fileno())
+                    self.namespace = netns.create(
+                        self.pid, self.netmon_log, log_fd=log_fd,
+                        forwards=tuple(forwards.values()),
+                        host_access=self.opts.netns_host_access, say_fd=sys.stderr.fileno(),
+                        policy=self._netns_policy if self.network_rules else None)
                 finally:
                     os.close(log_fd)
                 self._say_forwards(forwards, unreachable)
@@ -922,19 +924,12 @@ class Supervisor:
         into the file the enforcers read, written as the agent's user; one line says what it
         is and, honestly, how far it is enforced."""
         assert self.policy_file is not None
-        env, _ = self._agent_env()
-        if self.namespace is not None:  # inside, DNS goes to the namespace's resolv.conf
-            state = self.namespace.state
-            servers = [state.host_addr] if state.dns.startswith("dnat:") else \
-                list(state.nameservers)
-            implicit = netpolicy.implicit_rules(self.profile, env, servers,
-                                                "the network namespace's resolv.conf")
-            implicit += [netpolicy.parse_rule(f"127.0.0.1:{port}", "allow",
-                                              f"{netpolicy.IMPLICIT}--netns-forward {port}")
-                         for port in self.opts.netns_forward]
+        if self.namespace is not None and self.namespace.policy is not None:
+            policy = self.namespace.policy  # the one the kernel enforces, written as it is
         else:
+            env, _ = self._agent_env()
             implicit = netpolicy.implicit_rules(self.profile, env, netpolicy.resolvers())
-        policy = netpolicy.effective(self.network_rules, implicit)
+            policy = netpolicy.effective(self.network_rules, implicit)
         assert policy is not None
         try:
             as_user(self.user, netpolicy.write_compiled, str(self.policy_file),
@@ -949,6 +944,22 @@ class Supervisor:
         if proxies := netpolicy.proxies(policy):
             say(f"the agent's connections go through {' and '.join(proxies)}, which the "
                 "network policy allows: it sees the proxy, not the hosts behind it")
+
+    def _netns_policy(self, state: NetnsState) -> netpolicy.Policy:
+        """The policy the namespace's kernel enforces (made here, in root's memory: never read
+        back from the file the agent's user could rewrite). Inside, DNS goes to the
+        namespace's resolv.conf."""
+        env, _ = self._agent_env()
+        servers = [state.host_addr] if state.dns.startswith(("dnat:", "resolver:")) else \
+            list(state.nameservers)
+        implicit = netpolicy.implicit_rules(self.profile, env, servers,
+                                            "the network namespace's resolv.conf")
+        implicit += [netpolicy.parse_rule(f"127.0.0.1:{port}", "allow",
+                                          f"{netpolicy.IMPLICIT}--netns-forward {port}")
+                     for port in self.opts.netns_forward]
+        policy = netpolicy.effective(self.network_rules, implicit)
+        assert policy is not None
+        return policy
 
     def _say_forwards(self, forwards: dict[str, tuple[str, int]], unreachable: list[str]
                       ) -> None:

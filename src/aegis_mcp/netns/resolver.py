@@ -1,0 +1,176 @@
+"""The namespace's resolver under a network policy: a small DNS forwarder, root-side, that
+the namespace's UDP port 53 is DNAT-ed to. It forwards each query to the host's nameserver,
+and before it hands the answer on, puts the A addresses of every name a host rule matches
+into that rule's nft set, with the answer's TTL (bounded) as their timeout: an allowed name's
+address is open before the program can connect to it, a denied name's is closed.
+
+Queries and answers are untrusted bytes: parsed defensively, sizes and counts bounded, and at
+most MAX_PENDING queries in flight (the oldest is dropped: its client asks again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from aegis_mcp.netmon.policy import Policy
+from aegis_mcp.netns.plan import host_set
+
+MIN_TTL, MAX_TTL = 30, 3600
+"""Bounds of a learned address's life in a set, in seconds: a TTL of 0 must not close the
+address before the program's connect; a week-long one must not keep it open for a week."""
+MAX_PENDING = 256
+QUERY_TIMEOUT = 5.0
+MAX_MESSAGE = 4096
+
+
+def answers(data: bytes) -> tuple[int, str, list[tuple[str, int]]] | None:
+    """(id, first question name, [(IPv4 address, TTL)]) of a DNS response; None for anything
+    else. Every A record counts (a CNAME chain's end names no other owner we trust more)."""
+    if len(data) < 12:
+        return None
+    ident, flags, qd, an = struct.unpack_from("!HHHH", data, 0)
+    if not flags & 0x8000 or qd != 1:
+        return None
+
+    def skip_name(off: int) -> tuple[str, int]:
+        labels: list[str] = []
+        end = -1
+        for _ in range(128):
+            length = data[off]
+            if length & 0xC0 == 0xC0:
+                if end < 0:
+                    end = off + 2
+                off = ((length & 0x3F) << 8) | data[off + 1]
+                continue
+            if length == 0:
+                return ".".join(labels).lower(), (end if end >= 0 else off + 1)
+            if length > 63:
+                raise ValueError("bad label")
+            labels.append(data[off + 1: off + 1 + length].decode("ascii"))
+            off += 1 + length
+        raise ValueError("name too long")
+
+    found: list[tuple[str, int]] = []
+    try:
+        qname, off = skip_name(12)
+        off += 4
+        for _ in range(min(an, 64)):
+            _, off = skip_name(off)
+            rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", data, off)
+            off += 10
+            if rtype == 1 and rdlen == 4 and off + 4 <= len(data):
+                found.append((socket.inet_ntoa(data[off:off + 4]), ttl))
+            off += rdlen
+    except (ValueError, IndexError, struct.error, UnicodeError):
+        return None
+    return ident, qname, found
+
+
+class Resolver:
+    """Serves the namespace's UDP queries on `sock` (bound by the supervisor)."""
+
+    def __init__(self, sock: socket.socket, upstream: str, policy: Policy, table: str,
+                 nft: str, gap: Callable[[str], None], min_ttl: int = MIN_TTL) -> None:
+        self.sock = sock
+        self.min_ttl = min_ttl
+        self.sock.setblocking(False)
+        self.upstream = upstream
+        self.table = table
+        self.nft = nft
+        self.gap = gap
+        self.host_rules = [(i, r) for i, r in enumerate(policy.rules) if r.kind == "host"]
+        self.pending: OrderedDict[socket.socket, tuple[tuple[str, int], int, float]] = \
+            OrderedDict()
+        self.names: OrderedDict[str, str] = OrderedDict()
+        """The last name each address was learned for (what a deny event names)."""
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.sock, *self.pending]
+
+    def serve(self, now: float | None = None) -> None:
+        """Take the queries waiting, hand on the answers that came, forget stale queries."""
+        now = time.monotonic() if now is None else now
+        for _ in range(64):
+            try:
+                query, client = self.sock.recvfrom(MAX_MESSAGE)
+            except BlockingIOError:
+                break
+            if len(query) >= 12 and not query[2] & 0x80:
+                self._forward(query, client, now)
+        ready: list[tuple[bytes, tuple[str, int]]] = []
+        for up in list(self.pending):
+            try:
+                data = up.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            client, ident, _ = self.pending.pop(up)
+            up.close()
+            if len(data) >= 12 and struct.unpack_from("!H", data)[0] == ident:
+                ready.append((data, client))
+        if ready:
+            self._learn([data for data, _ in ready])
+            for data, client in ready:
+                with contextlib.suppress(OSError):
+                    self.sock.sendto(data, client)
+        for up, (_, _, deadline) in list(self.pending.items()):
+            if deadline < now:
+                del self.pending[up]
+                up.close()
+
+    def _forward(self, query: bytes, client: tuple[str, int], now: float) -> None:
+        while len(self.pending) >= MAX_PENDING:
+            old, _ = self.pending.popitem(last=False)
+            old.close()
+        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        up.setblocking(False)
+        try:
+            up.connect((self.upstream, 53))
+            up.send(query)
+        except OSError:
+            up.close()
+            return
+        self.pending[up] = (client, struct.unpack_from("!H", query)[0], now + QUERY_TIMEOUT)
+
+    def _learn(self, messages: list[bytes]) -> None:
+        """One nft transaction for the answers of this pass, before any is handed on."""
+        lines: list[str] = []
+        for data in messages:
+            parsed = answers(data)
+            if parsed is None or not parsed[2]:
+                continue
+            _, qname, found = parsed
+            for addr, _ in found:
+                self.names[addr] = qname
+                self.names.move_to_end(addr)
+            while len(self.names) > 8192:
+                self.names.popitem(last=False)
+            for index, rule in self.host_rules:
+                if not rule.matches(None, rule.port, qname):
+                    continue
+                for addr, ttl in found:
+                    timeout = min(max(ttl, self.min_ttl), MAX_TTL)
+                    element = f"ip {self.table} {host_set(index)} {{ {addr} "
+                    # add, delete, add: one transaction that (re)sets the timeout whether or
+                    # not the address was there already
+                    lines += [f"add element {element}timeout {timeout}s }}",
+                              f"delete element {element}}}",
+                              f"add element {element}timeout {timeout}s }}"]
+        if not lines:
+            return
+        try:
+            proc = subprocess.run([self.nft, "-f", "-"], input="\n".join(lines) + "\n",
+                                  text=True, capture_output=True, timeout=5)
+            failed = proc.returncode != 0
+        except (OSError, subprocess.TimeoutExpired):
+            failed = True
+        if failed:
+            self.gap("the policy's address sets could not be updated: names just resolved "
+                     "stay closed")

@@ -1,0 +1,323 @@
+"""The network policy in the kernel, namespace by namespace: clients inside a real aegis
+namespace (Python, and a static binary) against servers in a namespace of the test's own that
+stands in for the internet; the nft rules allow, deny (fast: a reset or an ICMP error, never
+a timeout) and fall back on the default; each denial is one `deny` event in the log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from aegis_mcp.netmon import policy as netpolicy
+from aegis_mcp.netns import namespace as netns
+from aegis_mcp.netns.state import State
+from tests.netns.test_netns import PY, STATIC_CLIENT, log_of, run_inside
+from tests.support.host import NEEDS_ROOT
+from tests.support.netns_helpers import (
+    DnsResponder,
+    Outside,
+    TcpServer,
+    UdpEcho,
+    host_snapshot,
+    read_events,
+    wait_event,
+)
+
+pytestmark = [
+    NEEDS_ROOT,
+    pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (scripts/test installs "
+                       "nftables)"),
+]
+
+# Each attempt says what it got: a refusal must come at once, so the generous timeout only
+# ever shows as "timeout", a failure.
+TCP_TRY = textwrap.dedent("""\
+    import socket, sys
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+        s.sendall(b"0123456789")
+        s.shutdown(socket.SHUT_WR)
+        print("ok", len(s.recv(100)))
+    except ConnectionRefusedError:
+        print("refused")
+    except TimeoutError:
+        print("timeout")
+""")
+UDP_TRY = textwrap.dedent("""\
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(20)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    try:
+        for _ in range(int(sys.argv[3])):
+            s.send(b"quic-like datagram")
+        print("ok", len(s.recv(100)))
+    except ConnectionRefusedError:
+        print("refused")
+    except TimeoutError:
+        print("timeout")
+""")
+
+
+def make_policy(allow: list[str], deny: list[str]) -> Callable[[State], netpolicy.Policy]:
+    def build(_state: State) -> netpolicy.Policy:
+        policy = netpolicy.effective(netpolicy.from_flags(allow, deny), [])
+        assert policy is not None
+        return policy
+    return build
+
+
+@pytest.fixture
+def ns_dir() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="aegis-nspolicy-"))
+    os.chmod(root, 0o755)
+    (root / "resolv.conf").write_text("nameserver 192.0.2.53\n")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def outside() -> Iterator[Outside]:
+    with Outside() as out:
+        yield out
+
+
+@pytest.fixture
+def policed(ns_dir: Path) -> Iterator[Callable[..., netns.Namespace]]:
+    """policed(allow=[...], deny=[...]): a namespace with that policy; afterwards the host
+    is as before (the policy's chains and sets went with the namespace's table)."""
+    made: list[netns.Namespace] = []
+
+    def make(allow: list[str] = (), deny: list[str] = ()) -> netns.Namespace:  # type: ignore
+        ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
+                          resolv_conf=ns_dir / "resolv.conf",
+                          policy=make_policy(list(allow), list(deny)))
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.teardown()
+            assert_gone(ns)
+
+
+def assert_gone(ns: netns.Namespace) -> None:
+    """What this namespace made is gone (only its own: other test runs on this machine make
+    and remove namespaces of their own meanwhile)."""
+    snapshot = host_snapshot()
+    assert ns.name not in snapshot["netns"] and ns.state.veth not in snapshot["links"]
+    assert f"table ip {ns.state.table}" not in snapshot["nft"]
+    assert ns.name not in snapshot["etc_netns"]
+
+
+def denials(ns: netns.Namespace) -> list[dict]:
+    return [e for e in read_events(log_of(ns)) if e["event"] == "deny"]
+
+
+def test_allowed_cidr_port_goes_through_and_the_rest_is_refused_at_once(
+        policed: Callable[..., netns.Namespace], outside: Outside) -> None:
+    allowed = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    other = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    ns = policed(allow=[f"{outside.addr}/30:{allowed.port}"])
+    try:
+        assert run_inside(ns, [PY, "-c", TCP_TRY, outside.addr, str(allowed.port)]
+                          ).stdout.split() == ["ok", "5"]
+        assert run_inside(ns, [PY, "-c", TCP_TRY, outside.addr, str(other.port)]
+                          ).stdout.strip() == "refused"
+    finally:
+        allowed.close()
+        other.close()
+    assert allowed.received == [10] and other.received == []
+    port = other.port
+    deny = wait_event(log_of(ns), lambda e: e["event"] == "deny" and e["port"] == port)
+    assert deny == {**deny, "proto": "tcp", "addr": outside.addr, "host": None,
+                    "rule": "default deny", "label": None, "default": True, "mode": "netns",
+                    "source": "netns", "pid": None}
+    assert [e["port"] for e in denials(ns)] == [port]  # the allowed one is not a denial
+
+
+def test_a_deny_beats_an_allow_and_names_its_rule(policed: Callable[..., netns.Namespace],
+                                                  outside: Outside) -> None:
+    """With denies only the default is allow; an explicit deny of one port of an allowed
+    range wins, and the event names the rule and where it came from."""
+    server = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    fine = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    ns = policed(allow=[outside.addr, "198.51.100.0/24"],
+                 deny=[f"{outside.addr}:{server.port}"])
+    try:
+        assert run_inside(ns, [PY, "-c", TCP_TRY, outside.addr, str(server.port)]
+                          ).stdout.strip() == "refused"
+        assert run_inside(ns, [PY, "-c", TCP_TRY, outside.addr, str(fine.port)]
+                          ).stdout.split() == ["ok", "5"]
+    finally:
+        server.close()
+        fine.close()
+    assert server.received == []
+    port = server.port
+    deny = wait_event(log_of(ns), lambda e: e["event"] == "deny" and e["port"] == port)
+    assert deny["rule"] == f"deny cidr {outside.addr}/32 {port}"
+    assert deny["label"] == f"--deny {outside.addr}:{port}" and deny["default"] is False
+
+
+def test_default_allow_with_denies_only(policed: Callable[..., netns.Namespace],
+                                        outside: Outside) -> None:
+    server = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    ns = policed(deny=["203.0.113.0/24"])
+    try:
+        assert run_inside(ns, [PY, "-c", TCP_TRY, outside.addr, str(server.port)]
+                          ).stdout.split() == ["ok", "5"]
+    finally:
+        server.close()
+    assert denials(ns) == []
+
+
+def test_udp_to_a_denied_port_errors_at_once_and_is_one_denial(
+        policed: Callable[..., netns.Namespace], outside: Outside) -> None:
+    """QUIC is UDP: a connected socket's send to a denied port gets ICMP port unreachable
+    back, so its next call fails with ECONNREFUSED at once; nothing reaches the server, and
+    five datagrams of one socket are one attempt, one event."""
+    echo = outside.run(lambda: UdpEcho(outside.addr, reply_size=7, replies=8))
+    ok = outside.run(lambda: UdpEcho(outside.addr, reply_size=7, replies=8))
+    ns = policed(allow=[f"{outside.addr}:{ok.port}"])
+    try:
+        assert run_inside(ns, [PY, "-c", UDP_TRY, outside.addr, str(echo.port), "5"]
+                          ).stdout.strip() == "refused"
+        assert run_inside(ns, [PY, "-c", UDP_TRY, outside.addr, str(ok.port), "1"]
+                          ).stdout.split() == ["ok", "7"]
+    finally:
+        echo.close()
+        ok.close()
+    assert echo.received == [] and ok.received == [18]
+    port = echo.port
+    deny = wait_event(log_of(ns), lambda e: e["event"] == "deny" and e["port"] == port)
+    assert deny["proto"] == "udp" and deny["rule"] == "default deny"
+    assert [e["port"] for e in denials(ns)] == [port]
+
+
+def test_a_static_binary_is_denied_too(policed: Callable[..., netns.Namespace],
+                                       outside: Outside, ns_dir: Path) -> None:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc (scripts/test installs gcc and libc6-dev)")
+    (ns_dir / "client.c").write_text(STATIC_CLIENT)
+    binary = ns_dir / "client"
+    build = subprocess.run([gcc, "-static", "-O2", "-o", str(binary), str(ns_dir / "client.c")],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, f"static build failed (libc6-dev missing?): {build.stderr}"
+    os.chmod(binary, 0o755)
+    server = outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+    ns = policed(deny=[f"{outside.addr}/32"])
+    try:
+        prefix = ns.exec_prefix(65534, 65534, [65534])
+        out = subprocess.run([*prefix, str(binary), outside.addr, str(server.port), "10"],
+                             capture_output=True, text=True, timeout=20)
+    finally:
+        server.close()
+    assert out.returncode == 1 and "Connection refused" in out.stderr
+    assert server.received == []
+    port = server.port
+    deny = wait_event(log_of(ns), lambda e: e["event"] == "deny" and e["port"] == port)
+    assert deny["rule"] == f"deny cidr {outside.addr}/32 0"
+
+
+class ShortTtlDns(DnsResponder):
+    """DnsResponder whose answers live `ttl` seconds."""
+
+    ttl = 1
+
+    def _answer(self, query: bytes) -> bytes | None:
+        answer = super()._answer(query)
+        if answer and struct.unpack_from("!H", answer, 6)[0] == 1:  # TTL: 10 bytes from the end
+            answer = answer[:-10] + struct.pack("!I", self.ttl) + answer[-6:]
+        return answer
+
+
+HOST_TRY = textwrap.dedent("""\
+    import socket, sys, time
+    def attempt(name, port):
+        try:
+            addr = socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+        except socket.gaierror:
+            return "nxdomain"
+        try:
+            s = socket.create_connection((addr, port), timeout=20)
+            s.close()
+            return "ok"
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "timeout"
+    port = int(sys.argv[1])
+    print(attempt("api.example.test", port), attempt("evil.example.test", port))
+""")
+LITERAL_TRY = textwrap.dedent("""\
+    import socket, sys
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20).close()
+        print("ok")
+    except ConnectionRefusedError:
+        print("refused")
+    except TimeoutError:
+        print("timeout")
+""")
+
+
+def test_host_rules_open_what_the_resolver_answers_until_the_ttl_runs_out(
+        ns_dir: Path, outside: Outside) -> None:
+    """The namespace's DNS goes through aegis-mcp's resolver, which opens an allowed name's
+    address before it answers (the first connect is never refused by a race); a name not
+    allowed on the same address (a CDN) stays closed by default; once the answer's TTL has
+    run out the address is closed again for a program that connects without asking."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: ShortTtlDns(outside.addr, {"api.example.test": outside.addr,
+                                                         "evil.example.test": outside.addr}))
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=0, reply=0))
+               for _ in range(3)]
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy(["api.example.test"], ["evil.example.test"]),
+                      min_ttl=1)
+    try:
+        assert ns.state.dns.startswith("resolver:")
+        # the denied name first: its address goes into the deny rule's set
+        code = HOST_TRY.replace('attempt("api.example.test", port), ', "")
+        assert run_inside(ns, [PY, "-c", code, str(servers[0].port)]).stdout.split() == [
+            "refused"]
+        deny = wait_event(log_of(ns), lambda e: e["event"] == "deny")
+        assert deny["rule"] == "deny host evil.example.test 0"
+        assert deny["host"] == "evil.example.test" and deny["mode"] == "netns"
+        # once the deny set's entry has gone (TTL 1 s), the allowed name opens the address
+        deadline = time.monotonic() + 30
+        got = []
+        while time.monotonic() < deadline:
+            code = HOST_TRY.replace('attempt("evil.example.test", port)', '""')
+            got = run_inside(ns, [PY, "-c", code, str(servers[1].port)]).stdout.split()
+            if got == ["ok"]:
+                break
+            time.sleep(0.5)
+        assert got == ["ok"] and servers[1].received == [0]
+        # no lookup, and the learned address has expired: closed again
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            out = run_inside(ns, [PY, "-c", LITERAL_TRY, outside.addr, str(servers[2].port)])
+            if out.stdout.strip() == "refused":
+                break
+            time.sleep(0.5)
+        assert out.stdout.strip() == "refused"
+    finally:
+        ns.teardown()
+        dns.close()
+        for server in servers:
+            server.close()
+    assert_gone(ns)
+    assert "api.example.test" in dns.questions
