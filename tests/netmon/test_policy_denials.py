@@ -127,9 +127,9 @@ def test_netmon_policy_over_the_sdk_client(tmp_path: Path, aegis_env: dict[str, 
     # netmon_status lists them too
     status = call(env, "netmon_status").structured_content
     assert status["denied"] == 2 and status["top_denied"][0]["denials"] == 1
-    # in netns mode: recorded, and said not to be enforced
+    # in netns mode: said to be the kernel's
     netns = call({**env, "AEGIS_NETMON_MODE": "netns"}, "netmon_policy").structured_content
-    assert "recorded but not yet enforced" in netns["summary"]
+    assert "enforced by the kernel (nftables)" in netns["summary"]
 
 
 def test_netmon_policy_says_plainly_when_there_is_none(aegis_env: dict[str, str]) -> None:
