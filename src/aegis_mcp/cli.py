@@ -36,7 +36,8 @@ options (before or after AGENT; put agent flags of the same name after `--`):
   --deny RULE             network policy: deny connections to RULE, whatever allows them
   --policy FILE           network policy: the rules of a TOML file (allow = [...], deny = [...];
                           `aegis-mcp netmon policy --from-log LOG` writes one). A policy turns
-                          --netmon on; in preload mode its enforcement is advisory
+                          --netmon on; netns mode enforces it in the kernel, preload mode
+                          in the connect hook (advisory: static binaries pass by it)
   --netns-forward PORT    with --netmon=netns, let the agent reach this TCP port of the host's
                           127.0.0.1 (repeatable; ports of loopback URLs in the environment,
                           such as ANTHROPIC_BASE_URL, are forwarded without asking)
