@@ -58,9 +58,10 @@ def test_codex_exec_resumes_with_exec_resume_and_keeps_its_options_before_it() -
         "--dangerously-bypass-approvals-and-sandbox", "-c", "x=1", "go on"]
     # no restart prompt: the first one is sent again, as `claude -p` gets it again
     assert restart_argv(codex, "codex", ["exec", "--json", "task"], [], None)[-1] == "task"
-    # a fresh start after a failed resume keeps `exec` and replaces only the prompt
+    # a fresh start after a failed resume keeps `exec` and replaces only the prompt; the
+    # permission flag follows the mode word, as on a resume
     assert restart_argv(codex, "codex", user, [], "go on", resume=False) == [
-        "codex", "--dangerously-bypass-approvals-and-sandbox", "exec", "--skip-git-repo-check",
+        "codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
         "-s", "read-only", "go on"]
     assert restart_argv(codex, "codex", ["exec", "--", "-dash task"], [], "-dash again") == [
         "codex", "exec", "resume", "--last", "--dangerously-bypass-approvals-and-sandbox",

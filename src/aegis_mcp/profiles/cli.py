@@ -8,14 +8,42 @@ import shutil
 from dataclasses import asdict
 
 from aegis_mcp.display import text
-from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
+from aegis_mcp.profiles.profile import BUILTIN_PROFILES, AgentProfile, load_config
+
+
+def injection(profile: AgentProfile) -> str:
+    """How the MCP server reaches the agent, in the words the user would check."""
+    kind = profile.injection
+    if kind == "mcp-config":
+        return f"{kind}: {' '.join(profile.mcp_config_flag)}"
+    if kind == "config-env":
+        return f"{kind}: ${profile.config_env} (key {profile.mcp_servers_key!r})"
+    if kind == "preload":
+        return f"{kind}: {', '.join(profile.config_files)}"
+    if kind == "codex-config":
+        return f"{kind}: -c mcp_servers.*"
+    return kind
+
+
+def resume(profile: AgentProfile) -> str:
+    """The restart's resume form: by session id when known, else the latest."""
+    latest = " ".join([*profile.resume_prefix, *profile.resume_flags]) or "-"
+    if not profile.resume_session:
+        return f"latest: {latest}"
+    how = ("named at start: " + profile.session_id_flag if profile.session_id_flag
+           else "read from its open files" if profile.session_file
+           else "reported by its hook" if profile.session_hook
+           else "when you name it: " + " ".join(profile.session_id_options))
+    return f"{' '.join(profile.resume_session)} ({how}); else {latest}"
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = (
         "List the agent profiles: for each agent name you can give `aegis-mcp`, the executable "
-        "it runs and whether it is installed, how a restart resumes the conversation, how the "
-        "MCP server is injected, whether the agent itself waits for MCP servers that are still "
+        "it runs and whether it is installed, how the MCP server is injected, how a restart "
+        "resumes the conversation (by session id, or the latest), how a background agent of "
+        "the pool runs it (headless), what of these this project's tests checked with the real "
+        "CLI and on which versions, whether the agent itself waits for MCP servers that are still "
         "connecting (as measured, by version) and from which version on, and whether the "
         "profile is built in or comes from your config file (~/.config/aegis-mcp/config.toml, "
         "[agents.<name>] tables).")
@@ -36,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("agent", "executable", "installed", "resume", "injection",
-                  "MCP readiness (measured)", "waits since", "origin")
-    for row in rows:
-        resume = " ".join(row["resume_session"] or [*row["resume_prefix"], *row["resume_flags"]])
+    table = Table("agent", "executable", "installed", "injection", "resume", "headless",
+                  "verified with the real CLI", "MCP readiness (measured)", "waits since",
+                  "origin")
+    for row, profile in zip(rows, (config.profiles[r["name"]] for r in rows), strict=True):
         table.add_row(*(text(cell) for cell in (
-            row["name"], " ".join(row["command"]), row["found"] or "no", resume or "-",
-            row["injection"], row["mcp_readiness"] or "not measured",
+            row["name"], " ".join(row["command"]), row["found"] or "no", injection(profile),
+            resume(profile), " ".join(profile.headless_args) or "none",
+            ", ".join(profile.verified) or "no", row["mcp_readiness"] or "not measured",
             row["mcp_waits_since"] or "-", row["origin"])))
     Console().print(table)
     return 0
