@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from aegis_mcp.profiles.argv import allow_tools_flags, first_argv, prompt_index, restart_argv
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES
+from aegis_mcp.profiles.session import user_id
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 INJECT = ["--mcp-config", "/run/overlay.json"]
@@ -205,3 +206,25 @@ def test_the_permission_flag_claude_refuses_as_root_is_left_out_unless_in_a_sand
     assert root_permission_flags(claude, {}, as_root=False) == ((flag,), ())
     codex = BUILTIN_PROFILES["codex"]  # refuses nothing as root
     assert root_permission_flags(codex, {}, as_root=True) == (codex.permission_flags, ())
+
+
+def test_opencode_flags_follow_the_run_word_and_resume_the_session_or_the_latest() -> None:
+    for name in ("opencode", "kilo"):
+        p = BUILTIN_PROFILES[name]
+        # `opencode --auto run` would be the TUI in a project named "run" (measured)
+        assert first_argv(p, name, ["run", "-m", "fake/m", "task"], []) == [
+            name, "run", "--auto", "-m", "fake/m", "task"]
+        assert restart_argv(p, name, ["run", "-m", "fake/m", "task"], [], "go on") == [
+            name, "run", "-m", "fake/m", "--auto", "--continue", "go on"]
+        # the session the user named is resumed by its id, their -s replaced
+        user = ["run", "-s", "ses_1", "task"]
+        assert user_id(p, user) == "ses_1"
+        assert restart_argv(p, name, user, [], "-go on", session="ses_1") == [
+            name, "run", "--auto", "--session", "ses_1", "--", "-go on"]
+        # the TUI takes the restart prompt with --prompt, in place of the user's
+        assert restart_argv(p, name, ["--prompt", "first", "-m", "x/y"], [], "go on") == [
+            name, "--auto", "--continue", "--prompt", "go on", "-m", "x/y"]
+        assert restart_argv(p, name, ["proj"], [], "go on", session="ses_2") == [
+            name, "--auto", "--session", "ses_2", "proj", "--prompt", "go on"]
+        # management commands pass through
+        assert first_argv(p, name, ["mcp", "list"], []) == [name, "mcp", "list"]

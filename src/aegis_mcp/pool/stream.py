@@ -61,6 +61,8 @@ class EventStream:
         kind = event.get("type")
         if isinstance(event.get("session_id"), str):
             self.session_id = event["session_id"]
+        elif isinstance(event.get("sessionID"), str):  # opencode, an error event too
+            self.session_id = event["sessionID"]
         if isinstance(event.get("part"), dict):
             self._follow_part(kind, event)
         self._follow_reply(kind, event)
@@ -86,8 +88,6 @@ class EventStream:
         `text` part is a whole text (not a delta), a `step_finish` part ends one model turn
         with its tokens and cost. There is no final event: the last text is the answer."""
         part = event["part"]
-        if isinstance(event.get("sessionID"), str):
-            self.session_id = event["sessionID"]
         if kind == "text" and isinstance(part.get("text"), str):
             self.reply = part["text"]
         elif kind == "step_finish":

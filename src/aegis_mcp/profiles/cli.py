@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         names = (profile.command[0], *profile.alternatives)
         exe = next((found for n in names if (found := shutil.which(n))), None)
         origin = "built-in" if BUILTIN_PROFILES.get(name) == profile else str(config.source)
-        rows.append({**asdict(profile), "found": exe, "origin": origin})
+        how = {"injection": injection(profile), "resume": resume(profile),
+               "headless": " ".join(profile.headless_args) or "none"}
+        rows.append({**asdict(profile), "found": exe, "origin": origin, "how": how})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -67,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     table = Table("agent", "executable", "installed", "injection", "resume", "headless",
                   "verified with the real CLI", "MCP readiness (measured)", "waits since",
                   "origin")
-    for row, profile in zip(rows, (config.profiles[r["name"]] for r in rows), strict=True):
+    for row in rows:
+        how = row["how"]
         table.add_row(*(text(cell) for cell in (
-            row["name"], " ".join(row["command"]), row["found"] or "no", injection(profile),
-            resume(profile), " ".join(profile.headless_args) or "none",
-            ", ".join(profile.verified) or "no", row["mcp_readiness"] or "not measured",
+            row["name"], " ".join(row["command"]), row["found"] or "no", how["injection"],
+            how["resume"], how["headless"], ", ".join(row["verified"]) or "no",
+            row["mcp_readiness"] or "not measured",
             row["mcp_waits_since"] or "-", row["origin"])))
     Console().print(table)
     return 0
