@@ -124,6 +124,7 @@ def test_a_run_restarted_mid_turn_continues_its_conversation(
     assert "first task" in texts and last_message(api) == RESTART_PROMPT
 
 
+@pytest.mark.parametrize("cli", CLIS[:1])  # the same argv for Kilo: its 7 s starts are spared
 def test_a_session_the_user_named_is_resumed_by_its_id(
         cli: Cli, tmp_path: Path, aegis_env: dict[str, str]) -> None:
     project, home = dirs(tmp_path)
