@@ -12,17 +12,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pexpect
 import pytest
 
+from aegis_mcp.supervise import control
 from tests.support.fake_chat import FakeChatCompletions, ToolCall
 from tests.support.host import NEEDS_ROOT, aegis_bin, real_cli
 from tests.support.pool_e2e import TASK, spawn_and_wait
 from tests.support.poolkit import cleanup_pool
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
+from tests.support.tui import Screen
 
 OPENCODE, needs_opencode = real_cli("AEGIS_TEST_OPENCODE", "the npm opencode CLI")
 KILO, needs_kilo = real_cli("AEGIS_TEST_KILO", "the npm Kilo CLI")
@@ -181,3 +185,38 @@ def test_a_background_agent_reports_its_answer_session_and_turns(
     assert done["result"] == "the background answer", done
     assert done["session_id"].startswith("ses_"), done
     assert done["iterations"] == 1 and done["num_turns"] == 1, done
+
+
+@pytest.mark.parametrize("cli", CLIS[:1])  # the TUI: opencode's (Kilo's is its fork)
+def test_the_tui_comes_back_in_its_conversation_after_the_models_restart(
+        cli: Cli, tmp_path: Path, aegis_env: dict[str, str]) -> None:
+    project, home = dirs(tmp_path)
+    with PrivateLoopback() as net, FakeChatCompletions("default reply", bind=net.run) as api:
+        api.queue(ToolCall(TOOL, {"reason": "MCP server updated", "prompt": "go on"}))
+        env = {**cli_env(cli, aegis_env, home, api), "TERM": "xterm-256color"}
+        # --prompt is sent in a new session (not in a resumed one: the restart's has none)
+        command = net.enter([aegis_bin(), cli.name, "--prompt", "first prompt"])
+        child = pexpect.spawn(command[0], command[1:], env=env, cwd=str(project), timeout=60,
+                              encoding="utf-8", codec_errors="replace", dimensions=(40, 120))
+        screen = Screen(child, rows=40, cols=120)
+        try:
+            screen.wait_for(r"restart_agent", timeout=90)  # the model called our tool ...
+            # ... the old TUI is gone (the supervisor's notice comes after it), and all that
+            # is drawn from here on is the new one's: the same conversation, resumed
+            child.expect_exact(f"aegis-mcp: restarting {cli.name} (reason: MCP server updated)",
+                               timeout=90)
+            screen.screen.reset()
+            screen.wait_for(r"first prompt(.|\n)*restart_agent", timeout=90)
+            sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
+            status = control.request(sock, {"op": "status"})["status"]
+            deadline = time.monotonic() + 60
+            while not status["mcp_servers_seen"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+                screen.wait_for(r"first prompt", timeout=60)  # reads on while it waits
+                status = control.request(sock, {"op": "status"})["status"]
+            assert status["restart_count"] == 1 and status["mcp_servers_seen"], status
+            assert status["agent_argv"][1:3] == ["--auto", "--continue"], status["agent_argv"]
+            assert api.texts(0) == ["first prompt"]
+        finally:
+            child.kill(15)
+            child.expect(pexpect.EOF, timeout=60)

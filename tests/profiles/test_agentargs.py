@@ -221,10 +221,10 @@ def test_opencode_flags_follow_the_run_word_and_resume_the_session_or_the_latest
         assert user_id(p, user) == "ses_1"
         assert restart_argv(p, name, user, [], "-go on", session="ses_1") == [
             name, "run", "--auto", "--session", "ses_1", "--", "-go on"]
-        # the TUI takes the restart prompt with --prompt, in place of the user's
-        assert restart_argv(p, name, ["--prompt", "first", "-m", "x/y"], [], "go on") == [
-            name, "--auto", "--continue", "--prompt", "go on", "-m", "x/y"]
+        # the TUI ignores --prompt in a resumed session (measured): no restart prompt there
+        assert restart_argv(p, name, ["-m", "x/y"], [], "go on") == [
+            name, "--auto", "--continue", "-m", "x/y"]
         assert restart_argv(p, name, ["proj"], [], "go on", session="ses_2") == [
-            name, "--auto", "--session", "ses_2", "proj", "--prompt", "go on"]
+            name, "--auto", "--session", "ses_2", "proj"]
         # management commands pass through
         assert first_argv(p, name, ["mcp", "list"], []) == [name, "mcp", "list"]

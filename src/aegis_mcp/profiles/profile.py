@@ -210,7 +210,10 @@ def _opencode_like(name: str, command: str, config_env: str, **more: object) -> 
         session_id_options=("--session", "-s"),
         modes=("run",),
         drop_on_resume=("--continue", "-c", "--session", "-s", "--fork"),
-        prompt="option:--prompt",  # the TUI's; `run` takes its message positionally
+        # The TUI's --prompt is sent only in a new session: with --continue or --session it is
+        # ignored, not even typed in (measured on 1.18.33). `run` takes its message
+        # positionally, the restart prompt too (a mode's restart, see argv.py).
+        prompt="none",
         value_options=_OPENCODE_VALUE_OPTIONS,
         variadic_options=("--cors", "-f", "--file"),  # yargs arrays
         injection="config-env",
