@@ -96,3 +96,31 @@ def test_the_value_of_the_opencode_profile(tmp_path: Path, monkeypatch: pytest.M
     assert entry["timeout"] >= 30_000  # opencode's 5 s default is too short on a busy machine
     with pytest.raises(AegisError, match="OPENCODE_CONFIG_CONTENT is set but"):
         injection.config_env_value("OPENCODE_CONFIG_CONTENT", "null", "mcp", entry)
+
+
+@pytest.mark.parametrize("own", [None, '{"theme": "dark"}'], ids=["none", "theirs"])
+def test_agents_started_from_inside_get_the_users_value_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str | None) -> None:
+    # A background opencode the agent spawns must not start a server that speaks to this
+    # session's supervisor; a supervisor started inside adds its own server to the user's value.
+    from aegis_mcp.agentenv import for_background_agent
+
+    var = "OPENCODE_CONFIG_CONTENT"
+    if own is None:
+        monkeypatch.delenv(var, raising=False)
+    else:
+        monkeypatch.setenv(var, own)
+    inj = injection.prepare(BUILTIN_PROFILES["opencode"], tmp_path, 42,
+                            {"AEGIS_CONTROL": "/run/outer.sock"}, tmp_path, "/home/u", None)
+    agent_env = {"PATH": "/bin", **({var: own} if own else {}), **inj.env}
+    assert "/run/outer.sock" in agent_env[var]
+    child = for_background_agent("a1", agent_env)
+    assert child.get(var) == own and "AEGIS_CONFIG_ENV" not in child
+    for key, value in agent_env.items():
+        monkeypatch.setenv(key, value)
+    inner = injection.prepare(BUILTIN_PROFILES["opencode"], tmp_path, 43,
+                              {"AEGIS_CONTROL": "/run/inner.sock"}, tmp_path, "/home/u", None)
+    value = json.loads(inner.env[var])
+    assert "outer" not in inner.env[var] and value.get("theme") == (
+        "dark" if own else None)
+    assert inner.env.get("AEGIS_CONFIG_ENV_ORIGINAL") == own

@@ -22,9 +22,11 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aegis_mcp.agentenv import CONFIG_ENV, CONFIG_ENV_ORIGINAL
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp.name import SERVER_NAME
@@ -63,6 +65,14 @@ def server_entry(env: dict[str, str], warm: Path | None = None,
         return {"type": "local", "command": cmd, "environment": env, "enabled": True,
                 "timeout": OPENCODE_MCP_TIMEOUT_MS}
     return {"type": "stdio", "command": cmd[0], "args": cmd[1:], "env": env}
+
+
+def _users_own(name: str, environ: Mapping[str, str]) -> str | None:
+    """The user's own value of the config variable `name`: under a supervisor started from
+    inside an agent of ours, the value that agent had before we added our server to it."""
+    if environ.get(CONFIG_ENV) == name:
+        return environ.get(CONFIG_ENV_ORIGINAL)
+    return environ.get(name)
 
 
 def config_env_value(name: str, user_value: str | None, key: str,
@@ -166,8 +176,12 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
         # The supervisor's environment is the one the agent inherits: the user's own value
         # is there. Only text is read here, no file: nothing to do as the agent's user.
         name = profile.config_env
-        value = config_env_value(name, os.environ.get(name), profile.mcp_servers_key, entry)
-        return Injection(f"{name} (config in the environment)", env={name: value})
+        own = _users_own(name, os.environ)
+        value = config_env_value(name, own, profile.mcp_servers_key, entry)
+        # Marked, so that agents started from inside this one get the user's value back
+        # (agentenv.inherited), not a server of this session.
+        marks = {CONFIG_ENV: name, **({CONFIG_ENV_ORIGINAL: own} if own is not None else {})}
+        return Injection(f"{name} (config in the environment)", env={name: value, **marks})
     if profile.injection == "codex-config":
         cmd = server_command(warm)
         env_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in server_env.items())
