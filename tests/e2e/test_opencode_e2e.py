@@ -168,7 +168,8 @@ def test_the_model_restarts_it_through_the_injected_tool(
         assert f"aegis-mcp: restarting {cli.name} (reason: MCP server updated)" in out.stderr
         assert "second run here" in out.stdout
         # The tool ran in our server (reached through the config variable) and answered ...
-        assert "stopped and started again" in json.dumps(api.tool_outputs(1))
+        answer = json.dumps(api.tool_outputs(1))
+        assert "stopped and started again" in answer and "dropped" not in answer
         # ... and the new run resumed the conversation with the restart prompt.
         assert "first prompt" in " ".join(api.texts(-1))
         assert last_message(api) == "continue after restart"
@@ -217,6 +218,8 @@ def test_the_tui_comes_back_in_its_conversation_after_the_models_restart(
             assert status["restart_count"] == 1 and status["mcp_servers_seen"], status
             assert status["agent_argv"][1:3] == ["--auto", "--continue"], status["agent_argv"]
             assert api.texts(0) == ["first prompt"]
+            # the model was told that the TUI's restart takes no prompt
+            assert "the prompt is dropped" in json.dumps(api.tool_outputs(1))
         finally:
             child.kill(15)
             child.expect(pexpect.EOF, timeout=60)

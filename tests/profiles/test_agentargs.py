@@ -228,3 +228,13 @@ def test_opencode_flags_follow_the_run_word_and_resume_the_session_or_the_latest
             name, "--auto", "--session", "ses_2", "proj"]
         # management commands pass through
         assert first_argv(p, name, ["mcp", "list"], []) == [name, "mcp", "list"]
+
+
+def test_a_mode_takes_the_restart_prompt_where_the_tui_takes_none() -> None:
+    from aegis_mcp.profiles.argv import takes_restart_prompt
+
+    opencode = BUILTIN_PROFILES["opencode"]
+    assert takes_restart_prompt(opencode, ["run", "task"])
+    assert not takes_restart_prompt(opencode, ["-m", "x/y"])
+    assert not takes_restart_prompt(BUILTIN_PROFILES["aider"], [])
+    assert takes_restart_prompt(BUILTIN_PROFILES["claude"], [])

@@ -167,6 +167,12 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
             *_after_mode(profile, [*flags, *resume_flags], with_injected(args, inject_args))]
 
 
+def takes_restart_prompt(profile: AgentProfile, user_args: list[str]) -> bool:
+    """Whether a restart of these arguments carries its prompt: a mode's resume form takes it
+    (`opencode run ... PROMPT`) even where the profile's interactive form takes none."""
+    return (bool(user_args) and user_args[0] in profile.modes) or profile.prompt != "none"
+
+
 def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[str]:
     """`args` with `prompt` in place of the user's first prompt, or added."""
     at = _prompt_option_index(profile, args)
