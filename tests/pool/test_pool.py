@@ -348,7 +348,8 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
 
     task = "-v --model x"
     expected = {"claude": ["--", task], "cursor": ["--", task], "codex": ["--", task],
-                "gemini": [f"--prompt={task}"], "aider": [f"--message={task}"]}
+                "gemini": [f"--prompt={task}"], "aider": [f"--message={task}"],
+                "opencode": ["--", task], "kilo": ["--", task]}
     assert set(expected) == {n for n, p in BUILTIN_PROFILES.items() if p.headless_args}
     for name, want in expected.items():
         profile = dataclasses.replace(BUILTIN_PROFILES[name], command=(sys.executable,))

@@ -1,6 +1,7 @@
 """What the pool's runner reads from each agent CLI's event stream: the answer, the session,
 the turns and failures, in the shapes the real CLIs print (claude and cursor stream-json,
-`codex exec --json`, `gemini --output-format stream-json`), as captured from them."""
+`codex exec --json`, `gemini --output-format stream-json`, `opencode run --format json`), as
+captured from them."""
 
 from __future__ import annotations
 
@@ -103,3 +104,30 @@ def test_aiders_answer_comes_from_its_chat_history(tmp_path: Path) -> None:
     assert last_chat_reply(tmp_path / "missing.md") is None
     history.write_text("# aider chat started\n\n> Aider v0.86.2  \n")  # no answer yet
     assert last_chat_reply(history) is None
+
+
+def _opencode(name: str) -> list[dict[str, Any]]:
+    """Captured from the real opencode 1.18.33 (`run --format json`): a glob tool call, then
+    the answer; and a run whose provider could not be reached."""
+    lines = (SNIPPETS / name).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_opencode_answer_session_steps_and_cost(tmp_path: Path) -> None:
+    events = _opencode("opencode.run.jsonl")
+    got = read(tmp_path, events)
+    assert got["result"] == "all done" and got["session_id"].startswith("ses_")
+    assert got["iterations"] == 2 and got["num_turns"] == 2 and not got["is_error"]
+    assert got["total_cost_usd"] == 0  # a custom provider has no price: opencode says 0
+    assert got["last_event"] == "step_finish (stop)"
+    priced = [{**e, "part": {**e["part"], "cost": 0.25}} if e["type"] == "step_finish" else e
+              for e in events]
+    assert read(tmp_path, priced)["total_cost_usd"] == 0.5  # summed over the steps
+    assert "tool_use: glob (error)" in json.loads(got["last_output"])
+
+
+def test_opencode_error_event_fails_the_run_with_its_message(tmp_path: Path) -> None:
+    got = read(tmp_path, _opencode("opencode.error.jsonl"))
+    assert got["is_error"] and got["session_id"].startswith("ses_")
+    assert got["result"].startswith("Cannot connect to API")
+    assert got["num_turns"] is None and got["total_cost_usd"] is None

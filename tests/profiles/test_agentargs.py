@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from aegis_mcp.profiles.argv import allow_tools_flags, first_argv, prompt_index, restart_argv
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES
+from aegis_mcp.profiles.session import user_id
 
 CLAUDE = BUILTIN_PROFILES["claude"]
 INJECT = ["--mcp-config", "/run/overlay.json"]
@@ -58,9 +59,10 @@ def test_codex_exec_resumes_with_exec_resume_and_keeps_its_options_before_it() -
         "--dangerously-bypass-approvals-and-sandbox", "-c", "x=1", "go on"]
     # no restart prompt: the first one is sent again, as `claude -p` gets it again
     assert restart_argv(codex, "codex", ["exec", "--json", "task"], [], None)[-1] == "task"
-    # a fresh start after a failed resume keeps `exec` and replaces only the prompt
+    # a fresh start after a failed resume keeps `exec` and replaces only the prompt; the
+    # permission flag follows the mode word, as on a resume
     assert restart_argv(codex, "codex", user, [], "go on", resume=False) == [
-        "codex", "--dangerously-bypass-approvals-and-sandbox", "exec", "--skip-git-repo-check",
+        "codex", "exec", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check",
         "-s", "read-only", "go on"]
     assert restart_argv(codex, "codex", ["exec", "--", "-dash task"], [], "-dash again") == [
         "codex", "exec", "resume", "--last", "--dangerously-bypass-approvals-and-sandbox",
@@ -204,3 +206,35 @@ def test_the_permission_flag_claude_refuses_as_root_is_left_out_unless_in_a_sand
     assert root_permission_flags(claude, {}, as_root=False) == ((flag,), ())
     codex = BUILTIN_PROFILES["codex"]  # refuses nothing as root
     assert root_permission_flags(codex, {}, as_root=True) == (codex.permission_flags, ())
+
+
+def test_opencode_flags_follow_the_run_word_and_resume_the_session_or_the_latest() -> None:
+    for name in ("opencode", "kilo"):
+        p = BUILTIN_PROFILES[name]
+        # `opencode --auto run` would be the TUI in a project named "run" (measured)
+        assert first_argv(p, name, ["run", "-m", "fake/m", "task"], []) == [
+            name, "run", "--auto", "-m", "fake/m", "task"]
+        assert restart_argv(p, name, ["run", "-m", "fake/m", "task"], [], "go on") == [
+            name, "run", "-m", "fake/m", "--auto", "--continue", "go on"]
+        # the session the user named is resumed by its id, their -s replaced
+        user = ["run", "-s", "ses_1", "task"]
+        assert user_id(p, user) == "ses_1"
+        assert restart_argv(p, name, user, [], "-go on", session="ses_1") == [
+            name, "run", "--auto", "--session", "ses_1", "--", "-go on"]
+        # the TUI ignores --prompt in a resumed session (measured): no restart prompt there
+        assert restart_argv(p, name, ["-m", "x/y"], [], "go on") == [
+            name, "--auto", "--continue", "-m", "x/y"]
+        assert restart_argv(p, name, ["proj"], [], "go on", session="ses_2") == [
+            name, "--auto", "--session", "ses_2", "proj"]
+        # management commands pass through
+        assert first_argv(p, name, ["mcp", "list"], []) == [name, "mcp", "list"]
+
+
+def test_a_mode_takes_the_restart_prompt_where_the_tui_takes_none() -> None:
+    from aegis_mcp.profiles.argv import takes_restart_prompt
+
+    opencode = BUILTIN_PROFILES["opencode"]
+    assert takes_restart_prompt(opencode, ["run", "task"])
+    assert not takes_restart_prompt(opencode, ["-m", "x/y"])
+    assert not takes_restart_prompt(BUILTIN_PROFILES["aider"], [])
+    assert takes_restart_prompt(BUILTIN_PROFILES["claude"], [])

@@ -60,6 +60,11 @@ def test_config_overrides_a_builtin_and_adds_an_agent(tmp_path: Path) -> None:
     ('[agents.new]\nresume_flags = ["-r"]\n', "needs command"),
     ('[agents.new]\ncommand = ["x"]\nprompt = "stdin"\n', "prompt must be"),
     ('[agents\n', "cannot read config"),
+    ('[agents.new]\ncommand = ["x"]\ninjection = "config-env"\n', "needs config_env"),
+    ('[agents.opencode]\nconfig_env = "A-B"\n', "needs config_env"),
+    ('[agents.opencode]\nmcp_entry = "yaml"\n', "mcp_entry must be one of stdio, opencode"),
+    ('[agents.claude]\nmcp_config_flag = ["--mcp-config"]\n', "must have a word with {file}"),
+    ('[agents.new]\ncommand = ["x"]\ninjection = "env"\n', "injection must be one of"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "config.toml"
@@ -103,3 +108,32 @@ def test_profiles_say_what_each_agent_waits_for(aegis_env: dict[str, str]) -> No
     assert table.returncode == 0 and "not measured" in table.stdout
     assert "--resume {session}" in table.stdout
     assert "waits since" in table.stdout
+
+
+def test_profiles_say_how_injection_resume_and_headless_work(aegis_env: dict[str, str]) -> None:
+    import json
+    import subprocess
+
+    from tests.support.host import aegis_bin
+
+    out = subprocess.run([aegis_bin(), "profiles", "--json"], env=aegis_env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    how = {r["name"]: r["how"] for r in json.loads(out.stdout)}
+    verified = {r["name"]: r["verified"] for r in json.loads(out.stdout)}
+    assert how["opencode"]["injection"] == "config-env: $OPENCODE_CONFIG_CONTENT (key 'mcp')"
+    assert how["kilo"]["injection"] == "config-env: $KILO_CONFIG_CONTENT (key 'mcp')"
+    assert how["claude"]["injection"] == "mcp-config: --mcp-config {file}"
+    assert how["opencode"]["resume"] == ("--session {session} (when you name it: --session -s); "
+                                         "else --continue")
+    assert how["codex"]["resume"].startswith("resume {session} (read from its open files)")
+    assert how["opencode"]["headless"] == "run --format json -- {prompt}"
+    assert how["aider"]["resume"] == "latest: --restore-chat-history"
+    # every built-in CLI this project runs end to end says what was checked, on which version
+    for name in ("claude", "codex", "gemini", "opencode", "kilo"):
+        assert {v.split(":")[0] for v in verified[name]} == {"injection", "resume", "headless"}
+    assert verified["cursor"] == []
+    table = subprocess.run([aegis_bin(), "profiles"], env={**aegis_env, "COLUMNS": "400"},
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "OPENCODE_CONFIG_CONTENT" in table.stdout, table.stderr
+    assert "verified with the real CLI" in table.stdout and "headless: 1.18.33" in table.stdout

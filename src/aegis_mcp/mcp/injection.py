@@ -1,9 +1,13 @@
 """Giving the wrapped agent aegis-mcp's MCP server, for that process only, changing no file.
 
 By profile, best mechanism first (measured on the real CLIs, see DESIGN.md):
-- `mcp-config`: Claude Code's own `--mcp-config <overlay>` (its .mcp.json read is a raw system
-  call that LD_PRELOAD cannot redirect);
+- `mcp-config`: a config file named on the command line, Claude Code's own `--mcp-config
+  <overlay>` (its .mcp.json read is a raw system call that LD_PRELOAD cannot redirect); the
+  flag's words are the profile's `mcp_config_flag`;
 - `codex-config`: Codex's `-c mcp_servers.aegis-mcp.*` overrides (a static binary);
+- `config-env`: the whole config as JSON in the environment variable the CLI reads it from
+  (opencode's `OPENCODE_CONFIG_CONTENT`, Kilo's `KILO_CONFIG_CONTENT`: Bun builds, whose reads
+  the redirect never sees); the user's own value of it is kept, our server added;
 - `preload`: agents that read their config through libc (Node, Python): the hooks library
   redirects read-only opens of the profile's config files to merged overlays;
 - `none`: Aider has no MCP.
@@ -18,9 +22,11 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aegis_mcp.agentenv import CONFIG_ENV, CONFIG_ENV_ORIGINAL
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command
 from aegis_mcp.mcp.name import SERVER_NAME
@@ -47,9 +53,45 @@ def server_command(warm: Path | None = None) -> list[str]:
     return [sys.executable, "-I", "-S", str(relay), str(warm), "--", *cold]
 
 
-def server_entry(env: dict[str, str], warm: Path | None = None) -> dict[str, object]:
+OPENCODE_MCP_TIMEOUT_MS = CODEX_STARTUP_TIMEOUT_SECS * 1000
+"""opencode gives a server 5 s to list its tools by default: the same room as Codex's."""
+
+
+def server_entry(env: dict[str, str], warm: Path | None = None,
+                 shape: str = "stdio") -> dict[str, object]:
+    """Our server as one entry of the CLI's config, in the profile's `mcp_entry` shape."""
     cmd = server_command(warm)
+    if shape == "opencode":
+        return {"type": "local", "command": cmd, "environment": env, "enabled": True,
+                "timeout": OPENCODE_MCP_TIMEOUT_MS}
     return {"type": "stdio", "command": cmd[0], "args": cmd[1:], "env": env}
+
+
+def _users_own(name: str, environ: Mapping[str, str]) -> str | None:
+    """The user's own value of the config variable `name`: under a supervisor started from
+    inside an agent of ours, the value that agent had before we added our server to it."""
+    if environ.get(CONFIG_ENV) == name:
+        return environ.get(CONFIG_ENV_ORIGINAL)
+    return environ.get(name)
+
+
+def config_env_value(name: str, user_value: str | None, key: str,
+                     entry: dict[str, object]) -> str:
+    """The value of the config variable `name` that gives the agent our server: the user's own
+    value (a JSON object, their servers and settings kept) with `entry` under `key`."""
+    data: object = {}
+    if user_value is not None and user_value.strip():
+        try:
+            data = json.loads(user_value)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise AegisError(f"{name} is set but is not a JSON object: fix it, or unset it, or "
+                             "run with --no-inject-mcp")
+    servers = data.get(key)
+    servers = dict(servers) if isinstance(servers, dict) else {}
+    servers[SERVER_NAME] = entry
+    return json.dumps({**data, key: servers})
 
 
 @dataclass
@@ -123,12 +165,23 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
     them. `warm`: the supervisor's warm server (see server_command). For codex, also what
     makes its first turn wait up to `ready_timeout` s for the user's own MCP servers
     (`agent_args`: the user's, for their `-c` overrides)."""
-    entry = server_entry(server_env, warm)
+    entry = server_entry(server_env, warm, profile.mcp_entry)
     if profile.injection == "mcp-config":
         path = runtime_file(runtime, "mcp_overlay", supervisor_pid)
-        as_user(user, write_overlays, [(str(path), None, "mcpServers", entry)])
-        return Injection("--mcp-config overlay", ["--mcp-config", str(path)], files=[path],
+        as_user(user, write_overlays, [(str(path), None, profile.mcp_servers_key, entry)])
+        words = [w.replace("{file}", str(path)) for w in profile.mcp_config_flag]
+        return Injection(f"{profile.mcp_config_flag[0]} overlay", words, files=[path],
                          user=user)
+    if profile.injection == "config-env":
+        # The supervisor's environment is the one the agent inherits: the user's own value
+        # is there. Only text is read here, no file: nothing to do as the agent's user.
+        name = profile.config_env
+        own = _users_own(name, os.environ)
+        value = config_env_value(name, own, profile.mcp_servers_key, entry)
+        # Marked, so that agents started from inside this one get the user's value back
+        # (agentenv.inherited), not a server of this session.
+        marks = {CONFIG_ENV: name, **({CONFIG_ENV_ORIGINAL: own} if own is not None else {})}
+        return Injection(f"{name} (config in the environment)", env={name: value, **marks})
     if profile.injection == "codex-config":
         cmd = server_command(warm)
         env_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in server_env.items())

@@ -1,7 +1,7 @@
 """What an agent CLI's event stream says: its turns, its answer, its session and its failures,
 in the shapes the CLIs print (claude and cursor stream-json, `codex exec --json`, `gemini
---output-format stream-json`), and the answer in an Aider chat history. Nothing here touches
-the store: the runner writes what this reads.
+--output-format stream-json`, `opencode run --format json` and Kilo's alike), and the answer in
+an Aider chat history. Nothing here touches the store: the runner writes what this reads.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class EventStream:
         final event carries no result text."""
         self.in_reply = False
         self.session_id: str | None = None
+        self.steps = 0
+        """Model turns that say they ended (opencode's `step_finish`)."""
+        self.cost: float | None = None
+        """The steps' cost summed, where they give one (opencode)."""
         self.dirty = False
 
     def on_turn(self) -> None:
@@ -57,6 +61,10 @@ class EventStream:
         kind = event.get("type")
         if isinstance(event.get("session_id"), str):
             self.session_id = event["session_id"]
+        elif isinstance(event.get("sessionID"), str):  # opencode, an error event too
+            self.session_id = event["sessionID"]
+        if isinstance(event.get("part"), dict):
+            self._follow_part(kind, event)
         self._follow_reply(kind, event)
         if kind == "assistant" or kind == "turn.completed":
             message = event.get("message") if isinstance(event.get("message"), dict) else {}
@@ -70,10 +78,25 @@ class EventStream:
             self.result = event
             if event.get("status") not in (None, "success"):  # gemini's failed run
                 self.result = {**event, "is_error": True, "subtype": event.get("status")}
-        elif kind in ("turn.failed", "error"):  # codex
+        elif kind in ("turn.failed", "error"):  # codex; opencode's `error`
             error = event.get("error")
-            message = error.get("message") if isinstance(error, dict) else event.get("message")
+            message = _error_message(error) if isinstance(error, dict) else event.get("message")
             self.result = {"is_error": True, "subtype": kind, "result": message}
+
+    def _follow_part(self, kind: object, event: dict[str, Any]) -> None:
+        """opencode's shape (Kilo's alike): every event has the `sessionID` and a `part`; a
+        `text` part is a whole text (not a delta), a `step_finish` part ends one model turn
+        with its tokens and cost. There is no final event: the last text is the answer."""
+        part = event["part"]
+        if kind == "text" and isinstance(part.get("text"), str):
+            self.reply = part["text"]
+        elif kind == "step_finish":
+            self.steps += 1
+            self.iterations += 1
+            cost = part.get("cost")
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
+                self.cost = (self.cost or 0.0) + cost
+            self.on_turn()
 
     def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
         """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
@@ -108,10 +131,19 @@ class EventStream:
             "last_output": json.dumps(list(self.lines)),
             "session_id": r.get("session_id") or self.session_id,
             "result": r.get("result") if isinstance(r.get("result"), str) else self.reply or None,
-            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int) else None,
+            "num_turns": r.get("num_turns") if isinstance(r.get("num_turns"), int)
+            else self.steps or None,
             "total_cost_usd": r.get("total_cost_usd")
-            if isinstance(r.get("total_cost_usd"), int | float) else None,
+            if isinstance(r.get("total_cost_usd"), int | float) else self.cost,
         }
+
+
+def _error_message(error: dict[str, Any]) -> object:
+    """Codex's `{"message"}`, opencode's `{"name", "data": {"message"}}`."""
+    data = error.get("data")
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"]
+    return error.get("message") or error.get("name")
 
 
 def last_chat_reply(path: Path) -> str | None:
@@ -157,4 +189,15 @@ def summarize(event: dict[str, Any]) -> str:
         return f"{kind}: {' '.join(parts)[:300]}"
     if kind == "system":
         return f"system ({event.get('subtype', '')})"
+    part = event.get("part")
+    if isinstance(part, dict):  # opencode, Kilo
+        if kind == "text":
+            return f"text: {str(part.get('text', ''))[:300]}"
+        if kind == "tool_use":
+            state = part.get("state") if isinstance(part.get("state"), dict) else {}
+            return f"tool_use: {part.get('tool')} ({state.get('status', '')})"
+        if kind == "step_finish":
+            return f"step_finish ({part.get('reason', '')})"
+        if kind == "step_start":
+            return "step_start"
     return f"{kind}: {json.dumps(event)[:300]}"

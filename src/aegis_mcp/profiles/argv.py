@@ -121,8 +121,17 @@ def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
     if is_subcommand(profile, user_args):
         return [executable, *profile.command[1:], *user_args]
     flags = _start_flags(profile, user_args)
-    return [executable, *profile.command[1:], *flags, *_naming(profile, session),
-            *with_injected(user_args, inject_args)]
+    return [executable, *profile.command[1:],
+            *_after_mode(profile, [*flags, *_naming(profile, session)],
+                         with_injected(user_args, inject_args))]
+
+
+def _after_mode(profile: AgentProfile, flags: list[str], args: list[str]) -> list[str]:
+    """`flags` then `args`, but after a leading mode word: `opencode --auto run` is the TUI
+    with a project named "run" (measured), `opencode run --auto` the one-shot run."""
+    if args and args[0] in profile.modes:
+        return [args[0], *flags, *args[1:]]
+    return [*flags, *args]
 
 
 def _naming(profile: AgentProfile, session: str | None) -> list[str]:
@@ -154,8 +163,14 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     flags = _start_flags(profile, args)
     prefix, resume_flags = resume_words(profile, session) if resume else (
         [], _naming(profile, session))
-    return [executable, *profile.command[1:], *prefix, *flags, *resume_flags,
-            *with_injected(args, inject_args)]
+    return [executable, *profile.command[1:], *prefix,
+            *_after_mode(profile, [*flags, *resume_flags], with_injected(args, inject_args))]
+
+
+def takes_restart_prompt(profile: AgentProfile, user_args: list[str]) -> bool:
+    """Whether a restart of these arguments carries its prompt: a mode's resume form takes it
+    (`opencode run ... PROMPT`) even where the profile's interactive form takes none."""
+    return (bool(user_args) and user_args[0] in profile.modes) or profile.prompt != "none"
 
 
 def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[str]:

@@ -1,8 +1,9 @@
 """Agent profiles: how to find, start, resume, prompt and inject each agent CLI.
 
-Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex and Gemini CLI. Users add or
-override profiles in the `[agents.<name>]` tables of their config file (see `paths.config_file`).
-About 400 lines, half of them the built-in table: each CLI's measured facts, kept together.
+Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, opencode and Kilo.
+Users add or override profiles in the `[agents.<name>]` tables of their config file (see
+`paths.config_file`). About 500 lines, half of them the built-in table: each CLI's measured
+facts, kept together.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from aegis_mcp.paths import config_file
 
 # The versions mcp_waits_since accepts: what version.parse_version reads.
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-Injection = Literal["mcp-config", "codex-config", "preload", "none"]
+Injection = Literal["mcp-config", "codex-config", "config-env", "preload", "none"]
+INJECTIONS: tuple[str, ...] = ("mcp-config", "codex-config", "config-env", "preload", "none")
+
+MCP_ENTRY_SHAPES = ("stdio", "opencode")
+"""How one MCP server is written in a CLI's own config schema (mcp.injection.server_entry):
+`stdio` is `{"type": "stdio", "command", "args", "env"}` (Claude Code, Gemini, Cursor);
+`opencode` is `{"type": "local", "command": [argv], "environment"}` (opencode, Kilo)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,18 @@ class AgentProfile:
     variadic_options: tuple[str, ...] = ()
     """Options that take every following word up to the next option."""
     injection: Injection = "none"
+    """How aegis-mcp's MCP server reaches the agent (mcp/injection.py): `mcp-config` (a file
+    named by `mcp_config_flag`), `codex-config` (`-c` overrides), `config-env` (the whole
+    config in the environment variable `config_env`), `preload` (the LD_PRELOAD redirect of
+    `config_files`) or `none`."""
+    mcp_config_flag: tuple[str, ...] = ("--mcp-config", "{file}")
+    """For `mcp-config`: the words that name the overlay file, `{file}` its path."""
+    config_env: str = ""
+    """For `config-env`: the environment variable the CLI reads its whole config from, as
+    JSON (`OPENCODE_CONFIG_CONTENT`). Our server is added to the user's own value of it, and
+    the CLI merges it over its config files, keeping their servers (measured)."""
+    mcp_entry: str = "stdio"
+    """The shape of a server entry in the CLI's schema: one of MCP_ENTRY_SHAPES."""
     config_files: tuple[str, ...] = ()
     """MCP config files the LD_PRELOAD redirect overlays (`~` is the agent's home)."""
     mcp_servers_key: str = "mcpServers"
@@ -116,6 +136,10 @@ class AgentProfile:
     mcp_waits_since: str = ""
     """The first version of the CLI that waits so (measured): the supervisor warns at its
     start when the installed one is older (see version.py). Empty: not known, no warning."""
+    verified: tuple[str, ...] = ()
+    """What this project's end-to-end tests (tests/e2e) check with the real CLI, offline, on
+    the versions scripts/test pins, each `what: versions` (`injection`, `resume`, `headless`):
+    `aegis-mcp profiles` shows it."""
     description: str = ""
 
     def executable(self, extra_dirs: tuple[str, ...] = ()) -> str:
@@ -167,6 +191,56 @@ _CLAUDE_VARIADIC_OPTIONS = (
     "--disallowed-tools", "--add-dir", "--tools", "--betas", "--plugin-dir",
 )
 
+# opencode and Kilo (a fork of it) share their options, resume forms, MCP schema and events.
+_OPENCODE_VALUE_OPTIONS = (
+    "--log-level", "--port", "--hostname", "--mdns-domain", "-m", "--model", "-s", "--session",
+    "--prompt", "--agent", "--replay-limit", "--command", "--format", "--title", "--attach",
+    "-p", "--password", "-u", "--username", "--dir", "--variant",
+)
+_OPENCODE_SUBCOMMANDS = ("completion", "acp", "mcp", "attach", "debug", "providers", "auth",
+                         "agent", "upgrade", "uninstall", "serve", "web", "models", "stats",
+                         "export", "import", "github", "pr", "session", "plugin", "plug", "db")
+
+
+def _opencode_like(name: str, command: str, config_env: str, **more: object) -> AgentProfile:
+    """opencode's measured facts (1.18.33; Kilo 7.7.7 alike). Bun builds: their config is read
+    with raw system calls (the LD_PRELOAD redirect never reaches it), so our server goes in
+    the config they read from the environment, which they merge over the global and project
+    files (a server of the same name from the variable wins, the others stay). `-s ID` resumes
+    exactly a session; a new one cannot be named (`-s` with an unknown id: "Session not
+    found"), and nothing the running CLI holds open names it (one SQLite database), so a
+    restart resumes by id only a session the user named, else the directory's latest
+    (`--continue`). `run` is the one-shot mode: `run [opts] --session ID PROMPT`."""
+    values: dict[str, object] = dict(
+        name=name,
+        command=(command,),
+        permission_flags=("--auto",),
+        resume_flags=("--continue",),
+        resume_session=("--session", "{session}"),
+        session_id_options=("--session", "-s"),
+        modes=("run",),
+        drop_on_resume=("--continue", "-c", "--session", "-s", "--fork"),
+        # The TUI's --prompt is sent only in a new session: with --continue or --session it is
+        # ignored, not even typed in (measured on 1.18.33). `run` takes its message
+        # positionally, the restart prompt too (a mode's restart, see argv.py).
+        prompt="none",
+        value_options=_OPENCODE_VALUE_OPTIONS,
+        variadic_options=("--cors", "-f", "--file"),  # yargs arrays
+        injection="config-env",
+        config_env=config_env,
+        mcp_servers_key="mcp",
+        mcp_entry="opencode",
+        subcommands=_OPENCODE_SUBCOMMANDS,
+        # yargs honours `--`: the task stays one message, never an option (measured)
+        headless_args=("run", "--format", "json", "--", "{prompt}"),
+        # measured with a server that sleeps before it starts, `run`
+        mcp_readiness=("waits: the first turn goes out once every server is up, its tools "
+                       "offered (opencode 1.18.33: a 3 s and an 8 s server; Kilo 7.7.7: 3 s)"),
+    )
+    values.update(more)
+    return AgentProfile(**values)  # type: ignore[arg-type]
+
+
 BUILTIN_PROFILES: dict[str, AgentProfile] = {
     p.name: p
     for p in (
@@ -208,6 +282,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # 2.1.331; its telemetry (Datadog, Sentry) is not needed and is not allowed
             api_hosts=("api.anthropic.com", "platform.claude.com", "claude.ai"),
             api_env=ANTHROPIC_URLS,
+            verified=("injection: 2.1.331", "resume: 2.1.331", "headless: 2.1.331"),
             description="Claude Code (Anthropic)",
         ),
         AgentProfile(
@@ -259,6 +334,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # through their base URL variables, or --allow
             api_hosts=("api.anthropic.com", "api.openai.com"),
             api_env=(*ANTHROPIC_URLS, *OPENAI_URLS, *OTHER_URLS),
+            verified=("resume: 0.86.2", "headless: 0.86.2"),
             description="Aider (no MCP: restarts come from `aegis-mcp restart` or --watch)",
         ),
         AgentProfile(
@@ -295,6 +371,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # and the token refresh (auth.openai.com/oauth/token), read off 0.169.0
             api_hosts=("api.openai.com", "chatgpt.com", "auth.openai.com"),
             api_env=OPENAI_URLS,
+            verified=("injection: 0.169.0", "resume: 0.169.0", "headless: 0.169.0"),
             description="OpenAI Codex CLI",
         ),
         AgentProfile(
@@ -334,7 +411,32 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             api_hosts=("generativelanguage.googleapis.com", "cloudcode-pa.googleapis.com",
                        "oauth2.googleapis.com"),
             api_env=GEMINI_URLS,
+            verified=("injection: 0.61.0", "resume: 0.61.0", "headless: 0.61.0"),
             description="Gemini CLI (Google)",
+        ),
+        _opencode_like(
+            "opencode", "opencode", "OPENCODE_CONFIG_CONTENT",
+            install_hint="npm install -g opencode-ai",
+            verified=("injection: 1.18.33", "resume: 1.18.33", "headless: 1.18.33"),
+            # its own gateway (Zen, the default provider) and its models list, read off
+            # 1.18.33; another provider's API (set in opencode.json) needs an --allow
+            api_hosts=("opencode.ai", "models.dev"),
+            description="opencode (sst)",
+        ),
+        _opencode_like(
+            "kilo", "kilo", "KILO_CONFIG_CONTENT",
+            alternatives=("kilocode",),
+            # 7.8.1 does not install: its platform packages stop at 7.7.9 (measured)
+            install_hint="npm install -g @kilocode/cli@7.7.7",
+            value_options=(*_OPENCODE_VALUE_OPTIONS, "--worktree"),
+            drop_on_resume=("--continue", "-c", "--session", "-s", "--fork", "--cloud-fork"),
+            subcommands=(*_OPENCODE_SUBCOMMANDS, "console", "cloud", "roll-call", "profile",
+                         "remote", "daemon", "config", "worktree"),
+            verified=("injection: 7.7.7", "resume: 7.7.7", "headless: 7.7.7"),
+            # the Kilo Gateway, its default provider, read off 7.7.7; another provider's API
+            # needs an --allow
+            api_hosts=("api.kilo.ai",),
+            description="Kilo CLI (Kilo Code)",
         ),
     )
 }
@@ -386,7 +488,9 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
                              "\"2.1.300\", or \"\" for none")
         values[key] = value
     if base is not None:
-        return replace(base, **values)  # type: ignore[arg-type]
+        profile = replace(base, **values)  # type: ignore[arg-type]
+        _check(profile, source)
+        return profile
     if "command" not in values or not values["command"]:
         raise AegisError(f"{source}: [agents.{name}] needs command = [\"executable\", ...]")
     profile = AgentProfile(name=name, **values)  # type: ignore[arg-type]
@@ -405,12 +509,19 @@ def _check_api_hosts(hosts: tuple[str, ...], where: str) -> None:
 
 
 def _check(profile: AgentProfile, source: Path) -> None:
-    if profile.injection not in ("mcp-config", "codex-config", "preload", "none"):
-        raise AegisError(f"{source}: [agents.{profile.name}] injection must be one of "
-                         "mcp-config, codex-config, preload, none")
+    where = f"{source}: [agents.{profile.name}]"
+    if profile.injection not in INJECTIONS:
+        raise AegisError(f"{where} injection must be one of {', '.join(INJECTIONS)}")
+    if profile.mcp_entry not in MCP_ENTRY_SHAPES:
+        raise AegisError(f"{where} mcp_entry must be one of {', '.join(MCP_ENTRY_SHAPES)}")
+    if profile.injection == "config-env" and not _ENV_NAME.fullmatch(profile.config_env):
+        raise AegisError(f"{where} injection \"config-env\" needs config_env, the name of the "
+                         "environment variable the agent reads its config from")
+    if profile.injection == "mcp-config" and "{file}" not in "".join(profile.mcp_config_flag):
+        raise AegisError(f"{where} mcp_config_flag must have a word with {{file}}, where the "
+                         "config file's path goes")
     if not (profile.prompt in ("positional", "none") or profile.prompt.startswith("option:")):
-        raise AegisError(f"{source}: [agents.{profile.name}] prompt must be positional, none "
-                         "or option:<flag>")
+        raise AegisError(f"{where} prompt must be positional, none or option:<flag>")
 
 
 @dataclass

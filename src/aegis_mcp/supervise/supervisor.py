@@ -594,7 +594,8 @@ class Supervisor:
                              f"start it again with `aegis-mcp {self.profile.name}`")
         joined = self.restarting if self.phase == "restarting" else self.pending
         note = ""
-        if prompt is not None and self.profile.prompt == "none":
+        if prompt is not None and not agentargs.takes_restart_prompt(self.profile,
+                                                                     self.opts.agent_args):
             note = f" ({self.profile.name} takes no prompt on restart; the prompt is dropped)"
         elif prompt is not None and joined is not None and joined.prompt not in (None, prompt):
             # The agent starts with one prompt: the first one given
