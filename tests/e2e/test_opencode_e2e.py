@@ -155,11 +155,12 @@ def test_a_session_the_user_named_is_resumed_by_its_id(
 def test_the_model_restarts_it_through_the_injected_tool(
         cli: Cli, tmp_path: Path, aegis_env: dict[str, str]) -> None:
     project, home = dirs(tmp_path)
-    with PrivateLoopback() as net, FakeChatCompletions("default reply", bind=net.run) as api:
+    # Whether the old run still sends the tool's answer back to the model before it is
+    # stopped is a race (the restart has no delay; on a busy machine it often does not): every
+    # turn after the tool call gets the same text, so either order ends the same.
+    with PrivateLoopback() as net, FakeChatCompletions("second run here", bind=net.run) as api:
         api.queue(ToolCall(TOOL, {"reason": "MCP server updated",
                                   "prompt": "continue after restart"}))
-        api.queue_text("the restart is scheduled")
-        api.queue_text("second run here")
         out = subprocess.run(net.enter([aegis_bin(), cli.name, "run", "first prompt"]),
                              env=cli_env(cli, aegis_env, home, api), cwd=project,
                              capture_output=True, text=True, timeout=180,
@@ -167,9 +168,13 @@ def test_the_model_restarts_it_through_the_injected_tool(
         assert out.returncode == 0, out.stderr
         assert f"aegis-mcp: restarting {cli.name} (reason: MCP server updated)" in out.stderr
         assert "second run here" in out.stdout
-        # The tool ran in our server (reached through the config variable) and answered ...
+        # The tool ran in our server (reached through the config variable: the restart above
+        # is its doing) and answered; the old run keeps that answer in its conversation unless
+        # it was stopped before it wrote it (under load: opencode then records the call as
+        # interrupted, and the restart prompt carries on).
         answer = json.dumps(api.tool_outputs(1))
-        assert "stopped and started again" in answer and "dropped" not in answer
+        assert ("stopped and started again" in answer and "dropped" not in answer) or \
+            answer == '["[Tool execution was interrupted]"]', answer
         # ... and the new run resumed the conversation with the restart prompt.
         assert "first prompt" in " ".join(api.texts(-1))
         assert last_message(api) == "continue after restart"
