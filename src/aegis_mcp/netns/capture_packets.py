@@ -149,41 +149,48 @@ def drain_packets(sock: socket.socket, buf: bytearray, limit: int = 4096) -> lis
     return out
 
 
+def read_name(data: bytes, off: int, strict: bool = False) -> tuple[str, int]:
+    """The DNS name at `off` of a message (compression followed, bounded: a pointer loop cannot
+    hang us) and the offset after it. `strict`: a label over 63 bytes or not ASCII is an
+    error (where names decide what opens: the resolver), else shown replaced."""
+    labels: list[str] = []
+    end = -1
+    for _ in range(128):
+        if off >= len(data):
+            raise ValueError("truncated name")
+        length = data[off]
+        if length & 0xC0 == 0xC0:
+            if end < 0:
+                end = off + 2
+            off = ((length & 0x3F) << 8) | data[off + 1]
+            continue
+        if length == 0:
+            return ".".join(labels), (end if end >= 0 else off + 1)
+        if strict and length > 63:
+            raise ValueError("bad label")
+        labels.append(data[off + 1: off + 1 + length].decode(
+            "ascii", "strict" if strict else "replace"))
+        off += 1 + length
+    raise ValueError("name too long")
+
+
 def parse_dns(data: bytes) -> tuple[int, bool, int, str, list[str]] | None:
     """(id, is_response, rcode, first question name, A/AAAA answers) of a DNS message."""
     if len(data) < 12:
         return None
     ident, flags, qd, an = struct.unpack_from("!HHHH", data, 0)
 
-    def name_at(off: int) -> tuple[str, int]:
-        labels: list[str] = []
-        end = -1
-        for _ in range(128):  # bounded: compression loops cannot hang us
-            if off >= len(data):
-                raise ValueError("truncated name")
-            length = data[off]
-            if length & 0xC0 == 0xC0:
-                if end < 0:
-                    end = off + 2
-                off = ((length & 0x3F) << 8) | data[off + 1]
-                continue
-            if length == 0:
-                return ".".join(labels), (end if end >= 0 else off + 1)
-            labels.append(data[off + 1: off + 1 + length].decode("ascii", "replace"))
-            off += 1 + length
-        raise ValueError("name too long")
-
     qname = ""
     answers: list[str] = []
     try:
         off = 12
         for i in range(min(qd, 8)):
-            name, off = name_at(off)
+            name, off = read_name(data, off)
             off += 4
             if i == 0:
                 qname = name
         for _ in range(min(an, 64)):
-            _, off = name_at(off)
+            _, off = read_name(data, off)
             rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", data, off)
             off += 10
             rdata = data[off: off + rdlen]

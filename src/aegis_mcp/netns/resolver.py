@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from aegis_mcp.netmon.policy import Policy
+from aegis_mcp.netns.capture_packets import read_name
 from aegis_mcp.netns.plan import host_set
 
 MIN_TTL, MAX_TTL = 30, 3600
@@ -38,30 +39,13 @@ def answers(data: bytes) -> tuple[int, str, list[tuple[str, int]]] | None:
     if not flags & 0x8000 or qd != 1:
         return None
 
-    def skip_name(off: int) -> tuple[str, int]:
-        labels: list[str] = []
-        end = -1
-        for _ in range(128):
-            length = data[off]
-            if length & 0xC0 == 0xC0:
-                if end < 0:
-                    end = off + 2
-                off = ((length & 0x3F) << 8) | data[off + 1]
-                continue
-            if length == 0:
-                return ".".join(labels).lower(), (end if end >= 0 else off + 1)
-            if length > 63:
-                raise ValueError("bad label")
-            labels.append(data[off + 1: off + 1 + length].decode("ascii"))
-            off += 1 + length
-        raise ValueError("name too long")
-
     found: list[tuple[str, int]] = []
     try:
-        qname, off = skip_name(12)
+        qname, off = read_name(data, 12, strict=True)
+        qname = qname.lower()
         off += 4
         for _ in range(min(an, 64)):
-            _, off = skip_name(off)
+            _, off = read_name(data, off, strict=True)
             rtype, _cls, ttl, rdlen = struct.unpack_from("!HHIH", data, off)
             off += 10
             if rtype == 1 and rdlen == 4 and off + 4 <= len(data):
