@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ def test_the_injected_server_connects_beside_the_users_own(
                                capture_output=True, text=True, timeout=120,
                                stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
-    lines = {line.split()[2]: line for line in out.stdout.splitlines()
+    # Under CI=true the CLI colours its bullets too: the escapes go before the lines are read.
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)
+    lines = {line.split()[2]: line for line in shown.splitlines()
              if line.startswith("●") and len(line.split()) > 2}
     assert "connected" in lines["aegis-mcp"], out.stdout
     assert "mine" in lines and "theirs" in lines, out.stdout  # the user's servers stay
