@@ -47,14 +47,6 @@ Kind = Literal["host", "cidr"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# The variables that point an agent at its API somewhere else: their host and port are
-# allowed implicitly. A profile names its own (`api_env`); a generic command gets them all.
-ANTHROPIC_URLS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_BEDROCK_BASE_URL",
-                  "ANTHROPIC_VERTEX_BASE_URL", "ANTHROPIC_FOUNDRY_BASE_URL")
-OPENAI_URLS = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
-GEMINI_URLS = ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL", "CODE_ASSIST_ENDPOINT")
-OTHER_URLS = ("OLLAMA_API_BASE", "OLLAMA_HOST")
-API_URLS = (*ANTHROPIC_URLS, *OPENAI_URLS, *GEMINI_URLS, *OTHER_URLS)
 # Through a proxy every connection of the agent goes to the proxy: without it the agent
 # reaches nothing, and with it the policy sees only the proxy (the supervisor says so).
 PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -428,6 +420,8 @@ def implicit_rules(profile: AgentProfile | None, env: Mapping[str, str],
             with contextlib.suppress(RuleError):  # checked when the profile was read
                 rules.append(parse_rule(host, "allow",
                                         f"{IMPLICIT}{profile.name}'s API (api_hosts[{i}])"))
+    from aegis_mcp.profiles.profile import API_URLS
+
     names = profile.api_env if profile is not None and profile.api_env else API_URLS
     for var in (*names, *PROXIES):
         if env.get(var):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 from aegis_mcp.errors import AegisError
-from aegis_mcp.netmon.policy import ANTHROPIC_URLS, GEMINI_URLS, OPENAI_URLS, OTHER_URLS
 from aegis_mcp.paths import config_file
 
 # The versions mcp_waits_since accepts: what version.parse_version reads.
@@ -32,6 +31,16 @@ MCP_ENTRY_SHAPES = ("stdio", "opencode")
 `stdio` is `{"type": "stdio", "command", "args", "env"}` (Claude Code, Gemini, Cursor);
 `opencode` is `{"type": "local", "command": [argv], "environment"}` (opencode, Kilo)."""
 
+
+# The variables that point an agent at its API somewhere else: their host and port are
+# allowed implicitly by a network policy (netmon.policy). A profile names its own
+# (`api_env`); a generic command gets them all.
+ANTHROPIC_URLS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_BEDROCK_BASE_URL",
+                  "ANTHROPIC_VERTEX_BASE_URL", "ANTHROPIC_FOUNDRY_BASE_URL")
+OPENAI_URLS = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
+GEMINI_URLS = ("GOOGLE_GEMINI_BASE_URL", "GOOGLE_VERTEX_BASE_URL", "CODE_ASSIST_ENDPOINT")
+OTHER_URLS = ("OLLAMA_API_BASE", "OLLAMA_HOST")
+API_URLS = (*ANTHROPIC_URLS, *OPENAI_URLS, *GEMINI_URLS, *OTHER_URLS)
 
 @dataclass(frozen=True)
 class AgentProfile:
@@ -110,7 +119,7 @@ class AgentProfile:
     api_env: tuple[str, ...] = ()
     """Variables whose URL points the agent at its API elsewhere (`ANTHROPIC_BASE_URL`): the
     host and port of each one set are allowed the same way. Empty: every such variable
-    aegis-mcp knows (netmon.policy.API_URLS)."""
+    aegis-mcp knows (API_URLS)."""
     headless_args: tuple[str, ...] = ()
     """Arguments for a headless run of one task (pool); `{prompt}` is replaced by the task.
     The task is untrusted text: it must never be read as an option, so it comes after a `--`

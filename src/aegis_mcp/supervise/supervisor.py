@@ -36,7 +36,6 @@ from aegis_mcp.launch import python_command
 from aegis_mcp.mcp import injection
 from aegis_mcp.mcp.warm import WarmServer
 from aegis_mcp.mcp.warm import socket_path as warm_socket_path
-from aegis_mcp.netmon import policy as netpolicy
 from aegis_mcp.netmon.mode import resolve_mode
 from aegis_mcp.paths import (
     hooks_library,
@@ -74,6 +73,7 @@ from aegis_mcp.supervise.watchdog import Watchdog
 
 if TYPE_CHECKING:  # imported when their feature is on: every start pays for the rest
     from aegis_mcp.mcp.codex import ReadinessWatch
+    from aegis_mcp.netmon import policy as netpolicy
     from aegis_mcp.netns.namespace import Namespace
     from aegis_mcp.netns.state import State as NetnsState
     from aegis_mcp.supervise.watch import FileWatch
@@ -260,7 +260,9 @@ class Supervisor:
             # netns: the hooks (loaded for the config redirect only) must not record as well
             env["AEGIS_NETMON_MODE"] = server_env["AEGIS_NETMON_MODE"] = str(self.netmon_mode)
         if self.policy_file is not None:
-            env[netpolicy.ENV_VAR] = server_env[netpolicy.ENV_VAR] = str(self.policy_file)
+            from aegis_mcp.netmon.policy import ENV_VAR
+
+            env[ENV_VAR] = server_env[ENV_VAR] = str(self.policy_file)
         return env, server_env
 
     def _prepare_start(self) -> dict[str, str]:
@@ -924,6 +926,8 @@ class Supervisor:
         """The effective network policy (the user's rules and the implicit allows), compiled
         into the file the enforcers read, written as the agent's user; one line says what it
         is and, honestly, how far it is enforced."""
+        from aegis_mcp.netmon import policy as netpolicy
+
         assert self.policy_file is not None
         if self.namespace is not None and self.namespace.policy is not None:
             policy = self.namespace.policy  # the one the kernel enforces, written as it is
@@ -950,6 +954,8 @@ class Supervisor:
         """The policy the namespace's kernel enforces (made here, in root's memory: never read
         back from the file the agent's user could rewrite). Inside, DNS goes to the
         namespace's resolv.conf."""
+        from aegis_mcp.netmon import policy as netpolicy
+
         env, _ = self._agent_env()
         servers = [state.host_addr] if state.dns.startswith(("dnat:", "resolver:")) else \
             list(state.nameservers)
@@ -1064,6 +1070,10 @@ def network_rules(opts: SupervisorOptions, user: User | None, config: Config
     """The user's network policy rules: the config file's [network] table, the --policy
     files (read as the agent's user: a file the user names is never root's to read), the
     --allow and --deny flags. A bad one is one line naming its place, exit status 2."""
+    if not (opts.allow or opts.deny or opts.policy or "network" in config.settings):
+        return []  # no policy: a start without one does not import the policy's model
+    from aegis_mcp.netmon import policy as netpolicy
+
     return netpolicy.user_rules(
         opts.allow, opts.deny, opts.policy, config.settings, config.source,
         read=lambda path: as_user(user, netpolicy.read_policy_file, path))
