@@ -38,6 +38,13 @@ def plain(value: object) -> str:
     return str(value).translate(_VISIBLE)
 
 
+def short(value: object, width: int) -> str:
+    """`value` on one line (its white space folded) and cut to `width` with an ellipsis: for a
+    table cell; still data, to pass through `text` or `plain`."""
+    flat = " ".join(str(value if value is not None else "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def text(value: object, style: str = "") -> Text:
     """`value` as a Rich `Text`: printed literally (no markup), its control characters shown
     as escapes."""

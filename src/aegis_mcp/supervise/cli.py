@@ -241,17 +241,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _short(command: str, width: int = 100) -> str:
-    flat = " ".join(command.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     # Every cell is display.text: a restart reason or a path is untrusted, never Rich markup
     # and never a terminal escape.
     from rich.table import Table
 
-    from aegis_mcp.display import print_table
+    from aegis_mcp.display import print_table, short
     from aegis_mcp.display import text as Text
 
     live = [r for r in rows if not r["stale"]]
@@ -279,7 +274,7 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     for row in stale:
         first = [Text(str(row["supervisor_pid"])), Text(row["control_socket"])]
         for proc in row["leftovers"] or [{"pid": "-", "command": "-"}]:
-            table.add_row(*first, Text(str(proc["pid"])), Text(_short(proc["command"])))
+            table.add_row(*first, Text(str(proc["pid"])), Text(short(proc["command"], 100)))
             first = [Text(""), Text("")]
     print_table(table)
     pids = " ".join(str(p["pid"]) for r in stale for p in r["leftovers"])

@@ -76,7 +76,6 @@ class TopApp(App[int]):
         super().__init__()
         self.limit = limit
         self.snap: Snapshot | None = None
-        self.error: str | None = None
         self.collector: Collector | None = None
         self.clocked_detail = False
 
@@ -113,7 +112,6 @@ class TopApp(App[int]):
 
     def show(self, snap: Snapshot) -> None:
         self.snap = snap
-        self.error = None
         now, taken = time.time(), snap["taken_at"]
         render.fill(self.query_one("#supervisors", DataTable),
                     [(str(s["pid"]), render.supervisor_cells(s, now, taken))
@@ -125,7 +123,6 @@ class TopApp(App[int]):
         self.show_detail()
 
     def show_error(self, error: str) -> None:
-        self.error = error
         self.query_one("#head", Static).update(text(error, style="bold red"))
 
     def tick(self) -> None:

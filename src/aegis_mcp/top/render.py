@@ -12,6 +12,7 @@ from rich.console import Group
 from rich.text import Text
 from textual.widgets import DataTable
 
+from aegis_mcp import display
 from aegis_mcp.display import text
 from aegis_mcp.netmon.digest import NetworkDigest, describe, size
 from aegis_mcp.top.snapshot import AgentView, Snapshot, SupervisorView
@@ -35,8 +36,7 @@ PHASE_STYLE = {"running": "green", "restarting": "yellow", "restart-pending": "y
 
 
 def short(value: Any, width: int = 40) -> str:
-    flat = " ".join(str(value or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return display.short(value or "", width)
 
 
 def duration(secs: float | None) -> str:
