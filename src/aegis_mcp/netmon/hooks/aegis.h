@@ -121,6 +121,7 @@ struct aegis_config {
     char exe[256];           /* basename of /proc/self/exe */
     char self_path[4096];    /* this library, to check that children still preload it */
     pid_t pid;               /* refreshed in the fork child; differs from getpid() in vfork children */
+    pid_t ppid;              /* the parent at start (or at fork): events name it without a system call */
     /* aegis-mcp's own runtime directory (that of AEGIS_CONTROL, with its final '/'): the unix
      * sockets there (the supervisor's control socket, the warm MCP server's) are aegis-mcp's
      * plumbing, not the agent's traffic, and are never recorded. Empty when not supervised. */
@@ -133,14 +134,18 @@ extern struct aegis_config aegis_cfg;
 struct jbuf {
     char *p;
     size_t len, cap;
-    pid_t pid, ppid; /* asked once per buffer, however many lines it carries (0: not yet) */
+    pid_t pid, ppid; /* 0: this process's (aegis_cfg); set first where that may be wrong (vfork) */
 };
 void jb_raw(struct jbuf *b, const char *s);
 void jb_str(struct jbuf *b, const char *s, size_t max_out); /* JSON string, or null for NULL */
 void jb_int(struct jbuf *b, long long v);
 void jb_uint(struct jbuf *b, unsigned long long v);
 void jb_time(struct jbuf *b, double t);
-void jb_key(struct jbuf *b, const char *key);  /* ,"key": */
+void jb_put(struct jbuf *b, const char *s, size_t n);  /* n bytes as they are */
+/* ,"key": for a literal key, its length known when compiled: a line has a dozen keys */
+#define jb_key(b, key) jb_put((b), ",\"" key "\":", sizeof(",\"" key "\":") - 1)
+/* a literal that needs no escaping (a name of ours), quoted */
+#define jb_lit_str(b, text) jb_put((b), "\"" text "\"", sizeof("\"" text "\"") - 1)
 /* Starts an event: {"ts":..,"event":..,"source":"preload","pid":..,"ppid":..,"exe":.. */
 void jb_begin_event(struct jbuf *b, const char *event);
 void jb_begin_event_at(struct jbuf *b, const char *event, double ts); /* ts: when it happened */
@@ -148,6 +153,8 @@ void jb_end_line(struct jbuf *b);   /* closes the object and appends the newline
 void aegis_write(struct jbuf *b);   /* writes the buffer's lines to the log: one write() */
 void aegis_emit(struct jbuf *b);    /* jb_end_line, then aegis_write */
 const char *aegis_errno_name(int err, char *scratch, size_t n);
+struct in_addr;
+void aegis_ipv4_text(const struct in_addr *a, char out[16]); /* inet_ntop without sprintf */
 double aegis_now(void);      /* realtime, seconds */
 double aegis_mono(void);     /* monotonic, seconds */
 

@@ -60,7 +60,10 @@ void aegis_dns_lookup(const struct sockaddr *sa, char *host, size_t n)
     host[0] = '\0';
     if (!family || !try_lock()) return;
     size_t klen = family == AF_INET ? 4 : 16;
-    for (unsigned i = 1; i <= DNS_CACHE; i++) { /* newest first */
+    /* Only the slots filled so far: a program that never resolved a name (or a few) pays for
+     * those, not for the whole ring, at each connect. */
+    unsigned filled = cache_next < DNS_CACHE ? cache_next : DNS_CACHE;
+    for (unsigned i = 1; i <= filled; i++) { /* newest first */
         const struct dns_entry *e = &cache[(cache_next - i) % DNS_CACHE];
         if (e->family == family && !memcmp(e->addr, key, klen)) {
             strncpy(host, e->host, n - 1);

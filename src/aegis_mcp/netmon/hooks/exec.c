@@ -91,7 +91,8 @@ static const char *search_path(const char *file, char *buf, size_t n)
 static void emit_gap(const char *target, const char *reason)
 {
     char line[2048];
-    struct jbuf b = {.p = line, .cap = sizeof line};
+    /* Here in a vfork child too (posix_spawn), whose pid is not the cached one. */
+    struct jbuf b = {.p = line, .cap = sizeof line, .pid = getpid(), .ppid = getppid()};
     jb_begin_event(&b, "gap");
     jb_key(&b, "target");
     jb_str(&b, target, 400);

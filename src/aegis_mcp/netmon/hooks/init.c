@@ -88,6 +88,7 @@ static void read_settings(void)
 static void atfork_child(void)
 {
     aegis_cfg.pid = getpid();
+    aegis_cfg.ppid = getppid();
     aegis_fdlife_atfork_child();
     aegis_dns_atfork_child();
 }
@@ -102,6 +103,7 @@ static void init_once(void)
     aegis_policy_init();
     aegis_redirect_init();
     aegis_cfg.pid = getpid();
+    aegis_cfg.ppid = getppid();
     pthread_atfork(NULL, NULL, atfork_child);
     atomic_store_explicit(&aegis_ready, 1, memory_order_release);
     aegis_in_init = 0;

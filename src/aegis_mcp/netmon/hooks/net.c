@@ -28,14 +28,18 @@ static inline uint32_t coarse_ms(void)
 
 /* ---- events ---- */
 
-static const char *family_name(int family)
+static void put_family(struct jbuf *b, int family)
 {
-    return family == AF_INET ? "ipv4" : family == AF_INET6 ? "ipv6" : "unix";
+    if (family == AF_INET) jb_lit_str(b, "ipv4");
+    else if (family == AF_INET6) jb_lit_str(b, "ipv6");
+    else jb_lit_str(b, "unix");
 }
 
-static const char *proto_name(int proto)
+static void put_proto(struct jbuf *b, int proto)
 {
-    return proto == P_TCP ? "tcp" : proto == P_UDP ? "udp" : "unix";
+    if (proto == P_TCP) jb_lit_str(b, "tcp");
+    else if (proto == P_UDP) jb_lit_str(b, "udp");
+    else jb_lit_str(b, "unix");
 }
 
 /* One connection line into b: `ts` when it happened, `duration` null when negative. */
@@ -47,9 +51,9 @@ static void put_conn(struct jbuf *b, const char *event, double ts, int fd, const
     jb_key(b, "fd");
     jb_int(b, fd);
     jb_key(b, "family");
-    jb_str(b, family_name(c->family), 8);
+    put_family(b, c->family);
     jb_key(b, "proto");
-    jb_str(b, proto_name(c->proto), 8);
+    put_proto(b, c->proto);
     jb_key(b, "addr");
     jb_str(b, c->addr, 400);
     jb_key(b, "port");
@@ -65,7 +69,9 @@ static void put_conn(struct jbuf *b, const char *event, double ts, int fd, const
     if (duration >= 0) jb_time(b, duration);
     else jb_raw(b, "null");
     jb_key(b, "result");
-    jb_str(b, aegis_errno_name(result, scratch, sizeof scratch), 40);
+    jb_put(b, "\"", 1); /* an errno name: letters and digits */
+    jb_raw(b, aegis_errno_name(result, scratch, sizeof scratch));
+    jb_put(b, "\"", 1);
     if (c->accepted) jb_raw(b, ",\"direction\":\"in\"");
     if (c->dup_of >= 0) {
         jb_key(b, "dup_of");
@@ -179,7 +185,7 @@ static int describe(int fd, const struct sockaddr *sa, socklen_t len, struct pee
     p->family = sa->sa_family;
     if (p->family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, p->addr, sizeof p->addr);
+        aegis_ipv4_text(&in->sin_addr, p->addr);
         p->port = ntohs(in->sin_port);
     } else if (p->family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
