@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,13 @@ import pytest
 
 from tests.support.private_net import PrivateLoopback
 from tests.support.supervisor_helpers import FAKE_AGENT, FakeAgentWorld, fake_profile, fake_world
+
+# A shell without job control starts its background commands with SIGINT and SIGQUIT ignored,
+# and an ignored signal stays ignored through exec: a suite run that way would hand every
+# process it spawns a Ctrl-C that does nothing. The tests press Ctrl-C as a user at a terminal
+# does, so they start from a terminal's defaults.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture

@@ -224,7 +224,6 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
     env = {**aegis_env, "SUDO_UID": str(throwaway_user.pw_uid),
            "SUDO_GID": str(throwaway_user.pw_gid), "AEGIS_RUNTIME_DIR": str(shared_dir / "run"),
            "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/"}
-    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     port = http_server.server_address[1]
     # The host's own service is out of reach unless the user says otherwise, with a warning.
     out = run(env, "--netmon", "--netns-host-access", "--", sys.executable,
@@ -239,15 +238,17 @@ def test_netns_mode_runs_the_agent_inside_as_the_sudo_user_and_cleans_up(
     info = json.loads((shared_dir / "info.json").read_text())
     assert info["uid"] == throwaway_user.pw_uid
     assert info["netns"].startswith("aegis-")
-    assert info["body"] == "hello " * 100 and info["host_access"] is True
+    assert info.get("body") == "hello " * 100, info
+    assert info["host_access"] is True
     # The capture on the host end of the veth recorded the connection with its bytes, in the
     # same format (and the same summary) as preload mode.
     log = Path(info["log"])
     closes = [e for e in events(log) if e["event"] == "close" and e.get("port") == port]
     assert closes and closes[0]["source"] == "netns" and closes[0]["recv"] >= 600
     assert netsummary.status(log)["connections"] >= 1
+    # torn down (only ours is looked for: other runs may have namespaces of their own now)
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert after == before  # torn down
+    assert info["netns"] not in after.split()
 
 
 @needs_root
@@ -356,7 +357,6 @@ def test_netns_torn_down_when_the_supervisor_is_terminated(aegis_env: dict[str, 
     import signal
     import time
 
-    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     sup = subprocess.Popen([aegis_bin(), "--netmon=netns", "--", "sleep", "60"], env=aegis_env,
                            cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     name = f"aegis-{sup.pid}"
@@ -368,7 +368,7 @@ def test_netns_torn_down_when_the_supervisor_is_terminated(aegis_env: dict[str, 
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(30) == 128 + signal.SIGTERM
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert after == before
+    assert name not in after.split()
     assert name not in subprocess.run(["nft", "list", "tables"], capture_output=True,
                                       text=True).stdout.replace("aegis_", "aegis-")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -121,8 +122,10 @@ class TcpServer:
             conn.sendall(b"r" * self.reply)
 
     def close(self) -> None:
-        self.sock.close()
+        with contextlib.suppress(OSError):  # wakes the thread before its fd is closed (harness.py)
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(5)
+        self.sock.close()
 
 
 class UdpEcho:
@@ -151,8 +154,10 @@ class UdpEcho:
                 sent += 1
 
     def close(self) -> None:
-        self.sock.close()
+        with contextlib.suppress(OSError):  # wakes the thread before its fd is closed (harness.py)
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(5)
+        self.sock.close()
 
 
 class DnsResponder:
