@@ -3,7 +3,7 @@
  * Layout (the proxychains-ng / libfaketime shape):
  *   init.c      the single initialisation point: real symbols as true_<name>, settings from the
  *               environment, fork and exit handling
- *   report.c    one JSONL event = one write() with O_APPEND; no malloc, no stdio
+ *   report.c    JSONL events, batched into one write() with O_APPEND; no malloc, no stdio
  *   fdtable.c   the per-fd table: slots (hot counters, cold description), their states, the
  *               seqlock that guards the cold half, the overflow table for large fds
  *   net.c       connection tracking: connect/accept, counting bytes in the I/O hooks (send/recv
@@ -13,6 +13,7 @@
  *   dns.c       getaddrinfo: remembers address -> host name for the connect events
  *   policy.c    the network policy (AEGIS_NETMON_POLICY): denied connects fail at once
  *   exec.c      exec/spawn/exit: flush totals of still-open sockets, note children we lose
+ *   wait.c      poll, epoll, select, sleep: what is batched goes out before the program waits
  *   redirect.c  MCP config injection: read-only opens of configured paths see an overlay
  *
  * Rules every hook follows: call the real function exactly once with the caller's arguments,
@@ -29,16 +30,20 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <spawn.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define AEGIS_EXPORT __attribute__((visibility("default")))
@@ -71,6 +76,7 @@ int close_range(unsigned int first, unsigned int last, int flags);
 void closefrom(int lowfd);
 void quick_exit(int status) __attribute__((__noreturn__));
 ssize_t __read_chk(int fd, void *buf, size_t nbytes, size_t buflen);
+int __poll_chk(struct pollfd *fds, nfds_t nfds, int timeout, size_t fdslen);
 ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags);
 ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
                        struct sockaddr *addr, socklen_t *addrlen);
@@ -83,6 +89,8 @@ ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
     X(dup) X(dup2) X(dup3) X(fcntl) X(fcntl64) X(close_range) X(closefrom) X(syscall) X(getaddrinfo)                         \
     X(execve) X(execv) X(execvp) X(execvpe) X(fexecve) X(posix_spawn) X(posix_spawnp)             \
     X(_exit) X(_Exit) X(quick_exit)                                                                           \
+    X(poll) X(__poll_chk) X(ppoll) X(select) X(pselect) X(epoll_wait) X(epoll_pwait)             \
+    X(nanosleep) X(clock_nanosleep)                                                               \
     X(open) X(open64) X(openat) X(openat64) X(fopen) X(fopen64) X(freopen) X(freopen64)          \
     X(__open_2) X(__open64_2) X(__openat_2) X(__openat64_2)                                       \
     X(stat) X(stat64) X(lstat) X(lstat64) X(fstatat) X(fstatat64) X(statx) X(access)             \
@@ -118,6 +126,7 @@ struct aegis_config {
     char rotated_path[4100];
     uint64_t max_bytes;      /* AEGIS_NETMON_MAX_BYTES, rotation threshold */
     unsigned interval;       /* AEGIS_NETMON_INTERVAL, seconds between totals events */
+    unsigned batch_ms;       /* AEGIS_NETMON_BATCH_MS, how long a line may wait in the batch (0: none) */
     char exe[256];           /* basename of /proc/self/exe */
     char self_path[4096];    /* this library, to check that children still preload it */
     pid_t pid;               /* refreshed in the fork child; differs from getpid() in vfork children */
@@ -150,8 +159,29 @@ void jb_put(struct jbuf *b, const char *s, size_t n);  /* n bytes as they are */
 void jb_begin_event(struct jbuf *b, const char *event);
 void jb_begin_event_at(struct jbuf *b, const char *event, double ts); /* ts: when it happened */
 void jb_end_line(struct jbuf *b);   /* closes the object and appends the newline */
-void aegis_write(struct jbuf *b);   /* writes the buffer's lines to the log: one write() */
-void aegis_emit(struct jbuf *b);    /* jb_end_line, then aegis_write */
+/* Adds the buffer's lines to the batch (report.c), which goes to the log in one write(). */
+void aegis_write(struct jbuf *b);
+void aegis_emit(struct jbuf *b);     /* jb_end_line, then aegis_write */
+void aegis_emit_now(struct jbuf *b); /* jb_end_line, then the batch and this line, at once */
+void aegis_flush(void);              /* the batch to the log now (exit, exec, fork, a wait) */
+void aegis_out_atfork_child(void);
+/* Coarse ms at which the batch must go, 0 when it is empty. */
+extern AEGIS_HIDDEN _Atomic uint32_t aegis_out_due;
+
+/* Coarse monotonic milliseconds (a few ns through the vDSO); wraps, so compare differences. */
+static inline uint32_t aegis_coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+}
+
+/* At a hooked call: the batch goes out once its time has come. */
+static inline void aegis_flush_if_due(uint32_t now)
+{
+    uint32_t due = atomic_load_explicit(&aegis_out_due, memory_order_relaxed);
+    if (UNLIKELY(due) && (int32_t)(now - due) >= 0) aegis_flush();
+}
 const char *aegis_errno_name(int err, char *scratch, size_t n);
 struct in_addr;
 void aegis_ipv4_text(const struct in_addr *a, char out[16]); /* inet_ntop without sprintf */

@@ -98,7 +98,7 @@ static void emit_gap(const char *target, const char *reason)
     jb_str(&b, target, 400);
     jb_key(&b, "reason");
     jb_str(&b, reason, 300);
-    aegis_emit(&b);
+    aegis_emit_now(&b);
 }
 
 void aegis_exec_check_env(const char *file, char *const envp[], int search)
@@ -124,6 +124,7 @@ static void before_exec(const char *file, char *const envp[], int search, int re
     int saved = errno;
     aegis_busy++;
     if (replaces && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(1);
+    if (replaces) aegis_flush();
     aegis_exec_check_env(file, envp, search);
     aegis_busy--;
     errno = saved;
@@ -227,6 +228,7 @@ AEGIS_EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_fi
 static void before_exit(void)
 {
     if (aegis_cfg.netmon && !aegis_busy && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(0);
+    if (!aegis_busy) aegis_flush();
 }
 
 AEGIS_EXPORT void _exit(int status)

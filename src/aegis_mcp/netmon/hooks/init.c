@@ -68,6 +68,8 @@ static void read_settings(void)
     }
     aegis_cfg.max_bytes = env_number("AEGIS_NETMON_MAX_BYTES", 64ull << 20, 4096);
     aegis_cfg.interval = (unsigned)env_number("AEGIS_NETMON_INTERVAL", 5, 1);
+    unsigned long long batch = env_number("AEGIS_NETMON_BATCH_MS", 100, 0);
+    aegis_cfg.batch_ms = batch > 60000 ? 60000 : (unsigned)batch;
 
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -87,6 +89,7 @@ static void read_settings(void)
 
 static void atfork_child(void)
 {
+    aegis_out_atfork_child();
     aegis_cfg.pid = getpid();
     aegis_cfg.ppid = getppid();
     aegis_fdlife_atfork_child();
@@ -104,7 +107,7 @@ static void init_once(void)
     aegis_redirect_init();
     aegis_cfg.pid = getpid();
     aegis_cfg.ppid = getppid();
-    pthread_atfork(NULL, NULL, atfork_child);
+    pthread_atfork(aegis_flush, NULL, atfork_child); /* the parent's lines before the child's */
     atomic_store_explicit(&aegis_ready, 1, memory_order_release);
     aegis_in_init = 0;
 }
@@ -123,4 +126,5 @@ __attribute__((constructor)) static void aegis_constructor(void) { aegis_init();
 __attribute__((destructor)) static void aegis_destructor(void)
 {
     if (aegis_cfg.netmon && aegis_cfg.pid == getpid()) aegis_fdlife_flush_all(0);
+    aegis_flush();
 }

@@ -18,13 +18,6 @@ enum { P_TCP, P_UDP, P_UNIX };
 
 static atomic_int ovf_full_noted;
 
-/* Coarse monotonic milliseconds (a few ns through the vDSO); wraps, so compare differences. */
-static inline uint32_t coarse_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
-}
 
 /* ---- events ---- */
 
@@ -125,15 +118,16 @@ static void sweep_one(int fd, struct hot *h, struct cold *c)
 {
     if (!atomic_load_explicit(&h->unreported, memory_order_relaxed)) return;
     uint32_t due = atomic_load(&h->next_report);
-    if ((int32_t)(coarse_ms() - due) >= 0) aegis_net_report_open(fd, h, c);
+    if ((int32_t)(aegis_coarse_ms() - due) >= 0) aegis_net_report_open(fd, h, c);
     else arm_sweep(due);
 }
 
 /* At a connect, accept or close: the deferred lines that are due, in the whole process. */
 static void maybe_sweep(void)
 {
-    uint32_t due = atomic_load_explicit(&sweep_due, memory_order_relaxed);
-    if (LIKELY(!due || (int32_t)(coarse_ms() - due) < 0)) return;
+    uint32_t now = aegis_coarse_ms(), due = atomic_load_explicit(&sweep_due, memory_order_relaxed);
+    aegis_flush_if_due(now);
+    if (LIKELY(!due || (int32_t)(now - due) < 0)) return;
     if (!atomic_compare_exchange_strong(&sweep_due, &due, 0)) return; /* another thread sweeps */
     aegis_fd_each(0, ~0u, sweep_one);
 }
@@ -238,7 +232,7 @@ struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind, int
             struct jbuf b = {.p = line, .cap = sizeof line};
             jb_begin_event(&b, "gap");
             jb_raw(&b, ",\"reason\":\"too many sockets open at once: some are not counted\"");
-            aegis_emit(&b);
+            aegis_emit_now(&b);
         }
         if (unreported) { /* not tracked, but its connect is still on record */
             char line[2048];
@@ -249,7 +243,7 @@ struct hot *aegis_net_install(int fd, const struct cold *src, uint32_t kind, int
         return NULL;
     }
     if (atomic_load(&h->state) != S_FREE) aegis_net_release(fd, h, c, "replaced"); /* its close went past us */
-    uint32_t now = coarse_ms();
+    uint32_t now = aegis_coarse_ms();
     /* While the open line waits, next_report is when it is due; then every interval. */
     uint32_t due = now + (unreported ? DEFER_MS : aegis_cfg.interval * 1000u);
     aegis_fd_fill(fd, h, c, src, kind, due, unreported ? 1 : 0);
@@ -352,7 +346,8 @@ static void account_slow(int fd, struct hot *h, size_t n, int incoming)
     if (UNLIKELY((st & S_KIND) == S_PENDING)) { /* data moved: the connect completed */
         if (atomic_compare_exchange_strong(&h->state, &st, S_OPEN | (st & S_INHERITED))) c->result = 0;
     }
-    uint32_t now = coarse_ms(), due = atomic_load_explicit(&h->next_report, memory_order_relaxed);
+    uint32_t now = aegis_coarse_ms(), due = atomic_load_explicit(&h->next_report, memory_order_relaxed);
+    aegis_flush_if_due(now);
     if (UNLIKELY((int32_t)(now - due) >= 0)) {
         /* The deferred open line first (its totals keep their own schedule from the open). */
         int opening = atomic_load_explicit(&h->unreported, memory_order_relaxed) != 0;
@@ -457,10 +452,22 @@ AEGIS_EXPORT int getsockopt(int fd, int level, int name, void *val, socklen_t *l
     return r;
 }
 
+/* Before the program reads or writes anything but a tracked socket (a terminal, a pipe, a
+ * file), the batch goes out: the log is never behind what the program has said, and a read
+ * that waits for long (a terminal) does not sit on it. A tracked socket's I/O does not: the
+ * churn of short connections is what the batch is for, and a reply arrives soon. */
+static inline void before_io(int fd)
+{
+    if (UNLIKELY(atomic_load_explicit(&aegis_out_due, memory_order_relaxed)) && !aegis_busy &&
+        !aegis_fd_tracked(fd))
+        aegis_flush();
+}
+
 #define IO_HOOK(ret, name, incoming, params, args)                                                 \
     AEGIS_EXPORT ret name params                                                                   \
     {                                                                                              \
         REAL_OR_ENOSYS(name);                                                                      \
+        before_io(fd);                                                                             \
         ret r = true_##name args;                                                                  \
         account(fd, (ssize_t)r, incoming);                                                         \
         return r;                                                                                  \

@@ -431,7 +431,7 @@ static void emit_deny(int fd, const char *addr, uint16_t port, const char *host,
         jb_raw(&b, "\"default deny\",\"label\":null,\"default\":true");
     }
     jb_raw(&b, ",\"mode\":\"preload\"");
-    aegis_emit(&b);
+    aegis_emit_now(&b); /* read at once: the program is told "refused" now */
 }
 
 int aegis_policy_denies(int fd, const struct sockaddr *sa, socklen_t len)

@@ -1,18 +1,18 @@
-/* Writing events: one JSON object per line, one write() with O_APPEND per line, so lines from
- * concurrent processes and threads never interleave.
+/* Writing events: one JSON object per line, whole lines in one write() with O_APPEND, so lines
+ * from concurrent processes and threads never interleave.
  *
  * Everything here is async-signal-safe (a close() from a signal handler may emit an event): the
  * formatter works in a caller's stack buffer, no malloc, no stdio, and the log is opened, written
- * and closed per write with plain system calls, so the library holds no fd the program could
- * close or inherit. A write may carry several lines (a short connection's connect and close go
- * together, net.c), still one write() so they stay whole and in order. Rotation: when the log reaches AEGIS_NETMON_MAX_BYTES it is renamed to <log>.1
- * (replacing the previous one) under flock, so two processes never rotate twice. */
+ * and closed per batch (below) with plain system calls, so the library holds no fd the program
+ * could close or inherit. Rotation: when the log reaches AEGIS_NETMON_MAX_BYTES it is renamed to
+ * <log>.1 (replacing the previous one) under flock, so two processes never rotate twice. */
 #include "aegis.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/file.h>
 #include <time.h>
 
@@ -219,33 +219,136 @@ void jb_end_line(struct jbuf *b)
 #define ROTATE_CHECK (64u << 10)
 static _Atomic uint64_t unchecked = ROTATE_CHECK;
 
+/* Lines to the log: open, one write(), close. */
+static void write_out(const char *p, size_t n)
+{
+    int fd = open_log();
+    if (fd < 0) return;
+    struct stat st;
+    uint64_t every = aegis_cfg.max_bytes / 32 < ROTATE_CHECK ? aegis_cfg.max_bytes / 32 : ROTATE_CHECK;
+    if (atomic_fetch_add(&unchecked, n) >= every) {
+        atomic_store(&unchecked, 0);
+        if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= aegis_cfg.max_bytes) fd = rotate(fd, &st);
+    }
+    if (fd >= 0) {
+        /* Silent on failure: a full disk or a removed directory must not harm the program. */
+        ssize_t w = true_write(fd, p, n);
+        (void)w;
+        true_close(fd);
+    }
+}
+
+/* ---- the batch ----
+ * Opening, writing and closing the log for every line was the largest part of what recording
+ * a short connection cost. Lines therefore wait in one buffer per process and go out together,
+ * still whole and in order, in one write() with O_APPEND. A line waits until the first of: the
+ * buffer filling; AEGIS_NETMON_BATCH_MS (100) passing, as seen at the next hooked call; the
+ * program reading or writing anything but a tracked socket (a terminal, a pipe, a file: net.c),
+ * waiting (poll, epoll, select, sleep: wait.c), forking, exec'ing or exiting; a denial or a gap
+ * (which go out at once). So the log is never behind what the program has said, a program that
+ * goes idle never sits on its events, and one killed by a signal loses only what it batched
+ * since it last did any of that: short connections made one after another, nothing else. */
+#define OUT_CAP 8192u
+static char out_buf[OUT_CAP];
+static size_t out_len;
+AEGIS_HIDDEN _Atomic uint32_t aegis_out_due;
+static atomic_flag out_lock = ATOMIC_FLAG_INIT;
+static AEGIS_TLS int out_mine; /* this thread holds out_lock */
+
+/* The lock is held for a copy or one write(): other threads wait a little; a signal handler
+ * on the holder's own thread, or a thread that waited too long, writes past the batch. */
+static int out_take(void)
+{
+    if (out_mine) return 0;
+    for (unsigned i = 0; i < 4096; i++) {
+        if (!atomic_flag_test_and_set_explicit(&out_lock, memory_order_acquire)) {
+            out_mine = 1;
+            return 1;
+        }
+        if (i >= 64) sched_yield();
+    }
+    return 0;
+}
+
+static void out_give(void)
+{
+    out_mine = 0;
+    atomic_flag_clear_explicit(&out_lock, memory_order_release);
+}
+
+static void out_flush_held(void)
+{
+    if (out_len) write_out(out_buf, out_len);
+    out_len = 0;
+    atomic_store_explicit(&aegis_out_due, 0, memory_order_relaxed);
+}
+
 void aegis_write(struct jbuf *b)
 {
     if (b->len == 0 || b->len >= b->cap) return;
     if (!true_write || !true_close) return;
     int saved = errno;
     aegis_busy++;
-    int fd = open_log();
-    if (fd >= 0) {
-        struct stat st;
-        uint64_t every = aegis_cfg.max_bytes / 32 < ROTATE_CHECK ? aegis_cfg.max_bytes / 32 : ROTATE_CHECK;
-        if (atomic_fetch_add(&unchecked, b->len) >= every) {
-            atomic_store(&unchecked, 0);
-            if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= aegis_cfg.max_bytes) fd = rotate(fd, &st);
-        }
-        if (fd >= 0) {
-            /* Silent on failure: a full disk or a removed directory must not harm the program. */
-            ssize_t w = true_write(fd, b->p, b->len);
-            (void)w;
-            true_close(fd);
-        }
+    /* A batch is at most a 32nd of the log's limit too, so that the log still outgrows the
+     * limit by no more than it did line by line (rotation, above). */
+    size_t cap = aegis_cfg.max_bytes / 32 < OUT_CAP ? aegis_cfg.max_bytes / 32 : OUT_CAP;
+    if (!aegis_cfg.batch_ms || b->len > cap / 2 || !out_take()) {
+        write_out(b->p, b->len);
+    } else {
+        if (out_len + b->len > cap) out_flush_held();
+        memcpy(out_buf + out_len, b->p, b->len);
+        out_len += b->len;
+        uint32_t now = aegis_coarse_ms();
+        uint32_t due = atomic_load_explicit(&aegis_out_due, memory_order_relaxed);
+        if (!due) atomic_store_explicit(&aegis_out_due, (now + aegis_cfg.batch_ms) | 1u,
+                                        memory_order_relaxed);
+        else if ((int32_t)(now - due) >= 0) out_flush_held();
+        out_give();
     }
     aegis_busy--;
     errno = saved;
+}
+
+void aegis_flush(void)
+{
+    if (!atomic_load_explicit(&aegis_out_due, memory_order_relaxed) || !true_write || !true_close)
+        return;
+    int saved = errno;
+    aegis_busy++;
+    if (out_take()) {
+        out_flush_held();
+        out_give();
+    }
+    aegis_busy--;
+    errno = saved;
+}
+
+/* The child's copy of the batch is the parent's to write (the parent flushed it just before
+ * the fork; a line another thread added meanwhile stays the parent's). */
+void aegis_out_atfork_child(void)
+{
+    out_len = 0;
+    out_mine = 0;
+    atomic_store(&aegis_out_due, 0);
+    atomic_flag_clear(&out_lock);
 }
 
 void aegis_emit(struct jbuf *b)
 {
     jb_end_line(b);
     aegis_write(b);
+}
+
+void aegis_emit_now(struct jbuf *b)
+{
+    jb_end_line(b);
+    if (b->len == 0 || b->len >= b->cap || !true_write || !true_close) return;
+    int saved = errno;
+    aegis_busy++;
+    int held = out_take();
+    if (held) out_flush_held(); /* what waited goes first: the log stays in order */
+    write_out(b->p, b->len);
+    if (held) out_give();
+    aegis_busy--;
+    errno = saved;
 }
