@@ -284,3 +284,15 @@ def test_options_an_injection_stands_in_for_are_left_out() -> None:
     assert without_options(qwen, ["--mcp-config={}", "task", "--", "--mcp-config", "b"],
                            flag) == ["task", "--", "--mcp-config", "b"]
     assert without_options(qwen, ["task"], ()) == ["task"]
+
+
+def test_a_permission_mode_the_user_chose_replaces_the_permission_flag() -> None:
+    # Qwen Code refuses --yolo with --approval-mode (measured on 0.24.4): the user's choice wins
+    qwen = BUILTIN_PROFILES["qwen"]
+    assert first_argv(qwen, "qwen", ["--approval-mode", "plan", "t"], []) == [
+        "qwen", "--approval-mode", "plan", "t"]
+    assert restart_argv(qwen, "qwen", ["--approval-mode=auto-edit", "t"], [], "go on",
+                        session=SID) == [
+        "qwen", "--resume", SID, "--approval-mode=auto-edit", "go on"]
+    # a prompt that says so is no choice of the user's
+    assert first_argv(qwen, "qwen", ["--", "--approval-mode"], [])[1] == "--yolo"

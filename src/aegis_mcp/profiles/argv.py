@@ -123,8 +123,11 @@ def allow_tools_flags(profile: AgentProfile) -> list[str]:
 
 
 def _start_flags(profile: AgentProfile, args: list[str]) -> list[str]:
-    """The flags every start adds (permission, then our tools allowed), unless given."""
-    flags = [*profile.permission_flags, *allow_tools_flags(profile)]
+    """The flags every start adds (permission, then our tools allowed), unless given; no
+    permission flags when the user chose the permission mode with an option of its own."""
+    options = args[:args.index("--")] if "--" in args else args
+    chosen = any(a.split("=", 1)[0] in profile.permission_options for a in options)
+    flags = [*(() if chosen else profile.permission_flags), *allow_tools_flags(profile)]
     return [f for f in flags if f not in args]
 
 

@@ -52,6 +52,10 @@ class AgentProfile:
     install_hint: str = ""
     permission_flags: tuple[str, ...] = ()
     """Added to every start so the agent does not stop to ask for permission."""
+    permission_options: tuple[str, ...] = ()
+    """Options with which the user chooses the permission mode themselves (Qwen Code's
+    `--approval-mode`): when one is given, the permission flags are not added (the CLI
+    refuses both together)."""
     resume_flags: tuple[str, ...] = ()
     """Added on restart to resume the last conversation of the working directory."""
     resume_prefix: tuple[str, ...] = ()
@@ -452,6 +456,8 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # It also lets the project's .mcp.json servers start without their approval
             # dialog: Qwen Code's own rule in yolo mode, as with `qwen --yolo` by hand.
             permission_flags=("--yolo",),
+            # "Cannot use both --yolo (-y) and --approval-mode together" (measured on 0.24.4)
+            permission_options=("--approval-mode",),
             resume_flags=("--continue",),
             # measured on 0.24.4, print mode and the TUI: --session-id names a new session (a
             # UUID; one already used exits 1), --resume <id> resumes exactly it under the same
