@@ -106,10 +106,12 @@ def node_notice(profile: AgentProfile, executable: str, search_path: str) -> str
     version = parse_version(out.removeprefix("v"))
     if version is None or version[0] >= int(profile.min_node):
         return None
+    from aegis_mcp.display import plain
+
     cli = re.sub(r"\s*\(.*\)$", "", profile.description) or profile.name
     return (f"{cli} asks for Node.js {profile.min_node} or newer, and the node that runs it "
-            f"({node}) is {out}: if {profile.command[0]} fails, put a Node.js "
-            f"{profile.min_node} first on PATH")
+            f"({plain(node)}) is {plain(out)[:40]}: if {plain(profile.command[0])} fails, put "
+            f"a Node.js {profile.min_node} first on PATH")
 
 
 def _script_node(executable: str, search_path: str) -> str | None:
