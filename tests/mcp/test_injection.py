@@ -92,3 +92,40 @@ def test_codex_overrides_are_valid_toml(tmp_path: Path) -> None:
     # waited for before the first turn, with a bound that holds under load
     assert parsed["mcp_servers.aegis-mcp.required"] is True
     assert parsed["mcp_servers.aegis-mcp.startup_timeout_sec"] >= 30
+
+
+def overlay_of(inj: injection.Injection) -> dict[str, object]:
+    return json.loads(Path(inj.args[inj.args.index("--mcp-config") + 1]).read_text())
+
+
+def test_qwens_own_mcp_config_is_merged_into_ours_in_its_place(tmp_path: Path) -> None:
+    # Qwen Code takes one --mcp-config (two make an array it cannot read, measured): ours
+    # carries the user's servers, read as Qwen Code reads them, and stands in for their flag.
+    qwen = BUILTIN_PROFILES["qwen"]
+    (tmp_path / "mine.json").write_text(json.dumps({"mcpServers": {"mine": {"command": "m"}}}))
+    for value in ("mine.json", str(tmp_path / "mine.json"),  # a file, from the agent's cwd
+                  '{"mcpServers": {"mine": {"command": "m"}}}', '{"mine": {"command": "m"}}'):
+        inj = injection.prepare(qwen, tmp_path, 42, {}, tmp_path, "/home/u", None,
+                                agent_args=["-m", "x", f"--mcp-config={value}", "task"])
+        servers = overlay_of(inj)["mcpServers"]
+        assert isinstance(servers, dict) and list(servers) == ["mine", "aegis-mcp"], value
+        assert inj.replaces == ("--mcp-config",)
+    inj = injection.prepare(qwen, tmp_path, 42, {}, tmp_path, "/home/u", None,
+                            agent_args=["task", "--", "--mcp-config", "mine.json"])
+    assert list(overlay_of(inj)["mcpServers"]) == ["aegis-mcp"]  # after `--`: the prompt's
+    assert inj.replaces == ()
+    # Claude Code's takes many: the user's stays theirs
+    inj = injection.prepare(BUILTIN_PROFILES["claude"], tmp_path, 42, {}, tmp_path, "/home/u",
+                            None, agent_args=["--mcp-config", "mine.json", "task"])
+    assert list(overlay_of(inj)["mcpServers"]) == ["aegis-mcp"] and inj.replaces == ()
+
+
+@pytest.mark.parametrize("value", ["missing.json", "[1, 2]", "{not json"])
+def test_a_qwen_mcp_config_it_could_not_read_either_is_one_clear_error(
+        tmp_path: Path, value: str) -> None:
+    from aegis_mcp.errors import AegisError
+
+    with pytest.raises(AegisError, match=r"^your --mcp-config .*: not ") as err:
+        injection.prepare(BUILTIN_PROFILES["qwen"], tmp_path, 42, {}, tmp_path, "/home/u",
+                          None, agent_args=["--mcp-config", value])
+    assert "\n" not in str(err.value)

@@ -1,6 +1,6 @@
 """The installed agent CLI's version, read from its npm package.json (never by running it), and
 the supervisor's one line at its start when that version does not wait for MCP servers still
-connecting."""
+connecting, or when the Node.js that runs a Node CLI is older than the CLI asks."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from aegis_mcp.errors import AegisError
 from aegis_mcp.profiles.profile import BUILTIN_PROFILES, load_config
 from aegis_mcp.profiles.version import (
     is_older,
+    node_notice,
     npm_package_version,
     parse_version,
     readiness_notice,
@@ -143,4 +144,91 @@ def test_the_supervisor_says_it_once_for_an_old_claude_and_not_for_a_new_one(
     out = seen.getvalue()
     assert len(world.starts()) == 2
     line = f"aegis-mcp: Claude Code {version} does not wait for MCP servers still connecting"
+    assert out.count(line) == (1 if said else 0), out
+
+
+QWEN = BUILTIN_PROFILES["qwen"]
+
+
+def fake_node(folder: Path, version: str) -> Path:
+    """A `node` that says `version` to --version and runs a script with this Python."""
+    folder.mkdir(parents=True, exist_ok=True)
+    node = folder / "node"
+    node.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo {version}; exit 0; }}\n'
+                    f'exec {sys.executable} "$@"\n')
+    node.chmod(0o755)
+    return node
+
+
+def node_script(path: Path, shebang: str) -> Path:
+    path.write_text(f"{shebang}\nconsole.log('hi')\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("version", "said"), [("v18.20.8", True), ("v20.20.2", True),
+                                               ("v22.23.3", False), ("v24.1.0", False),
+                                               ("not a version", False)])
+def test_the_node_on_the_path_is_checked_against_what_the_cli_asks(
+        tmp_path: Path, version: str, said: bool) -> None:
+    node = fake_node(tmp_path / "bin", version)
+    qwen = node_script(tmp_path / "qwen", "#!/usr/bin/env node")
+    notice = node_notice(QWEN, str(qwen), f"/nonexistent{os.pathsep}{node.parent}")
+    if said:
+        assert notice == (f"Qwen Code asks for Node.js 22 or newer, and the node that runs it "
+                          f"({node}) is {version}: if qwen fails, put a Node.js 22 first on "
+                          "PATH")
+    else:
+        assert notice is None
+
+
+def test_only_a_node_script_is_checked(tmp_path: Path) -> None:
+    old = fake_node(tmp_path / "old", "v18.20.8")
+    path = str(old.parent)
+    # a node named in the #! line itself
+    assert node_notice(QWEN, str(node_script(tmp_path / "a", f"#!{old}")), "/none")
+    # a standalone build, a shell script, no node found, nothing asked: nothing said
+    assert node_notice(QWEN, sys.executable, path) is None
+    assert node_notice(QWEN, str(node_script(tmp_path / "b", "#!/bin/sh")), path) is None
+    assert node_notice(QWEN, str(node_script(tmp_path / "c", "#!/usr/bin/env node")),
+                       "/none") is None
+    claude = node_script(tmp_path / "d", "#!/usr/bin/env node")
+    assert node_notice(CLAUDE, str(claude), path) is None  # claude asks for no version here
+    assert node_notice(QWEN, str(tmp_path / "missing"), path) is None
+
+
+def test_min_node_in_the_config_must_be_a_major_version(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[agents.qwen]\nmin_node = ">=22"\n')
+    with pytest.raises(AegisError, match="min_node must be a major version"):
+        load_config(path)
+    path.write_text('[agents.qwen]\nmin_node = ""\n')  # none: not checked
+    assert load_config(path).profiles["qwen"].min_node == ""
+
+
+@pytest.mark.parametrize(("version", "said"), [("v20.20.2", True), ("v22.23.3", False)])
+def test_the_supervisor_says_once_that_node_is_older_than_the_cli_asks(
+        tmp_path: Path, aegis_env: dict[str, str], version: str, said: bool) -> None:
+    node = fake_node(tmp_path / "node-bin", version)
+    agent = tmp_path / "agent"
+    agent.write_text("#!/usr/bin/env node\n" + FAKE_AGENT.read_text().split("\n", 1)[1])
+    agent.chmod(0o755)
+    world = fake_world(tmp_path, aegis_env,
+                       PATH=f"{node.parent}{os.pathsep}{aegis_env['PATH']}")
+    Path(world.env["AEGIS_CONFIG"]).write_text(
+        fake_profile().replace(f'["{sys.executable}", "{FAKE_AGENT}"]', f'["{agent}"]')
+        + 'description = "Qwen Code (Alibaba)"\nmin_node = "22"\n')
+    child = world.spawn("fake")
+    seen = io.StringIO()
+    child.logfile_read = seen
+    child.expect("READY")
+    child.sendline("restart new server|go on")  # a restart says nothing again
+    child.expect("restarting fake")
+    child.expect("READY")
+    child.sendline("exit 0")
+    child.expect(pexpect.EOF)
+    child.close()
+    out = seen.getvalue()
+    assert len(world.starts()) == 2
+    line = "aegis-mcp: Qwen Code asks for Node.js 22 or newer, and the node that runs it"
     assert out.count(line) == (1 if said else 0), out

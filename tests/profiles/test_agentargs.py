@@ -238,3 +238,61 @@ def test_a_mode_takes_the_restart_prompt_where_the_tui_takes_none() -> None:
     assert not takes_restart_prompt(opencode, ["-m", "x/y"])
     assert not takes_restart_prompt(BUILTIN_PROFILES["aider"], [])
     assert takes_restart_prompt(BUILTIN_PROFILES["claude"], [])
+
+
+def test_qwen_names_its_session_and_resumes_exactly_it_with_the_restart_prompt() -> None:
+    qwen = BUILTIN_PROFILES["qwen"]
+    assert first_argv(qwen, "qwen", ["fix it"], INJECT, session=SID) == [
+        "qwen", "--yolo", "--session-id", SID, "fix it", *INJECT]
+    # a one-shot run: the restart prompt in place of the first, positional
+    assert restart_argv(qwen, "qwen", ["-m", "m", "fix it"], INJECT, "go on", session=SID) == [
+        "qwen", "--yolo", "--resume", SID, "-m", "m", "go on", *INJECT]
+    # the user's own -p or -i: its value replaced, the mode kept
+    assert restart_argv(qwen, "qwen", ["-i", "fix it"], [], "go on", session=SID) == [
+        "qwen", "--yolo", "--resume", SID, "-i", "go on"]
+    # no session known (the user's --continue): the directory's latest
+    assert restart_argv(qwen, "qwen", ["-c", "fix it"], [], "go on") == [
+        "qwen", "--yolo", "--continue", "go on"]
+    assert user_id(qwen, ["-r", SID, "fix it"]) == SID
+
+
+def test_a_qwen_tui_restart_stays_interactive() -> None:
+    # A positional prompt is a one-shot run even in a terminal (measured on 0.24.4): the TUI,
+    # started without one, gets the restart prompt as -i's value, in one word whatever it is.
+    qwen = BUILTIN_PROFILES["qwen"]
+    assert restart_argv(qwen, "qwen", ["--add-dir", "a", "b"], INJECT, "-go on",
+                        session=SID) == [
+        "qwen", "--yolo", "--resume", SID, "--prompt-interactive=-go on", "--add-dir", "a", "b",
+        *INJECT]
+    assert restart_argv(qwen, "qwen", [], [], None, session=SID) == [
+        "qwen", "--yolo", "--resume", SID]
+    # a fresh start after a failed resume keeps the prompt, interactive too
+    assert restart_argv(qwen, "qwen", [], [], "go on", resume=False, session=SID) == [
+        "qwen", "--yolo", "--session-id", SID, "--prompt-interactive=go on"]
+    # gemini's positional prompt is interactive already: no such words there
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert restart_argv(gemini, "gemini", [], [], "go on")[-1] == "go on"
+
+
+def test_options_an_injection_stands_in_for_are_left_out() -> None:
+    from aegis_mcp.profiles.argv import without_options
+
+    qwen = BUILTIN_PROFILES["qwen"]
+    flag = ("--mcp-config",)
+    assert without_options(qwen, ["--mcp-config", "a.json", "-m", "x", "task"], flag) == [
+        "-m", "x", "task"]
+    assert without_options(qwen, ["--mcp-config={}", "task", "--", "--mcp-config", "b"],
+                           flag) == ["task", "--", "--mcp-config", "b"]
+    assert without_options(qwen, ["task"], ()) == ["task"]
+
+
+def test_a_permission_mode_the_user_chose_replaces_the_permission_flag() -> None:
+    # Qwen Code refuses --yolo with --approval-mode (measured on 0.24.4): the user's choice wins
+    qwen = BUILTIN_PROFILES["qwen"]
+    assert first_argv(qwen, "qwen", ["--approval-mode", "plan", "t"], []) == [
+        "qwen", "--approval-mode", "plan", "t"]
+    assert restart_argv(qwen, "qwen", ["--approval-mode=auto-edit", "t"], [], "go on",
+                        session=SID) == [
+        "qwen", "--resume", SID, "--approval-mode=auto-edit", "go on"]
+    # a prompt that says so is no choice of the user's
+    assert first_argv(qwen, "qwen", ["--", "--approval-mode"], [])[1] == "--yolo"

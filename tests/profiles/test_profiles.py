@@ -129,8 +129,12 @@ def test_profiles_say_how_injection_resume_and_headless_work(aegis_env: dict[str
     assert how["codex"]["resume"].startswith("resume {session} (read from its open files)")
     assert how["opencode"]["headless"] == "run --format json -- {prompt}"
     assert how["aider"]["resume"] == "latest: --restore-chat-history"
+    assert how["qwen"]["injection"] == "mcp-config: --mcp-config {file}"
+    assert how["qwen"]["resume"] == ("--resume {session} (named at start: --session-id); "
+                                     "else --continue")
+    assert how["qwen"]["headless"] == "--prompt={prompt} --output-format stream-json"
     # every built-in CLI this project runs end to end says what was checked, on which version
-    for name in ("claude", "codex", "gemini", "opencode", "kilo"):
+    for name in ("claude", "codex", "gemini", "qwen", "opencode", "kilo"):
         assert {v.split(":")[0] for v in verified[name]} == {"injection", "resume", "headless"}
     assert verified["cursor"] == []
     table = subprocess.run([aegis_bin(), "profiles"], env={**aegis_env, "COLUMNS": "400"},

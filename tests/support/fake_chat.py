@@ -1,6 +1,7 @@
 """A local stand-in for the OpenAI Chat Completions API (`POST /v1/chat/completions`, streamed
 as SSE), for running OpenAI-compatible agent CLIs offline (opencode and Kilo through a custom
-provider with this server's base URL, see `opencode_provider()`)."""
+provider with this server's base URL, see `opencode_provider()`; Qwen Code through
+OPENAI_BASE_URL)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,15 @@ class FakeChatCompletions(ScriptedAPI):
                 out += [p["text"] for p in content
                         if isinstance(p, dict) and isinstance(p.get("text"), str)][:1]
         return out
+
+    def typed(self, turn: int) -> list[str]:
+        """Every text part of a turn's user messages that is no `<system-reminder>`, in order:
+        what was typed, in Qwen Code's shape (its reminders come before the text, in the same
+        message; a message cut off by a restart and the restart prompt after it are one)."""
+        return [p["text"] for m in self.messages(turn) if m.get("role") == "user"
+                and isinstance(m.get("content"), list) for p in m["content"]
+                if isinstance(p, dict) and isinstance(p.get("text"), str)
+                and not p["text"].startswith("<system-reminder>")]
 
     def tool_names(self, turn: int) -> list[str]:
         body = self.turns()[turn].body

@@ -14,6 +14,8 @@ import time
 import pexpect
 import pyte
 
+_PRESENTATION_SELECTORS = dict.fromkeys((0xFE0E, 0xFE0F))
+
 
 class Screen:
     """Feeds everything `child` prints into a pyte screen of the pty's size."""
@@ -25,7 +27,10 @@ class Screen:
         child.logfile_read = self  # pexpect hands every chunk it reads to write()
 
     def write(self, data: str) -> None:
-        self.stream.feed(data)
+        # pyte stops drawing a run of text at a zero-width character that does not combine,
+        # such as the variation selectors some TUIs put after a symbol (Qwen Code's "◆\ufe0e
+        # answer" under CI=true): they only choose how the symbol looks, so they go first.
+        self.stream.feed(data.translate(_PRESENTATION_SELECTORS))
 
     def flush(self) -> None:
         pass

@@ -3,7 +3,8 @@
 By profile, best mechanism first (measured on the real CLIs, see DESIGN.md):
 - `mcp-config`: a config file named on the command line, Claude Code's own `--mcp-config
   <overlay>` (its .mcp.json read is a raw system call that LD_PRELOAD cannot redirect); the
-  flag's words are the profile's `mcp_config_flag`;
+  flag's words are the profile's `mcp_config_flag`. A CLI whose flag takes one value (Qwen
+  Code's) gets the user's own servers of it in the overlay, in its place;
 - `codex-config`: Codex's `-c mcp_servers.aegis-mcp.*` overrides (a static binary);
 - `config-env`: the whole config as JSON in the environment variable the CLI reads it from
   (opencode's `OPENCODE_CONFIG_CONTENT`, Kilo's `KILO_CONFIG_CONTENT`: Bun builds, whose reads
@@ -102,6 +103,9 @@ class Injection:
     files: list[Path] = field(default_factory=list)
 
     user: User | None = None
+    replaces: tuple[str, ...] = ()
+    """Options of the user's that `args` take the place of (their `--mcp-config`, whose
+    servers are in ours): left out of the agent's command line (argv.without_options)."""
     awaited: list[str] = field(default_factory=list)
     """The user's MCP servers that report their `initialize` answer to the supervisor
     (readiness.py): what the readiness bound's line names when they are not up."""
@@ -126,18 +130,70 @@ def write_overlays(jobs: list[tuple[str, str | None, str, dict[str, object]]]) -
     user could. Each overlay is written to a fresh name (O_EXCL|O_NOFOLLOW) and renamed into
     place, so a name planted in the runtime directory is replaced, never written through."""
     for path, source, key, entry in jobs:
-        data = _merged(Path(source), key, entry) if source else {key: {SERVER_NAME: entry}}
-        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        _write_json(path, _merged(Path(source), key, entry) if source
+                    else {key: {SERVER_NAME: entry}})
+
+
+def _write_json(path: str, data: object) -> None:
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def own_mcp_configs(profile: AgentProfile, agent_args: list[str]) -> list[str]:
+    """The values of the user's own config flag (`--mcp-config X`) when the CLI takes one
+    only (the flag is among the profile's value_options): Qwen Code reads two as one array,
+    which it cannot read ("Invalid MCP configuration", measured on 0.24.4), so the overlay
+    carries their servers and stands in for their flag."""
+    flag = profile.mcp_config_flag[0]
+    if flag not in profile.value_options:
+        return []
+    values = []
+    for i, arg in enumerate(agent_args):
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name == flag and (eq or i + 1 < len(agent_args)):
+            values.append(value if eq else agent_args[i + 1])
+    return values
+
+
+def write_mcp_config(path: str, own: list[str], cwd: str, key: str,
+                     entry: dict[str, object]) -> None:
+    """Write the overlay of `--mcp-config`: the servers of the user's own values of it (read
+    as the CLI reads them, see _own_servers) and ours. Run as the agent's user."""
+    servers: dict[str, object] = {}
+    for value in own:
+        servers.update(_own_servers(value, cwd, key))
+    _write_json(path, {key: {**servers, SERVER_NAME: entry}})
+
+
+def _own_servers(value: str, cwd: str, key: str) -> dict[str, object]:
+    """As Qwen Code reads its `--mcp-config` value: a file's path (from the agent's directory)
+    when that file exists, else JSON text; `{key: {servers}}` or the servers alone."""
+    from aegis_mcp.display import plain
+
+    path = os.path.join(cwd, value)
+    try:
+        text = Path(path).read_text() if os.path.exists(path) else value
+        data = json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise AegisError(f"your --mcp-config {plain(value)[:200]}: not a readable JSON file "
+                         f"nor JSON ({plain(str(exc))[:200]})") from None
+    servers = data.get(key) if isinstance(data, dict) and isinstance(data.get(key), dict) \
+        else data
+    if not isinstance(servers, dict):
+        raise AegisError(f"your --mcp-config {plain(value)[:200]}: not an object of MCP "
+                         "servers")
+    return servers
 
 
 def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, object]:
@@ -168,10 +224,14 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
     entry = server_entry(server_env, warm, profile.mcp_entry)
     if profile.injection == "mcp-config":
         path = runtime_file(runtime, "mcp_overlay", supervisor_pid)
-        as_user(user, write_overlays, [(str(path), None, profile.mcp_servers_key, entry)])
+        flag = profile.mcp_config_flag[0]
+        own = own_mcp_configs(profile, agent_args or [])
+        as_user(user, write_mcp_config, str(path), own, str(cwd), profile.mcp_servers_key,
+                entry)
         words = [w.replace("{file}", str(path)) for w in profile.mcp_config_flag]
-        return Injection(f"{profile.mcp_config_flag[0]} overlay", words, files=[path],
-                         user=user)
+        label = f"{flag} overlay" + (f" (with your {flag}'s servers)" if own else "")
+        return Injection(label, words, files=[path], user=user,
+                         replaces=(flag,) if own else ())
     if profile.injection == "config-env":
         # The supervisor's environment is the one the agent inherits: the user's own value
         # is there. Only text is read here, no file: nothing to do as the agent's user.

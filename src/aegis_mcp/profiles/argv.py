@@ -76,6 +76,25 @@ def _without_resume_flags(profile: AgentProfile, args: list[str]) -> list[str]:
     return out
 
 
+def without_options(profile: AgentProfile, args: list[str], names: tuple[str, ...]
+                    ) -> list[str]:
+    """`args` without the options `names` (`--mcp-config X`, `--mcp-config=X`) and their
+    values, before a `--`: what the injected arguments take the place of."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return [*out, *args[i:]]
+        name, eq, _ = arg.partition("=")
+        if name in names:
+            i += 1 if eq or _takes_value(profile, arg) != "one" else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def with_injected(args: list[str], inject_args: list[str]) -> list[str]:
     """Injected options go last (before a `--`): put first, a variadic option such as
     `--mcp-config` would swallow the user's prompt; put after a `--`, they would be
@@ -104,8 +123,11 @@ def allow_tools_flags(profile: AgentProfile) -> list[str]:
 
 
 def _start_flags(profile: AgentProfile, args: list[str]) -> list[str]:
-    """The flags every start adds (permission, then our tools allowed), unless given."""
-    flags = [*profile.permission_flags, *allow_tools_flags(profile)]
+    """The flags every start adds (permission, then our tools allowed), unless given; no
+    permission flags when the user chose the permission mode with an option of its own."""
+    options = args[:args.index("--")] if "--" in args else args
+    chosen = any(a.split("=", 1)[0] in profile.permission_options for a in options)
+    flags = [*(() if chosen else profile.permission_flags), *allow_tools_flags(profile)]
     return [f for f in flags if f not in args]
 
 
@@ -181,6 +203,8 @@ def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[st
         return [*args[:at], f"{name}={prompt}" if eq else prompt, *args[at + 1:]]
     if profile.prompt == "positional":
         at = prompt_index(profile, args)
+        if at is None and profile.interactive_prompt:  # the interactive UI: it stays so
+            return [*(w.replace("{prompt}", prompt) for w in profile.interactive_prompt), *args]
         if at is None:  # first: after an array option (`--add-dir a b`) it would become a value
             return [prompt, *args]
         return [*args[:at], prompt, *args[at + 1:]]

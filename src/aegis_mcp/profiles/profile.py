@@ -1,8 +1,8 @@
 """Agent profiles: how to find, start, resume, prompt and inject each agent CLI.
 
-Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, opencode and Kilo.
-Users add or override profiles in the `[agents.<name>]` tables of their config file (see
-`paths.config_file`). About 500 lines, half of them the built-in table: each CLI's measured
+Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, Qwen Code, opencode
+and Kilo. Users add or override profiles in the `[agents.<name>]` tables of their config file
+(see `paths.config_file`). About 600 lines, half of them the built-in table: each CLI's measured
 facts, kept together.
 """
 
@@ -52,6 +52,10 @@ class AgentProfile:
     install_hint: str = ""
     permission_flags: tuple[str, ...] = ()
     """Added to every start so the agent does not stop to ask for permission."""
+    permission_options: tuple[str, ...] = ()
+    """Options with which the user chooses the permission mode themselves (Qwen Code's
+    `--approval-mode`): when one is given, the permission flags are not added (the CLI
+    refuses both together)."""
     resume_flags: tuple[str, ...] = ()
     """Added on restart to resume the last conversation of the working directory."""
     resume_prefix: tuple[str, ...] = ()
@@ -86,6 +90,11 @@ class AgentProfile:
     (a SessionStart hook given with `--settings`, see session.py), or empty for none."""
     prompt: str = "positional"
     """How a restart prompt is passed: `positional`, `option:<flag>`, or `none`."""
+    interactive_prompt: tuple[str, ...] = ()
+    """For a CLI whose positional prompt is a one-shot run even in a terminal (Qwen Code): the
+    words that start its interactive UI with a first message, `{prompt}` the text
+    (`--prompt-interactive={prompt}`). A restart of a start without a prompt (the interactive
+    UI) passes the restart prompt so, not positionally, and stays interactive."""
     prompt_options: tuple[str, ...] = ()
     """Options whose value is the prompt (`gemini -p TEXT`): when the user gave one, the
     restart prompt replaces its value instead of taking the positional place."""
@@ -145,6 +154,10 @@ class AgentProfile:
     mcp_waits_since: str = ""
     """The first version of the CLI that waits so (measured): the supervisor warns at its
     start when the installed one is older (see version.py). Empty: not known, no warning."""
+    min_node: str = ""
+    """The oldest Node.js major version the CLI asks for (its package's `engines`), for a
+    Node script: the supervisor says one line at its start when the `node` that would run it
+    is older (`node --version`, once; version.node_notice)."""
     verified: tuple[str, ...] = ()
     """What this project's end-to-end tests (tests/e2e) check with the real CLI, offline, on
     the versions scripts/test pins, each `what: versions` (`injection`, `resume`, `headless`):
@@ -198,6 +211,18 @@ _CLAUDE_VALUE_OPTIONS = (
 _CLAUDE_VARIADIC_OPTIONS = (
     "--mcp-config", "--allowedTools", "--allowed-tools", "--disallowedTools",
     "--disallowed-tools", "--add-dir", "--tools", "--betas", "--plugin-dir",
+)
+
+_QWEN_VALUE_OPTIONS = (
+    "--telemetry-target", "--telemetry-otlp-endpoint", "--telemetry-otlp-protocol",
+    "--telemetry-outfile", "--proxy", "-m", "--model", "--system-prompt",
+    "--append-system-prompt", "--output-style", "--sandbox-image", "--approval-mode",
+    "--channel", "--mcp-config", "--openai-logging-dir", "--openai-api-key", "--openai-base-url",
+    "--input-format", "-o", "--output-format", "--json-fd", "--json-file", "--json-schema",
+    "--input-file", "-r", "--resume", "--session-id", "--max-session-turns", "--max-wall-time",
+    "--max-tool-calls", "--max-subagent-depth", "--auth-type",
+    # optional values, which its parser takes when one follows
+    "--worktree",
 )
 
 # opencode and Kilo (a fork of it) share their options, resume forms, MCP schema and events.
@@ -423,6 +448,66 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             verified=("injection: 0.61.0", "resume: 0.61.0", "headless: 0.61.0"),
             description="Gemini CLI (Google)",
         ),
+        AgentProfile(
+            name="qwen",
+            command=("qwen",),
+            install_hint="npm install -g @qwen-code/qwen-code (it needs Node.js 22 or newer)",
+            # --yolo covers MCP tools, as root too (measured on 0.24.4): no allow_tools_flags.
+            # It also lets the project's .mcp.json servers start without their approval
+            # dialog: Qwen Code's own rule in yolo mode, as with `qwen --yolo` by hand.
+            permission_flags=("--yolo",),
+            # "Cannot use both --yolo (-y) and --approval-mode together" (measured on 0.24.4)
+            permission_options=("--approval-mode",),
+            resume_flags=("--continue",),
+            # measured on 0.24.4, print mode and the TUI: --session-id names a new session (a
+            # UUID; one already used exits 1), --resume <id> resumes exactly it under the same
+            # id (an unknown one exits 1 at once: the fresh-start fallback). It holds no file
+            # open while it runs; after /clear in the TUI its new session is not followed.
+            resume_session=("--resume", "{session}"),
+            session_id_flag="--session-id",
+            session_id_options=("--resume", "-r", "--session-id"),
+            drop_on_resume=("--continue", "-c", "--resume", "-r", "--session-id",
+                            "--fork-session"),
+            # A positional prompt is a one-shot run, in a terminal too (measured): a restart
+            # of the TUI, which had none, gives it with -i's long form and stays interactive.
+            interactive_prompt=("--prompt-interactive={prompt}",),
+            prompt_options=("-p", "--prompt", "-i", "--prompt-interactive"),
+            value_options=_QWEN_VALUE_OPTIONS,
+            # yargs array options take every following word, a prompt too
+            variadic_options=("--fallback-model", "--allowed-mcp-server-names",
+                              "--allowed-tools", "-e", "--extensions", "--include-directories",
+                              "--add-dir", "--core-tools", "--exclude-tools",
+                              "--disabled-slash-commands"),
+            # Its servers from --mcp-config are above its settings' and .mcp.json's, which stay
+            # (measured), and never wait for an approval. It takes one --mcp-config: the
+            # user's own is merged into ours (mcp/injection.py).
+            injection="mcp-config",
+            subcommands=("auth", "board", "channel", "extensions", "hooks", "mcp", "review",
+                         "sandbox", "serve", "sessions", "update"),
+            # A positional prompt after `--` is dropped ("No input provided via stdin");
+            # `--prompt=-x` is the text (measured; -p is deprecated, still honoured).
+            headless_args=("--prompt={prompt}", "--output-format", "stream-json"),
+            max_turns_flag="--max-session-turns",  # then exit status 53, no result event
+            mcp_readiness=("print mode waits: the first turn goes out once every server is up "
+                           "(0.24.4: a 3 s and an 8 s server in it; a 40 s one given up at "
+                           "30 s); the TUI does not: its first message (-i, a restart's "
+                           "prompt) goes out at once, without a 3 s server's tools, which "
+                           "come in a later turn"),
+            # Node.js's version the package asks for; 0.24.4 ran the tests' flows on 20.20.2
+            # and stopped at its start on 18.20.8 (a missing node:fs export)
+            min_node="22",
+            # the OpenAI API (its `openai` auth's default base URL) and Alibaba Cloud Model
+            # Studio (DashScope), Coding Plan and Token Plan, its own providers, read off
+            # 0.24.4; another provider of its /auth (OpenRouter, DeepSeek, ...) needs an
+            # --allow, or its URL in OPENAI_BASE_URL
+            api_hosts=("api.openai.com", "dashscope.aliyuncs.com", "*.dashscope.aliyuncs.com",
+                       "dashscope-intl.aliyuncs.com", "dashscope-us.aliyuncs.com",
+                       "*.maas.aliyuncs.com"),
+            api_env=("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL",
+                     "GOOGLE_VERTEX_BASE_URL"),
+            verified=("injection: 0.24.4", "resume: 0.24.4", "headless: 0.24.4"),
+            description="Qwen Code (Alibaba)",
+        ),
         _opencode_like(
             "opencode", "opencode", "OPENCODE_CONFIG_CONTENT",
             install_hint="npm install -g opencode-ai",
@@ -492,6 +577,9 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
                 raise AegisError(f"{source}: [agents.{name}] {key} must be a number from 1 to 5")
         elif not isinstance(value, str):
             raise AegisError(f"{source}: [agents.{name}] {key} must be a string")
+        elif key == "min_node" and value and not value.isdigit():
+            raise AegisError(f"{source}: [agents.{name}] {key} must be a major version such as "
+                             "\"22\", or \"\" for none")
         elif key == "mcp_waits_since" and value and not _VERSION.fullmatch(value):
             raise AegisError(f"{source}: [agents.{name}] {key} must be a version such as "
                              "\"2.1.300\", or \"\" for none")

@@ -1,4 +1,5 @@
-"""The installed version of an agent CLI, learned without running it.
+"""The installed version of an agent CLI, learned without running it, and whether the Node.js
+that runs a Node CLI is as new as the CLI asks.
 
 `claude --version` costs a whole start of the CLI; the npm package that the `claude` on PATH
 belongs to says its version in its package.json. A native install (a bare binary) has none:
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 
 from aegis_mcp.profiles.profile import AgentProfile
 
@@ -81,3 +84,48 @@ def readiness_notice(profile: AgentProfile, version: str | None) -> str | None:
     return (f"{cli} {version} does not wait for MCP servers still connecting on its first "
             f"turn ({since} and later do): after a restart, a slow server's tools may be "
             f"missing from the first turn; upgrade {cli}")
+
+
+def node_notice(profile: AgentProfile, executable: str, search_path: str) -> str | None:
+    """The line the supervisor says at its start when the Node.js that would run the CLI is
+    older than the profile's `min_node`; None when it is not, or when that cannot be learned.
+    The node is the one the executable's `#!` line names (npm's bin scripts say
+    `#!/usr/bin/env node`: the first on `search_path`, the agent's PATH); an executable that
+    is no such script (a standalone build) is not checked. Costs one `node --version`, a few
+    milliseconds. Run it with the agent user's identity (privileges.as_user)."""
+    if not profile.min_node.isdigit():
+        return None
+    node = _script_node(executable, search_path)
+    if node is None:
+        return None
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    version = parse_version(out.removeprefix("v"))
+    if version is None or version[0] >= int(profile.min_node):
+        return None
+    from aegis_mcp.display import plain
+
+    cli = re.sub(r"\s*\(.*\)$", "", profile.description) or profile.name
+    return (f"{cli} asks for Node.js {profile.min_node} or newer, and the node that runs it "
+            f"({plain(node)}) is {plain(out)[:40]}: if {plain(profile.command[0])} fails, put "
+            f"a Node.js {profile.min_node} first on PATH")
+
+
+def _script_node(executable: str, search_path: str) -> str | None:
+    """The node a `#!` script runs: `#!/usr/bin/env node` looks it up on the PATH."""
+    try:
+        with open(executable, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]  # env -S node ...
+        return shutil.which(words[0], path=search_path) \
+            if words and words[0] == "node" else None
+    return words[0] if words and os.path.basename(words[0]) == "node" else None

@@ -250,10 +250,9 @@ class Supervisor:
                       "AEGIS_SUPERVISOR_PID": str(self.pid)}
         env.update(server_env)
         env["AEGIS_AGENT"] = self.profile.name
-        exe_dir = os.path.dirname(self.executable)
-        path = env.get("PATH", os.defpath).split(os.pathsep)
-        if self.user is not None and exe_dir not in path:
-            env["PATH"] = os.pathsep.join([exe_dir, *path])  # the user's own bin dir (sudo)
+        path = agent_path(env.get("PATH", os.defpath), self.executable, self.user)
+        if path != env.get("PATH", os.defpath):
+            env["PATH"] = path
         if self.netmon_log is not None:
             env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
             server_env["AEGIS_NETMON_LOG"] = str(self.netmon_log)
@@ -313,8 +312,11 @@ class Supervisor:
         self._start_warm()
         env = self._prepare_start()
         user_args = self.opts.agent_args
-        sid = None if agentargs.is_subcommand(self.profile, user_args) else \
-            self._session_for(resume)
+        subcommand = agentargs.is_subcommand(self.profile, user_args)
+        if self.injection is not None and self.injection.replaces and not subcommand:
+            user_args = agentargs.without_options(self.profile, user_args,
+                                                  self.injection.replaces)
+        sid = None if subcommand else self._session_for(resume)
         inject_args = [*(self.injection.args if self.injection else []),
                        *session.hook_args(self.profile, user_args, known=sid is not None),
                        *self._history_args()]
@@ -1079,6 +1081,15 @@ def network_rules(opts: SupervisorOptions, user: User | None, config: Config
         read=lambda path: as_user(user, netpolicy.read_policy_file, path))
 
 
+def agent_path(path: str, executable: str, user: User | None) -> str:
+    """The agent's PATH: under sudo, with the executable's directory first when it is not
+    on it (the user's own bin dir, which sudo's secure_path has not)."""
+    exe_dir = os.path.dirname(executable)
+    dirs = path.split(os.pathsep)
+    return os.pathsep.join([exe_dir, *dirs]) if user is not None and exe_dir not in dirs \
+        else path
+
+
 def run_supervisor(opts: SupervisorOptions) -> int:
     """`aegis-mcp [OPTIONS] AGENT [ARGS]`: returns the agent's exit status."""
     user = agent_user(opts.keep_root)
@@ -1103,6 +1114,14 @@ def run_supervisor(opts: SupervisorOptions) -> int:
             installed = as_user(user, agentversion.npm_package_version, executable)
         if notice := agentversion.readiness_notice(profile, installed):
             say(notice)
+    if profile.min_node:  # once per supervisor, a few ms: restarts run the same node
+        path = os.environ.get("PATH", os.defpath)
+        if user is not None:
+            path = user.agent_env({"PATH": path})["PATH"]
+        with contextlib.suppress(OSError, AegisError):  # only a warning: never in the way
+            if notice := as_user(user, agentversion.node_notice, profile, executable,
+                                 agent_path(path, executable, user)):
+                say(notice)
     sup = Supervisor(profile=profile, executable=executable, opts=opts, user=user,
                      network_rules=rules)
     return sup.main()
