@@ -16,16 +16,6 @@
 #include <sys/file.h>
 #include <time.h>
 
-void jb_put(struct jbuf *b, const char *s, size_t n)
-{
-    if (b->len + n + 3 > b->cap) { /* keep room for "}\n" */
-        b->len = b->cap;           /* mark overflow: the event is dropped, never cut */
-        return;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
 void jb_raw(struct jbuf *b, const char *s) { jb_put(b, s, strlen(s)); }
 
 /* glibc formats an IPv4 address with sprintf: a third of what recording a connection cost. */
@@ -82,12 +72,24 @@ void jb_str(struct jbuf *b, const char *s, size_t max_out)
 
 void jb_uint(struct jbuf *b, unsigned long long v)
 {
+    /* Two digits per division: a timestamp's ten digits in five steps. */
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233"
+                                "34353637383940414243444546474849505152535455565758596061626364656667"
+                                "6869707172737475767778798081828384858687888990919293949596979899";
     char tmp[24];
     int i = sizeof tmp;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        tmp[--i] = pairs[d + 1];
+        tmp[--i] = pairs[d];
+    }
+    if (v >= 10) {
+        tmp[--i] = pairs[v * 2 + 1];
+        tmp[--i] = pairs[v * 2];
+    } else {
+        tmp[--i] = (char)('0' + v);
+    }
     jb_put(b, tmp + i, sizeof tmp - i);
 }
 
@@ -129,6 +131,23 @@ double aegis_mono(void)
 
 void jb_begin_event(struct jbuf *b, const char *event) { jb_begin_event_at(b, event, aegis_now()); }
 
+/* `,"source":"preload","pid":..,"ppid":..,"exe":..` is the same in every line of a process:
+ * formatted once (again in a fork child, whose pid differs), copied after that. */
+static char tail_text[320];
+static size_t tail_len;
+static _Atomic pid_t tail_pid; /* whose tail tail_text is: published after the text */
+
+static void put_tail(struct jbuf *b, pid_t pid, pid_t ppid)
+{
+    jb_raw(b, ",\"source\":\"preload\"");
+    jb_key(b, "pid");
+    jb_int(b, pid);
+    jb_key(b, "ppid");
+    jb_int(b, ppid);
+    jb_key(b, "exe");
+    jb_str(b, aegis_cfg.exe[0] ? aegis_cfg.exe : NULL, 200);
+}
+
 void jb_begin_event_at(struct jbuf *b, const char *event, double ts)
 {
     jb_raw(b, "{\"ts\":");
@@ -136,20 +155,26 @@ void jb_begin_event_at(struct jbuf *b, const char *event, double ts)
     jb_key(b, "event");
     jb_put(b, "\"", 1);
     jb_raw(b, event); /* one of our literals: nothing to escape */
-    jb_raw(b, "\",\"source\":\"preload\"");
+    jb_put(b, "\"", 1);
     /* Cached, not asked: getpid() and getppid() were two of the seven system calls the hooks
      * added to each short connection. A vfork child, the one process that shares our memory
      * under another pid, sets its own before it emits (exec.c). */
-    if (!b->pid) {
-        b->pid = aegis_cfg.pid ? aegis_cfg.pid : getpid();
-        b->ppid = aegis_cfg.pid ? aegis_cfg.ppid : getppid();
+    if (b->pid && b->pid != aegis_cfg.pid) {
+        put_tail(b, b->pid, b->ppid);
+        return;
     }
-    jb_key(b, "pid");
-    jb_int(b, b->pid);
-    jb_key(b, "ppid");
-    jb_int(b, b->ppid);
-    jb_key(b, "exe");
-    jb_str(b, aegis_cfg.exe[0] ? aegis_cfg.exe : NULL, 200);
+    pid_t pid = aegis_cfg.pid ? aegis_cfg.pid : getpid();
+    if (atomic_load_explicit(&tail_pid, memory_order_acquire) != pid) {
+        struct jbuf t = {.p = tail_text, .cap = sizeof tail_text};
+        put_tail(&t, pid, aegis_cfg.pid ? aegis_cfg.ppid : getppid());
+        if (t.len >= t.cap) {
+            put_tail(b, pid, aegis_cfg.ppid);
+            return;
+        }
+        tail_len = t.len; /* racing threads write the same bytes */
+        atomic_store_explicit(&tail_pid, pid, memory_order_release);
+    }
+    jb_put(b, tail_text, tail_len);
 }
 
 static const struct {
