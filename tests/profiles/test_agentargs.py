@@ -296,3 +296,7 @@ def test_a_permission_mode_the_user_chose_replaces_the_permission_flag() -> None
         "qwen", "--resume", SID, "--approval-mode=auto-edit", "go on"]
     # a prompt that says so is no choice of the user's
     assert first_argv(qwen, "qwen", ["--", "--approval-mode"], [])[1] == "--yolo"
+    # Gemini CLI refuses them together too (measured on 0.61.0, the registry's latest)
+    gemini = BUILTIN_PROFILES["gemini"]
+    assert "--yolo" not in first_argv(gemini, "gemini", ["--approval-mode", "plan"], [])
+    assert "--yolo" in first_argv(gemini, "gemini", ["-p", "hi"], [])

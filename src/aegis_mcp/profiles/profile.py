@@ -415,6 +415,9 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # accepted as root too: no allow_tools_flags. Not --allowed-mcp-server-names: it
             # filters the servers that load, so the user's own would go.
             permission_flags=("--yolo",),
+            # "Cannot use both --yolo (-y) and --approval-mode together" (0.61.0): the user's
+            # --approval-mode is their choice, and --yolo is left out
+            permission_options=("--approval-mode",),
             resume_flags=("--resume", "latest"),
             # measured on 0.61.0: --session-id names a new session, --resume <id> resumes
             # exactly it (not the project's latest), keeping its id
