@@ -337,9 +337,9 @@ def test_a_task_that_looks_like_options_reaches_the_agent_as_its_prompt(
 
 
 def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -> None:
-    """The forms measured on the real CLIs (claude, codex, gemini, aider; cursor-agent uses
-    claude's): after a `--` that the CLI honours, or as the value in an `--option=TASK` word.
-    The pool's own flags stay before the `--`."""
+    """The forms measured on the real CLIs (claude, codex, gemini, aider, opencode, kilo,
+    copilot, amp; cursor-agent uses claude's): after a `--` that the CLI honours, or as the
+    value in an `--option=TASK` word. The pool's own flags stay before the `--`."""
     import dataclasses
     import sys
 
@@ -349,7 +349,8 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
     task = "-v --model x"
     expected = {"claude": ["--", task], "cursor": ["--", task], "codex": ["--", task],
                 "gemini": [f"--prompt={task}"], "aider": [f"--message={task}"],
-                "opencode": ["--", task], "kilo": ["--", task]}
+                "opencode": ["--", task], "kilo": ["--", task],
+                "copilot": [f"--prompt={task}"], "amp": [f"--execute={task}"]}
     assert set(expected) == {n for n, p in BUILTIN_PROFILES.items() if p.headless_args}
     for name, want in expected.items():
         profile = dataclasses.replace(BUILTIN_PROFILES[name], command=(sys.executable,))

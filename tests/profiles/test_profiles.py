@@ -132,8 +132,10 @@ def test_profiles_say_how_injection_resume_and_headless_work(aegis_env: dict[str
     assert how["opencode"]["headless"] == "run --format json -- {prompt}"
     assert how["aider"]["resume"] == "latest: --restore-chat-history"
     # every built-in CLI this project runs end to end says what was checked, on which version
-    for name in ("claude", "codex", "gemini", "opencode", "kilo"):
+    for name in ("claude", "codex", "gemini", "opencode", "kilo", "copilot"):
         assert {v.split(":")[0] for v in verified[name]} == {"injection", "resume", "headless"}
+    # Amp's model turns run on its service: what runs offline is its MCP side
+    assert verified["amp"] == ["injection: 0.0.1790142911-g7618fb"]
     assert how["copilot"]["injection"] == "mcp-config: --additional-mcp-config @{file}"
     assert how["copilot"]["resume"] == ("--resume={session} (named at start: --session-id); "
                                         "else --continue")

@@ -514,6 +514,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # off 1.0.102; a custom provider (BYOK) is COPILOT_PROVIDER_BASE_URL
             api_hosts=("*.githubcopilot.com", "github.com", "api.github.com"),
             api_env=("COPILOT_PROVIDER_BASE_URL",),
+            verified=("injection: 1.0.102", "resume: 1.0.102", "headless: 1.0.102"),
             description="GitHub Copilot CLI",
         ),
         AgentProfile(
@@ -551,6 +552,11 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # 0.0.1790142911; AMP_URL points it elsewhere
             api_hosts=("ampcode.com",),
             api_env=("AMP_URL",),
+            # the TUI ends on the second SIGINT (Ctrl-C) and is still there 5 s after a
+            # SIGTERM (measured on 0.0.1790142911-g7618fb)
+            interrupts=2,
+            # `mcp doctor` under aegis-mcp shows our server connected; no offline model turn
+            verified=("injection: 0.0.1790142911-g7618fb",),
             description="Amp (Sourcegraph; no offline model turn: its threads run on its service)",
         ),
     )
