@@ -1,10 +1,9 @@
 """Agent profiles: how to find, start, resume, prompt and inject each agent CLI.
 
 Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, opencode, Kilo,
-GitHub Copilot CLI and Amp.
-Users add or override profiles in the `[agents.<name>]` tables of their config file (see
-`paths.config_file`). About 500 lines, half of them the built-in table: each CLI's measured
-facts, kept together.
+GitHub Copilot CLI and Amp. Users add or override profiles in the `[agents.<name>]` tables of
+their config file (see `paths.config_file`). About 700 lines, half of them the built-in table:
+each CLI's measured facts, kept together.
 """
 
 from __future__ import annotations
