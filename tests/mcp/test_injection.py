@@ -125,7 +125,8 @@ def test_a_qwen_mcp_config_it_could_not_read_either_is_one_clear_error(
         tmp_path: Path, value: str) -> None:
     from aegis_mcp.errors import AegisError
 
-    with pytest.raises(AegisError, match=r"^your --mcp-config .*: not ") as err:
+    with pytest.raises(AegisError, match=r"your --mcp-config (value|file) .*qwen would not "
+                                         r"start with it") as err:
         injection.prepare(BUILTIN_PROFILES["qwen"], tmp_path, 42, {}, tmp_path, "/home/u",
                           None, agent_args=["--mcp-config", value])
     assert "\n" not in str(err.value)

@@ -338,9 +338,9 @@ def test_a_task_that_looks_like_options_reaches_the_agent_as_its_prompt(
 
 def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -> None:
     """The forms measured on the real CLIs (claude, codex, gemini, qwen, aider, opencode,
-    kilo; cursor-agent uses claude's): after a `--` that the CLI honours, or as the value in an
-    `--option=TASK` word (Qwen Code drops a positional prompt after `--`, measured).
-    The pool's own flags stay before the `--`."""
+    kilo, copilot, amp; cursor-agent uses claude's): after a `--` that the CLI honours, or as
+    the value in an `--option=TASK` word (Qwen Code drops a positional prompt after `--`,
+    measured). The pool's own flags stay before the `--`."""
     import dataclasses
     import sys
 
@@ -351,7 +351,8 @@ def test_every_built_in_profile_passes_the_task_where_it_cannot_be_an_option() -
     expected = {"claude": ["--", task], "cursor": ["--", task], "codex": ["--", task],
                 "gemini": [f"--prompt={task}"], "qwen": [f"--prompt={task}"],
                 "aider": [f"--message={task}"],
-                "opencode": ["--", task], "kilo": ["--", task]}
+                "opencode": ["--", task], "kilo": ["--", task],
+                "copilot": [f"--prompt={task}"], "amp": [f"--execute={task}"]}
     assert set(expected) == {n for n, p in BUILTIN_PROFILES.items() if p.headless_args}
     for name, want in expected.items():
         profile = dataclasses.replace(BUILTIN_PROFILES[name], command=(sys.executable,))

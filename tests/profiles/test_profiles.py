@@ -62,7 +62,9 @@ def test_config_overrides_a_builtin_and_adds_an_agent(tmp_path: Path) -> None:
     ('[agents\n', "cannot read config"),
     ('[agents.new]\ncommand = ["x"]\ninjection = "config-env"\n', "needs config_env"),
     ('[agents.opencode]\nconfig_env = "A-B"\n', "needs config_env"),
-    ('[agents.opencode]\nmcp_entry = "yaml"\n', "mcp_entry must be one of stdio, opencode"),
+    ('[agents.opencode]\nmcp_entry = "yaml"\n', "mcp_entry must be one of stdio, opencode, amp"),
+    ('[agents.amp]\nmcp_config_last_wins = "yes"\n', "mcp_config_last_wins must be true or"),
+    ('[agents.amp]\nmcp_check = ["doctor"]\n', "mcp_check must begin with one of its subc"),
     ('[agents.claude]\nmcp_config_flag = ["--mcp-config"]\n', "must have a word with {file}"),
     ('[agents.new]\ncommand = ["x"]\ninjection = "env"\n', "injection must be one of"),
 ])
@@ -134,8 +136,14 @@ def test_profiles_say_how_injection_resume_and_headless_work(aegis_env: dict[str
                                      "else --continue")
     assert how["qwen"]["headless"] == "--prompt={prompt} --output-format stream-json"
     # every built-in CLI this project runs end to end says what was checked, on which version
-    for name in ("claude", "codex", "gemini", "qwen", "opencode", "kilo"):
+    for name in ("claude", "codex", "gemini", "qwen", "opencode", "kilo", "copilot"):
         assert {v.split(":")[0] for v in verified[name]} == {"injection", "resume", "headless"}
+    # Amp's model turns run on its service: what runs offline is its MCP side
+    assert verified["amp"] == ["injection: 0.0.1790142911-g7618fb"]
+    assert how["copilot"]["injection"] == "mcp-config: --additional-mcp-config @{file}"
+    assert how["copilot"]["resume"] == ("--resume={session} (named at start: --session-id); "
+                                        "else --continue")
+    assert how["amp"]["resume"] == "latest: threads continue --last"
     assert verified["cursor"] == []
     table = subprocess.run([aegis_bin(), "profiles"], env={**aegis_env, "COLUMNS": "400"},
                            capture_output=True, text=True, timeout=60)

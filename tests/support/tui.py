@@ -17,12 +17,20 @@ import pyte
 _PRESENTATION_SELECTORS = dict.fromkeys((0xFE0E, 0xFE0F))
 
 
+class _PyteScreen(pyte.Screen):
+    def report_device_status(self, mode: int, private: bool = False) -> None:
+        # pyte knows only the plain status reports: a private one (`CSI ? 6 n`, which
+        # Copilot's TUI sends) would stop the stream with a TypeError. Not answered.
+        if not private:
+            super().report_device_status(mode)
+
+
 class Screen:
     """Feeds everything `child` prints into a pyte screen of the pty's size."""
 
     def __init__(self, child: pexpect.spawn, rows: int, cols: int) -> None:
         self.child = child
-        self.screen = pyte.Screen(cols, rows)
+        self.screen = _PyteScreen(cols, rows)
         self.stream = pyte.Stream(self.screen)
         child.logfile_read = self  # pexpect hands every chunk it reads to write()
 

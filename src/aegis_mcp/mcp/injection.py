@@ -2,9 +2,11 @@
 
 By profile, best mechanism first (measured on the real CLIs, see DESIGN.md):
 - `mcp-config`: a config file named on the command line, Claude Code's own `--mcp-config
-  <overlay>` (its .mcp.json read is a raw system call that LD_PRELOAD cannot redirect); the
-  flag's words are the profile's `mcp_config_flag`. A CLI whose flag takes one value (Qwen
-  Code's) gets the user's own servers of it in the overlay, in its place;
+  <overlay>` (its .mcp.json read is a raw system call that LD_PRELOAD cannot redirect),
+  Copilot's `--additional-mcp-config @<overlay>`, Amp's and Qwen Code's `--mcp-config
+  <overlay>`; the flag's words are the profile's `mcp_config_flag`. A CLI that reads one value
+  of its flag (`mcp_config_last_wins`) gets the user's own servers of it in the overlay, and
+  their flag is left out;
 - `codex-config`: Codex's `-c mcp_servers.aegis-mcp.*` overrides (a static binary);
 - `config-env`: the whole config as JSON in the environment variable the CLI reads it from
   (opencode's `OPENCODE_CONFIG_CONTENT`, Kilo's `KILO_CONFIG_CONTENT`: Bun builds, whose reads
@@ -65,7 +67,18 @@ def server_entry(env: dict[str, str], warm: Path | None = None,
     if shape == "opencode":
         return {"type": "local", "command": cmd, "environment": env, "enabled": True,
                 "timeout": OPENCODE_MCP_TIMEOUT_MS}
+    if shape == "amp":
+        return {"command": cmd[0], "args": cmd[1:], "env": env}
     return {"type": "stdio", "command": cmd[0], "args": cmd[1:], "env": env}
+
+
+def with_server(data: dict[str, object], key: str, entry: dict[str, object]) -> dict[str, object]:
+    """A config `data` with our server added to the servers under `key` (the whole of `data`
+    when the key is empty: a flat map of servers), its other servers and settings kept."""
+    servers = data.get(key) if key else data
+    servers = dict(servers) if isinstance(servers, dict) else {}
+    servers[SERVER_NAME] = entry
+    return {**data, key: servers} if key else servers
 
 
 def _users_own(name: str, environ: Mapping[str, str]) -> str | None:
@@ -89,10 +102,47 @@ def config_env_value(name: str, user_value: str | None, key: str,
         if not isinstance(data, dict):
             raise AegisError(f"{name} is set but is not a JSON object: fix it, or unset it, or "
                              "run with --no-inject-mcp")
-    servers = data.get(key)
-    servers = dict(servers) if isinstance(servers, dict) else {}
-    servers[SERVER_NAME] = entry
-    return json.dumps({**data, key: servers})
+    return json.dumps(with_server(data, key, entry))
+
+
+def users_mcp_config(profile: AgentProfile, agent_args: list[str], cwd: Path,
+                     user: User | None) -> dict[str, object] | None:
+    """The config the user gave with the profile's flag themselves (the last one, which is
+    the one the CLI reads): JSON text when it starts with `{`, else a file (read as the
+    agent's user, relative to the working directory), as Amp tells them apart. None when they
+    gave none; one clear error when it cannot be read, as the CLI would have given."""
+    flag = profile.mcp_config_flag[0]
+    value = None
+    for i, arg in enumerate(agent_args):
+        if arg == "--":
+            break
+        if arg == flag and i + 1 < len(agent_args):
+            value = agent_args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    if value is None:
+        return None
+    if value.strip().startswith("{"):
+        text: str | None = value
+        where = f"your {flag} value"
+    else:
+        from aegis_mcp.mcp.codex import read_text
+
+        source = cwd / value
+        text = as_user(user, read_text, str(source))
+        where = f"your {flag} file {source}"
+        if text is None:
+            raise AegisError(f"cannot read {where}: {profile.name} would not start with it")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise AegisError(f"{where} is not a JSON object: {profile.name} would not start with it")
+    key = profile.mcp_servers_key
+    if key and key not in data and all(isinstance(v, dict) for v in data.values()):
+        return {key: data}  # the servers alone, which Qwen Code reads as well (0.24.4)
+    return data
 
 
 @dataclass
@@ -123,93 +173,37 @@ def remove_files(paths: list[str]) -> None:
             os.unlink(path)
 
 
-def write_overlays(jobs: list[tuple[str, str | None, str, dict[str, object]]]) -> None:
+def write_overlays(jobs: list[tuple[str, str | dict[str, object] | None, str,
+                                   dict[str, object]]]) -> None:
     """Write each overlay `(path, project config or None, servers key, our entry)`: the
-    project's config with our server added. Run with the agent's identity
-    (privileges.as_user): the project config is read, and the overlay written, only as that
-    user could. Each overlay is written to a fresh name (O_EXCL|O_NOFOLLOW) and renamed into
-    place, so a name planted in the runtime directory is replaced, never written through."""
+    project's config (a file, or the config itself) with our server added. Run with the
+    agent's identity (privileges.as_user): the project config is read, and the overlay
+    written, only as that user could. Each overlay is written to a fresh name
+    (O_EXCL|O_NOFOLLOW) and renamed into place, so a name planted in the runtime directory is
+    replaced, never written through."""
     for path, source, key, entry in jobs:
-        _write_json(path, _merged(Path(source), key, entry) if source
-                    else {key: {SERVER_NAME: entry}})
+        data = with_server(source if isinstance(source, dict) else
+                           _read_config(Path(source)) if source else {}, key, entry)
+        tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
-def _write_json(path: str, data: object) -> None:
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def own_mcp_configs(profile: AgentProfile, agent_args: list[str]) -> list[str]:
-    """The values of the user's own config flag (`--mcp-config X`) when the CLI takes one
-    only (the flag is among the profile's value_options): Qwen Code reads two as one array,
-    which it cannot read ("Invalid MCP configuration", measured on 0.24.4), so the overlay
-    carries their servers and stands in for their flag."""
-    flag = profile.mcp_config_flag[0]
-    if flag not in profile.value_options:
-        return []
-    values = []
-    for i, arg in enumerate(agent_args):
-        if arg == "--":
-            break
-        name, eq, value = arg.partition("=")
-        if name == flag and (eq or i + 1 < len(agent_args)):
-            values.append(value if eq else agent_args[i + 1])
-    return values
-
-
-def write_mcp_config(path: str, own: list[str], cwd: str, key: str,
-                     entry: dict[str, object]) -> None:
-    """Write the overlay of `--mcp-config`: the servers of the user's own values of it (read
-    as the CLI reads them, see _own_servers) and ours. Run as the agent's user."""
-    servers: dict[str, object] = {}
-    for value in own:
-        servers.update(_own_servers(value, cwd, key))
-    _write_json(path, {key: {**servers, SERVER_NAME: entry}})
-
-
-def _own_servers(value: str, cwd: str, key: str) -> dict[str, object]:
-    """As Qwen Code reads its `--mcp-config` value: a file's path (from the agent's directory)
-    when that file exists, else JSON text; `{key: {servers}}` or the servers alone."""
-    from aegis_mcp.display import plain
-
-    path = os.path.join(cwd, value)
-    try:
-        text = Path(path).read_text() if os.path.exists(path) else value
-        data = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise AegisError(f"your --mcp-config {plain(value)[:200]}: not a readable JSON file "
-                         f"nor JSON ({plain(str(exc))[:200]})") from None
-    servers = data.get(key) if isinstance(data, dict) and isinstance(data.get(key), dict) \
-        else data
-    if not isinstance(servers, dict):
-        raise AegisError(f"your --mcp-config {plain(value)[:200]}: not an object of MCP "
-                         "servers")
-    return servers
-
-
-def _merged(source: Path, key: str, entry: dict[str, object]) -> dict[str, object]:
-    """The project's own config with our server added under `key`; its other servers and
-    settings are kept. A missing or unreadable file counts as empty."""
+def _read_config(source: Path) -> dict[str, object]:
+    """The project's own config; a missing or unreadable file counts as empty."""
     try:
         data = json.loads(source.read_text())
-        if not isinstance(data, dict):
-            data = {}
     except (OSError, ValueError):
-        data = {}
-    servers = data.get(key)
-    servers = dict(servers) if isinstance(servers, dict) else {}
-    servers[SERVER_NAME] = entry
-    data[key] = servers
-    return data
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_env: dict[str, str],
@@ -225,13 +219,13 @@ def prepare(profile: AgentProfile, runtime: Path, supervisor_pid: int, server_en
     if profile.injection == "mcp-config":
         path = runtime_file(runtime, "mcp_overlay", supervisor_pid)
         flag = profile.mcp_config_flag[0]
-        own = own_mcp_configs(profile, agent_args or [])
-        as_user(user, write_mcp_config, str(path), own, str(cwd), profile.mcp_servers_key,
-                entry)
+        own = users_mcp_config(profile, agent_args or [], cwd, user) \
+            if profile.mcp_config_last_wins else None
+        as_user(user, write_overlays, [(str(path), own, profile.mcp_servers_key, entry)])
         words = [w.replace("{file}", str(path)) for w in profile.mcp_config_flag]
-        label = f"{flag} overlay" + (f" (with your {flag}'s servers)" if own else "")
+        label = f"{flag} overlay" + (f" (with your {flag}'s servers)" if own is not None else "")
         return Injection(label, words, files=[path], user=user,
-                         replaces=(flag,) if own else ())
+                         replaces=(flag,) if own is not None else ())
     if profile.injection == "config-env":
         # The supervisor's environment is the one the agent inherits: the user's own value
         # is there. Only text is read here, no file: nothing to do as the agent's user.

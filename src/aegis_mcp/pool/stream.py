@@ -1,6 +1,7 @@
 """What an agent CLI's event stream says: its turns, its answer, its session and its failures,
 in the shapes the CLIs print (claude and cursor stream-json, `codex exec --json`, `gemini
---output-format stream-json`, `opencode run --format json` and Kilo's alike), and the answer in
+--output-format stream-json`, `opencode run --format json` and Kilo's alike, `copilot
+--output-format json`), and the answer in
 an Aider chat history. Nothing here touches the store: the runner writes what this reads.
 """
 
@@ -33,7 +34,8 @@ class EventStream:
         self.in_reply = False
         self.session_id: str | None = None
         self.steps = 0
-        """Model turns that say they ended (opencode's `step_finish`)."""
+        """Model turns that say they ended (opencode's `step_finish`, Copilot's
+        `assistant.turn_end`)."""
         self.cost: float | None = None
         """The steps' cost summed, where they give one (opencode)."""
         self.dirty = False
@@ -63,8 +65,13 @@ class EventStream:
             self.session_id = event["session_id"]
         elif isinstance(event.get("sessionID"), str):  # opencode, an error event too
             self.session_id = event["sessionID"]
+        elif isinstance(event.get("sessionId"), str):  # copilot's `result`
+            self.session_id = event["sessionId"]
         if isinstance(event.get("part"), dict):
             self._follow_part(kind, event)
+        elif isinstance(kind, str) and kind.startswith("assistant.") \
+                and isinstance(event.get("data"), dict):
+            self._follow_copilot(kind, event["data"])
         self._follow_reply(kind, event)
         if kind == "assistant" or kind == "turn.completed":
             message = event.get("message") if isinstance(event.get("message"), dict) else {}
@@ -75,11 +82,15 @@ class EventStream:
                 self.iterations += 1
                 self.on_turn()
         elif kind == "result":
+            said = self.result.get("result") if self.result.get("is_error") else None
             self.result = event
             if event.get("status") not in (None, "success"):  # gemini's failed run
                 self.result = {**event, "is_error": True, "subtype": event.get("status")}
-        elif kind in ("turn.failed", "error"):  # codex; opencode's `error`
-            error = event.get("error")
+            elif event.get("exitCode") not in (None, 0):  # copilot's, after its session.error
+                self.result = {**event, "is_error": True, "result": said,
+                               "subtype": f"exit code {event['exitCode']}"}
+        elif kind in ("turn.failed", "error", "session.error"):  # codex; opencode; copilot
+            error = event.get("error") or event.get("data")
             message = _error_message(error) if isinstance(error, dict) else event.get("message")
             self.result = {"is_error": True, "subtype": kind, "result": message}
 
@@ -97,6 +108,18 @@ class EventStream:
             if isinstance(cost, int | float) and not isinstance(cost, bool):
                 self.cost = (self.cost or 0.0) + cost
             self.on_turn()
+
+    def _follow_copilot(self, kind: str, data: dict[str, Any]) -> None:
+        """Copilot's shape (`--output-format json`, 1.0.102): each model response is an
+        `assistant.message` with its whole `content` (empty when it only calls tools) and
+        ends an `assistant.turn_end`; the final `result` has the `sessionId`, no text."""
+        if kind == "assistant.message":
+            self.iterations += 1
+            if isinstance(data.get("content"), str) and data["content"]:
+                self.reply = data["content"]
+            self.on_turn()
+        elif kind == "assistant.turn_end":
+            self.steps += 1
 
     def _follow_reply(self, kind: object, event: dict[str, Any]) -> None:
         """Codex (`item.completed` agent_message, `thread.started`) and Gemini (`message`
@@ -189,6 +212,12 @@ def summarize(event: dict[str, Any]) -> str:
         return f"{kind}: {' '.join(parts)[:300]}"
     if kind == "system":
         return f"system ({event.get('subtype', '')})"
+    data = event.get("data")
+    if kind == "assistant.message" and isinstance(data, dict):  # copilot
+        tools = [str(t.get("name")) for t in data.get("toolRequests") or []
+                 if isinstance(t, dict)]
+        said = " ".join([str(data.get("content") or ""), *(f"[tool {t}]" for t in tools)])
+        return f"{kind}: {said.strip()[:300]}"
     part = event.get("part")
     if isinstance(part, dict):  # opencode, Kilo
         if kind == "text":

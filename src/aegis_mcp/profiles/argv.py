@@ -136,12 +136,19 @@ def is_subcommand(profile: AgentProfile, user_args: list[str]) -> bool:
     return bool(user_args) and user_args[0] in profile.subcommands
 
 
+def is_mcp_check(profile: AgentProfile, user_args: list[str]) -> bool:
+    """The CLI's own MCP health check (`amp mcp doctor`), which gets the injected server."""
+    check = list(profile.mcp_check)
+    return bool(check) and user_args[:len(check)] == check
+
+
 def first_argv(profile: AgentProfile, executable: str, user_args: list[str],
                inject_args: list[str], session: str | None = None) -> list[str]:
     """The command line of the first start; `session` names its new session (the caller
     checked session.names_own_session)."""
     if is_subcommand(profile, user_args):
-        return [executable, *profile.command[1:], *user_args]
+        extra = inject_args if is_mcp_check(profile, user_args) else []
+        return [executable, *profile.command[1:], *with_injected(user_args, extra)]
     flags = _start_flags(profile, user_args)
     return [executable, *profile.command[1:],
             *_after_mode(profile, [*flags, *_naming(profile, session)],
@@ -180,7 +187,7 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
     args = _without_resume_flags(profile, user_args) if resume else list(user_args)
     if resume and args and args[0] in profile.modes:
         return _mode_restart_argv(profile, executable, args, inject_args, prompt, session)
-    if prompt is not None and profile.prompt != "none":
+    if prompt is not None and takes_restart_prompt(profile, args):
         args = _with_prompt(profile, args, prompt)
     flags = _start_flags(profile, args)
     prefix, resume_flags = resume_words(profile, session) if resume else (
@@ -191,8 +198,10 @@ def restart_argv(profile: AgentProfile, executable: str, user_args: list[str],
 
 def takes_restart_prompt(profile: AgentProfile, user_args: list[str]) -> bool:
     """Whether a restart of these arguments carries its prompt: a mode's resume form takes it
-    (`opencode run ... PROMPT`) even where the profile's interactive form takes none."""
-    return (bool(user_args) and user_args[0] in profile.modes) or profile.prompt != "none"
+    (`opencode run ... PROMPT`), and so does a prompt option the user gave (`amp -x TEXT`),
+    even where the profile's interactive form takes none."""
+    return (bool(user_args) and user_args[0] in profile.modes) or profile.prompt != "none" \
+        or _prompt_option_index(profile, user_args) is not None
 
 
 def _with_prompt(profile: AgentProfile, args: list[str], prompt: str) -> list[str]:

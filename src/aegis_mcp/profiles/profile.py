@@ -1,9 +1,9 @@
 """Agent profiles: how to find, start, resume, prompt and inject each agent CLI.
 
-Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, Qwen Code, opencode
-and Kilo. Users add or override profiles in the `[agents.<name>]` tables of their config file
-(see `paths.config_file`). About 600 lines, half of them the built-in table: each CLI's measured
-facts, kept together.
+Built-in profiles cover Claude Code, Cursor's CLI, Aider, Codex, Gemini CLI, Qwen Code, opencode,
+Kilo, GitHub Copilot CLI and Amp. Users add or override profiles in the `[agents.<name>]` tables
+of their config file (see `paths.config_file`). About 800 lines, half of them the built-in table:
+each CLI's measured facts, kept together.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Injection = Literal["mcp-config", "codex-config", "config-env", "preload", "none"]
 INJECTIONS: tuple[str, ...] = ("mcp-config", "codex-config", "config-env", "preload", "none")
 
-MCP_ENTRY_SHAPES = ("stdio", "opencode")
+MCP_ENTRY_SHAPES = ("stdio", "opencode", "amp")
 """How one MCP server is written in a CLI's own config schema (mcp.injection.server_entry):
-`stdio` is `{"type": "stdio", "command", "args", "env"}` (Claude Code, Gemini, Cursor);
-`opencode` is `{"type": "local", "command": [argv], "environment"}` (opencode, Kilo)."""
+`stdio` is `{"type": "stdio", "command", "args", "env"}` (Claude Code, Gemini, Cursor, Copilot);
+`opencode` is `{"type": "local", "command": [argv], "environment"}` (opencode, Kilo);
+`amp` is `{"command", "args", "env"}`, no `type` (Amp rejects one: "Unrecognized key")."""
 
 
 # The variables that point an agent at its API somewhere else: their host and port are
@@ -109,6 +110,13 @@ class AgentProfile:
     `config_files`) or `none`."""
     mcp_config_flag: tuple[str, ...] = ("--mcp-config", "{file}")
     """For `mcp-config`: the words that name the overlay file, `{file}` its path."""
+    mcp_config_last_wins: bool = False
+    """For `mcp-config`: the CLI reads one value of `mcp_config_flag` (Amp the last it is
+    given, Qwen Code refuses two): the user's own file or JSON text is merged into our overlay
+    (their servers kept, ours added) and their flag left out of the command line."""
+    mcp_check: tuple[str, ...] = ()
+    """The words of the CLI's own MCP health check among its `subcommands` (`mcp doctor`):
+    run through aegis-mcp, it gets the injection too, so that it shows our server connect."""
     config_env: str = ""
     """For `config-env`: the environment variable the CLI reads its whole config from, as
     JSON (`OPENCODE_CONFIG_CONTENT`). Our server is added to the user's own value of it, and
@@ -118,7 +126,8 @@ class AgentProfile:
     config_files: tuple[str, ...] = ()
     """MCP config files the LD_PRELOAD redirect overlays (`~` is the agent's home)."""
     mcp_servers_key: str = "mcpServers"
-    """The key under which `config_files` list MCP servers."""
+    """The key under which the config lists MCP servers; empty: the whole file is the map of
+    servers (Amp's `--mcp-config`)."""
     static_binary: bool = False
     """Known to be statically linked: LD_PRELOAD hooks cannot see it."""
     api_hosts: tuple[str, ...] = ()
@@ -234,6 +243,18 @@ _OPENCODE_VALUE_OPTIONS = (
 _OPENCODE_SUBCOMMANDS = ("completion", "acp", "mcp", "attach", "debug", "providers", "auth",
                          "agent", "upgrade", "uninstall", "serve", "web", "models", "stats",
                          "export", "import", "github", "pr", "session", "plugin", "plug", "db")
+
+_COPILOT_VALUE_OPTIONS = (
+    "-i", "--interactive", "-p", "--prompt", "--model", "--reasoning-effort", "--context",
+    "--auto-tier", "--agent", "-n", "--name", "--session-id", "-C", "--log-dir",
+    "--extension-sdk-path", "--log-level", "--stream", "--output-format", "--add-dir",
+    "--attachment", "--disable-mcp-server", "--add-github-mcp-toolset", "--add-github-mcp-tool",
+    "--plugin-dir", "--additional-mcp-config", "--mcp-github-auth", "--max-autopilot-continues",
+    "--mode", "--environment-host", "--environment-compute-id", "--dynamic-retrieval",
+    "--enable-mcp-server", "--max-ai-credits", "--usage-output-file",
+    # optional values, which its parser takes when one follows
+    "-r", "--resume", "--connect", "--share", "--bash-env", "--mouse",
+)
 
 
 def _opencode_like(name: str, command: str, config_env: str, **more: object) -> AgentProfile:
@@ -485,6 +506,7 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             # (measured), and never wait for an approval. It takes one --mcp-config: the
             # user's own is merged into ours (mcp/injection.py).
             injection="mcp-config",
+            mcp_config_last_wins=True,
             subcommands=("auth", "board", "channel", "extensions", "hooks", "mcp", "review",
                          "sandbox", "serve", "sessions", "update"),
             # A positional prompt after `--` is dropped ("No input provided via stdin");
@@ -535,6 +557,96 @@ BUILTIN_PROFILES: dict[str, AgentProfile] = {
             api_hosts=("api.kilo.ai",),
             description="Kilo CLI (Kilo Code)",
         ),
+        AgentProfile(
+            name="copilot",
+            command=("copilot",),
+            install_hint="npm install -g @github/copilot",
+            # every permission, MCP tools too (measured on 1.0.102, as root: our server's tools
+            # run without asking in -p and in the TUI); --yolo is its alias
+            permission_flags=("--allow-all",),
+            resume_flags=("--continue",),
+            # measured on 1.0.102, -p and the TUI: --session-id <uuid> names a new session,
+            # --resume=<id> resumes exactly it (an unknown id exits 1 at once: "No session,
+            # task, or name matched"). While it runs, it holds
+            # session-state/<id>/inuse.<pid>.hold open, and after /clear the new session's:
+            # the supervisor follows the session the user is in now.
+            resume_session=("--resume={session}",),
+            session_id_flag="--session-id",
+            session_id_options=("--resume", "-r", "--session-id"),
+            session_file=r"/session-state/"
+                         r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+                         r"/inuse\.\d+\.hold$",
+            drop_on_resume=("--continue", "--resume", "-r", "--session-id", "--connect"),
+            # no positional prompt: the TUI's is -i (sent in a resumed session too, measured),
+            # the one-shot run's -p
+            prompt="option:-i",
+            prompt_options=("-p", "--prompt", "-i", "--interactive"),
+            value_options=_COPILOT_VALUE_OPTIONS,
+            variadic_options=("--allow-tool", "--deny-tool", "--available-tools",
+                              "--excluded-tools", "--secret-env-vars", "--allow-url",
+                              "--deny-url"),
+            # repeatable and merged with ~/.copilot/mcp-config.json, whose servers stay; ours
+            # wins over one of the same name (measured). Its .mcp.json is read only in a trusted
+            # folder, so the flag is the way in.
+            injection="mcp-config",
+            mcp_config_flag=("--additional-mcp-config", "@{file}"),
+            subcommands=("app", "login", "help", "init", "config", "update", "version",
+                         "workflow", "sessions", "memories", "plugin", "mcp", "skill",
+                         "instruction", "lsp", "sandbox", "completion"),
+            # clap: `-p -x` is an error, `--prompt=-x` the text (measured)
+            headless_args=("--prompt={prompt}", "--output-format", "json"),
+            mcp_readiness=("waits: the first turn goes out once every server is up, its tools "
+                           "offered (1.0.102, -p: a 3 s and an 8 s server)"),
+            # GitHub's Copilot API (api.githubcopilot.com, its individual, business and
+            # enterprise hosts) and the sign-in (github.com device flow, api.github.com), read
+            # off 1.0.102; a custom provider (BYOK) is COPILOT_PROVIDER_BASE_URL
+            api_hosts=("*.githubcopilot.com", "github.com", "api.github.com"),
+            api_env=("COPILOT_PROVIDER_BASE_URL",),
+            verified=("injection: 1.0.102", "resume: 1.0.102", "headless: 1.0.102"),
+            description="GitHub Copilot CLI",
+        ),
+        AgentProfile(
+            name="amp",
+            command=("amp",),
+            install_hint="npm install -g @sourcegraph/amp",
+            permission_flags=("--dangerously-allow-all",),
+            # `amp threads continue --last` resumes this checkout's last thread (this
+            # terminal's, else any); `threads` is a management command of its own otherwise
+            resume_prefix=("threads", "continue", "--last"),
+            # the TUI takes its first message only on stdin; -x (execute) takes it as a value
+            prompt="none",
+            prompt_options=("-x", "--execute"),
+            value_options=("--visibility", "--settings-file", "--log-level", "--log-file",
+                           "--mcp-config", "-m", "--mode", "--features", "--executor",
+                           "--runner-dir", "--attach", "--project", "--orb-size", "--title",
+                           "-l", "--label"),
+            # a Bun build: its config reads never meet the LD_PRELOAD redirect. --mcp-config
+            # takes a flat {name: {command, args, env}} map and is merged over the settings'
+            # servers, ours winning by name; only the last one given counts (measured)
+            injection="mcp-config",
+            mcp_config_last_wins=True,
+            mcp_servers_key="",
+            mcp_entry="amp",
+            mcp_check=("mcp", "doctor"),
+            subcommands=("version", "logout", "login", "orb", "orb-spawner", "portal", "net",
+                         "runner", "clone", "git-setup", "files", "top", "last", "report-bug",
+                         "threads", "tools", "plugins", "skill", "permissions", "mcp",
+                         "config", "domains", "projects", "apps", "oauth-clients", "secrets",
+                         "svc", "usage", "update", "completions"),
+            # `-x -TEXT` is an unknown option and `-x -- TEXT` no message; `--execute=TEXT`
+            # is the message (measured)
+            headless_args=("--execute={prompt}", "--stream-json"),
+            # its service (the API, its thread workers at /actors, the sign-in), read off
+            # 0.0.1790142911; AMP_URL points it elsewhere
+            api_hosts=("ampcode.com",),
+            api_env=("AMP_URL",),
+            # the TUI ends on the second SIGINT (Ctrl-C) and is still there 5 s after a
+            # SIGTERM (measured on 0.0.1790142911-g7618fb)
+            interrupts=2,
+            # `mcp doctor` under aegis-mcp shows our server connected; no offline model turn
+            verified=("injection: 0.0.1790142911-g7618fb",),
+            description="Amp (Sourcegraph; no offline model turn: its threads run on its service)",
+        ),
     )
 }
 
@@ -572,7 +684,7 @@ def _profile_from_table(name: str, table: dict[str, object], base: AgentProfile 
             value = tuple(value)
             if key == "api_hosts":
                 _check_api_hosts(value, f"{source}: [agents.{name}] {key}")
-        elif key == "static_binary":
+        elif _FIELD_TYPES[key] == "bool":
             if not isinstance(value, bool):
                 raise AegisError(f"{source}: [agents.{name}] {key} must be true or false")
         elif key == "interrupts":
@@ -620,6 +732,9 @@ def _check(profile: AgentProfile, source: Path) -> None:
     if profile.injection == "mcp-config" and "{file}" not in "".join(profile.mcp_config_flag):
         raise AegisError(f"{where} mcp_config_flag must have a word with {{file}}, where the "
                          "config file's path goes")
+    if profile.mcp_check and profile.mcp_check[0] not in profile.subcommands:
+        raise AegisError(f"{where} mcp_check must begin with one of its subcommands "
+                         f"({', '.join(profile.subcommands) or 'it has none'})")
     if not (profile.prompt in ("positional", "none") or profile.prompt.startswith("option:")):
         raise AegisError(f"{where} prompt must be positional, none or option:<flag>")
 
