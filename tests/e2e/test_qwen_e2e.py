@@ -28,7 +28,7 @@ from tests.support.pool_e2e import TASK, spawn_and_wait
 from tests.support.poolkit import cleanup_pool
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.support.tui import Screen
+from tests.support.tui import Screen, type_prompt
 
 QWEN, needs_qwen = real_cli("AEGIS_TEST_QWEN", "the npm Qwen Code CLI")
 NODE22, needs_node22 = real_cli("AEGIS_TEST_NODE22", "Node.js 22 from npm")
@@ -142,7 +142,7 @@ def test_the_model_restarts_the_tui_through_the_injected_tool(
         screen = Screen(child, rows=40, cols=120)
         try:
             screen.wait_for(r"Type your message", timeout=90)
-            type_message(child, screen, "first prompt")
+            type_prompt(child, screen, "first prompt", marker="*")
             # The old TUI is gone (the supervisor's notice comes after it), and all that is
             # drawn from here on is the new one's: the same conversation, resumed, and the
             # restart prompt sent in it, the TUI still up.
@@ -169,23 +169,6 @@ def test_the_model_restarts_the_tui_through_the_injected_tool(
         finally:
             child.kill(15)
             child.expect(pexpect.EOF, timeout=60)
-
-
-def type_message(child: pexpect.spawn, screen: Screen, text: str, attempts: int = 5) -> None:
-    """Type `text` into Qwen Code's input box and submit it: keys typed before the box is
-    ready are dropped, so it is typed again (after clearing the line) until it shows."""
-    for attempt in range(attempts):
-        time.sleep(0.5)
-        child.send(text)
-        try:
-            screen.wait_for(rf"\*\s*{text}", timeout=5)
-            break
-        except AssertionError:
-            if attempt == attempts - 1:
-                raise
-        child.sendcontrol("u")
-    time.sleep(0.3)
-    child.send("\r")
 
 
 def test_a_background_agent_reports_its_answer_session_and_turns(

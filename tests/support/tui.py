@@ -73,14 +73,16 @@ class Screen:
         return "\n".join(f"  |{line}" for line in lines)
 
 
-def type_prompt(child: pexpect.spawn, screen: Screen, text: str, attempts: int = 5) -> None:
+def type_prompt(child: pexpect.spawn, screen: Screen, text: str, attempts: int = 5,
+                marker: str = "❯") -> None:
     """Type `text` into a TUI's input box and submit it: keys typed before the box is ready
-    are dropped, so it is typed again (after clearing the line) until the screen shows it."""
+    are dropped, so it is typed again (after clearing the line) until the screen shows it
+    after the box's `marker` (Claude Code's ❯, Qwen Code's *)."""
     for attempt in range(attempts):
         time.sleep(0.5)
         child.send(text)
         try:
-            screen.wait_for(rf"❯\s*{re.escape(text)}", timeout=5)
+            screen.wait_for(rf"{re.escape(marker)}\s*{re.escape(text)}", timeout=5)
             break
         except AssertionError:
             if attempt == attempts - 1:
