@@ -5,6 +5,7 @@ a timeout) and fall back on the default; each denial is one `deny` event in the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import struct
@@ -93,15 +94,18 @@ def outside() -> Iterator[Outside]:
 
 @pytest.fixture
 def policed(ns_dir: Path) -> Iterator[Callable[..., netns.Namespace]]:
-    """policed(allow=[...], deny=[...]): a namespace with that policy; afterwards the host
-    is as before (the policy's chains and sets went with the namespace's table)."""
+    """policed(allow=[...], deny=[...]): a namespace with that policy, in its verdict maps
+    (`maps=False`: as one chain of every rule); afterwards the host is as before (the
+    policy's chains, maps and sets went with the namespace's table)."""
     made: list[netns.Namespace] = []
 
-    def make(allow: list[str] = (), deny: list[str] = ()) -> netns.Namespace:  # type: ignore
+    def make(allow: list[str] = (), deny: list[str] = (),  # type: ignore[assignment]
+             maps: bool = True) -> netns.Namespace:
         ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
                           resolv_conf=ns_dir / "resolv.conf",
-                          policy=make_policy(list(allow), list(deny)))
+                          policy=make_policy(list(allow), list(deny)), policy_maps=maps)
         made.append(ns)
+        assert ns.policy_maps is maps  # a quiet fall-back would test the other one
         return ns
 
     try:
@@ -321,3 +325,89 @@ def test_host_rules_open_what_the_resolver_answers_until_the_ttl_runs_out(
             server.close()
     assert_gone(ns)
     assert "api.example.test" in dns.questions
+
+
+@pytest.mark.parametrize("maps", [True, False], ids=["maps", "one-chain"])
+def test_overlapping_ranges_name_the_first_deny(policed: Callable[..., netns.Namespace],
+                                                outside: Outside, maps: bool) -> None:
+    """Ranges of several prefix lengths over one address: the first deny that matches is the
+    one named, a deny beats a narrower allow, and the widest allow lets the rest through; the
+    same with the verdict maps as with one chain of every rule."""
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+               for _ in range(3)]
+    p1, p2, p3 = (s.port for s in servers)
+    addr = outside.addr
+    net29 = str(ipaddress.ip_network(f"{addr}/29", strict=False))
+    net30 = str(ipaddress.ip_network(f"{addr}/30", strict=False))
+    ns = policed(allow=["198.51.100.0/24", f"{addr}:{p1}"],
+                 deny=[f"{net29}:{p1}", f"{net30}:{p2}", f"{addr}:{p1}"], maps=maps)
+    try:
+        got = [run_inside(ns, [PY, "-c", TCP_TRY, addr, str(p)]).stdout.split()
+               for p in (p1, p2, p3)]
+    finally:
+        for server in servers:
+            server.close()
+    assert got == [["refused"], ["refused"], ["ok", "5"]]
+    assert [s.received for s in servers] == [[], [], [10]]
+    named = {p: wait_event(log_of(ns), lambda e, p=p: e["event"] == "deny" and e["port"] == p)
+             for p in (p1, p2)}
+    assert named[p1]["rule"] == f"deny cidr {net29} {p1}"
+    assert named[p2]["rule"] == f"deny cidr {net30} {p2}"
+    assert [e["port"] for e in denials(ns)] == [p1, p2]
+
+
+RESOLVE_TRY = textwrap.dedent("""\
+    import socket, sys
+    name, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+    addr = socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    out = []
+    for port in ports:
+        try:
+            socket.create_connection((addr, port), timeout=20).close()
+            out.append("ok")
+        except ConnectionRefusedError:
+            out.append("refused")
+        except TimeoutError:
+            out.append("timeout")
+    print(addr, *out)
+""")
+
+
+def learned(ns: netns.Namespace) -> str:
+    return subprocess.run(["nft", "list", "map", "ip", ns.state.table, "learned"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("host_first", [False, True], ids=["range-first", "host-first"])
+def test_a_learned_address_is_named_by_the_first_deny_host_or_range(
+        ns_dir: Path, outside: Outside, host_first: bool) -> None:
+    """An address that a denied name resolved to and a denied range covers: the deny listed
+    first is named, whichever kind it is; on a port only the name's deny covers, the name's.
+    The address goes through map `learned` to a chain of the rules that can match it."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: DnsResponder(outside.addr, {"evil.example.test": outside.addr}))
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=0, reply=0))
+               for _ in range(2)]
+    ranged, other = (s.port for s in servers)
+    net = str(ipaddress.ip_network(f"{outside.addr}/30", strict=False))
+    deny = ["evil.example.test", f"{net}:{ranged}"]
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy([], deny if host_first else deny[::-1]))
+    try:
+        assert ns.policy_maps
+        got = run_inside(ns, [PY, "-c", RESOLVE_TRY, "evil.example.test", str(ranged),
+                              str(other)]).stdout.split()
+        in_map = learned(ns)
+    finally:
+        ns.teardown()
+        dns.close()
+        for server in servers:
+            server.close()
+    assert_gone(ns)
+    assert got == [outside.addr, "refused", "refused"]
+    assert outside.addr in in_map and "goto learned_" in in_map
+    named = {e["port"]: e for e in denials(ns)}
+    assert named[ranged]["rule"] == ("deny host evil.example.test 0" if host_first
+                                     else f"deny cidr {net} {ranged}")
+    assert named[other]["rule"] == "deny host evil.example.test 0"
+    assert named[other]["host"] == "evil.example.test"

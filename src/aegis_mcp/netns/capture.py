@@ -89,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
         # The policy the supervisor holds (root's, in memory), never the file beside the log.
         policy = parse_compiled(sys.stdin.buffer.read(16 << 20).decode(), "the policy on stdin")
         nflog = nflog_socket(args.nflog_group)
-        resolver = Resolver(socket.socket(fileno=args.resolver_fd), args.upstream, policy,
-                            args.table, args.nft, lambda why: tracker.gap(time.time(), why),
-                            args.min_ttl)
+        resolver = Resolver(
+            socket.socket(fileno=args.resolver_fd), args.upstream, policy, args.table,
+            args.nft, lambda why: tracker.gap(time.time(), why), args.min_ttl,
+            maps=args.learned_map)
         denials = Denials(policy, args.ns_addr, log.write,
                           lambda addr, _rule: resolver.names.get(addr)
                           or tracker.names.get(addr))
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                              "policy (compiled) comes on stdin")
     parser.add_argument("--resolver-fd", type=int, default=None,
                         help="the UDP socket of the namespace's resolver (with --nflog-group)")
+    parser.add_argument("--learned-map", action="store_true",
+                        help="the policy's table has map `learned` (nft_policy)")
     parser.add_argument("--upstream", default="127.0.0.53", help="the resolver's upstream")
     parser.add_argument("--table", default="", help="the namespace's nft table (its sets)")
     parser.add_argument("--nft", default="nft", help="the nft program")

@@ -56,6 +56,7 @@ from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
 from aegis_mcp.netmon.log import open_log
+from aegis_mcp.netns.nft_policy import nflog_group, policy_table
 from aegis_mcp.netns.plan import (
     GUARD_TABLE,
     NAME_RE,
@@ -70,9 +71,7 @@ from aegis_mcp.netns.plan import (
     is_ipv4,
     nameservers,
     nat_table,
-    nflog_group,
     pick_subnet,
-    policy_table,
 )
 from aegis_mcp.netns.state import (
     BASELINE,
@@ -240,8 +239,18 @@ def _resolver_socket(state: State) -> socket.socket:
     return sock
 
 
-def _add_policy(state: State, nft: str, policy: Policy) -> None:
-    _nft(nft, policy_table(state, list(policy.rules), policy.default, nflog_group(state.subnet)))
+def _add_policy(state: State, nft: str, policy: Policy, maps: bool) -> bool:
+    """Loads the policy's table: with its verdict maps, else (an nft that refuses them, or
+    `maps` False) as one chain of every rule. Returns whether the maps are in."""
+    group = nflog_group(state.subnet)
+    if maps:
+        try:
+            _nft(nft, policy_table(state, policy.rules, policy.default, group))
+            return True
+        except AegisError:
+            pass
+    _nft(nft, policy_table(state, policy.rules, policy.default, group, maps=False))
+    return False
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
@@ -294,7 +303,8 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
 def _start_capture(state: State, log_path: Path, log_fd: int | None,
                    say_fd: int | None = None, policy: Policy | None = None,
                    resolver: socket.socket | None = None, nft: str = "nft",
-                   min_ttl: int | None = None) -> subprocess.Popen[bytes]:
+                   min_ttl: int | None = None, learned_map: bool = False
+                   ) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
     started from / with a scrubbed environment, writing to a log descriptor it is handed. With
     a policy, it reads the denials the kernel logs, and the policy on its stdin."""
@@ -303,6 +313,7 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
         enforce = ("--nflog-group", str(nflog_group(state.subnet)), "--resolver-fd",
                    str(resolver.fileno()), "--upstream", state.dns.rsplit(":", 1)[1],
                    "--table", state.table, "--nft", nft,
+                   *(("--learned-map",) if learned_map else ()),
                    *(("--min-ttl", str(min_ttl)) if min_ttl is not None else ()))
     own_fd = log_fd is None
     fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
@@ -371,6 +382,8 @@ class Namespace:
         self.state = state
         self.policy: Policy | None = None
         """The network policy the kernel enforces for this namespace, if any."""
+        self.policy_maps = False
+        """Whether it is in with its verdict maps (`nft_policy`), not as one long chain."""
         self._tools = tools
         self._capture = capture
         self._torn_down = False
@@ -426,7 +439,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
            host_access: bool = False, log_fd: int | None = None,
            say_fd: int | None = None,
            policy: Callable[[State], Policy] | None = None,
-           min_ttl: int | None = None) -> Namespace:
+           min_ttl: int | None = None, policy_maps: bool = True) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
@@ -443,7 +456,9 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     when given, makes the network policy for the namespace's state (its implicit allows
     name the namespace's resolver): the kernel enforces it from before the agent starts, and
     the capture writes a `deny` event for each denial. `min_ttl` (tests) lowers the bound of
-    a learned address's life (`resolver.MIN_TTL`)."""
+    a learned address's life (`resolver.MIN_TTL`); `policy_maps` False (tests, the
+    benchmark) loads the policy as one chain of every rule, as an nft without its verdict
+    maps gets it."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -467,7 +482,8 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         _add_nft_table(state, tools["nft"])
         if policy is not None:
             namespace.policy = policy(state)
-            _add_policy(state, tools["nft"], namespace.policy)
+            namespace.policy_maps = _add_policy(state, tools["nft"], namespace.policy,
+                                                policy_maps)
         _add_inner_forwards(state, tools)
         with locked():
             _set_sysctls(state, tools["nft"], capture)
@@ -475,7 +491,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         if capture:
             namespace._capture = _start_capture(state, Path(log_path), log_fd, say_fd,
                                                 namespace.policy, resolver, tools["nft"],
-                                                min_ttl)
+                                                min_ttl, namespace.policy_maps)
     except BaseException as exc:
         namespace.teardown()
         if resolver is not None:

@@ -2,7 +2,9 @@
 the namespace's UDP port 53 is DNAT-ed to. It forwards each query to the host's nameserver,
 and before it hands the answer on, puts the A addresses of every name a host rule matches
 into that rule's nft set, with the answer's TTL (bounded) as their timeout: an allowed name's
-address is open before the program can connect to it, a denied name's is closed.
+address is open before the program can connect to it, a denied name's is closed. With the
+policy's maps (`nft_policy`), it also sends each such address, in map `learned`, to a chain
+of the rules that can match it.
 
 Queries and answers are untrusted bytes: parsed defensively, sizes and counts bounded, and at
 most MAX_PENDING queries in flight (the oldest is dropped: its client asks again).
@@ -11,6 +13,7 @@ most MAX_PENDING queries in flight (the oldest is dropped: its client asks again
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import struct
 import subprocess
@@ -20,7 +23,14 @@ from collections.abc import Callable
 
 from aegis_mcp.netmon.policy import Policy
 from aegis_mcp.netns.capture_packets import read_name
-from aegis_mcp.netns.plan import host_set
+from aegis_mcp.netns.nft_policy import (
+    LINEAR,
+    MAX_CLASSES,
+    class_chain,
+    covering,
+    host_set,
+    regions,
+)
 
 MIN_TTL, MAX_TTL = 30, 3600
 """Bounds of a learned address's life in a set, in seconds: a TTL of 0 must not close the
@@ -28,6 +38,12 @@ address before the program's connect; a week-long one must not keep it open for 
 MAX_PENDING = 256
 QUERY_TIMEOUT = 5.0
 MAX_MESSAGE = 4096
+GRACE = 5
+"""Seconds an address stays in `learned` after the last of its sets' timeouts: the kernel's
+timeouts start when nft commits, a little after the resolver's clock read."""
+MAX_HELD = 16384
+"""Addresses whose host rules the resolver remembers; beyond, new ones go to the chain of
+every rule (exact, slower) until the answers it could not remember have run out."""
 
 
 def answers(data: bytes) -> tuple[int, str, list[tuple[str, int]]] | None:
@@ -57,10 +73,12 @@ def answers(data: bytes) -> tuple[int, str, list[tuple[str, int]]] | None:
 
 
 class Resolver:
-    """Serves the namespace's UDP queries on `sock` (bound by the supervisor)."""
+    """Serves the namespace's UDP queries on `sock` (bound by the supervisor). `maps`: the
+    policy's table has map `learned` (`nft_policy`)."""
 
     def __init__(self, sock: socket.socket, upstream: str, policy: Policy, table: str,
-                 nft: str, gap: Callable[[str], None], min_ttl: int = MIN_TTL) -> None:
+                 nft: str, gap: Callable[[str], None], min_ttl: int = MIN_TTL,
+                 maps: bool = False) -> None:
         self.sock = sock
         self.min_ttl = min_ttl
         self.sock.setblocking(False)
@@ -68,11 +86,24 @@ class Resolver:
         self.table = table
         self.nft = nft
         self.gap = gap
+        self.policy = policy
         self.host_rules = [(i, r) for i, r in enumerate(policy.rules) if r.kind == "host"]
         self.pending: OrderedDict[socket.socket, tuple[tuple[str, int], int, float]] = \
             OrderedDict()
         self.names: OrderedDict[str, str] = OrderedDict()
         """The last name each address was learned for (what a deny event names)."""
+        self.maps = maps and bool(self.host_rules)
+        self.regions = regions(policy.rules)
+        self.held: OrderedDict[str, dict[int, float]] = OrderedDict()
+        """Address -> {host rule index: when its set's timeout ends} (monotonic), for every
+        address in `learned` but those sent to LINEAR when this was full."""
+        self.written: dict[str, str] = {}
+        """Address -> the chain `learned` sends it to, as last committed."""
+        self.classes: dict[tuple[int, ...], str] = {}
+        """The chains made so far, by the rules they hold."""
+        self.unheld_until = 0.0
+        """Until then, answers this could not remember may still be in the sets."""
+        self.next_prune = 0.0
 
     def sockets(self) -> list[socket.socket]:
         return [self.sock, *self.pending]
@@ -100,7 +131,7 @@ class Resolver:
             if len(data) >= 12 and struct.unpack_from("!H", data)[0] == ident:
                 ready.append((data, client))
         if ready:
-            self._learn([data for data, _ in ready])
+            self._learn([data for data, _ in ready], now)
             for data, client in ready:
                 with contextlib.suppress(OSError):
                     self.sock.sendto(data, client)
@@ -123,9 +154,9 @@ class Resolver:
             return
         self.pending[up] = (client, struct.unpack_from("!H", query)[0], now + QUERY_TIMEOUT)
 
-    def _learn(self, messages: list[bytes]) -> None:
+    def _learn(self, messages: list[bytes], now: float) -> None:
         """One nft transaction for the answers of this pass, before any is handed on."""
-        lines: list[str] = []
+        learned: dict[tuple[int, str], int] = {}
         for data in messages:
             parsed = answers(data)
             if parsed is None or not parsed[2]:
@@ -137,18 +168,20 @@ class Resolver:
             while len(self.names) > 8192:
                 self.names.popitem(last=False)
             for index, rule in self.host_rules:
-                if not rule.matches(None, rule.port, qname):
-                    continue
-                for addr, ttl in found:
-                    timeout = min(max(ttl, self.min_ttl), MAX_TTL)
-                    element = f"ip {self.table} {host_set(index)} {{ {addr} "
-                    # add, delete, add: one transaction that (re)sets the timeout whether or
-                    # not the address was there already
-                    lines += [f"add element {element}timeout {timeout}s }}",
-                              f"delete element {element}}}",
-                              f"add element {element}timeout {timeout}s }}"]
-        if not lines:
+                if rule.matches(None, rule.port, qname):
+                    for addr, ttl in found:
+                        learned[(index, addr)] = min(max(ttl, self.min_ttl), MAX_TTL)
+        if not learned:
             return
+        lines: list[str] = []
+        for (index, addr), timeout in learned.items():
+            element = f"ip {self.table} {host_set(index)} {{ {addr} "
+            # add, delete, add: one transaction that (re)sets the timeout whether or not
+            # the address was there already
+            lines += [f"add element {element}timeout {timeout}s }}",
+                      f"delete element {element}}}",
+                      f"add element {element}timeout {timeout}s }}"]
+        written, made = self._route(learned, now, lines) if self.maps else ({}, {})
         try:
             proc = subprocess.run([self.nft, "-f", "-"], input="\n".join(lines) + "\n",
                                   text=True, capture_output=True, timeout=5)
@@ -158,3 +191,61 @@ class Resolver:
         if failed:
             self.gap("the policy's address sets could not be updated: names just resolved "
                      "stay closed")
+            return
+        self.written.update(written)
+        self.classes.update(made)
+
+    def _route(self, learned: dict[tuple[int, str], int], now: float, lines: list[str]
+               ) -> tuple[dict[str, str], dict[tuple[int, ...], str]]:
+        """Adds to `lines` what sends each address just learned to the chain of the rules
+        that can match it: the host rules whose sets may hold it (all of them that learned
+        it and whose timeout has not run out) and the CIDR rules that cover it. Returns what
+        is then written, and the chains made."""
+        for (index, addr), timeout in learned.items():
+            held = self.held.get(addr)
+            if held is None:
+                if len(self.held) >= MAX_HELD:
+                    self._prune(now)
+                if len(self.held) >= MAX_HELD or now < self.unheld_until:
+                    self.unheld_until = max(self.unheld_until, now + timeout + GRACE)
+                    continue
+                held = self.held[addr] = {}
+            held[index] = now + timeout
+            self.held.move_to_end(addr)
+        written: dict[str, str] = {}
+        made: dict[tuple[int, ...], str] = {}
+        for addr in dict.fromkeys(addr for _, addr in learned):
+            held = self.held.get(addr)
+            if held is None:
+                chain, ends = LINEAR, now + MAX_TTL
+            else:
+                for index in [i for i, end in held.items() if end + GRACE < now]:
+                    del held[index]
+                ends = max(held.values())
+                key = tuple(sorted({*held, *covering(self.regions, addr)}))
+                chain = self.classes.get(key) or made.get(key) or LINEAR
+                if chain == LINEAR and len(self.classes) + len(made) < MAX_CLASSES:
+                    chain = made[key] = f"learned_{len(self.classes) + len(made)}"
+                    lines += class_chain(self.table, chain, self.policy.rules,
+                                         self.policy.default, key)
+            # What an address not remembered here can be in `learned`: nothing, or LINEAR.
+            before = self.written.get(addr, LINEAR)
+            element = f"ip {self.table} learned {{ {addr} "
+            lines += [f"add element {element}timeout 1s : goto {before} }}",
+                      f"delete element {element}}}",
+                      f"add element {element}timeout {math.ceil(ends - now) + GRACE}s : "
+                      f"goto {chain} }}"]
+            if held is not None:
+                written[addr] = chain
+        return written, made
+
+    def _prune(self, now: float) -> None:
+        """Forget the addresses whose `learned` entry has surely expired (at most once a
+        second: a full table of live ones is not scanned again at each answer)."""
+        if now < self.next_prune:
+            return
+        self.next_prune = now + 1.0
+        for addr in [a for a, held in self.held.items()
+                     if not held or max(held.values()) + 2 * GRACE < now]:
+            del self.held[addr]
+            self.written.pop(addr, None)
