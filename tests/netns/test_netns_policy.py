@@ -6,6 +6,7 @@ a timeout) and fall back on the default; each denial is one `deny` event in the 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import struct
@@ -240,8 +241,8 @@ class ShortTtlDns(DnsResponder):
 
     ttl = 1
 
-    def _answer(self, query: bytes) -> bytes | None:
-        answer = super()._answer(query)
+    def _answer(self, query: bytes, tcp: bool = False) -> bytes | None:
+        answer = super()._answer(query, tcp)
         if answer and struct.unpack_from("!H", answer, 6)[0] == 1:  # TTL: 10 bytes from the end
             answer = answer[:-10] + struct.pack("!I", self.ttl) + answer[-6:]
         return answer
@@ -411,3 +412,145 @@ def test_a_learned_address_is_named_by_the_first_deny_host_or_range(
                                      else f"deny cidr {net} {ranged}")
     assert named[other]["rule"] == "deny host evil.example.test 0"
     assert named[other]["host"] == "evil.example.test"
+
+
+def test_a_truncated_answer_asked_again_over_tcp_opens_the_name(
+        ns_dir: Path, outside: Outside) -> None:
+    """The upstream's UDP answer for an allowed name is truncated (too big for UDP), so the
+    program's resolver asks again over TCP, through the namespace's resolver: the address
+    comes only in the TCP answer, and that answer opens it, as a UDP one would."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: DnsResponder(outside.addr, {"big.example.test": outside.addr},
+                                           tcp=True, truncated=("big.example.test",)))
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=0, reply=0))
+               for _ in range(2)]
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy(["big.example.test"], []))
+    try:
+        before = run_inside(ns, [PY, "-c", LITERAL_TRY, outside.addr, str(servers[0].port)])
+        after = run_inside(ns, [PY, "-c", RESOLVE_TRY, "big.example.test",
+                                str(servers[1].port)])
+    finally:
+        ns.teardown()
+        dns.close()
+        for server in servers:
+            server.close()
+    assert_gone(ns)
+    assert before.stdout.split() == ["refused"]  # not open before the name was asked
+    assert after.stdout.split() == [outside.addr, "ok"]
+    assert "big.example.test" in dns.questions and "big.example.test" in dns.tcp_questions
+    assert servers[0].received == [] and servers[1].received == [0]
+    answer = wait_event(log_of(ns), lambda e: e["event"] == "dns" and e["proto"] == "tcp")
+    assert answer["host"] == "big.example.test" and answer["answers"] == [outside.addr]
+    assert [e["rule"] for e in denials(ns)] == ["default deny"]
+
+
+class HostileDns(DnsResponder):
+    """Over TCP, `huge.example.test` gets a 65,535-byte answer of junk after a valid header,
+    `liar.example.test` an answer with another id."""
+
+    def _answer(self, query: bytes, tcp: bool = False) -> bytes | None:
+        answer = super()._answer(query, tcp)
+        if not tcp or answer is None:
+            return answer
+        if self.tcp_questions[-1] == "huge.example.test":
+            head = answer[:6] + struct.pack("!H", 0xFFFF) + answer[8:]
+            return head + bytes((i * 7 + 3) % 256 for i in range(65535 - len(head)))
+        if self.tcp_questions[-1] == "liar.example.test":
+            return struct.pack("!H", struct.unpack_from("!H", answer)[0] ^ 0xFFFF) + answer[2:]
+        return answer
+
+
+TCP_ATTACK = textwrap.dedent("""\
+    import json, socket, struct, sys, time
+    server, out = sys.argv[1], {}
+
+    def query(name, ident):
+        q = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+        q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+        q += struct.pack("!HH", 1, 1)
+        return struct.pack("!H", len(q)) + q
+
+    def connect():
+        return socket.create_connection((server, 53), timeout=20)
+
+    def answers(s, n):
+        data, got = b"", []
+        while len(got) < n:
+            while len(data) < 2 or len(data) < 2 + struct.unpack_from("!H", data)[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return got + ["closed"]
+                data += chunk
+            size = struct.unpack_from("!H", data)[0]
+            msg, data = data[2:2 + size], data[2 + size:]
+            got.append([struct.unpack_from("!H", msg)[0], struct.unpack_from("!H", msg, 6)[0],
+                        len(msg)])
+        return got
+
+    def closed(s):
+        try:
+            return s.recv(100) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    idle = connect()
+    s = connect()  # queries in one write, more than the resolver takes at once
+    s.sendall(b"".join(query(("api", "nothing")[i % 2] + ".example.test", 11 + i)
+                       for i in range(6)))
+    out["pipelined"] = sorted(answers(s, 6))
+    s.sendall(query("huge.example.test", 3))
+    out["huge"] = answers(s, 1)
+    s.settimeout(8)  # more than the resolver's upstream timeout
+    s.sendall(query("liar.example.test", 4))
+    try:
+        out["liar"] = answers(s, 1)
+    except TimeoutError:
+        out["liar"] = "no answer"
+    for name, data in (("oversized", struct.pack("!H", 65535) + b"x" * 4096),
+                       ("undersized", struct.pack("!H", 3) + b"abc")):
+        bad = connect()
+        bad.sendall(data)
+        out[name] = closed(bad)
+    out["idle"] = closed(idle)
+    flood = [connect() for _ in range(20)]
+    flood[-1].sendall(query("api.example.test", 5))
+    out["newest"] = answers(flood[-1], 1)
+    out["oldest"] = closed(flood[0])
+    print(json.dumps(out))
+""")
+
+
+def test_dns_over_tcp_is_bounded(ns_dir: Path, outside: Outside) -> None:
+    """The namespace's resolver over TCP, attacked from inside and fed junk from upstream:
+    queries in one write, more than it forwards at once, are answered each by its id; a
+    64 KiB junk answer is handed on
+    (the client's to judge) without opening anything; an answer with another id is dropped;
+    a length prefix beyond the bound or below a DNS header closes the connection; an idle
+    connection is closed; beyond the cap on connections the oldest is closed and the newest
+    served. The resolver goes on serving throughout."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: HostileDns(outside.addr, {"api.example.test": outside.addr},
+                                         tcp=True))
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy(["api.example.test"], []))
+    try:
+        out = json.loads(run_inside(ns, [PY, "-c", TCP_ATTACK, ns.state.host_addr],
+                                    timeout=90).stdout)
+        helper = ns.helper_pids
+        sets = learned(ns)
+    finally:
+        ns.teardown()
+        dns.close()
+    assert_gone(ns)
+    # each answered by its id: api's with its A record, nothing's with none
+    assert out["pipelined"] == [[11 + i, 1 - i % 2, (50, 38)[i % 2]] for i in range(6)]
+    assert out["huge"] == [[3, 0xFFFF, 65535]]
+    assert out["liar"] == "no answer"
+    assert out["oversized"] and out["undersized"] and out["idle"] and out["oldest"]
+    assert out["newest"] == [[5, 1, 50]]
+    assert helper  # the capture (and its resolver) still ran at the end
+    assert outside.addr in sets  # learned from the TCP answers, nothing from the junk
+    assert dns.tcp_questions.count("huge.example.test") == 1

@@ -92,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         resolver = Resolver(
             socket.socket(fileno=args.resolver_fd), args.upstream, policy, args.table,
             args.nft, lambda why: tracker.gap(time.time(), why), args.min_ttl,
-            maps=args.learned_map)
+            listener=socket.socket(fileno=args.resolver_tcp_fd)
+            if args.resolver_tcp_fd is not None else None,
+            maps=args.learned_map,
+            heard=lambda answer, port: tracker.dns_answer(answer, port, time.time()))
         denials = Denials(policy, args.ns_addr, log.write,
                           lambda addr, _rule: resolver.names.get(addr)
                           or tracker.names.get(addr))
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     next_check = time.monotonic() + 1.0
     while not stop:
         select.select([ct.events, packets, loopback, wake_r, *([nflog] if nflog else []),
-                       *(resolver.sockets() if resolver else [])], [], [], 1.0)
+                       *(resolver.sockets() if resolver else [])],
+                      resolver.writers() if resolver else [], [], 1.0)
         if resolver is not None:  # first: a client waits for it
             resolver.serve()
         with contextlib.suppress(BlockingIOError):
@@ -204,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                              "policy (compiled) comes on stdin")
     parser.add_argument("--resolver-fd", type=int, default=None,
                         help="the UDP socket of the namespace's resolver (with --nflog-group)")
+    parser.add_argument("--resolver-tcp-fd", type=int, default=None,
+                        help="the listening TCP socket of the namespace's resolver")
     parser.add_argument("--learned-map", action="store_true",
                         help="the policy's table has map `learned` (nft_policy)")
     parser.add_argument("--upstream", default="127.0.0.53", help="the resolver's upstream")

@@ -310,11 +310,18 @@ class Tracker:
             self.names.popitem(last=False)
         self._dns_event(now, qname, key, answers, RCODES.get(rcode, f"RCODE{rcode}"))
 
+    def dns_answer(self, payload: bytes, local_port: int, now: float) -> None:
+        """An answer the namespace's resolver sent over TCP, which the veth's packet filter
+        does not pass: it names addresses as one over UDP does."""
+        self._dns(payload, (IPPROTO_TCP, self.ns_addr, local_port, self.host_addr or "", 53),
+                  False, now)
+
     def _dns_event(self, now: float, qname: str, key: Key, answers: list[str],
                    result: str) -> None:
         self.log.write({
             "ts": round(now, 6), "event": "dns", "source": "netns", "pid": None, "ppid": None,
-            "exe": None, "fd": None, "family": "ipv4", "proto": "udp", "addr": key[3],
+            "exe": None, "fd": None, "family": "ipv4",
+            "proto": "tcp" if key[0] == IPPROTO_TCP else "udp", "addr": key[3],
             "port": key[4], "host": qname, "answers": answers, "local_addr": key[1],
             "local_port": key[2], "sent": 0, "recv": 0, "duration": None, "result": result,
         })

@@ -225,18 +225,31 @@ def _add_nft_table(state: State, nft: str) -> None:
         _nft(nft, nat_table(state, host_guard(state, reject=False)))
 
 
-def _resolver_socket(state: State) -> socket.socket:
-    """The UDP socket of the namespace's resolver (`resolver`), on the host end of the veth
-    at a free port that the namespace's port 53 is DNAT-ed to: a resolver of the host that
-    holds every address's port 53 (dnsmasq) is no obstacle. Its upstream is what the
-    namespace would have used: the host's loopback resolver or its first nameserver."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((state.host_addr, 0))
+def _resolver_sockets(state: State) -> tuple[socket.socket, socket.socket]:
+    """The UDP socket and the listening TCP socket of the namespace's resolver (`resolver`),
+    on the host end of the veth at one free port that the namespace's port 53 is DNAT-ed to:
+    a resolver of the host that holds every address's port 53 (dnsmasq) is no obstacle. Its
+    upstream is what the namespace would have used: the host's loopback resolver or its
+    first nameserver."""
+    for _ in range(32):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((state.host_addr, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(udp.getsockname())
+            tcp.listen(16)
+            break
+        except OSError:  # that port is taken for TCP: another
+            udp.close()
+            tcp.close()
+    else:
+        raise AegisError(f"no port of {state.host_addr} is free for both UDP and TCP (the "
+                         "namespace's resolver)")
     upstream = state.dns.split(":", 1)[1] if state.dns.startswith("dnat:") else next(
         (s for s in state.nameservers if is_ipv4(s)), "127.0.0.53")
-    state.dns = f"resolver:{sock.getsockname()[1]}:{upstream}"
+    state.dns = f"resolver:{udp.getsockname()[1]}:{upstream}"
     state.save()
-    return sock
+    return udp, tcp
 
 
 def _add_policy(state: State, nft: str, policy: Policy, maps: bool) -> bool:
@@ -302,16 +315,18 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
 
 def _start_capture(state: State, log_path: Path, log_fd: int | None,
                    say_fd: int | None = None, policy: Policy | None = None,
-                   resolver: socket.socket | None = None, nft: str = "nft",
-                   min_ttl: int | None = None, learned_map: bool = False
-                   ) -> subprocess.Popen[bytes]:
+                   resolver: tuple[socket.socket, socket.socket] | None = None,
+                   nft: str = "nft", min_ttl: int | None = None,
+                   learned_map: bool = False) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
     started from / with a scrubbed environment, writing to a log descriptor it is handed. With
-    a policy, it reads the denials the kernel logs, and the policy on its stdin."""
+    a policy, it reads the denials the kernel logs, and the policy on its stdin, and serves
+    the namespace's DNS on the `resolver` sockets (UDP, TCP)."""
     enforce: tuple[str, ...] = ()
     if policy is not None and resolver is not None:
         enforce = ("--nflog-group", str(nflog_group(state.subnet)), "--resolver-fd",
-                   str(resolver.fileno()), "--upstream", state.dns.rsplit(":", 1)[1],
+                   str(resolver[0].fileno()), "--resolver-tcp-fd", str(resolver[1].fileno()),
+                   "--upstream", state.dns.rsplit(":", 1)[1],
                    "--table", state.table, "--nft", nft,
                    *(("--learned-map",) if learned_map else ()),
                    *(("--min-ttl", str(min_ttl)) if min_ttl is not None else ()))
@@ -336,7 +351,7 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
                 stdout=subprocess.PIPE, stderr=err, cwd="/",
                 env=root_env(), start_new_session=True, close_fds=True,
                 pass_fds=(fd, *(() if say is None else (say,)),
-                          *(() if resolver is None else (resolver.fileno(),))),
+                          *(() if resolver is None else (s.fileno() for s in resolver))),
             )
     finally:
         if own_fd:
@@ -344,8 +359,8 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
         if say is not None:
             os.close(say)
     assert proc.stdout is not None
-    if resolver is not None:
-        resolver.close()  # the capture's now
+    for sock in resolver or ():
+        sock.close()  # the capture's now
     if policy is not None:
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died: said below
@@ -472,13 +487,13 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         state.host_access = host_access
         state.save()
     namespace = Namespace(state, tools, None)
-    resolver: socket.socket | None = None
+    resolver: tuple[socket.socket, socket.socket] | None = None
     try:
         _add_namespace(state)
         _add_veth(state)
         _disable_ipv6(state, tools)
         if policy is not None:
-            resolver = _resolver_socket(state)
+            resolver = _resolver_sockets(state)
         _add_nft_table(state, tools["nft"])
         if policy is not None:
             namespace.policy = policy(state)
@@ -494,8 +509,8 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
                                                 min_ttl, namespace.policy_maps)
     except BaseException as exc:
         namespace.teardown()
-        if resolver is not None:
-            resolver.close()
+        for sock in resolver or ():
+            sock.close()
         if isinstance(exc, AegisError | KeyboardInterrupt):
             raise
         raise AegisError(f"could not set up network namespace {state.name}: {exc}") from exc

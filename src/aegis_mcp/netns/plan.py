@@ -111,10 +111,11 @@ def nat_table(state: Addresses, guard: str) -> str:
     """The namespace's own table on the host: `guard` (a host_guard chain, or nothing), DNS and
     forward DNAT, masquerade for the subnet, and forwarding only for replies into it."""
     dnat = ""
-    if state.dns.startswith("resolver:"):  # a policy's: aegis-mcp's resolver (UDP)
+    if state.dns.startswith("resolver:"):  # a policy's: aegis-mcp's resolver, UDP and TCP
         port = state.dns.split(":")[1]
-        dnat = (f'    iifname "{state.veth}" ip daddr {state.host_addr} udp dport 53 '
-                f"dnat to {state.host_addr}:{port}\n")
+        dnat = "".join(
+            f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
+            f"dnat to {state.host_addr}:{port}\n" for p in ("udp", "tcp"))
     elif state.dns.startswith("dnat:"):
         target = state.dns.split(":", 1)[1]
         dnat = "".join(
