@@ -71,8 +71,11 @@ UDP_TRY = textwrap.dedent("""\
 
 
 def make_policy(allow: list[str], deny: list[str]) -> Callable[[State], netpolicy.Policy]:
-    def build(_state: State) -> netpolicy.Policy:
-        policy = netpolicy.effective(netpolicy.from_flags(allow, deny), [])
+    """The policy of these rules; `{host}` in one is the host end of the namespace's veth."""
+    def build(state: State) -> netpolicy.Policy:
+        policy = netpolicy.effective(netpolicy.from_flags(
+            [r.format(host=state.host_addr) for r in allow],
+            [r.format(host=state.host_addr) for r in deny]), [])
         assert policy is not None
         return policy
     return build
@@ -101,10 +104,11 @@ def policed(ns_dir: Path) -> Iterator[Callable[..., netns.Namespace]]:
     made: list[netns.Namespace] = []
 
     def make(allow: list[str] = (), deny: list[str] = (),  # type: ignore[assignment]
-             maps: bool = True) -> netns.Namespace:
+             maps: bool = True, host_access: bool = False) -> netns.Namespace:
         ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
                           resolv_conf=ns_dir / "resolv.conf",
-                          policy=make_policy(list(allow), list(deny)), policy_maps=maps)
+                          policy=make_policy(list(allow), list(deny)), policy_maps=maps,
+                          host_access=host_access)
         made.append(ns)
         assert ns.policy_maps is maps  # a quiet fall-back would test the other one
         return ns
@@ -554,3 +558,31 @@ def test_dns_over_tcp_is_bounded(ns_dir: Path, outside: Outside) -> None:
     assert helper  # the capture (and its resolver) still ran at the end
     assert outside.addr in sets  # learned from the TCP answers, nothing from the junk
     assert dns.tcp_questions.count("huge.example.test") == 1
+
+
+def test_host_access_under_a_policy_reaches_only_what_it_allows(
+        policed: Callable[..., netns.Namespace]) -> None:
+    """--netns-host-access opens the host's services to the agent, but a policy still bounds
+    them: the allowed port of the host is reached, a denied one and one the allow-list leaves
+    out are refused at once, each a deny event naming its rule, and no hint to forward it."""
+    servers = [TcpServer("0.0.0.0", expect=10, reply=5) for _ in range(3)]
+    ok, denied, other = (s.port for s in servers)
+    ns = policed(allow=[f"{{host}}:{ok}"], deny=[f"{{host}}:{denied}"], host_access=True)
+    host = ns.state.host_addr
+    try:
+        got = [run_inside(ns, [PY, "-c", TCP_TRY, host, str(p)]).stdout.split()
+               for p in (ok, denied, other)]
+    finally:
+        for server in servers:
+            server.close()
+    assert got == [["ok", "5"], ["refused"], ["refused"]]
+    assert [s.received for s in servers] == [[10], [], []]
+    named = {p: wait_event(log_of(ns), lambda e, p=p: e["event"] == "deny" and e["port"] == p)
+             for p in (denied, other)}
+    assert named[denied]["rule"] == f"deny cidr {host}/32 {denied}"
+    assert named[denied]["addr"] == host and named[denied]["default"] is False
+    assert named[other]["rule"] == "default deny"
+    closes = [e for e in read_events(log_of(ns)) if e["event"] == "close"
+              and e["port"] in (denied, other)]
+    assert len(closes) == 2 and all(e["result"] == "ECONNREFUSED" for e in closes)
+    assert not any("hint" in e for e in closes)

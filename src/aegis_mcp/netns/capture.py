@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     forwarded = {(args.host_addr, int(port)): ip
                  for ip, port in (f.rsplit(":", 1) for f in args.forward)}
     tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded,
-                      host_addr=args.host_addr,
+                      host_addr=args.host_addr, host_access=args.host_access,
                       say=_sayer(args.say_fd) if args.say_fd is not None else None)
     denials, nflog, resolver = None, None, None
     if args.nflog_group is not None:
@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward", action="append", default=[], metavar="IP:PORT",
                         help="a host loopback ip:port forwarded to the host end's port: its "
                              "connections are named by that address (repeatable)")
+    parser.add_argument("--host-access", action="store_true",
+                        help="the agent may reach the host's services (--netns-host-access)")
     parser.add_argument("--say-fd", type=int, default=None,
                         help="open descriptor of the user's terminal, for hints (once each)")
     parser.add_argument("--nflog-group", type=int, default=None,

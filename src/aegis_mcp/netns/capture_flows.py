@@ -90,13 +90,16 @@ class Tracker:
     def __init__(self, ns_addr: str, log: EventLog, ct: Conntrack | None,
                  totals_interval: float,
                  forwarded: dict[tuple[str, int], str] | None = None,
-                 host_addr: str | None = None, say: Callable[[str], None] | None = None
-                 ) -> None:
+                 host_addr: str | None = None, say: Callable[[str], None] | None = None,
+                 host_access: bool = False) -> None:
         self.ns_addr = ns_addr
         self.forwarded = forwarded or {}
         """(host end address, port) -> the host loopback address it is forwarded to: the
         name the agent used for it."""
         self.host_addr = host_addr
+        self.host_access = host_access
+        """The agent may reach the host's services: a refusal there is the host's own, or
+        the network policy's, and a forward would change nothing."""
         self.say = say
         """Tells the user (the supervisor's terminal) a hint, once per port."""
         self.hinted: set[int] = set()
@@ -146,7 +149,8 @@ class Tracker:
     def hint(self, addr: str, port: int, now: float) -> dict[str, str]:
         """`{"hint": ...}` for a refused connect to `addr`:`port` that a forward would let
         through (this host listens on that port and it is not forwarded yet), else {}."""
-        if (self.host_addr, port) in self.forwarded:
+        if (self.host_addr, port) in self.forwarded or (
+                self.host_access and addr == self.host_addr):
             return {}
         checked, ports = self._listening
         if port not in self.hinted and now - checked > LISTEN_RECHECK:
