@@ -10,10 +10,13 @@
 
 3. Connection churn across the veth (bench/_churn.c: connect, 64 bytes each way, close,
    5,000 times, from inside the namespace to a server on the host end), with the capture on,
-   without a policy and with a 1,000-rule policy (the connection allowed by the last rule):
-   microseconds per connection, and the ratios to the capture-off run.
+   without a policy, with a 1-rule policy and with a 1,000-rule one (the connection allowed by
+   its last rule), that one both as the policy's verdict maps and as one chain of every rule
+   (what an nft without the maps gets, and what every policy was before them): microseconds
+   per connection, and the ratios to the capture-off run and to the 1-rule policy.
 
     sudo python bench/bench_netns.py [--cycles 20] [--mib 512] [--rounds 21] [--churn 5000]
+                                     [--churn-only]
 """
 
 from __future__ import annotations
@@ -160,19 +163,20 @@ def churn_binary(work: Path) -> Path:
     return exe
 
 
-def thousand_rules(allowed: str, port: int) -> netpolicy.Policy:
-    """999 rules that do not match (CIDRs of TEST-NET-3 and host names), then the allow of
-    the churn's server: the worst case for a linear chain."""
-    allow = [f"203.0.113.{i % 250}:{1000 + i}" for i in range(500)]
-    allow += [f"host{i}.example.test" for i in range(499)]
+def some_rules(allowed: str, port: int, count: int) -> netpolicy.Policy:
+    """`count` - 1 rules that do not match (CIDRs of TEST-NET-3 and host names), then the
+    allow of the churn's server: the worst case for a linear chain."""
+    filler = count - 1
+    allow = [f"203.0.113.{i % 250}:{1000 + i}" for i in range((filler + 1) // 2)]
+    allow += [f"host{i}.example.test" for i in range(filler // 2)]
     allow.append(f"{allowed}:{port}")
     policy = netpolicy.effective(netpolicy.from_flags(allow, []), [])
-    assert policy is not None and len(policy.rules) == 1000
+    assert policy is not None and len(policy.rules) == count
     return policy
 
 
 def one_churn(exe: Path, n: int, work: Path, resolv: Path, capture: bool,
-              rules: bool) -> tuple[float, float]:
+              rules: int, maps: bool = True) -> tuple[float, float]:
     """(wall, CPU) microseconds per connection of the churn client inside a fresh namespace,
     to a server of the host's (every address: its port goes into the policy's last rule)."""
     server = subprocess.Popen([str(exe), "serve", "0.0.0.0"], stdout=subprocess.PIPE,
@@ -183,8 +187,9 @@ def one_churn(exe: Path, n: int, work: Path, resolv: Path, capture: bool,
     try:
         ns = netns.create(os.getpid(), work / "churn.jsonl", resolv_conf=resolv,
                           capture=capture, host_access=True,
-                          policy=(lambda state: thousand_rules(state.host_addr, port))
-                          if rules else None)
+                          policy=(lambda state: some_rules(state.host_addr, port, rules))
+                          if rules else None, policy_maps=maps)
+        assert ns.policy_maps == (maps and rules > 0), "nft refused the policy's maps"
         out = subprocess.run([*ns.exec_prefix(0, 0), str(exe), "churn", str(port), str(n),
                               ns.state.host_addr], capture_output=True, text=True, check=True)
         wall, cpu = (float(x) for x in out.stdout.split())
@@ -203,6 +208,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=21, help="on/off pairs per direction")
     parser.add_argument("--churn", type=int, default=5000, help="connections per churn run")
     parser.add_argument("--churn-rounds", type=int, default=5)
+    parser.add_argument("--churn-only", action="store_true", help="skip setup and bulk")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_netns: needs root (sudo)", file=sys.stderr)
@@ -212,18 +218,26 @@ def main() -> int:
         resolv = work / "resolv.conf"
         resolv.write_text("nameserver 192.0.2.53\n")
         exe = churn_binary(work)
-        cases = {"capture off": (False, False), "capture on": (True, False),
-                 "capture on, 1,000-rule policy": (True, True)}
+        cases = {"capture off": (False, 0, True), "capture on": (True, 0, True),
+                 "capture on, 1-rule policy": (True, 1, True),
+                 "capture on, 1,000-rule policy, one chain": (True, 1000, False),
+                 "capture on, 1,000-rule policy": (True, 1000, True)}
         got: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         for _ in range(args.churn_rounds):
-            for name, (capture, rules) in cases.items():
-                got[name].append(one_churn(exe, args.churn, work, resolv, capture, rules))
-        base = [statistics.median(r[k] for r in got["capture off"]) for k in (0, 1)]
-        for name in cases:
-            wall, cpu = (statistics.median(r[k] for r in got[name]) for k in (0, 1))
+            for name, (capture, rules, maps) in cases.items():
+                got[name].append(one_churn(exe, args.churn, work, resolv, capture, rules,
+                                           maps))
+        medians = {name: [statistics.median(r[k] for r in got[name]) for k in (0, 1)]
+                   for name in cases}
+        base, one = medians["capture off"], medians["capture on, 1-rule policy"]
+        for name, (wall, cpu) in medians.items():
             print(f"churn {args.churn} x {args.churn_rounds}, {name}: {wall:.1f} us wall, "
                   f"{cpu:.1f} us CPU per connection; ratio to capture off: wall "
-                  f"{wall / base[0]:.3f}, CPU {cpu / base[1]:.3f}")
+                  f"{wall / base[0]:.3f}, CPU {cpu / base[1]:.3f}"
+                  + (f"; to the 1-rule policy: wall {wall / one[0]:.3f}, CPU "
+                     f"{cpu / one[1]:.3f}" if cases[name][1] > 1 else ""))
+        if args.churn_only:
+            return 0
         times = setup_teardown(args.cycles, work, resolv)
         print(f"setup+teardown: median {statistics.median(times) * 1000:.1f} ms "
               f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}, n={len(times)})")

@@ -5,6 +5,8 @@ a timeout) and fall back on the default; each denial is one `deny` event in the 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import shutil
 import struct
@@ -69,8 +71,11 @@ UDP_TRY = textwrap.dedent("""\
 
 
 def make_policy(allow: list[str], deny: list[str]) -> Callable[[State], netpolicy.Policy]:
-    def build(_state: State) -> netpolicy.Policy:
-        policy = netpolicy.effective(netpolicy.from_flags(allow, deny), [])
+    """The policy of these rules; `{host}` in one is the host end of the namespace's veth."""
+    def build(state: State) -> netpolicy.Policy:
+        policy = netpolicy.effective(netpolicy.from_flags(
+            [r.format(host=state.host_addr) for r in allow],
+            [r.format(host=state.host_addr) for r in deny]), [])
         assert policy is not None
         return policy
     return build
@@ -93,15 +98,19 @@ def outside() -> Iterator[Outside]:
 
 @pytest.fixture
 def policed(ns_dir: Path) -> Iterator[Callable[..., netns.Namespace]]:
-    """policed(allow=[...], deny=[...]): a namespace with that policy; afterwards the host
-    is as before (the policy's chains and sets went with the namespace's table)."""
+    """policed(allow=[...], deny=[...]): a namespace with that policy, in its verdict maps
+    (`maps=False`: as one chain of every rule); afterwards the host is as before (the
+    policy's chains, maps and sets went with the namespace's table)."""
     made: list[netns.Namespace] = []
 
-    def make(allow: list[str] = (), deny: list[str] = ()) -> netns.Namespace:  # type: ignore
+    def make(allow: list[str] = (), deny: list[str] = (),  # type: ignore[assignment]
+             maps: bool = True, host_access: bool = False) -> netns.Namespace:
         ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl",
                           resolv_conf=ns_dir / "resolv.conf",
-                          policy=make_policy(list(allow), list(deny)))
+                          policy=make_policy(list(allow), list(deny)), policy_maps=maps,
+                          host_access=host_access)
         made.append(ns)
+        assert ns.policy_maps is maps  # a quiet fall-back would test the other one
         return ns
 
     try:
@@ -236,8 +245,8 @@ class ShortTtlDns(DnsResponder):
 
     ttl = 1
 
-    def _answer(self, query: bytes) -> bytes | None:
-        answer = super()._answer(query)
+    def _answer(self, query: bytes, tcp: bool = False) -> bytes | None:
+        answer = super()._answer(query, tcp)
         if answer and struct.unpack_from("!H", answer, 6)[0] == 1:  # TTL: 10 bytes from the end
             answer = answer[:-10] + struct.pack("!I", self.ttl) + answer[-6:]
         return answer
@@ -321,3 +330,259 @@ def test_host_rules_open_what_the_resolver_answers_until_the_ttl_runs_out(
             server.close()
     assert_gone(ns)
     assert "api.example.test" in dns.questions
+
+
+@pytest.mark.parametrize("maps", [True, False], ids=["maps", "one-chain"])
+def test_overlapping_ranges_name_the_first_deny(policed: Callable[..., netns.Namespace],
+                                                outside: Outside, maps: bool) -> None:
+    """Ranges of several prefix lengths over one address: the first deny that matches is the
+    one named, a deny beats a narrower allow, and the widest allow lets the rest through; the
+    same with the verdict maps as with one chain of every rule."""
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=10, reply=5))
+               for _ in range(3)]
+    p1, p2, p3 = (s.port for s in servers)
+    addr = outside.addr
+    net29 = str(ipaddress.ip_network(f"{addr}/29", strict=False))
+    net30 = str(ipaddress.ip_network(f"{addr}/30", strict=False))
+    ns = policed(allow=["198.51.100.0/24", f"{addr}:{p1}"],
+                 deny=[f"{net29}:{p1}", f"{net30}:{p2}", f"{addr}:{p1}"], maps=maps)
+    try:
+        got = [run_inside(ns, [PY, "-c", TCP_TRY, addr, str(p)]).stdout.split()
+               for p in (p1, p2, p3)]
+    finally:
+        for server in servers:
+            server.close()
+    assert got == [["refused"], ["refused"], ["ok", "5"]]
+    assert [s.received for s in servers] == [[], [], [10]]
+    named = {p: wait_event(log_of(ns), lambda e, p=p: e["event"] == "deny" and e["port"] == p)
+             for p in (p1, p2)}
+    assert named[p1]["rule"] == f"deny cidr {net29} {p1}"
+    assert named[p2]["rule"] == f"deny cidr {net30} {p2}"
+    assert [e["port"] for e in denials(ns)] == [p1, p2]
+
+
+RESOLVE_TRY = textwrap.dedent("""\
+    import socket, sys
+    name, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+    addr = socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    out = []
+    for port in ports:
+        try:
+            socket.create_connection((addr, port), timeout=20).close()
+            out.append("ok")
+        except ConnectionRefusedError:
+            out.append("refused")
+        except TimeoutError:
+            out.append("timeout")
+    print(addr, *out)
+""")
+
+
+def learned(ns: netns.Namespace) -> str:
+    return subprocess.run(["nft", "list", "map", "ip", ns.state.table, "learned"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("host_first", [False, True], ids=["range-first", "host-first"])
+def test_a_learned_address_is_named_by_the_first_deny_host_or_range(
+        ns_dir: Path, outside: Outside, host_first: bool) -> None:
+    """An address that a denied name resolved to and a denied range covers: the deny listed
+    first is named, whichever kind it is; on a port only the name's deny covers, the name's.
+    The address goes through map `learned` to a chain of the rules that can match it."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: DnsResponder(outside.addr, {"evil.example.test": outside.addr}))
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=0, reply=0))
+               for _ in range(2)]
+    ranged, other = (s.port for s in servers)
+    net = str(ipaddress.ip_network(f"{outside.addr}/30", strict=False))
+    deny = ["evil.example.test", f"{net}:{ranged}"]
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy([], deny if host_first else deny[::-1]))
+    try:
+        assert ns.policy_maps
+        got = run_inside(ns, [PY, "-c", RESOLVE_TRY, "evil.example.test", str(ranged),
+                              str(other)]).stdout.split()
+        in_map = learned(ns)
+    finally:
+        ns.teardown()
+        dns.close()
+        for server in servers:
+            server.close()
+    assert_gone(ns)
+    assert got == [outside.addr, "refused", "refused"]
+    assert outside.addr in in_map and "goto learned_" in in_map
+    named = {e["port"]: e for e in denials(ns)}
+    assert named[ranged]["rule"] == ("deny host evil.example.test 0" if host_first
+                                     else f"deny cidr {net} {ranged}")
+    assert named[other]["rule"] == "deny host evil.example.test 0"
+    assert named[other]["host"] == "evil.example.test"
+
+
+def test_a_truncated_answer_asked_again_over_tcp_opens_the_name(
+        ns_dir: Path, outside: Outside) -> None:
+    """The upstream's UDP answer for an allowed name is truncated (too big for UDP), so the
+    program's resolver asks again over TCP, through the namespace's resolver: the address
+    comes only in the TCP answer, and that answer opens it, as a UDP one would."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: DnsResponder(outside.addr, {"big.example.test": outside.addr},
+                                           tcp=True, truncated=("big.example.test",)))
+    servers = [outside.run(lambda: TcpServer(outside.addr, expect=0, reply=0))
+               for _ in range(2)]
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy(["big.example.test"], []))
+    try:
+        before = run_inside(ns, [PY, "-c", LITERAL_TRY, outside.addr, str(servers[0].port)])
+        after = run_inside(ns, [PY, "-c", RESOLVE_TRY, "big.example.test",
+                                str(servers[1].port)])
+    finally:
+        ns.teardown()
+        dns.close()
+        for server in servers:
+            server.close()
+    assert_gone(ns)
+    assert before.stdout.split() == ["refused"]  # not open before the name was asked
+    assert after.stdout.split() == [outside.addr, "ok"]
+    assert "big.example.test" in dns.questions and "big.example.test" in dns.tcp_questions
+    assert servers[0].received == [] and servers[1].received == [0]
+    answer = wait_event(log_of(ns), lambda e: e["event"] == "dns" and e["proto"] == "tcp")
+    assert answer["host"] == "big.example.test" and answer["answers"] == [outside.addr]
+    assert [e["rule"] for e in denials(ns)] == ["default deny"]
+
+
+class HostileDns(DnsResponder):
+    """Over TCP, `huge.example.test` gets a 65,535-byte answer of junk after a valid header,
+    `liar.example.test` an answer with another id."""
+
+    def _answer(self, query: bytes, tcp: bool = False) -> bytes | None:
+        answer = super()._answer(query, tcp)
+        if not tcp or answer is None:
+            return answer
+        if self.tcp_questions[-1] == "huge.example.test":
+            head = answer[:6] + struct.pack("!H", 0xFFFF) + answer[8:]
+            return head + bytes((i * 7 + 3) % 256 for i in range(65535 - len(head)))
+        if self.tcp_questions[-1] == "liar.example.test":
+            return struct.pack("!H", struct.unpack_from("!H", answer)[0] ^ 0xFFFF) + answer[2:]
+        return answer
+
+
+TCP_ATTACK = textwrap.dedent("""\
+    import json, socket, struct, sys, time
+    server, out = sys.argv[1], {}
+
+    def query(name, ident):
+        q = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+        q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0"
+        q += struct.pack("!HH", 1, 1)
+        return struct.pack("!H", len(q)) + q
+
+    def connect():
+        return socket.create_connection((server, 53), timeout=20)
+
+    def answers(s, n):
+        data, got = b"", []
+        while len(got) < n:
+            while len(data) < 2 or len(data) < 2 + struct.unpack_from("!H", data)[0]:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return got + ["closed"]
+                data += chunk
+            size = struct.unpack_from("!H", data)[0]
+            msg, data = data[2:2 + size], data[2 + size:]
+            got.append([struct.unpack_from("!H", msg)[0], struct.unpack_from("!H", msg, 6)[0],
+                        len(msg)])
+        return got
+
+    def closed(s):
+        try:
+            return s.recv(100) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    idle = connect()
+    s = connect()  # queries in one write, more than the resolver takes at once
+    s.sendall(b"".join(query(("api", "nothing")[i % 2] + ".example.test", 11 + i)
+                       for i in range(6)))
+    out["pipelined"] = sorted(answers(s, 6))
+    s.sendall(query("huge.example.test", 3))
+    out["huge"] = answers(s, 1)
+    s.settimeout(8)  # more than the resolver's upstream timeout
+    s.sendall(query("liar.example.test", 4))
+    try:
+        out["liar"] = answers(s, 1)
+    except TimeoutError:
+        out["liar"] = "no answer"
+    for name, data in (("oversized", struct.pack("!H", 65535) + b"x" * 4096),
+                       ("undersized", struct.pack("!H", 3) + b"abc")):
+        bad = connect()
+        bad.sendall(data)
+        out[name] = closed(bad)
+    out["idle"] = closed(idle)
+    flood = [connect() for _ in range(20)]
+    flood[-1].sendall(query("api.example.test", 5))
+    out["newest"] = answers(flood[-1], 1)
+    out["oldest"] = closed(flood[0])
+    print(json.dumps(out))
+""")
+
+
+def test_dns_over_tcp_is_bounded(ns_dir: Path, outside: Outside) -> None:
+    """The namespace's resolver over TCP, attacked from inside and fed junk from upstream:
+    queries in one write, more than it forwards at once, are answered each by its id; a
+    64 KiB junk answer is handed on
+    (the client's to judge) without opening anything; an answer with another id is dropped;
+    a length prefix beyond the bound or below a DNS header closes the connection; an idle
+    connection is closed; beyond the cap on connections the oldest is closed and the newest
+    served. The resolver goes on serving throughout."""
+    (ns_dir / "resolv.conf").write_text(f"nameserver {outside.addr}\n")
+    dns = outside.run(lambda: HostileDns(outside.addr, {"api.example.test": outside.addr},
+                                         tcp=True))
+    ns = netns.create(os.getpid(), ns_dir / "netmon.jsonl", resolv_conf=ns_dir / "resolv.conf",
+                      policy=make_policy(["api.example.test"], []))
+    try:
+        out = json.loads(run_inside(ns, [PY, "-c", TCP_ATTACK, ns.state.host_addr],
+                                    timeout=90).stdout)
+        helper = ns.helper_pids
+        sets = learned(ns)
+    finally:
+        ns.teardown()
+        dns.close()
+    assert_gone(ns)
+    # each answered by its id: api's with its A record, nothing's with none
+    assert out["pipelined"] == [[11 + i, 1 - i % 2, (50, 38)[i % 2]] for i in range(6)]
+    assert out["huge"] == [[3, 0xFFFF, 65535]]
+    assert out["liar"] == "no answer"
+    assert out["oversized"] and out["undersized"] and out["idle"] and out["oldest"]
+    assert out["newest"] == [[5, 1, 50]]
+    assert helper  # the capture (and its resolver) still ran at the end
+    assert outside.addr in sets  # learned from the TCP answers, nothing from the junk
+    assert dns.tcp_questions.count("huge.example.test") == 1
+
+
+def test_host_access_under_a_policy_reaches_only_what_it_allows(
+        policed: Callable[..., netns.Namespace]) -> None:
+    """--netns-host-access opens the host's services to the agent, but a policy still bounds
+    them: the allowed port of the host is reached, a denied one and one the allow-list leaves
+    out are refused at once, each a deny event naming its rule, and no hint to forward it."""
+    servers = [TcpServer("0.0.0.0", expect=10, reply=5) for _ in range(3)]
+    ok, denied, other = (s.port for s in servers)
+    ns = policed(allow=[f"{{host}}:{ok}"], deny=[f"{{host}}:{denied}"], host_access=True)
+    host = ns.state.host_addr
+    try:
+        got = [run_inside(ns, [PY, "-c", TCP_TRY, host, str(p)]).stdout.split()
+               for p in (ok, denied, other)]
+    finally:
+        for server in servers:
+            server.close()
+    assert got == [["ok", "5"], ["refused"], ["refused"]]
+    assert [s.received for s in servers] == [[10], [], []]
+    named = {p: wait_event(log_of(ns), lambda e, p=p: e["event"] == "deny" and e["port"] == p)
+             for p in (denied, other)}
+    assert named[denied]["rule"] == f"deny cidr {host}/32 {denied}"
+    assert named[denied]["addr"] == host and named[denied]["default"] is False
+    assert named[other]["rule"] == "default deny"
+    closes = [e for e in read_events(log_of(ns)) if e["event"] == "close"
+              and e["port"] in (denied, other)]
+    assert len(closes) == 2 and all(e["result"] == "ECONNREFUSED" for e in closes)
+    assert not any("hint" in e for e in closes)

@@ -161,18 +161,34 @@ class UdpEcho:
 
 
 class DnsResponder:
-    """A tiny UDP DNS server: A queries for names in `records` get that address, anything
-    else an empty NOERROR answer."""
+    """A tiny DNS server: A queries for names in `records` get that address, anything else an
+    empty NOERROR answer. With `tcp`, it answers over TCP too (RFC 7766 framing, queries one
+    after another on a connection); a name in `truncated` then gets over UDP an empty answer
+    with the TC bit (too big for UDP: ask again over TCP), its record over TCP only."""
 
-    def __init__(self, addr: str, records: dict[str, str], port: int = 53) -> None:
+    truncated: tuple[str, ...] = ()
+
+    def __init__(self, addr: str, records: dict[str, str], port: int = 53, tcp: bool = False,
+                 truncated: tuple[str, ...] = ()) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((addr, port))
         self.sock.settimeout(0.2)
         self.records = records
+        self.truncated = truncated
         self.questions: list[str] = []
+        self.tcp_questions: list[str] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.listener: socket.socket | None = None
+        if tcp:
+            self.listener = socket.socket()
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((addr, port))
+            self.listener.listen(8)
+            self.listener.settimeout(0.2)
+            self.threads.append(threading.Thread(target=self._serve_tcp, daemon=True))
+        for thread in self.threads:
+            thread.start()
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -186,7 +202,38 @@ class DnsResponder:
             if answer:
                 self.sock.sendto(answer, peer)
 
-    def _answer(self, query: bytes) -> bytes | None:
+    def _serve_tcp(self) -> None:
+        assert self.listener is not None
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                for _ in range(16):  # queries on one connection
+                    try:
+                        query = self._read_message(conn)
+                    except OSError:
+                        break
+                    answer = self._answer(query, tcp=True) if query else None
+                    if not answer:
+                        break
+                    conn.sendall(struct.pack("!H", len(answer)) + answer)
+
+    @staticmethod
+    def _read_message(conn: socket.socket) -> bytes:
+        data = b""
+        while len(data) < 2 or len(data) < 2 + struct.unpack_from("!H", data)[0]:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return b""
+            data += chunk
+        return data[2:2 + struct.unpack_from("!H", data)[0]]
+
+    def _answer(self, query: bytes, tcp: bool = False) -> bytes | None:
         if len(query) < 12:
             return None
         ident, _flags, qdcount = struct.unpack_from("!HHH", query)
@@ -197,9 +244,12 @@ class DnsResponder:
         qtype = struct.unpack_from("!H", query, off + 1)[0]
         question = query[12: off + 5]
         name = ".".join(labels)
-        self.questions.append(name)
+        (self.tcp_questions if tcp else self.questions).append(name)
         address = self.records.get(name) if qtype == 1 else None
-        header = struct.pack("!HHHHHH", ident, 0x8180, 1, 1 if address else 0, 0, 0)
+        flags = 0x8180
+        if address and name in self.truncated and not tcp:
+            address, flags = None, flags | 0x0200
+        header = struct.pack("!HHHHHH", ident, flags, 1, 1 if address else 0, 0, 0)
         body = question
         if address:
             body += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(address)
@@ -207,8 +257,11 @@ class DnsResponder:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(5)
+        for thread in self.threads:
+            thread.join(5)
         self.sock.close()
+        if self.listener is not None:
+            self.listener.close()
 
 
 class Outside:

@@ -82,16 +82,20 @@ def run(args: argparse.Namespace) -> int:
     forwarded = {(args.host_addr, int(port)): ip
                  for ip, port in (f.rsplit(":", 1) for f in args.forward)}
     tracker = Tracker(args.ns_addr, log, ct, args.totals_interval, forwarded,
-                      host_addr=args.host_addr,
+                      host_addr=args.host_addr, host_access=args.host_access,
                       say=_sayer(args.say_fd) if args.say_fd is not None else None)
     denials, nflog, resolver = None, None, None
     if args.nflog_group is not None:
         # The policy the supervisor holds (root's, in memory), never the file beside the log.
         policy = parse_compiled(sys.stdin.buffer.read(16 << 20).decode(), "the policy on stdin")
         nflog = nflog_socket(args.nflog_group)
-        resolver = Resolver(socket.socket(fileno=args.resolver_fd), args.upstream, policy,
-                            args.table, args.nft, lambda why: tracker.gap(time.time(), why),
-                            args.min_ttl)
+        resolver = Resolver(
+            socket.socket(fileno=args.resolver_fd), args.upstream, policy, args.table,
+            args.nft, lambda why: tracker.gap(time.time(), why), args.min_ttl,
+            listener=socket.socket(fileno=args.resolver_tcp_fd)
+            if args.resolver_tcp_fd is not None else None,
+            maps=args.learned_map,
+            heard=lambda answer, port: tracker.dns_answer(answer, port, time.time()))
         denials = Denials(policy, args.ns_addr, log.write,
                           lambda addr, _rule: resolver.names.get(addr)
                           or tracker.names.get(addr))
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     next_check = time.monotonic() + 1.0
     while not stop:
         select.select([ct.events, packets, loopback, wake_r, *([nflog] if nflog else []),
-                       *(resolver.sockets() if resolver else [])], [], [], 1.0)
+                       *(resolver.sockets() if resolver else [])],
+                      resolver.writers() if resolver else [], [], 1.0)
         if resolver is not None:  # first: a client waits for it
             resolver.serve()
         with contextlib.suppress(BlockingIOError):
@@ -196,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward", action="append", default=[], metavar="IP:PORT",
                         help="a host loopback ip:port forwarded to the host end's port: its "
                              "connections are named by that address (repeatable)")
+    parser.add_argument("--host-access", action="store_true",
+                        help="the agent may reach the host's services (--netns-host-access)")
     parser.add_argument("--say-fd", type=int, default=None,
                         help="open descriptor of the user's terminal, for hints (once each)")
     parser.add_argument("--nflog-group", type=int, default=None,
@@ -203,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                              "policy (compiled) comes on stdin")
     parser.add_argument("--resolver-fd", type=int, default=None,
                         help="the UDP socket of the namespace's resolver (with --nflog-group)")
+    parser.add_argument("--resolver-tcp-fd", type=int, default=None,
+                        help="the listening TCP socket of the namespace's resolver")
+    parser.add_argument("--learned-map", action="store_true",
+                        help="the policy's table has map `learned` (nft_policy)")
     parser.add_argument("--upstream", default="127.0.0.53", help="the resolver's upstream")
     parser.add_argument("--table", default="", help="the namespace's nft table (its sets)")
     parser.add_argument("--nft", default="nft", help="the nft program")

@@ -1,7 +1,7 @@
 """The capture's denials: the namespace's nft policy logs each refused packet to an nflog
-group (`plan.policy_table`), read here on a netlink socket and written as one `deny` event per
-denied connection attempt, in the shape the preload hooks write (docs/netmon.md), naming the
-rule from the prefix the kernel logged with it.
+group (`nft_policy`), read here on a netlink socket and written as one `deny` event per denied
+connection attempt, in the shape the preload hooks write (docs/netmon.md), naming the rule
+from the prefix the kernel logged with it.
 
 The policy comes from the supervisor (root) on the capture's stdin, never from the compiled
 file beside the log, which the agent's user can rewrite.
@@ -27,7 +27,7 @@ from aegis_mcp.netns.capture_netlink import (
     SO_RCVBUFFORCE,
     _attrs,
 )
-from aegis_mcp.netns.plan import DENY_PREFIX
+from aegis_mcp.netns.nft_policy import DENY_PREFIX
 
 # linux/netfilter/nfnetlink_log.h
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0x400, 0x401  # NFNL_SUBSYS_ULOG << 8 | msg

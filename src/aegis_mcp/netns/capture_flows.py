@@ -90,13 +90,16 @@ class Tracker:
     def __init__(self, ns_addr: str, log: EventLog, ct: Conntrack | None,
                  totals_interval: float,
                  forwarded: dict[tuple[str, int], str] | None = None,
-                 host_addr: str | None = None, say: Callable[[str], None] | None = None
-                 ) -> None:
+                 host_addr: str | None = None, say: Callable[[str], None] | None = None,
+                 host_access: bool = False) -> None:
         self.ns_addr = ns_addr
         self.forwarded = forwarded or {}
         """(host end address, port) -> the host loopback address it is forwarded to: the
         name the agent used for it."""
         self.host_addr = host_addr
+        self.host_access = host_access
+        """The agent may reach the host's services: a refusal there is the host's own, or
+        the network policy's, and a forward would change nothing."""
         self.say = say
         """Tells the user (the supervisor's terminal) a hint, once per port."""
         self.hinted: set[int] = set()
@@ -146,7 +149,8 @@ class Tracker:
     def hint(self, addr: str, port: int, now: float) -> dict[str, str]:
         """`{"hint": ...}` for a refused connect to `addr`:`port` that a forward would let
         through (this host listens on that port and it is not forwarded yet), else {}."""
-        if (self.host_addr, port) in self.forwarded:
+        if (self.host_addr, port) in self.forwarded or (
+                self.host_access and addr == self.host_addr):
             return {}
         checked, ports = self._listening
         if port not in self.hinted and now - checked > LISTEN_RECHECK:
@@ -310,11 +314,18 @@ class Tracker:
             self.names.popitem(last=False)
         self._dns_event(now, qname, key, answers, RCODES.get(rcode, f"RCODE{rcode}"))
 
+    def dns_answer(self, payload: bytes, local_port: int, now: float) -> None:
+        """An answer the namespace's resolver sent over TCP, which the veth's packet filter
+        does not pass: it names addresses as one over UDP does."""
+        self._dns(payload, (IPPROTO_TCP, self.ns_addr, local_port, self.host_addr or "", 53),
+                  False, now)
+
     def _dns_event(self, now: float, qname: str, key: Key, answers: list[str],
                    result: str) -> None:
         self.log.write({
             "ts": round(now, 6), "event": "dns", "source": "netns", "pid": None, "ppid": None,
-            "exe": None, "fd": None, "family": "ipv4", "proto": "udp", "addr": key[3],
+            "exe": None, "fd": None, "family": "ipv4",
+            "proto": "tcp" if key[0] == IPPROTO_TCP else "udp", "addr": key[3],
             "port": key[4], "host": qname, "answers": answers, "local_addr": key[1],
             "local_port": key[2], "sent": 0, "recv": 0, "duration": None, "result": result,
         })

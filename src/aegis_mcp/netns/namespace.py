@@ -56,6 +56,7 @@ from aegis_mcp import procs
 from aegis_mcp.errors import AegisError
 from aegis_mcp.launch import python_command, root_env
 from aegis_mcp.netmon.log import open_log
+from aegis_mcp.netns.nft_policy import nflog_group, policy_table
 from aegis_mcp.netns.plan import (
     GUARD_TABLE,
     NAME_RE,
@@ -70,9 +71,7 @@ from aegis_mcp.netns.plan import (
     is_ipv4,
     nameservers,
     nat_table,
-    nflog_group,
     pick_subnet,
-    policy_table,
 )
 from aegis_mcp.netns.state import (
     BASELINE,
@@ -226,22 +225,45 @@ def _add_nft_table(state: State, nft: str) -> None:
         _nft(nft, nat_table(state, host_guard(state, reject=False)))
 
 
-def _resolver_socket(state: State) -> socket.socket:
-    """The UDP socket of the namespace's resolver (`resolver`), on the host end of the veth
-    at a free port that the namespace's port 53 is DNAT-ed to: a resolver of the host that
-    holds every address's port 53 (dnsmasq) is no obstacle. Its upstream is what the
-    namespace would have used: the host's loopback resolver or its first nameserver."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((state.host_addr, 0))
+def _resolver_sockets(state: State) -> tuple[socket.socket, socket.socket]:
+    """The UDP socket and the listening TCP socket of the namespace's resolver (`resolver`),
+    on the host end of the veth at one free port that the namespace's port 53 is DNAT-ed to:
+    a resolver of the host that holds every address's port 53 (dnsmasq) is no obstacle. Its
+    upstream is what the namespace would have used: the host's loopback resolver or its
+    first nameserver."""
+    for _ in range(32):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((state.host_addr, 0))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(udp.getsockname())
+            tcp.listen(16)
+            break
+        except OSError:  # that port is taken for TCP: another
+            udp.close()
+            tcp.close()
+    else:
+        raise AegisError(f"no port of {state.host_addr} is free for both UDP and TCP (the "
+                         "namespace's resolver)")
     upstream = state.dns.split(":", 1)[1] if state.dns.startswith("dnat:") else next(
         (s for s in state.nameservers if is_ipv4(s)), "127.0.0.53")
-    state.dns = f"resolver:{sock.getsockname()[1]}:{upstream}"
+    state.dns = f"resolver:{udp.getsockname()[1]}:{upstream}"
     state.save()
-    return sock
+    return udp, tcp
 
 
-def _add_policy(state: State, nft: str, policy: Policy) -> None:
-    _nft(nft, policy_table(state, list(policy.rules), policy.default, nflog_group(state.subnet)))
+def _add_policy(state: State, nft: str, policy: Policy, maps: bool) -> bool:
+    """Loads the policy's table: with its verdict maps, else (an nft that refuses them, or
+    `maps` False) as one chain of every rule. Returns whether the maps are in."""
+    group = nflog_group(state.subnet)
+    if maps:
+        try:
+            _nft(nft, policy_table(state, policy.rules, policy.default, group))
+            return True
+        except AegisError:
+            pass
+    _nft(nft, policy_table(state, policy.rules, policy.default, group, maps=False))
+    return False
 
 
 def _add_inner_forwards(state: State, tools: dict[str, str]) -> None:
@@ -293,16 +315,20 @@ def _write_resolv_conf(state: State, resolv_conf: Path) -> None:
 
 def _start_capture(state: State, log_path: Path, log_fd: int | None,
                    say_fd: int | None = None, policy: Policy | None = None,
-                   resolver: socket.socket | None = None, nft: str = "nft",
-                   min_ttl: int | None = None) -> subprocess.Popen[bytes]:
+                   resolver: tuple[socket.socket, socket.socket] | None = None,
+                   nft: str = "nft", min_ttl: int | None = None,
+                   learned_map: bool = False) -> subprocess.Popen[bytes]:
     """The root-side capture: isolated Python (never the user's directory on its import path),
     started from / with a scrubbed environment, writing to a log descriptor it is handed. With
-    a policy, it reads the denials the kernel logs, and the policy on its stdin."""
+    a policy, it reads the denials the kernel logs, and the policy on its stdin, and serves
+    the namespace's DNS on the `resolver` sockets (UDP, TCP)."""
     enforce: tuple[str, ...] = ()
     if policy is not None and resolver is not None:
         enforce = ("--nflog-group", str(nflog_group(state.subnet)), "--resolver-fd",
-                   str(resolver.fileno()), "--upstream", state.dns.rsplit(":", 1)[1],
+                   str(resolver[0].fileno()), "--resolver-tcp-fd", str(resolver[1].fileno()),
+                   "--upstream", state.dns.rsplit(":", 1)[1],
                    "--table", state.table, "--nft", nft,
+                   *(("--learned-map",) if learned_map else ()),
                    *(("--min-ttl", str(min_ttl)) if min_ttl is not None else ()))
     own_fd = log_fd is None
     fd = open_log(str(log_path))[0] if log_fd is None else log_fd  # root's own dir
@@ -319,13 +345,14 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
                     "--ns-addr", state.ns_addr, "--host-addr", state.host_addr,
                     "--log-fd", str(fd), "--owner-pid", str(state.owner_pid),
                     *(arg for forward in state.forwards for arg in ("--forward", forward)),
+                    *(("--host-access",) if state.host_access else ()),
                     *(("--say-fd", str(say)) if say is not None else ()), *enforce,
                     root_side=True),
                 stdin=subprocess.PIPE if policy is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=err, cwd="/",
                 env=root_env(), start_new_session=True, close_fds=True,
                 pass_fds=(fd, *(() if say is None else (say,)),
-                          *(() if resolver is None else (resolver.fileno(),))),
+                          *(() if resolver is None else (s.fileno() for s in resolver))),
             )
     finally:
         if own_fd:
@@ -333,8 +360,8 @@ def _start_capture(state: State, log_path: Path, log_fd: int | None,
         if say is not None:
             os.close(say)
     assert proc.stdout is not None
-    if resolver is not None:
-        resolver.close()  # the capture's now
+    for sock in resolver or ():
+        sock.close()  # the capture's now
     if policy is not None:
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died: said below
@@ -371,6 +398,8 @@ class Namespace:
         self.state = state
         self.policy: Policy | None = None
         """The network policy the kernel enforces for this namespace, if any."""
+        self.policy_maps = False
+        """Whether it is in with its verdict maps (`nft_policy`), not as one long chain."""
         self._tools = tools
         self._capture = capture
         self._torn_down = False
@@ -426,7 +455,7 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
            host_access: bool = False, log_fd: int | None = None,
            say_fd: int | None = None,
            policy: Callable[[State], Policy] | None = None,
-           min_ttl: int | None = None) -> Namespace:
+           min_ttl: int | None = None, policy_maps: bool = True) -> Namespace:
     """Set up namespace `aegis-<owner_pid>` with NAT, DNS and capture into `log_path`.
 
     Call from the supervisor's main thread (the capture helper exits when its parent thread
@@ -443,7 +472,9 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
     when given, makes the network policy for the namespace's state (its implicit allows
     name the namespace's resolver): the kernel enforces it from before the agent starts, and
     the capture writes a `deny` event for each denial. `min_ttl` (tests) lowers the bound of
-    a learned address's life (`resolver.MIN_TTL`)."""
+    a learned address's life (`resolver.MIN_TTL`); `policy_maps` False (tests, the
+    benchmark) loads the policy as one chain of every rule, as an nft without its verdict
+    maps gets it."""
     require_root()
     tools = _require_tools()
     for ip, port in forwards:
@@ -457,17 +488,18 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         state.host_access = host_access
         state.save()
     namespace = Namespace(state, tools, None)
-    resolver: socket.socket | None = None
+    resolver: tuple[socket.socket, socket.socket] | None = None
     try:
         _add_namespace(state)
         _add_veth(state)
         _disable_ipv6(state, tools)
         if policy is not None:
-            resolver = _resolver_socket(state)
+            resolver = _resolver_sockets(state)
         _add_nft_table(state, tools["nft"])
         if policy is not None:
             namespace.policy = policy(state)
-            _add_policy(state, tools["nft"], namespace.policy)
+            namespace.policy_maps = _add_policy(state, tools["nft"], namespace.policy,
+                                                policy_maps)
         _add_inner_forwards(state, tools)
         with locked():
             _set_sysctls(state, tools["nft"], capture)
@@ -475,11 +507,11 @@ def create(owner_pid: int, log_path: Path, *, resolv_conf: Path = Path("/etc/res
         if capture:
             namespace._capture = _start_capture(state, Path(log_path), log_fd, say_fd,
                                                 namespace.policy, resolver, tools["nft"],
-                                                min_ttl)
+                                                min_ttl, namespace.policy_maps)
     except BaseException as exc:
         namespace.teardown()
-        if resolver is not None:
-            resolver.close()
+        for sock in resolver or ():
+            sock.close()
         if isinstance(exc, AegisError | KeyboardInterrupt):
             raise
         raise AegisError(f"could not set up network namespace {state.name}: {exc}") from exc

@@ -1,7 +1,7 @@
 """The plan of a namespace, as pure functions: its name, its private subnet, how DNS works
-inside, the loopback forwards and the text of its nftables rulesets. Nothing here touches the
-system (beyond reading the resolv.conf it is handed), so all of it is unit-testable without
-root; `namespace` carries the plan out.
+inside, the loopback forwards and the text of its nftables rulesets (the network policy's
+are in `nft_policy`). Nothing here touches the system (beyond reading the resolv.conf it is
+handed), so all of it is unit-testable without root; `namespace` carries the plan out.
 """
 
 from __future__ import annotations
@@ -111,10 +111,11 @@ def nat_table(state: Addresses, guard: str) -> str:
     """The namespace's own table on the host: `guard` (a host_guard chain, or nothing), DNS and
     forward DNAT, masquerade for the subnet, and forwarding only for replies into it."""
     dnat = ""
-    if state.dns.startswith("resolver:"):  # a policy's: aegis-mcp's resolver (UDP)
+    if state.dns.startswith("resolver:"):  # a policy's: aegis-mcp's resolver, UDP and TCP
         port = state.dns.split(":")[1]
-        dnat = (f'    iifname "{state.veth}" ip daddr {state.host_addr} udp dport 53 '
-                f"dnat to {state.host_addr}:{port}\n")
+        dnat = "".join(
+            f'    iifname "{state.veth}" ip daddr {state.host_addr} {p} dport 53 '
+            f"dnat to {state.host_addr}:{port}\n" for p in ("udp", "tcp"))
     elif state.dns.startswith("dnat:"):
         target = state.dns.split(":", 1)[1]
         dnat = "".join(
@@ -235,88 +236,3 @@ def loopback_forwards(env: dict[str, str], ports: list[int]
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _LOOPBACK_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(localhost|127\.[0-9.]+|\[::1\])(:|/|$)",
                            re.IGNORECASE)
-
-
-# ---- the network policy in the kernel ----------------------------------------------------------
-
-NFLOG_BASE = 20000
-"""Denials are logged to nflog group NFLOG_BASE + the subnet's ordinal in POOLS: one group
-per live namespace, since a group has one reader host-wide."""
-DENY_PREFIX = "aegis "
-"""An nflog prefix is `aegis <rule index>` or `aegis default`: the capture names the rule."""
-
-
-def nflog_group(subnet: str) -> int:
-    net = ipaddress.ip_network(subnet)
-    offset = 0
-    for pool in POOLS:
-        pool_net = ipaddress.ip_network(pool)
-        if net.subnet_of(pool_net):  # type: ignore[arg-type]
-            return NFLOG_BASE + offset + (int(net.network_address)
-                                          - int(pool_net.network_address)) // 4
-        offset += pool_net.num_addresses // 4
-    raise AegisError(f"{subnet} is not in aegis-mcp's private ranges")
-
-
-def host_set(index: int) -> str:
-    """The nft set of the addresses learned for host rule `index` of the policy."""
-    return f"h{index}"
-
-
-def policy_table(state: Addresses, rules: list[PolicyRule], default: str, group: int) -> str:
-    """The policy as nft rules in the namespace's table: what leaves the veth that is not a
-    reply goes through chain `rules` (forwarded traffic, and with --netns-host-access what
-    ends on the host but for the DNS and forwards our DNAT made), denies first (each logged to
-    nflog `group` with its rule's index, then refused), then allows, then the default. Host
-    rules match the addresses in their set, which the namespace's resolver fills (IPv4: IPv6
-    is off inside). A refusal fails fast: a TCP reset, else ICMP port unreachable (the
-    error a closed port gives, ECONNREFUSED for a connected UDP socket)."""
-    sets, denies, allows = [], [], []
-    for index, rule in enumerate(rules):
-        if rule.kind == "host":
-            sets.append(f"  set {host_set(index)} {{ type ipv4_addr; flags timeout; }}\n")
-            match = f"ip daddr @{host_set(index)}"
-        elif ipaddress.ip_network(rule.pattern).version == 4:
-            match = f"ip daddr {rule.pattern}"
-        else:
-            continue  # IPv6 never leaves the namespace
-        if rule.port:
-            match += f" meta l4proto {{ tcp, udp }} th dport {rule.port}"
-        if rule.action == "deny":
-            denies.append(f'    {match} log group {group} prefix "{DENY_PREFIX}{index}" '
-                          "goto refuse\n")
-        else:
-            allows.append(f"    {match} accept\n")
-    last = (f'    log group {group} prefix "{DENY_PREFIX}default" goto refuse\n'
-            if default == "deny" else "    accept\n")
-    veth = f'iifname "{state.veth}"'
-    return f"""
-table ip {state.table} {{
-{"".join(sets)}  chain refuse {{
-    meta l4proto tcp reject with tcp reset
-    reject with icmp type port-unreachable
-  }}
-  chain rules {{
-{"".join(denies)}{"".join(allows)}{last}  }}
-  chain rules_forward {{
-    type filter hook forward priority filter; policy accept;
-    {veth} ct state established,related accept
-    {veth} jump rules
-  }}
-  chain rules_input {{
-    type filter hook input priority filter; policy accept;
-    {veth} ct state established,related accept
-    {veth} ct status dnat accept
-    {veth} jump rules
-  }}
-}}
-"""
-
-
-class PolicyRule(Protocol):
-    """What the nft rules need of a policy rule (a `netmon.policy.Rule` has it)."""
-
-    action: str
-    kind: str
-    pattern: str
-    port: int
