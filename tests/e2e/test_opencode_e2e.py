@@ -31,7 +31,10 @@ from tests.support.tui import Screen
 
 OPENCODE, needs_opencode = real_cli("AEGIS_TEST_OPENCODE", "the npm opencode CLI")
 KILO, needs_kilo = real_cli("AEGIS_TEST_KILO", "the npm Kilo CLI")
-pytestmark = NEEDS_ROOT  # their own network namespace
+# Their own network namespace. With both cores busy, a restarted Kilo run now and then takes
+# two minutes more than its usual 35 s (4 of 9 such runs; where it waits is not found yet):
+# bounds that hold that, so that a slow run is not taken for a failure.
+pytestmark = [NEEDS_ROOT, pytest.mark.timeout(400)]
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,10 @@ def test_the_injected_server_connects_beside_the_users_own(
     env = cli_env(cli, aegis_env, home, None)
     with PrivateLoopback() as net:
         out = subprocess.run(net.enter([aegis_bin(), cli.name, "mcp", "list"]), env=env,
-                             cwd=project, capture_output=True, text=True, timeout=120,
+                             cwd=project, capture_output=True, text=True, timeout=300,
                              stdin=subprocess.DEVNULL)
         plain = subprocess.run(net.enter([cli.path, "mcp", "list"]), env=env, cwd=project,
-                               capture_output=True, text=True, timeout=120,
+                               capture_output=True, text=True, timeout=300,
                                stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     # Under CI=true the CLI colours its bullets too: the escapes go before the lines are read.
@@ -140,7 +143,7 @@ def test_a_session_the_user_named_is_resumed_by_its_id(
             first = subprocess.run(net.enter([cli.path, "run", "--format", "json",
                                               "earlier task"]),
                                    env=cli_env(cli, aegis_env, home, earlier), cwd=project,
-                                   capture_output=True, text=True, timeout=120,
+                                   capture_output=True, text=True, timeout=300,
                                    stdin=subprocess.DEVNULL)
         assert first.returncode == 0, first.stderr
         sid = json.loads(first.stdout.splitlines()[0])["sessionID"]
@@ -166,7 +169,7 @@ def test_the_model_restarts_it_through_the_injected_tool(
                                   "prompt": "continue after restart"}))
         out = subprocess.run(net.enter([aegis_bin(), cli.name, "run", "first prompt"]),
                              env=cli_env(cli, aegis_env, home, api), cwd=project,
-                             capture_output=True, text=True, timeout=180,
+                             capture_output=True, text=True, timeout=300,
                              stdin=subprocess.DEVNULL)
         assert out.returncode == 0, out.stderr
         assert f"aegis-mcp: restarting {cli.name} (reason: MCP server updated)" in out.stderr
