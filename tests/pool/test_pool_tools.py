@@ -54,6 +54,11 @@ def test_the_pool_tools_are_listed_with_typed_bounded_parameters(
                                         "max_iterations", "isolation", "timeout_secs",
                                         "network_allow", "network_deny"}
     assert "worktree" in str(spawn["properties"]["isolation"])
+    # every built-in profile that runs headless is named to the model that picks one
+    from aegis_mcp.profiles.profile import BUILTIN_PROFILES
+
+    named = spawn["properties"]["agent_type"]["description"]
+    assert all(f" {name}," in named for name, p in BUILTIN_PROFILES.items() if p.headless_args)
     assert "minimum" in str(spawn["properties"]["max_iterations"])
     assert "minimum" in str(tools["agent_await"].input_schema["properties"]["timeout_secs"])
     for tool in tools.values():

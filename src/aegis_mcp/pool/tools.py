@@ -67,7 +67,8 @@ def register(server: MCPServer) -> None:
         description: Annotated[str, Field(min_length=1, max_length=100_000, description=(
             "The task, as the prompt the background agent gets"))],
         agent_type: Annotated[str, Field(min_length=1, max_length=64, description=(
-            "Agent profile: claude, cursor, aider, codex, gemini, or one from the config"))]
+            "Agent profile: claude, cursor, aider, codex, gemini, qwen, opencode, kilo, "
+            "copilot, amp, or one from the config"))]
         = "claude",
         working_directory: Annotated[str | None, Field(max_length=4096, description=(
             "Directory to work in (default: this MCP server's, i.e. the caller's)"))] = None,
