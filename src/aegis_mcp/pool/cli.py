@@ -55,9 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             "free and no other agent holds a lock on an overlapping directory tree; until then "
             "it is queued.")
     p.add_argument("task", nargs="+", help="what the agent should do (its prompt)")
+    from aegis_mcp.profiles.profile import BUILTIN_PROFILES
+
+    headless = [n for n, prof in BUILTIN_PROFILES.items() if prof.headless_args and n != "claude"]
     p.add_argument("-t", "--type", dest="agent_type", default="claude",
-                   help="agent profile: claude (default), cursor, aider, codex, gemini, or one "
-                   "of your config's [agents.NAME]")
+                   help=f"agent profile: claude (default), {', '.join(headless)}, or one of "
+                   "your config's [agents.NAME]")
     p.add_argument("-C", "--cwd", dest="working_directory", metavar="DIR",
                    help="directory to work in (default: the current one)")
     p.add_argument("--max-iterations", type=_positive_int, metavar="N",
