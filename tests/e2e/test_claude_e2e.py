@@ -20,7 +20,7 @@ from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.host import NEEDS_ROOT, aegis_bin, real_cli
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.support.tui import Screen, quit_tui, type_prompt
+from tests.support.tui import Screen, quit_tui, status_once_servers_seen, type_prompt
 
 CLAUDE, needs_claude = real_cli("AEGIS_TEST_CLAUDE", "the npm Claude Code CLI")
 pytestmark = [needs_claude, NEEDS_ROOT]  # root: runs claude as a throwaway user
@@ -157,10 +157,7 @@ def test_interactive_tui_restarts_in_the_same_terminal(
             assert (session, tty_nr) != (ours[3], ours[4]) and tty_nr != "0"
             assert os.tcgetpgrp(child.child_fd) == child.pid  # ours stays the supervisor's
             # ... and it started aegis-mcp's server again (the injection of this start works).
-            deadline = time.monotonic() + 30
-            while not status["mcp_servers_seen"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-                status = control.request(sock, {"op": "status"})["status"]
+            status = status_once_servers_seen(sock, timeout=30)
             assert status["mcp_servers_seen"]
         finally:
             status = quit_tui(child)

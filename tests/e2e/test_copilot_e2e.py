@@ -31,7 +31,7 @@ from tests.support.pool_e2e import TASK, spawn_and_wait
 from tests.support.poolkit import cleanup_pool
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, request_restart, restart_mid_turn
-from tests.support.tui import Screen, type_prompt
+from tests.support.tui import Screen, status_once_servers_seen, type_prompt
 
 COPILOT, needs_copilot = real_cli("AEGIS_TEST_COPILOT", "the npm GitHub Copilot CLI")
 pytestmark = [needs_copilot, NEEDS_ROOT]  # its own network namespace
@@ -209,11 +209,7 @@ def test_the_tui_comes_back_in_its_session_with_the_restart_prompt(
         screen.wait_for(r"first prompt(.|\n)*go on", timeout=90)
         assert wait_for_message(api, "go on") == ["first prompt", "go on"]
         sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
-        status = control.request(sock, {"op": "status"})["status"]
-        deadline = time.monotonic() + 60
-        while not status["mcp_servers_seen"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = control.request(sock, {"op": "status"})["status"]
+        status = status_once_servers_seen(sock, screen=screen)
     assert status["restart_count"] == 1 and status["mcp_servers_seen"], status
     sid = status["session_id"]
     assert status["agent_argv"][1:5] == ["--allow-all", f"--resume={sid}", "-i", "go on"]

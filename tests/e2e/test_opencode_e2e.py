@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tests.support.pool_e2e import TASK, spawn_and_wait
 from tests.support.poolkit import cleanup_pool
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.support.tui import Screen
+from tests.support.tui import Screen, status_once_servers_seen
 
 OPENCODE, needs_opencode = real_cli("AEGIS_TEST_OPENCODE", "the npm opencode CLI")
 KILO, needs_kilo = real_cli("AEGIS_TEST_KILO", "the npm Kilo CLI")
@@ -221,12 +220,7 @@ def test_the_tui_comes_back_in_its_conversation_after_the_models_restart(
             screen.screen.reset()
             screen.wait_for(r"first prompt(.|\n)*restart_agent", timeout=90)
             sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
-            status = control.request(sock, {"op": "status"})["status"]
-            deadline = time.monotonic() + 60
-            while not status["mcp_servers_seen"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-                screen.wait_for(r"first prompt", timeout=60)  # reads on while it waits
-                status = control.request(sock, {"op": "status"})["status"]
+            status = status_once_servers_seen(sock, screen=screen)
             assert status["restart_count"] == 1 and status["mcp_servers_seen"], status
             assert status["agent_argv"][1:3] == ["--auto", "--continue"], status["agent_argv"]
             assert api.texts(0) == ["first prompt"]

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.support.pool_e2e import TASK, spawn_and_wait
 from tests.support.poolkit import cleanup_pool
 from tests.support.private_net import PrivateLoopback
 from tests.support.restart_mid_turn import RESTART_PROMPT, restart_mid_turn
-from tests.support.tui import Screen, type_prompt
+from tests.support.tui import Screen, status_once_servers_seen, type_prompt
 
 QWEN, needs_qwen = real_cli("AEGIS_TEST_QWEN", "the npm Qwen Code CLI")
 NODE22, needs_node22 = real_cli("AEGIS_TEST_NODE22", "Node.js 22 from npm")
@@ -151,12 +150,7 @@ def test_the_model_restarts_the_tui_through_the_injected_tool(
             screen.screen.reset()
             screen.wait_for(r"first prompt(.|\n)*> go on(.|\n)*tui reply", timeout=90)
             sock = control.socket_path(Path(env["AEGIS_RUNTIME_DIR"]), child.pid)
-            status = control.request(sock, {"op": "status"})["status"]
-            deadline = time.monotonic() + 60
-            while not status["mcp_servers_seen"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-                screen.wait_for(r"first prompt", timeout=60)  # reads on while it waits
-                status = control.request(sock, {"op": "status"})["status"]
+            status = status_once_servers_seen(sock, screen=screen)
             assert status["restart_count"] == 1 and status["mcp_servers_seen"], status
             argv = status["agent_argv"]
             assert argv[1:5] == ["--yolo", "--resume", status["session_id"],

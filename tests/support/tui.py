@@ -8,11 +8,16 @@ screen (pyte), not at the byte stream, and show that screen when the wait fails.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from pathlib import Path
+from typing import Any
 
 import pexpect
 import pyte
+
+from aegis_mcp.supervise import control
 
 _PRESENTATION_SELECTORS = dict.fromkeys((0xFE0E, 0xFE0F))
 
@@ -66,6 +71,11 @@ class Screen:
                 raise AssertionError(f"the program exited before {pattern!r} showed; "
                                      f"the screen:\n{self.dump()}") from exc
 
+    def drain(self, seconds: float) -> None:
+        """Read what the program prints for up to `seconds`: a pty nobody reads stops it."""
+        with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
+            self.child.read_nonblocking(65536, timeout=seconds)
+
     def dump(self) -> str:
         lines = self.text().splitlines()
         while lines and not lines[-1]:
@@ -100,3 +110,19 @@ def quit_tui(child: pexpect.spawn) -> int | None:
         time.sleep(0.5)
     child.expect(pexpect.EOF, timeout=30)
     return child.wait()
+
+
+def status_once_servers_seen(sock: Path, timeout: float = 60,
+                             screen: Screen | None = None) -> dict[str, Any]:
+    """The supervisor's status once its (restarted) agent's aegis-mcp server has said hello,
+    or at the bound (the caller asserts what it needs). With `screen`, the agent's terminal is
+    read on meanwhile."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = control.request(sock, {"op": "status"})["status"]
+    while not status["mcp_servers_seen"] and time.monotonic() < deadline:
+        if screen is not None:
+            screen.drain(0.2)
+        else:
+            time.sleep(0.2)
+        status = control.request(sock, {"op": "status"})["status"]
+    return status
